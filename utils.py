@@ -1,0 +1,392 @@
+"""Label encodings, signed distance maps and per-slice metrics, with the boundary-loss conventions.
+
+This module keeps the names, signatures and numerical behaviour of `utils.py` in the original
+boundary-loss implementation (Kervadec et al., "Boundary loss for highly unbalanced
+segmentation", MIDL 2019 / MedIA 2021), so code written against it runs unchanged:
+
+- tensors are `B K *xyz` (2D slices `B K H W` or volumes `B K X Y Z`), probabilities sum to one
+  over K, one-hot encodings are `torch.int32`;
+- `one_hot2dist` gives the signed map of the boundary loss: positive outside an object (distance to
+  it), zero on its inner border, negative inside; `one_hot2hd_dist` the unsigned map of the
+  Hausdorff loss (Karimi and Salcudean, 2019);
+- `dice_coef` / `dice_batch` / `hausdorff` are the per-slice metrics reported during training.
+
+User input is validated with `ValueError` (never `assert`, which `python -O` removes).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+
+import edt
+import numpy as np
+import torch
+from scipy.ndimage import distance_transform_edt
+from torch import Tensor, einsum
+
+from metrics import bounding_box, diagonal, hd, normalise_spacing
+
+# ---------------------------------------------------------------------------------------------
+# Validators
+# ---------------------------------------------------------------------------------------------
+
+
+def uniq(a: Tensor) -> set:
+    """The set of values present in a tensor."""
+    return set(torch.unique(a.cpu()).numpy().tolist())
+
+
+def sset(a: Tensor, sub: Iterable) -> bool:
+    """True when every value of `a` belongs to `sub`."""
+    return uniq(a).issubset(sub)
+
+
+def simplex(t: Tensor, axis: int = 1) -> bool:
+    """True when `t` sums to one along `axis` (torch.allclose tolerances, as the original)."""
+    total = t.sum(axis).to(torch.float32)
+    return torch.allclose(total, torch.ones_like(total))
+
+
+def one_hot(t: Tensor, axis: int = 1) -> bool:
+    """True when `t` is a simplex along `axis` whose values are all 0 or 1."""
+    return simplex(t, axis) and bool(((t == 0) | (t == 1)).all())
+
+
+def _describe(t: Tensor | np.ndarray) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}"
+
+
+def check_simplex(t: Tensor, name: str, axis: int = 1) -> None:
+    """Raise ValueError unless `t` is a probability simplex along `axis`.
+
+    The message names the argument, its shape and the largest deviation of the sums from 1.
+    """
+    if not torch.is_tensor(t):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() <= axis:
+        raise ValueError(f"{name} must have a class axis {axis}, got {_describe(t)}")
+    if not simplex(t, axis):
+        deviation = (t.detach().sum(axis).to(torch.float64) - 1).abs().max().item()
+        raise ValueError(
+            f"{name} is not a probability simplex over axis {axis} ({_describe(t)}): "
+            f"sums deviate from 1 by up to {deviation:.3g} (softmax missing, or NaN/inf values?)"
+        )
+
+
+def check_one_hot(t: Tensor, name: str, axis: int = 1) -> None:
+    """Raise ValueError unless `t` is one-hot along `axis` (values 0/1 summing to one)."""
+    check_simplex(t, name, axis)
+    if not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(
+            f"{name} is not one-hot along axis {axis} ({_describe(t)}): values {sorted(uniq(t))}"
+        )
+
+
+def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    """Raise ValueError when two tensors differ in shape, naming both."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Label encodings
+# ---------------------------------------------------------------------------------------------
+
+
+def class2one_hot(seg: Tensor, K: int) -> Tensor:
+    """One-hot encode class indices.
+
+    Args:
+        seg: `B *xyz` integer class indices in [0, K) (a numpy array is accepted too).
+        K: number of classes.
+
+    Returns:
+        `B K *xyz` torch.int32 one-hot tensor on seg's device.
+
+    Raises:
+        ValueError: values outside 0..K-1 (with a hint when the mask looks saved as 0/255),
+            or non-integer values.
+    """
+    if not torch.is_tensor(seg):
+        seg = torch.as_tensor(np.asarray(seg))
+    if K < 1:
+        raise ValueError(f"K must be a positive number of classes, got {K}")
+    if seg.dtype.is_floating_point or seg.dtype.is_complex:
+        if not bool((seg == seg.round()).all()):
+            raise ValueError(f"seg must hold integer class indices, got {_describe(seg)}")
+    values = uniq(seg)
+    if not values.issubset(range(K)):
+        hint = ""
+        if values.issubset({0, 255}) and K == 2:
+            hint = " The mask looks saved as 0/255: divide it by 255 to get class indices."
+        raise ValueError(
+            f"seg has values {sorted(values)} outside the {K} classes 0..{K - 1} "
+            f"({_describe(seg)}).{hint}"
+        )
+
+    b, *img_shape = seg.shape
+    index = seg.to(torch.int64)[:, None, ...]
+    res = torch.zeros((b, K, *img_shape), dtype=torch.int32, device=seg.device)
+    return res.scatter_(1, index, 1)
+
+
+def probs2class(probs: Tensor) -> Tensor:
+    """Class with the highest probability: `B K *xyz` simplex -> `B *xyz` int64 indices."""
+    check_simplex(probs, "probs")
+    return probs.argmax(dim=1)
+
+
+def probs2one_hot(probs: Tensor) -> Tensor:
+    """Hard prediction as one-hot: `B K *xyz` simplex -> `B K *xyz` int32 one-hot."""
+    _, K, *_ = probs.shape
+    return class2one_hot(probs2class(probs), K)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distance maps
+# ---------------------------------------------------------------------------------------------
+
+
+def _output_dtype(seg: np.ndarray, dtype, caller: str) -> np.dtype:
+    """numpy zeros_like semantics, as the original: dtype None keeps seg's dtype."""
+    if dtype is not None:
+        return np.dtype(dtype)
+    if not np.issubdtype(seg.dtype, np.floating):
+        warnings.warn(
+            f"{caller}: seg has dtype {seg.dtype} and dtype=None, so the distances are truncated "
+            f"to {seg.dtype} as in the original implementation; pass dtype=np.float32 for exact "
+            "distances",
+            UserWarning,
+            stacklevel=3,
+        )
+    return seg.dtype
+
+
+# The edt probe below is capped at this many voxels; finer spacings use scipy.
+_PROBE_MAX_VOXELS = 1_000_000
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_is_enough(spacing: tuple[float, ...], offset: float) -> bool:
+    """Whether the float32 distances of `edt` keep `offset - d` within 1e-6 relative of float64.
+
+    Inside an object the signed map is `offset - d`, which cancels when a voxel-to-voxel distance
+    d is close to the offset (a spacing of 0.99999 from a NIfTI header, say). Every distance up to
+    twice the offset is probed once per spacing, with edt's own arithmetic (one background voxel
+    in the middle of a block), against scipy's float64 values.
+    """
+    reach = [int(np.ceil(2 * offset / s)) for s in spacing]
+    shape = [2 * r + 1 for r in reach]
+    if math.prod(shape) > _PROBE_MAX_VOXELS:
+        return False
+    probe = np.ones(shape, dtype=bool)
+    probe[tuple(reach)] = False
+    fast = np.sqrt(edt.edtsq(probe, anisotropy=spacing, black_border=False), dtype=np.float64)
+    exact = distance_transform_edt(probe, sampling=spacing)
+    return bool(np.all(np.abs(fast - exact) <= 1e-6 * np.abs(offset - exact)))
+
+
+def _distance_to(mask: np.ndarray, spacing: np.ndarray, float64: bool) -> np.ndarray:
+    """Distance (mm) from every voxel to the nearest True voxel of `mask` (0 on the mask).
+
+    Only voxels outside the mask have non-zero values, and every voxel outside the bounding box of
+    `~mask` grown by one is on the mask, so the transform runs on that box alone: the nearest
+    mask voxel of a voxel in the box is never beyond the grown box's rim, which is all mask.
+
+    The `edt` package (an exact Felzenszwalb-Huttenlocher transform in C++) computes 1D-3D maps
+    in float32, which is exact for squared distances on a unit grid (so the values equal scipy's
+    bit for bit) and within 1e-7 relative otherwise. `float64=True`, and 4D or more, use scipy's
+    `distance_transform_edt`, the original's arithmetic.
+    """
+    res = np.zeros(mask.shape, dtype=np.float64)
+    outside = ~mask
+    if not outside.any():
+        return res
+    box = bounding_box(outside, margin=1)
+    crop = np.ascontiguousarray(outside[box])
+    if float64 or mask.ndim > 3:
+        res[box] = distance_transform_edt(crop, sampling=spacing)
+    else:
+        squared = edt.edtsq(crop, anisotropy=tuple(spacing.tolist()), black_border=False)
+        res[box] = np.sqrt(squared, dtype=np.float64)
+    return res
+
+
+def _as_numpy(seg) -> np.ndarray:
+    if torch.is_tensor(seg):
+        return seg.detach().cpu().numpy()
+    return np.asarray(seg)
+
+
+def one_hot2dist(
+    seg: np.ndarray,
+    resolution: Sequence[float] | None = None,
+    dtype=None,
+    *,
+    spacing_offset: bool = False,
+) -> np.ndarray:
+    """Signed distance map of each class, the target of the boundary loss.
+
+    For each class k with at least one pixel: outside the object, the Euclidean distance (in mm)
+    to the nearest object pixel; inside, minus (the distance to the nearest non-object pixel, minus
+    the offset). With the default offset of one pixel the inner border is 0 and values grow
+    negative inward. A class with no pixel gives zeros (another class supervises those pixels).
+
+    Args:
+        seg: `K *xyz` one-hot array (2D or 3D spatial; a tensor is accepted too).
+        resolution: voxel spacing per spatial axis, e.g. (0.9, 0.9, 5.0); None means 1.
+        dtype: output dtype. None keeps seg's dtype, as the original does with numpy's
+            zeros_like: an integer seg then gives distances truncated to integers (a UserWarning
+            says so). Pass np.float32 for exact distances.
+        spacing_offset: off by default (the original). The original subtracts one pixel inside
+            whatever the spacing, so with spacings other than 1 the inner border is not 0 and can
+            even be positive (spacing 0.9 gives +0.1). When True, the offset is the smallest
+            spacing, the distance to the nearest neighbour: inside values are then never
+            positive, and the inner border is exactly 0 for isotropic spacing.
+
+    Returns:
+        `K *xyz` array of the chosen dtype.
+
+    Raises:
+        ValueError: seg not one-hot along axis 0, or a resolution of the wrong length.
+
+    A class filling the whole image has no pixel outside it; its inside values are then
+    scipy's `1 - distance_transform_edt(mask)`, as in the original (scipy measures from a
+    virtual background point before the first row): keep that in mind for empty slices.
+    """
+    seg = _as_numpy(seg)
+    if seg.ndim < 2:
+        raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
+    if not (np.all((seg == 0) | (seg == 1)) and np.allclose(seg.sum(axis=0), 1)):
+        raise ValueError(
+            f"seg must be one-hot along axis 0 (K x spatial, values 0/1 summing to 1), got "
+            f"{_describe(seg)} with values {sorted(np.unique(seg).tolist())[:10]}"
+        )
+    out_dtype = _output_dtype(seg, dtype, "one_hot2dist")
+    spacing = normalise_spacing(resolution, seg.ndim - 1, "resolution")
+    offset = spacing.min() if spacing_offset else 1.0
+    # Integer outputs truncate: compute them with the original's float64 arithmetic, bit for bit.
+    float64 = not np.issubdtype(out_dtype, np.floating)
+    float64 = float64 or not _float32_is_enough(tuple(spacing.tolist()), float(offset))
+
+    masks = seg.astype(bool)
+    present = [k for k in range(len(seg)) if masks[k].any()]
+    res = np.zeros(seg.shape, dtype=out_dtype)
+    if len(present) == 1:  # one class fills the image: scipy's convention, as the original
+        (k,) = present
+        res[k] = offset - distance_transform_edt(masks[k], sampling=spacing)
+        return res
+
+    to_class = np.stack([_distance_to(masks[k], spacing, float64) for k in present])  # P *xyz
+    # A pixel of class k is at distance 0 of k and > 0 of every other class, so the second
+    # smallest distance is the distance to the nearest pixel outside its own class.
+    to_other_class = np.partition(to_class, 1, axis=0)[1]  # *xyz
+    for i, k in enumerate(present):
+        res[k] = np.where(masks[k], offset - to_other_class, to_class[i])
+    return res
+
+
+def one_hot2hd_dist(
+    seg: np.ndarray, resolution: Sequence[float] | None = None, dtype=None
+) -> np.ndarray:
+    """Unsigned distance map of the Hausdorff loss (Karimi and Salcudean, 2019).
+
+    For each class with at least one pixel, each pixel of the class gets its distance (in mm)
+    to the nearest pixel not in the class; 0 elsewhere. As in the original, seg need not be
+    one-hot (any stack of binary masks, e.g. a subset of the classes).
+
+    Args:
+        seg: `K *xyz` binary masks.
+        resolution: voxel spacing per spatial axis; None means 1.
+        dtype: output dtype; None keeps seg's dtype (integers truncate, with a UserWarning).
+
+    Returns:
+        `K *xyz` array of the chosen dtype. A mask filling the whole image gets scipy's
+        `distance_transform_edt` of it, as in the original.
+    """
+    seg = _as_numpy(seg)
+    if seg.ndim < 2:
+        raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
+    out_dtype = _output_dtype(seg, dtype, "one_hot2hd_dist")
+    spacing = normalise_spacing(resolution, seg.ndim - 1, "resolution")
+    float64 = not np.issubdtype(out_dtype, np.floating)
+
+    res = np.zeros(seg.shape, dtype=out_dtype)
+    for k, mask in enumerate(seg.astype(bool)):
+        if mask.all():
+            res[k] = distance_transform_edt(mask, sampling=spacing)
+        elif mask.any():
+            res[k] = _distance_to(~mask, spacing, float64)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-slice metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def meta_dice(sum_str: str, label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
+    """Dice of one-hot tensors reduced by the einsum string `sum_str` (float32)."""
+    check_same_shape(label, pred, ("label", "pred"))
+    check_one_hot(label, "label")
+    check_one_hot(pred, "pred")
+
+    label64, pred64 = label.to(torch.float64), pred.to(torch.float64)
+    inter_size = einsum(sum_str, label64 * pred64).to(torch.float32)
+    sum_sizes = (einsum(sum_str, label64) + einsum(sum_str, pred64)).to(torch.float32)
+    return (2 * inter_size + smooth) / (sum_sizes + smooth)
+
+
+def dice_coef(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
+    """Dice per slice and class: one-hot `B K *xyz` pair -> `B K` float32."""
+    return meta_dice("bk...->bk", label, pred, smooth)
+
+
+def dice_batch(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
+    """Dice per class over the whole batch taken as one volume: `B K *xyz` pair -> `K` float32."""
+    return meta_dice("bk...->k", label, pred, smooth)
+
+
+def hausdorff(preds: Tensor, target: Tensor, spacing: Tensor | None = None) -> Tensor:
+    """Hausdorff distance per slice and class, in mm (medpy's surface definition, metrics.hd).
+
+    Args:
+        preds, target: one-hot `B K *xyz` tensors.
+        spacing: `B D` voxel spacing of each slice (D spatial axes), or one `D` row for all;
+            None means 1.
+
+    Returns:
+        `B K` float32 on preds' device. Both masks empty: 0. Exactly one empty: the image
+        diagonal in mm, the worst possible value.
+    """
+    check_same_shape(preds, target, ("preds", "target"))
+    check_one_hot(preds, "preds")
+    check_one_hot(target, "target")
+    B, K, *img_shape = preds.shape
+    D = len(img_shape)
+    if spacing is None:
+        spacings = np.ones((B, D))
+    else:
+        spacings = np.asarray(_as_numpy(spacing), dtype=np.float64)
+        if spacings.shape == (D,):
+            spacings = np.tile(spacings, (B, 1))
+        if spacings.shape != (B, D):
+            raise ValueError(f"spacing must have shape ({B}, {D}) or ({D},), got {spacings.shape}")
+
+    n_pred = preds.detach().cpu().numpy().astype(bool)
+    n_target = target.detach().cpu().numpy().astype(bool)
+    res = torch.zeros((B, K), dtype=torch.float32)
+    for b in range(B):
+        for k in range(K):
+            p, t = n_pred[b, k], n_target[b, k]
+            if p.any() and t.any():
+                res[b, k] = hd(p, t, voxelspacing=spacings[b])
+            elif p.any() or t.any():
+                res[b, k] = diagonal(img_shape, normalise_spacing(spacings[b], D, "spacing"))
+    return res.to(preds.device)
