@@ -13,10 +13,11 @@ literature, the boundary-loss papers (Kervadec et al., MIDL 2019 / MedIA 2021) i
 Two differences from medpy, both chosen so a validation loop never crashes on an empty mask:
 both masks empty gives 0, exactly one empty gives the diagonal of the volume in mm (medpy raises).
 
-Speed: the border voxels of both masks lie in the bounding box of their union, so the distance
-transforms are computed on that box (grown by one voxel so the erosion sees the same background)
-instead of the whole volume, and one pair of transforms serves both HD and HD95. On lesion-sized
-objects this is one to two orders of magnitude faster than medpy's two calls, with the same values.
+Speed: medpy computes a distance transform of the whole volume for each direction, twice (once
+for hd, once for hd95). Here the borders are extracted on the bounding box of both masks (grown by
+one voxel so the erosion sees the same background), and the nearest-border distances come from
+k-d trees over the border voxels (in mm), once for both metrics: the cost follows the size of the
+surfaces, not of the volume. The distances are the same Euclidean distances (float64).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+from scipy.ndimage import binary_erosion, generate_binary_structure
+from scipy.spatial import cKDTree
 
 Spacing = float | Sequence[float] | np.ndarray | None
 
@@ -37,9 +39,9 @@ def normalise_spacing(voxelspacing: Spacing, ndim: int, name: str = "voxelspacin
     """
     if voxelspacing is None:
         return np.ones(ndim, dtype=np.float64)
+    if np.ndim(voxelspacing) == 0:
+        voxelspacing = [voxelspacing] * ndim
     spacing = np.asarray(voxelspacing, dtype=np.float64).reshape(-1)
-    if spacing.size == 1:
-        spacing = np.repeat(spacing, ndim)
     if spacing.size != ndim:
         raise ValueError(
             f"{name} has {spacing.size} values {spacing.tolist()}, expected one per axis ({ndim})"
@@ -102,9 +104,11 @@ def surface_distances(
     result_border = result ^ binary_erosion(result, structure=footprint, iterations=1)
     reference_border = reference ^ binary_erosion(reference, structure=footprint, iterations=1)
 
-    to_reference = distance_transform_edt(~reference_border, sampling=spacing)
-    to_result = distance_transform_edt(~result_border, sampling=spacing)
-    return to_reference[result_border], to_result[reference_border]
+    result_points = np.argwhere(result_border) * spacing  # N x ndim, in mm
+    reference_points = np.argwhere(reference_border) * spacing  # M x ndim
+    to_reference, _ = cKDTree(reference_points).query(result_points, k=1)
+    to_result, _ = cKDTree(result_points).query(reference_points, k=1)
+    return to_reference, to_result
 
 
 def hd_hd95(

@@ -192,7 +192,9 @@ def _float32_is_enough(spacing: tuple[float, ...], offset: float) -> bool:
     return bool(np.all(np.abs(fast - exact) <= 1e-6 * np.abs(offset - exact)))
 
 
-def _distance_to(mask: np.ndarray, spacing: np.ndarray, float64: bool) -> np.ndarray:
+def _distance_to(
+    mask: np.ndarray, spacing: np.ndarray, float64: bool, out: np.ndarray | None = None
+) -> np.ndarray:
     """Distance (mm) from every voxel to the nearest True voxel of `mask` (0 on the mask).
 
     Only voxels outside the mask have non-zero values, and every voxel outside the bounding box of
@@ -202,19 +204,22 @@ def _distance_to(mask: np.ndarray, spacing: np.ndarray, float64: bool) -> np.nda
     The `edt` package (an exact Felzenszwalb-Huttenlocher transform in C++) computes 1D-3D maps
     in float32, which is exact for squared distances on a unit grid (so the values equal scipy's
     bit for bit) and within 1e-7 relative otherwise. `float64=True`, and 4D or more, use scipy's
-    `distance_transform_edt`, the original's arithmetic.
+    `distance_transform_edt`, the original's arithmetic. The result goes to `out` when given.
     """
-    res = np.zeros(mask.shape, dtype=np.float64)
+    res = np.zeros(mask.shape, dtype=np.float64) if out is None else out
     outside = ~mask
     if not outside.any():
+        res[...] = 0
         return res
     box = bounding_box(outside, margin=1)
+    if any(s.stop - s.start < n for s, n in zip(box, mask.shape, strict=True)):
+        res[...] = 0
     crop = np.ascontiguousarray(outside[box])
     if float64 or mask.ndim > 3:
         res[box] = distance_transform_edt(crop, sampling=spacing)
     else:
         squared = edt.edtsq(crop, anisotropy=tuple(spacing.tolist()), black_border=False)
-        res[box] = np.sqrt(squared, dtype=np.float64)
+        np.sqrt(squared, out=res[box], dtype=np.float64)
     return res
 
 
@@ -283,12 +288,15 @@ def one_hot2dist(
         res[k] = offset - distance_transform_edt(masks[k], sampling=spacing)
         return res
 
-    to_class = np.stack([_distance_to(masks[k], spacing, float64) for k in present])  # P *xyz
-    # A pixel of class k is at distance 0 of k and > 0 of every other class, so the second
-    # smallest distance is the distance to the nearest pixel outside its own class.
-    to_other_class = np.partition(to_class, 1, axis=0)[1]  # *xyz
-    for i, k in enumerate(present):
-        res[k] = np.where(masks[k], offset - to_other_class, to_class[i])
+    to_class = np.empty(masks.shape[1:])  # *xyz, distance to the class at hand (reused)
+    to_other_class = np.full(masks.shape[1:], np.inf)  # *xyz, to the nearest other class
+    for k in present:
+        _distance_to(masks[k], spacing, float64, out=to_class)
+        np.copyto(res[k], to_class, casting="unsafe")
+        np.minimum(to_other_class, to_class, out=to_other_class, where=~masks[k])
+    inner = np.subtract(offset, to_other_class, out=to_other_class)  # inside values, own class
+    for k in present:
+        np.copyto(res[k], inner, casting="unsafe", where=masks[k])
     return res
 
 

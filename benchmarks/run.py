@@ -1,0 +1,46 @@
+"""`make bench`: run the benchmarks, write BENCHMARKS.md and benchmarks/results.json.
+
+Usage: python benchmarks/run.py [--only NAME ...] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import bench_core  # noqa: E402
+from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, write  # noqa: E402
+
+BENCHES = {**bench_core.BENCHES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run these alone")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(sorted(BENCHES)))
+        return 0
+
+    figures = []
+    for name in args.only or BENCHES:
+        figure = BENCHES[name]()
+        verdict = "" if figure.meets_target is None else ("ok" if figure.meets_target else "MISSED")
+        print(
+            f"{figure.name}: {figure.value:g} {figure.unit} vs {figure.baseline_value:g} "
+            f"{figure.unit} -> {figure.ratio:g}x {verdict}"
+            f"{'' if figure.same_values else ' (VALUES DIFFER)'}",
+            flush=True,
+        )
+        figures.append(figure)
+    write(figures)
+    print(f"wrote {BENCHMARKS_MD.name} and {RESULTS_JSON.relative_to(BENCHMARKS_MD.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
