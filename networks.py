@@ -1,8 +1,8 @@
 """Segmentation networks: UNet (2D and 3D), ResidualUNet, ENet and the Dimwit debugging net.
 
 The UNet follows the networks.py of the boundary-loss repository (Kervadec et al., MIDL 2019)
-layer for layer, with the same module names and nesting, so its ``state_dict`` keys match the
-original's. The building blocks are written once and take the number of spatial dimensions
+layer for layer (conv0-conv2, a residual bridge, three nearest-upsampling decoder stages). The
+building blocks are written once and take the number of spatial dimensions
 (2 or 3), which gives the 3D variants for free.
 
 Every network takes input ``B C H W`` (2D) or ``B C H W D`` (3D), returns logits
@@ -126,7 +126,7 @@ class ResidualBlock(nn.Module):
     identity when the channel counts match and a 1x1 convolution (no bias) plus BatchNorm
     otherwise. As in the original, the second 3x3 convolution keeps its bias although a
     BatchNorm follows it; the bias has no effect in training mode but is kept so that parameter
-    counts and ``state_dict`` keys match the original.
+    counts match the original.
 
     Args:
         nin: input channels C.
@@ -194,13 +194,14 @@ class SegmentationNet(nn.Module):
         self.nout = nout
 
     def check_input(self, x: Tensor) -> Tensor:
-        """Validate the input of ``forward`` and cast it to float32.
+        """Validate the input of ``forward`` and cast it to the parameters' float dtype.
 
         Args:
             x: ``B C H W`` (2D networks) or ``B C H W D`` (3D networks), any dtype.
 
         Returns:
-            ``x`` as float32.
+            ``x`` as the dtype of the network's parameters (float32 unless the network was
+            converted, e.g. to float64 for gradient checks; autocast handles mixed precision).
 
         Raises:
             ValueError: naming the network, the expected and the received shape, if ``x`` has
@@ -232,7 +233,7 @@ class SegmentationNet(nn.Module):
                 f"{name} downsamples by {factor}, so it expects shape {expected}, got {got};"
                 f" crop or pad the spatial sizes {tuple(spatial)} (for example to {fixed})"
             )
-        return x.float()
+        return x.to(next(self.parameters()).dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ class _UNetND(SegmentationNet):
             x: ``B C *S`` with every spatial size a multiple of 8, any dtype.
 
         Returns:
-            Logits ``B K *S``, float32.
+            Logits ``B K *S`` in the parameters' dtype (float32 by default).
 
         Raises:
             ValueError: if the shape of ``x`` does not fit (see :meth:`check_input`).
@@ -404,7 +405,7 @@ class ResidualUNet(SegmentationNet):
             x: ``B C H W`` with H and W multiples of 8, any dtype.
 
         Returns:
-            Logits ``B K H W``, float32.
+            Logits ``B K H W`` in the parameters' dtype (float32 by default).
 
         Raises:
             ValueError: if the shape of ``x`` does not fit (see :meth:`check_input`).
@@ -616,7 +617,7 @@ class ENet(SegmentationNet):
             x: ``B C H W`` with H and W multiples of 8, any dtype.
 
         Returns:
-            Logits ``B K H W``, float32.
+            Logits ``B K H W`` in the parameters' dtype (float32 by default).
 
         Raises:
             ValueError: if the shape of ``x`` does not fit (see :meth:`check_input`).
@@ -662,7 +663,7 @@ class Dimwit(SegmentationNet):
             x: ``B C *S`` with even spatial sizes, any dtype.
 
         Returns:
-            Logits ``B K *S``, float32.
+            Logits ``B K *S`` in the parameters' dtype (float32 by default).
 
         Raises:
             ValueError: if the shape of ``x`` does not fit (see :meth:`check_input`).
