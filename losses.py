@@ -19,13 +19,15 @@ sums negative values. Only its gradient matters; used alone from scratch it can 
 empty prediction, which is why it is paired with a regional loss and its weight scheduled.
 
 Inputs are validated with ValueError naming the argument and its shape (`python -O` keeps it).
-Computation is in float32 at least (float64 inputs stay float64), as autocast may hand over
-half-precision probabilities.
+Computation is in float32, as the original's `.type(torch.float32)`, whatever the input dtype
+(half precision from autocast included); FocalLoss, like the original's, keeps float64 inputs in
+float64.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from numbers import Real
 
 import numpy as np
 import torch
@@ -39,10 +41,14 @@ EPS = 1e-10
 class _IdcLoss:
     """Base of the losses: holds and checks `idc`, validates the inputs of each call."""
 
-    def __init__(self, *, idc: Sequence[int]) -> None:
-        valid = not isinstance(idc, int | str) and all(
-            isinstance(i, int | np.integer) and i >= 0 for i in idc
-        )
+    def __init__(self, *, idc: Sequence[int], **unknown: object) -> None:
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}; it takes "
+                f"{self._arguments()}"
+            )
+        valid = isinstance(idc, Iterable) and not isinstance(idc, str)
+        valid = valid and all(isinstance(i, int | np.integer) for i in idc)
         if not valid:
             raise ValueError(
                 f"{type(self).__name__}: idc must be a list of class indices, got {idc!r}"
@@ -54,15 +60,20 @@ class _IdcLoss:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(idc={self.idc})"
 
+    @classmethod
+    def _arguments(cls) -> str:
+        return "idc"
+
     def _check_probs(self, probs: Tensor) -> None:
         name = type(self).__name__
-        if not torch.is_tensor(probs) or probs.dim() < 3:
+        if not torch.is_tensor(probs):
+            raise TypeError(f"{name}: probs must be a torch.Tensor, got {type(probs).__name__}")
+        if probs.dim() < 3:
             raise ValueError(
-                f"{name}: probs must be a B x K x spatial tensor, got "
-                f"{tuple(probs.shape) if torch.is_tensor(probs) else type(probs).__name__}"
+                f"{name}: probs must be a B x K x spatial tensor, got {tuple(probs.shape)}"
             )
         K = probs.shape[1]
-        if max(self.idc) >= K:
+        if not all(-K <= i < K for i in self.idc):
             raise ValueError(f"{name}: idc {self.idc} out of range for {K} classes in probs")
         check_simplex(probs, f"{name}: probs")
 
@@ -73,8 +84,9 @@ class _IdcLoss:
         check_simplex(target, f"{name}: target")
 
     @staticmethod
-    def _float(t: Tensor, like: Tensor) -> Tensor:
-        return t.to(torch.promote_types(like.dtype, torch.float32))
+    def _float(t: Tensor) -> Tensor:
+        """float32, as the original's `.type(torch.float32)` (float64 inputs included)."""
+        return t.to(torch.float32)
 
 
 class CrossEntropy(_IdcLoss):
@@ -89,8 +101,8 @@ class CrossEntropy(_IdcLoss):
 
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
-        log_p = (self._float(probs[:, self.idc, ...], probs) + EPS).log()
-        mask = self._float(target[:, self.idc, ...], log_p)
+        log_p = (self._float(probs[:, self.idc, ...]) + EPS).log()
+        mask = self._float(target[:, self.idc, ...])
         loss = -einsum("bk...,bk...->", mask, log_p)
         return loss / (mask.sum() + EPS)
 
@@ -104,8 +116,8 @@ class GeneralizedDice(_IdcLoss):
 
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
-        pc = self._float(probs[:, self.idc, ...], probs)  # B K' *xyz
-        tc = self._float(target[:, self.idc, ...], pc)
+        pc = self._float(probs[:, self.idc, ...])  # B K' *xyz
+        tc = self._float(target[:, self.idc, ...])
 
         w = 1 / ((einsum("bk...->bk", tc) + EPS) ** 2)  # B K'
         intersection = w * einsum("bk...,bk...->bk", pc, tc)
@@ -123,8 +135,8 @@ class DiceLoss(_IdcLoss):
 
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
-        pc = self._float(probs[:, self.idc, ...], probs)
-        tc = self._float(target[:, self.idc, ...], pc)
+        pc = self._float(probs[:, self.idc, ...])
+        tc = self._float(target[:, self.idc, ...])
 
         intersection = einsum("bk...,bk...->bk", pc, tc)  # B K'
         union = einsum("bk...->bk", pc) + einsum("bk...->bk", tc)
@@ -145,14 +157,18 @@ class SurfaceLoss(_IdcLoss):
     def __call__(self, probs: Tensor, dist_maps: Tensor) -> Tensor:
         self._check_probs(probs)
         name = type(self).__name__
+        if not torch.is_tensor(dist_maps):
+            raise TypeError(
+                f"{name}: dist_maps must be a torch.Tensor, got {type(dist_maps).__name__}"
+            )
         check_same_shape(probs, dist_maps, (f"{name}: probs", "dist_maps"))
         if one_hot(dist_maps):
             raise ValueError(
                 f"{name}: dist_maps is one-hot ({tuple(dist_maps.shape)}): it expects the signed "
                 "distance maps (dist_map_transform), not the labels"
             )
-        pc = self._float(probs[:, self.idc, ...], probs)
-        dc = self._float(dist_maps[:, self.idc, ...], pc)
+        pc = self._float(probs[:, self.idc, ...])
+        dc = self._float(dist_maps[:, self.idc, ...])
         return einsum("bk...,bk...->bk...", pc, dc).mean()
 
 
@@ -167,20 +183,25 @@ class FocalLoss(_IdcLoss):
         gamma: focusing parameter (0 gives CrossEntropy).
     """
 
-    def __init__(self, *, idc: Sequence[int], gamma: float) -> None:
-        super().__init__(idc=idc)
-        if not isinstance(gamma, int | float) or gamma < 0:
+    def __init__(self, *, idc: Sequence[int], gamma: float, **unknown: object) -> None:
+        super().__init__(idc=idc, **unknown)
+        if not isinstance(gamma, Real) or isinstance(gamma, bool) or gamma < 0:
             raise ValueError(f"FocalLoss: gamma must be a non-negative number, got {gamma!r}")
         self.gamma = float(gamma)
 
     def __repr__(self) -> str:
         return f"FocalLoss(idc={self.idc}, gamma={self.gamma})"
 
+    @classmethod
+    def _arguments(cls) -> str:
+        return "idc, gamma"
+
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
-        masked_probs = self._float(probs[:, self.idc, ...], probs)
+        dtype = torch.promote_types(probs.dtype, torch.float32)
+        masked_probs = probs[:, self.idc, ...].to(dtype)
         log_p = (masked_probs + EPS).log()
-        mask = self._float(target[:, self.idc, ...], log_p)
+        mask = target[:, self.idc, ...].to(dtype)
         w = (1 - masked_probs) ** self.gamma
         loss = -einsum("bk...,bk...,bk...->", w, mask, log_p)
         return loss / (mask.sum() + EPS)
@@ -198,8 +219,10 @@ class HausdorffLoss(_IdcLoss):
             one-hot prediction, so its distances are truncated to integers) or "exact".
     """
 
-    def __init__(self, *, idc: Sequence[int], pred_dist: str = "truncated") -> None:
-        super().__init__(idc=idc)
+    def __init__(
+        self, *, idc: Sequence[int], pred_dist: str = "truncated", **unknown: object
+    ) -> None:
+        super().__init__(idc=idc, **unknown)
         if pred_dist not in ("truncated", "exact"):
             raise ValueError(
                 f"HausdorffLoss: pred_dist must be 'truncated' or 'exact', got {pred_dist!r}"
@@ -209,11 +232,15 @@ class HausdorffLoss(_IdcLoss):
     def __repr__(self) -> str:
         return f"HausdorffLoss(idc={self.idc}, pred_dist={self.pred_dist!r})"
 
+    @classmethod
+    def _arguments(cls) -> str:
+        return "idc, pred_dist"
+
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
         B = probs.shape[0]
-        pc = self._float(probs[:, self.idc, ...], probs)  # B K' *xyz
-        tc = self._float(target[:, self.idc, ...], pc)
+        pc = self._float(probs[:, self.idc, ...])  # B K' *xyz
+        tc = self._float(target[:, self.idc, ...])
 
         n_target = tc.detach().cpu().numpy()
         n_pred = probs2one_hot(probs.detach())[:, self.idc, ...].cpu().numpy()  # int32

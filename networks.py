@@ -47,6 +47,12 @@ _BATCHNORM: dict[int, type[nn.Module]] = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _SPATIAL_AXES: dict[int, tuple[str, ...]] = {2: ("H", "W"), 3: ("H", "W", "D")}
 
 
+def _check_positive_int(owner: str, arg: str, value: object) -> None:
+    """Raise ValueError unless `value` is a positive int (bools refused), naming owner and arg."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {arg} must be a positive integer, got {value!r}")
+
+
 def _check_dim(dim: int) -> None:
     if dim not in _CONV:
         raise ValueError(f"dim must be 2 or 3 (number of spatial dimensions), got {dim!r}")
@@ -188,8 +194,7 @@ class SegmentationNet(nn.Module):
         super().__init__()
         name = type(self).__name__
         for arg, value in (("nin", nin), ("nout", nout)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+            _check_positive_int(name, arg, value)
         self.nin = nin
         self.nout = nout
 
@@ -261,8 +266,7 @@ class _UNetND(SegmentationNet):
 
     def __init__(self, nin: int, nout: int, nG: int = 64) -> None:
         super().__init__(nin, nout)
-        if not isinstance(nG, int) or isinstance(nG, bool) or nG < 1:
-            raise ValueError(f"{type(self).__name__}: nG must be a positive integer, got {nG!r}")
+        _check_positive_int(type(self).__name__, "nG", nG)
         d = self.dimensions
         self.nG = nG
 
@@ -379,8 +383,7 @@ class ResidualUNet(SegmentationNet):
 
     def __init__(self, nin: int, nout: int, nG: int = 32) -> None:
         super().__init__(nin, nout)
-        if not isinstance(nG, int) or isinstance(nG, bool) or nG < 1:
-            raise ValueError(f"ResidualUNet: nG must be a positive integer, got {nG!r}")
+        _check_positive_int("ResidualUNet", "nG", nG)
         self.nG = nG
         self.enc0 = nn.Sequential(ResidualBlock(nin, nG), ResidualBlock(nG, nG))
         self.enc1 = nn.Sequential(conv_block(nG, nG * 2, stride=2), ResidualBlock(nG * 2, nG * 2))
@@ -589,8 +592,7 @@ class ENet(SegmentationNet):
 
     def __init__(self, nin: int, nout: int, factor: int = 1) -> None:
         super().__init__(nin, nout)
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-            raise ValueError(f"ENet: factor must be a positive integer, got {factor!r}")
+        _check_positive_int("ENet", "factor", factor)
         if nin >= 16 * factor:
             raise ValueError(
                 f"ENet: the initial block concatenates the {nin} input channels with a conv to"

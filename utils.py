@@ -1,8 +1,8 @@
 """Label encodings, signed distance maps and per-slice metrics, with the boundary-loss conventions.
 
-This module keeps the names, signatures and numerical behaviour of `utils.py` in the original
-boundary-loss implementation (Kervadec et al., "Boundary loss for highly unbalanced
-segmentation", MIDL 2019 / MedIA 2021), so code written against it runs unchanged:
+This module keeps the names, signatures and numerical behaviour of the label, distance-map and
+metric functions of `utils.py` in the original boundary-loss implementation (Kervadec et al.,
+"Boundary loss for highly unbalanced segmentation", MIDL 2019 / MedIA 2021):
 
 - tensors are `B K *xyz` (2D slices `B K H W` or volumes `B K X Y Z`), probabilities sum to one
   over K, one-hot encodings are `torch.int32`;
@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import edt
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from scipy.ndimage import distance_transform_edt
 from torch import Tensor, einsum
 
@@ -35,8 +36,11 @@ from metrics import bounding_box, diagonal, hd, normalise_spacing
 
 
 def uniq(a: Tensor) -> set:
-    """The set of values present in a tensor."""
-    return set(torch.unique(a.cpu()).numpy().tolist())
+    """The set of values present in a tensor (half precision included)."""
+    values = torch.unique(a.detach().cpu())
+    if values.dtype in (torch.bfloat16, torch.float16):
+        values = values.float()
+    return set(values.numpy().tolist())
 
 
 def sset(a: Tensor, sub: Iterable) -> bool:
@@ -45,14 +49,26 @@ def sset(a: Tensor, sub: Iterable) -> bool:
 
 
 def simplex(t: Tensor, axis: int = 1) -> bool:
-    """True when `t` sums to one along `axis` (torch.allclose tolerances, as the original)."""
-    total = t.sum(axis).to(torch.float32)
+    """True when `t` sums to one along `axis`.
+
+    torch.allclose's tolerances, as the original, for float32 and wider; half-precision tensors
+    (autocast) get a tolerance of a few of their own rounding steps per class.
+    """
+    total = t.sum(axis, dtype=torch.float32)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        atol = 4 * t.shape[axis] * torch.finfo(t.dtype).eps
+        return torch.allclose(total, torch.ones_like(total), rtol=0, atol=atol)
     return torch.allclose(total, torch.ones_like(total))
 
 
 def one_hot(t: Tensor, axis: int = 1) -> bool:
     """True when `t` is a simplex along `axis` whose values are all 0 or 1."""
     return simplex(t, axis) and bool(((t == 0) | (t == 1)).all())
+
+
+def eq(a: Tensor, b: Tensor) -> bool:
+    """True when two tensors are equal everywhere."""
+    return bool(torch.eq(a, b).all())
 
 
 def _describe(t: Tensor | np.ndarray) -> str:
@@ -117,6 +133,8 @@ def class2one_hot(seg: Tensor, K: int) -> Tensor:
         seg = torch.as_tensor(np.asarray(seg))
     if K < 1:
         raise ValueError(f"K must be a positive number of classes, got {K}")
+    if seg.dim() < 1:
+        raise ValueError(f"seg must be B x spatial class indices, got {_describe(seg)}")
     if seg.dtype.is_floating_point or seg.dtype.is_complex:
         if not bool((seg == seg.round()).all()):
             raise ValueError(f"seg must hold integer class indices, got {_describe(seg)}")
@@ -153,7 +171,7 @@ def probs2one_hot(probs: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _output_dtype(seg: np.ndarray, dtype, caller: str) -> np.dtype:
+def _output_dtype(seg: np.ndarray, dtype: DTypeLike | None, caller: str) -> np.dtype:
     """numpy zeros_like semantics, as the original: dtype None keeps seg's dtype."""
     if dtype is not None:
         return np.dtype(dtype)
@@ -201,10 +219,10 @@ def _distance_to(
     `~mask` grown by one is on the mask, so the transform runs on that box alone: the nearest
     mask voxel of a voxel in the box is never beyond the grown box's rim, which is all mask.
 
-    The `edt` package (an exact Felzenszwalb-Huttenlocher transform in C++) computes 1D-3D maps
-    in float32, which is exact for squared distances on a unit grid (so the values equal scipy's
-    bit for bit) and within 1e-7 relative otherwise. `float64=True`, and 4D or more, use scipy's
-    `distance_transform_edt`, the original's arithmetic. The result goes to `out` when given.
+    The `edt` package (an exact Felzenszwalb-Huttenlocher transform in C++) computes 2D and 3D
+    maps in float32, which is exact for squared distances on a unit grid (so the values equal
+    scipy's bit for bit) and within 1e-7 relative otherwise. `float64=True`, and other ranks, use
+    scipy's `distance_transform_edt`, the original's arithmetic. The result goes to `out`.
     """
     res = np.zeros(mask.shape, dtype=np.float64) if out is None else out
     outside = ~mask
@@ -215,7 +233,7 @@ def _distance_to(
     if any(s.stop - s.start < n for s, n in zip(box, mask.shape, strict=True)):
         res[...] = 0
     crop = np.ascontiguousarray(outside[box])
-    if float64 or mask.ndim > 3:
+    if float64 or mask.ndim not in (2, 3):
         res[box] = distance_transform_edt(crop, sampling=spacing)
     else:
         squared = edt.edtsq(crop, anisotropy=tuple(spacing.tolist()), black_border=False)
@@ -223,7 +241,7 @@ def _distance_to(
     return res
 
 
-def _as_numpy(seg) -> np.ndarray:
+def _as_numpy(seg: Tensor | np.ndarray | Sequence) -> np.ndarray:
     if torch.is_tensor(seg):
         return seg.detach().cpu().numpy()
     return np.asarray(seg)
@@ -232,7 +250,7 @@ def _as_numpy(seg) -> np.ndarray:
 def one_hot2dist(
     seg: np.ndarray,
     resolution: Sequence[float] | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     *,
     spacing_offset: bool = False,
 ) -> np.ndarray:
@@ -277,7 +295,7 @@ def one_hot2dist(
     spacing = normalise_spacing(resolution, seg.ndim - 1, "resolution")
     offset = spacing.min() if spacing_offset else 1.0
     # Integer outputs truncate: compute them with the original's float64 arithmetic, bit for bit.
-    float64 = not np.issubdtype(out_dtype, np.floating)
+    float64 = not np.issubdtype(out_dtype, np.floating) or seg.ndim - 1 not in (2, 3)
     float64 = float64 or not _float32_is_enough(tuple(spacing.tolist()), float(offset))
 
     masks = seg.astype(bool)
@@ -301,7 +319,7 @@ def one_hot2dist(
 
 
 def one_hot2hd_dist(
-    seg: np.ndarray, resolution: Sequence[float] | None = None, dtype=None
+    seg: np.ndarray, resolution: Sequence[float] | None = None, dtype: DTypeLike | None = None
 ) -> np.ndarray:
     """Unsigned distance map of the Hausdorff loss (Karimi and Salcudean, 2019).
 
@@ -323,7 +341,7 @@ def one_hot2hd_dist(
         raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
     out_dtype = _output_dtype(seg, dtype, "one_hot2hd_dist")
     spacing = normalise_spacing(resolution, seg.ndim - 1, "resolution")
-    float64 = not np.issubdtype(out_dtype, np.floating)
+    float64 = not np.issubdtype(out_dtype, np.floating) or seg.ndim - 1 not in (2, 3)
 
     res = np.zeros(seg.shape, dtype=out_dtype)
     for k, mask in enumerate(seg.astype(bool)):
@@ -361,7 +379,38 @@ def dice_batch(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
     return meta_dice("bk...->k", label, pred, smooth)
 
 
-def hausdorff(preds: Tensor, target: Tensor, spacing: Tensor | None = None) -> Tensor:
+def _check_binary_pair(a: Tensor, b: Tensor) -> None:
+    check_same_shape(a, b, ("a", "b"))
+    for name, t in (("a", a), ("b", b)):
+        if not sset(t, [0, 1]):
+            raise ValueError(f"{name} must be binary (0/1), got values {sorted(uniq(t))}")
+
+
+def intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Element-wise AND of two binary tensors of the same shape (their dtype kept)."""
+    _check_binary_pair(a, b)
+    return a * b if a.is_floating_point() else a & b
+
+
+def union(a: Tensor, b: Tensor) -> Tensor:
+    """Element-wise OR of two binary tensors of the same shape (their dtype kept)."""
+    _check_binary_pair(a, b)
+    return a + b - a * b if a.is_floating_point() else a | b
+
+
+def inter_sum(a: Tensor, b: Tensor) -> Tensor:
+    """Size of the intersection per image and class: `B K *xyz` pair -> `B K` float32."""
+    return einsum("bk...->bk", intersection(a, b).to(torch.float32))
+
+
+def union_sum(a: Tensor, b: Tensor) -> Tensor:
+    """Size of the union per image and class: `B K *xyz` pair -> `B K` float32."""
+    return einsum("bk...->bk", union(a, b).to(torch.float32))
+
+
+def hausdorff(
+    preds: Tensor, target: Tensor, spacing: Tensor | np.ndarray | Sequence | None = None
+) -> Tensor:
     """Hausdorff distance per slice and class, in mm (medpy's surface definition, metrics.hd).
 
     Args:
@@ -386,6 +435,8 @@ def hausdorff(preds: Tensor, target: Tensor, spacing: Tensor | None = None) -> T
             spacings = np.tile(spacings, (B, 1))
         if spacings.shape != (B, D):
             raise ValueError(f"spacing must have shape ({B}, {D}) or ({D},), got {spacings.shape}")
+        for row in spacings:
+            normalise_spacing(row, D, "spacing")
 
     n_pred = preds.detach().cpu().numpy().astype(bool)
     n_target = target.detach().cpu().numpy().astype(bool)
@@ -396,5 +447,8 @@ def hausdorff(preds: Tensor, target: Tensor, spacing: Tensor | None = None) -> T
             if p.any() and t.any():
                 res[b, k] = hd(p, t, voxelspacing=spacings[b])
             elif p.any() or t.any():
-                res[b, k] = diagonal(img_shape, normalise_spacing(spacings[b], D, "spacing"))
+                res[b, k] = diagonal(img_shape, spacings[b])
     return res.to(preds.device)
+
+
+haussdorf = hausdorff  # the spelling of the first release of the original code

@@ -75,13 +75,16 @@ def brute_hd_dist(seg: np.ndarray, spacing) -> np.ndarray:
     return out
 
 
-def original_formula(seg: np.ndarray) -> np.ndarray:
-    """The original repository's per-class formula with unit spacing, written with scipy."""
+def original_formula(seg: np.ndarray, resolution=None) -> np.ndarray:
+    """The original repository's per-class formula, written with scipy (any rank)."""
     out = np.zeros(seg.shape, dtype=np.float64)
     for k, mask in enumerate(seg.astype(bool)):
         if mask.any():
             neg = ~mask
-            out[k] = distance_transform_edt(neg) * neg - (distance_transform_edt(mask) - 1) * mask
+            out[k] = (
+                distance_transform_edt(neg, sampling=resolution) * neg
+                - (distance_transform_edt(mask, sampling=resolution) - 1) * mask
+            )
     return out
 
 
@@ -675,3 +678,57 @@ def test_hausdorff_rejects_mismatched_shapes():
     preds = labels2onehot_torch(DICE_PRED, 3)
     with pytest.raises(ValueError, match=r"(?i)shape"):
         hausdorff(preds, preds[:1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Other ranks, the original's small helpers, and more bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, resolution",
+    [((9,), None), ((9,), (0.7,)), ((4, 5, 3, 3), None), ((4, 5, 3, 3), (1.0, 0.5, 2.0, 3.0))],
+    ids=["1d", "1d-spacing", "4d", "4d-spacing"],
+)
+def test_one_hot2dist_other_ranks_use_the_original_arithmetic(shape, resolution):
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 3, size=shape)
+    seg = np.moveaxis(np.eye(3)[labels], -1, 0)
+    np.testing.assert_allclose(
+        one_hot2dist(seg, resolution, dtype=np.float64), original_formula(seg, resolution)
+    )
+    hd_map = one_hot2hd_dist(seg, resolution, dtype=np.float64)
+    assert hd_map.shape == seg.shape
+
+
+def test_intersection_union_and_their_sums():
+    from utils import eq, inter_sum, intersection, union, union_sum
+
+    a = torch.tensor([[[[1, 1], [0, 0]]]], dtype=torch.int32)  # 1 x 1 x 2 x 2
+    b = torch.tensor([[[[1, 0], [1, 0]]]], dtype=torch.int32)
+    assert eq(intersection(a, b), torch.tensor([[[[1, 0], [0, 0]]]], dtype=torch.int32))
+    assert eq(union(a, b), torch.tensor([[[[1, 1], [1, 0]]]], dtype=torch.int32))
+    assert inter_sum(a, b).tolist() == [[1.0]]
+    assert union_sum(a, b).tolist() == [[3.0]]
+    assert eq(union(a.float(), b.float()), union(a, b).float())
+    with pytest.raises(ValueError, match=r"a must be binary \(0/1\), got values \[0, 2\]"):
+        intersection(a * 2, b)
+
+
+def test_class2one_hot_refuses_a_scalar():
+    with pytest.raises(ValueError, match="seg must be B x spatial"):
+        class2one_hot(torch.tensor(1), 2)
+
+
+def test_hausdorff_names_a_bad_spacing():
+    t = torch.zeros(1, 2, 4, 4, dtype=torch.int32)
+    t[:, 0] = 1
+    with pytest.raises(ValueError, match=r"spacing must be finite and positive"):
+        hausdorff(t, t, spacing=torch.tensor([[1.0, float("nan")]]))
+
+
+def test_half_precision_probabilities_are_accepted():
+    probs = torch.softmax(torch.randn(2, 3, 8, 8), dim=1).to(torch.bfloat16)
+    assert probs2one_hot(probs).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="not one-hot"):
+        dice_coef(probs, probs)
