@@ -1,0 +1,208 @@
+"""main.py end to end on a small sliced dataset: outputs, learning, resume, bad configuration."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import main
+from tests.sliced_data import make_sliced_dataset
+
+LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
+FOLDERS = (
+    "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
+    "('gt_npy', dist_map_transform, False)]"
+)
+N_TRAIN, N_VAL, SLICES, BATCH = 3, 2, 4, 4
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "toy"
+    return make_sliced_dataset(root, n_train=N_TRAIN, n_val=N_VAL, slices=SLICES)
+
+
+def argv(dataset: Path, workdir: Path, *extra: str, n_epoch: int = 2) -> list[str]:
+    return [
+        "--dataset", str(dataset), "--workdir", str(workdir), "--network", "Dimwit",
+        "--n_class", "2", "--modalities", "2", "--batch_size", str(BATCH), "--cpu",
+        "--n_epoch", str(n_epoch), "--grp_regex", r"(case_\d+_\d+)_\d+", "--use_spacing",
+        "--losses", LOSSES, "--folders", FOLDERS, "--scheduler", "StealWeight",
+        "--scheduler_params", "{'to_steal': 0.01}", *extra,
+    ]  # fmt: skip
+
+
+def test_two_epoch_run_writes_every_output(dataset, tmp_path):
+    workdir = tmp_path / "run"
+    assert main.main(argv(dataset, workdir)) == 0
+    n_tra, n_val = N_TRAIN * SLICES, N_VAL * SLICES
+    expected = {
+        "tra_loss.npy": (2, math.ceil(n_tra / BATCH), 2),
+        "val_loss.npy": (2, math.ceil(n_val / BATCH), 2),
+        "tra_dice.npy": (2, n_tra, 2),
+        "val_dice.npy": (2, n_val, 2),
+        "val_3d_dsc.npy": (2, N_VAL, 2),
+        "val_3d_hausdorff.npy": (2, N_VAL, 2),
+        "val_3d_hd95.npy": (2, N_VAL, 2),
+    }
+    for name, shape in expected.items():
+        assert np.load(workdir / name).shape == shape, name
+    for epoch in (0, 1):
+        assert len(list((workdir / f"iter{epoch:03d}" / "val").glob("*.png"))) == n_val
+    best = int((workdir / "best_epoch.txt").read_text())
+    assert best in (0, 1)
+    assert len(list((workdir / "best_epoch" / "val").glob("*.png"))) == n_val
+    state = torch.load(workdir / "best.pt", weights_only=True)
+    assert state["epoch"] == best and state["network"] == "Dimwit"
+    assert set(state["model"]) == {"down.weight", "down.bias", "up.weight", "up.bias"}
+    last = torch.load(workdir / "last.pt", weights_only=True)
+    assert last["epoch"] == 1
+    # StealWeight after epochs 0 and 1: [1, 0.01] -> [0.99, 0.02] -> [0.98, 0.03]
+    assert last["weights"] == [[pytest.approx(0.98), pytest.approx(0.03)]]
+    rows = (workdir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "val_3d_hd95_class1" in rows[0]
+    assert "tra_loss_SurfaceLoss" in rows[0]
+    prov = json.loads((workdir / "provenance.json").read_text())
+    assert {"commit", "dirty", "command", "packages", "device", "seed"} <= set(prov)
+    assert "--losses" in prov["command"] and prov["packages"]["torch"].startswith("2.13")
+    assert json.loads((workdir / "args.json").read_text())["n_epoch"] == 2
+    assert (workdir / "git.diff").exists()
+
+
+def test_3d_metrics_equal_an_independent_computation_from_the_saved_predictions(dataset, tmp_path):
+    medpy = pytest.importorskip("medpy.metric.binary")
+    workdir = tmp_path / "run"
+    assert main.main(argv(dataset, workdir, n_epoch=1)) == 0
+    dsc = np.load(workdir / "val_3d_dsc.npy")[0]
+    hd = np.load(workdir / "val_3d_hausdorff.npy")[0]
+    patients = sorted({p.stem.rsplit("_", 1)[0] for p in (dataset / "val" / "gt_npy").iterdir()})
+    for i, patient in enumerate(patients):
+        stems = sorted(p.stem for p in (dataset / "val" / "gt_npy").glob(f"{patient}_*.npy"))
+        gt = np.stack([np.load(dataset / "val" / "gt_npy" / f"{s}.npy") for s in stems], -1)
+        pred = np.stack(
+            [np.asarray(Image.open(workdir / "iter000" / "val" / f"{s}.png")) for s in stems], -1
+        )
+        p, t = pred == 1, gt == 1
+        assert dsc[i, 1] == pytest.approx((2 * (p & t).sum() + 1e-8) / (p.sum() + t.sum() + 1e-8))
+        if p.any() and t.any():
+            assert hd[i, 1] == pytest.approx(medpy.hd(p, t, voxelspacing=(0.9, 0.9, 3.0)), 1e-4)
+        elif p.any() or t.any():  # one empty: the volume diagonal in mm
+            assert hd[i, 1] == pytest.approx(np.linalg.norm(np.array(gt.shape) * (0.9, 0.9, 3.0)))
+
+
+def test_unet_learns_a_handful_of_slices(tmp_path):
+    # The loop, the losses and the metrics together: a narrow UNet fits 8 slices on the CPU.
+    data = make_sliced_dataset(tmp_path / "few", n_train=2, n_val=1, slices=4, size=32, seed=3)
+    workdir = tmp_path / "learn"
+    args = argv(data, workdir, "--validation_folder", "train", "--net_params", "{'nG': 8}",
+                "--l_rate", "5e-3", n_epoch=25)  # fmt: skip
+    args[args.index("Dimwit")] = "UNet"
+    assert main.main(args) == 0
+    val_dice = np.load(workdir / "val_dice.npy")  # epoch x slice x class, on the train slices
+    nonempty = np.array(
+        [np.load(p).any() for p in sorted((data / "train" / "gt_npy").glob("*.npy"))]
+    )
+    best = val_dice[:, nonempty, 1].mean(axis=1).max()
+    assert best > 0.9, f"best foreground Dice {best:.3f} after 25 epochs"
+
+
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(dataset, tmp_path):
+    extra = ("--net_params", "{'nG': 4}", "--schedule")
+    full, split = tmp_path / "full", tmp_path / "split"
+    unet = argv(dataset, full, *extra, n_epoch=3)
+    unet[unet.index("Dimwit")] = "UNet"
+    assert main.main(unet) == 0
+    first = argv(dataset, split, *extra, n_epoch=1)
+    first[first.index("Dimwit")] = "UNet"
+    assert main.main(first) == 0  # "interrupted" after epoch 0
+    second = argv(dataset, split, *extra, "--resume", n_epoch=3)
+    second[second.index("Dimwit")] = "UNet"
+    assert main.main(second) == 0
+    for name in main.ARRAYS:
+        np.testing.assert_array_equal(np.load(full / f"{name}.npy"), np.load(split / f"{name}.npy"))
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def replace(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    if flag not in args:
+        return [*args, flag, value]
+    args[args.index(flag) + 1] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--losses", "[('Nope', {'idc': [1]}, 1), ('SurfaceLoss', {'idc': [1]}, 1)]",
+         "unknown loss 'Nope'"),
+        ("--folders", FOLDERS.replace("dist_map_transform", "distance_transform"),
+         "unknown name 'distance_transform'"),
+        ("--losses", LOSSES[:-1], "--losses: not a valid literal"),
+        ("--losses", "[('GeneralizedDice', {'idc': [0, 1]}, 1, 2)]", "--losses: malformed"),
+        ("--losses", "[('GeneralizedDice', {'idc': [0, 1]}, 1)]",
+         "1 loss\\(es\\).*2 target folder\\(s\\).*one target per loss"),
+        ("--losses", "[('FocalLoss', {'idc': [1]}, 1), ('SurfaceLoss', {'idc': [1]}, 1)]",
+         "FocalLoss"),
+        ("--scheduler_params", "{'to_add': 1}", "do not fit StealWeight"),
+        ("--net_params", "{'width': 3}", "--net_params.*do not fit Dimwit"),
+    ],
+)  # fmt: skip
+def test_bad_configuration_gives_one_clear_message(dataset, tmp_path, capsys, flag, value, message):
+    assert main.main(replace(argv(dataset, tmp_path / "run"), flag, value)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1
+    assert __import__("re").search(message, err), err
+
+
+def test_code_in_losses_is_refused_not_run(dataset, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    assert main.main(replace(argv(dataset, tmp_path / "run"), "--losses", code)) == 1
+    assert "nothing is executed" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_missing_data_folder_and_mismatched_files(dataset, tmp_path, capsys):
+    assert main.main(replace(argv(dataset, tmp_path / "a"), "--dataset", str(tmp_path))) == 1
+    assert "data folder not found" in capsys.readouterr().err
+
+    broken = make_sliced_dataset(tmp_path / "broken", n_train=1, n_val=1, slices=3)
+    (broken / "train" / "gt_npy" / "case_1_00_0001.npy").unlink()
+    assert main.main(argv(broken, tmp_path / "b")) == 1
+    err = capsys.readouterr().err
+    assert "images and labels do not match" in err and "case_1_00_0001" in err
+
+
+def test_labels_saved_as_0_255_are_refused_with_the_fix(tmp_path, capsys):
+    data = make_sliced_dataset(tmp_path / "d", n_train=1, n_val=1, slices=2)
+    path = data / "train" / "gt_npy" / "case_1_00_0000.npy"
+    np.save(path, np.load(path) * 255)
+    assert main.main(argv(data, tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "case_1_00_0000.npy" in err and "divide the mask by 255" in err
+
+
+def test_nan_input_stops_with_epoch_batch_and_slice_named(tmp_path, capsys):
+    data = make_sliced_dataset(tmp_path / "d", n_train=1, n_val=1, slices=2)
+    path = data / "train" / "in_npy" / "case_1_00_0000.npy"
+    image = np.load(path)
+    image[0, 0, 0] = np.nan
+    np.save(path, image)
+    assert main.main(argv(data, tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "epoch 0, train batch 0" in err and "NaN" in err
+
+
+def test_resume_without_a_run_is_an_error(dataset, tmp_path, capsys):
+    assert main.main(argv(dataset, tmp_path / "none", "--resume")) == 1
+    assert "nothing to resume" in capsys.readouterr().err
