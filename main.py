@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import io
 import json
 import platform
 import random
@@ -46,6 +47,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from atomic import atomic_write, write_text_atomic
 from dataloader import TRANSFORMS, DataError, FolderSpec, group_key, make_loader
 from losses import LOSSES, get_loss
 from metrics import hd_hd95
@@ -304,27 +306,16 @@ def check_config(args: argparse.Namespace) -> Config:
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_save(path: Path, write) -> None:
-    """Write `path` through a temporary file in the same folder, then rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def save_text(path: Path, text: str) -> None:
-    atomic_save(path, lambda tmp: tmp.write_text(text))
+    write_text_atomic(path, text)
 
 
 def save_torch(path: Path, obj: object) -> None:
-    atomic_save(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.save(f, array)
-
-    atomic_save(path, write)
+    atomic_write(path, lambda handle: np.save(handle, array))
 
 
 def _git(*args: str) -> str:
@@ -565,13 +556,11 @@ def write_csv(
         for e in range(epochs):
             rows[e] += [f"{v:.6g}" for v in per[e]]
 
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-
-    atomic_save(path, write)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> None:

@@ -1,0 +1,44 @@
+"""Atomic file writes: a product is either complete or absent, never half-written.
+
+Make takes a file that exists as finished, so every output of the pipeline is written to a
+temporary file in the same folder and renamed into place (an atomic rename on POSIX) once
+complete.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write(dest: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through a temporary file in the same folder, renamed into place when complete.
+
+    The temporary file (`.<name>.<random>.tmp`) is removed on any error, so an interrupted or
+    failed write leaves neither a partial `dest` nor a stray file. The parent folder is created
+    when missing.
+
+    Args:
+        dest: the file to write.
+        write: called with the open binary temporary file.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(dest: str | Path, text: str) -> None:
+    """`atomic_write` of UTF-8 text."""
+    atomic_write(dest, lambda handle: handle.write(text.encode("utf-8")))

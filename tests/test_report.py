@@ -1,0 +1,427 @@
+"""Tests for report.py (SPEC sections 9, 10): best epochs, mean and std, pages and errors.
+
+The run folders are built here with arrays whose best epochs, means and standard deviations are
+chosen by construction and worked out by hand in each test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atomic import atomic_write
+from report import better, build_table, main, summarise, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_run(
+    root: Path,
+    name: str,
+    arrays: dict[str, np.ndarray],
+    args: dict | None = None,
+    provenance: dict | None = None,
+    diff: str | None = None,
+) -> Path:
+    """A run folder as main.py writes it: metric arrays and, optionally, the side files."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    for metric, array in arrays.items():
+        np.save(folder / f"{metric}.npy", array)
+    if args is not None:
+        (folder / "args.json").write_text(json.dumps(args))
+    if provenance is not None:
+        (folder / "provenance.json").write_text(json.dumps(provenance))
+    if diff is not None:
+        (folder / "git.diff").write_text(diff)
+    return folder
+
+
+def dice_array() -> np.ndarray:
+    """E=4 x N=3 x K=2. Class 1: epoch means 0.2, 0.5, 0.9, 0.7, so the best epoch is 2, where
+    the values are 0.8, 0.9, 1.0: mean 0.9, std sqrt(0.02 / 3). Class 0 is best at epoch 0, so a
+    wrong default column would show."""
+    data = np.zeros((4, 3, 2))
+    data[:, :, 0] = [[1.0, 1.0, 1.0], [0.1, 0.1, 0.1], [0.0, 0.0, 0.0], [0.2, 0.2, 0.2]]
+    data[:, :, 1] = [[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.8, 0.9, 1.0], [0.7, 0.7, 0.7]]
+    return data
+
+
+def hausdorff_array() -> np.ndarray:
+    """E=3 x P=2 x K=2. Class 1: epoch means 5, 2, 3, so the best (lowest) epoch is 1, where the
+    values are 1 and 3: mean 2, std 1."""
+    data = np.full((3, 2, 2), 50.0)
+    data[:, :, 1] = [[4.0, 6.0], [1.0, 3.0], [3.0, 3.0]]
+    return data
+
+
+PROVENANCE = {
+    "commit": "0123abcd",
+    "dirty": True,
+    "command": "python main.py --losses \"[('GeneralizedDice', {'idc': [0, 1]}, 1)]\" <in> & out",
+    "python": "3.11.9",
+    "packages": {"torch": "2.13.0", "numpy": "2.2.6"},
+    "device": "cpu",
+    "date": "2025-01-02T03:04:05",
+    "seed": 1234,
+}
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    """`gdl` (4 epochs of 4, with provenance) and `surface` (2 epochs of 4, no provenance)."""
+    gdl = make_run(
+        tmp_path / "results",
+        "gdl",
+        {"val_dice": dice_array(), "val_3d_hausdorff": hausdorff_array()},
+        args={"n_epoch": 4, "network": "UNet", "losses": "[('GeneralizedDice', {}, 1)]"},
+        provenance=PROVENANCE,
+        diff="diff --git a/losses.py b/losses.py\n+x\n",
+    )
+    # Class 1 of surface: epoch means 0.6 and 0.4; best epoch 0, mean 0.6, std 0.2.
+    dice = np.zeros((2, 2, 2))
+    dice[:, :, 1] = [[0.4, 0.8], [0.4, 0.4]]
+    # Class 1 distances: epoch means 7 and 1.5; best epoch 1, mean 1.5, std 0.5.
+    hd = np.zeros((2, 2, 2))
+    hd[:, :, 1] = [[7.0, 7.0], [1.0, 2.0]]
+    surface = make_run(
+        tmp_path / "results",
+        "surface",
+        {"val_dice": dice, "val_3d_hausdorff": hd},
+        args={"n_epoch": 4},
+    )
+    return gdl, surface
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("val_dice", "max"),
+        ("tra_dice.npy", "max"),
+        ("val_3d_dsc.npy", "max"),
+        ("results/isles/gdl/val_3d_DSC.npy", "max"),
+        ("val_3d_hausdorff", "min"),
+        ("val_3d_hd95.npy", "min"),
+        ("tra_loss.npy", "min"),
+        ("val_loss", "min"),
+        ("val_adjacency.npy", "min"),
+    ],
+)
+def test_better(name: str, expected: str) -> None:
+    assert better(name) == expected
+
+
+def test_best_epoch_max_for_dice_min_for_distances(two_runs: tuple[Path, Path]) -> None:
+    gdl, surface = two_runs
+    runs = summarise([gdl, surface], ["val_dice", "val_3d_hausdorff"])
+    dice, hd = runs[0].metrics["val_dice"], runs[0].metrics["val_3d_hausdorff"]
+    assert (dice.mode, dice.columns, dice.best_epoch) == ("max", (1,), 2)
+    assert dice.mean == pytest.approx(0.9)
+    assert dice.std == pytest.approx(math.sqrt(0.02 / 3))
+    assert (hd.mode, hd.columns, hd.best_epoch) == ("min", (1,), 1)
+    assert (hd.mean, hd.std) == pytest.approx((2.0, 1.0))
+    dice, hd = runs[1].metrics["val_dice"], runs[1].metrics["val_3d_hausdorff"]
+    assert (dice.best_epoch, dice.mean, dice.std) == (0, pytest.approx(0.6), pytest.approx(0.2))
+    assert (hd.best_epoch, hd.mean, hd.std) == (1, pytest.approx(1.5), pytest.approx(0.5))
+    assert dice.n_nan == hd.n_nan == 0
+
+
+def test_explicit_columns_average_classes_per_sample(tmp_path: Path) -> None:
+    # Columns 0 and 1 of dice_array: per-sample means at epoch 0 are 0.55, 0.6, 0.65 (epoch
+    # mean 0.6); the next epochs have means 0.3, 0.45 and 0.45: the best epoch is 0.
+    run = make_run(tmp_path, "run", {"val_dice": dice_array()})
+    (s,) = [r.metrics["val_dice"] for r in summarise([run], ["val_dice.npy"], columns=[0, 1])]
+    assert (s.best_epoch, s.columns) == (0, (0, 1))
+    assert s.mean == pytest.approx(0.6)
+    assert s.std == pytest.approx(math.sqrt((0.05**2 * 2) / 3))
+
+
+def test_per_class(tmp_path: Path) -> None:
+    # E=2 x N=2 x K=3, columns 1 and 2. Epoch 0: class 1 = [0.2, 0.4], class 2 = [0.6, 0.6],
+    # mean 0.45; epoch 1: class 1 = [0.9, 0.5], class 2 = [0.2, 0.4], mean 0.5, the best.
+    data = np.zeros((2, 2, 3))
+    data[0, :, 1], data[0, :, 2] = [0.2, 0.4], [0.6, 0.6]
+    data[1, :, 1], data[1, :, 2] = [0.9, 0.5], [0.2, 0.4]
+    run = make_run(tmp_path, "run", {"val_3d_dsc": data})
+    (summary,) = summarise([run], ["val_3d_dsc"], per_class=True)
+    s = summary.metrics["val_3d_dsc"]
+    assert s.best_epoch == 1
+    assert s.mean == pytest.approx(0.5)  # per sample: 0.55 and 0.45
+    assert s.std == pytest.approx(0.05)
+    assert s.class_mean == pytest.approx({1: 0.7, 2: 0.3})
+    assert s.class_std == pytest.approx({1: 0.2, 2: 0.1})
+    assert s.class_nan == {1: 0, 2: 0}
+    table = build_table([summary], per_class=True)
+    assert table.header[2:] == [
+        "val_3d_dsc[1] (higher is better)",
+        "val_3d_dsc[2] (higher is better)",
+    ]
+    assert table.rows[0][2:] == ["0.7000 +- 0.2000 (epoch 1)", "0.3000 +- 0.1000 (epoch 1)"]
+    # Without per_class the summary holds no per-class values, and a per-class table says so.
+    (plain,) = summarise([run], ["val_3d_dsc"])
+    assert plain.metrics["val_3d_dsc"].class_mean == {}
+    with pytest.raises(ValueError, match="per_class"):
+        build_table([plain], per_class=True)
+
+
+def test_nan_values_are_left_out_and_counted(tmp_path: Path) -> None:
+    # Columns 1 and 2. Epoch 0 is all NaN and must not be chosen. Epoch 1: sample 0 has
+    # [0.6, NaN] -> 0.6, sample 1 has [0.8, 1.0] -> 0.9, sample 2 is all NaN: mean 0.75,
+    # std 0.15, 3 NaN values. Epoch 2: every sample 0.5.
+    data = np.full((3, 3, 3), np.nan)
+    data[1, 0, 1:] = [0.6, np.nan]
+    data[1, 1, 1:] = [0.8, 1.0]
+    data[2, :, 1:] = 0.5
+    run = make_run(tmp_path, "run", {"val_dice": data, "val_3d_hd95": np.full((2, 2, 2), np.nan)})
+    (summary,) = summarise([run], ["val_dice", "val_3d_hd95"], per_class=True)
+    s = summary.metrics["val_dice"]
+    assert (s.best_epoch, s.n_nan) == (1, 3)
+    assert (s.mean, s.std) == pytest.approx((0.75, 0.15))
+    assert s.class_mean == pytest.approx({1: 0.7, 2: 1.0})
+    assert s.class_nan == {1: 1, 2: 2}
+    empty = summary.metrics["val_3d_hd95"]  # every value NaN: no best epoch
+    assert empty.best_epoch is None and math.isnan(empty.mean) and empty.n_nan == 2
+    row = build_table([summary]).rows[0]
+    assert row[2] == "0.7500 +- 0.1500 (epoch 1, 3 NaN)"
+    assert row[3] == "all NaN (2 values)"
+    # Per class: class 1 of the distances has no finite value at all.
+    assert build_table([summary], per_class=True).rows[0][2:] == [
+        "0.7000 +- 0.1000 (epoch 1, 1 NaN)",
+        "1.0000 +- 0.0000 (epoch 1, 2 NaN)",
+        "all NaN (2 values)",
+    ]
+
+
+def test_different_epoch_counts_and_unfinished_runs(two_runs: tuple[Path, Path]) -> None:
+    gdl, surface = two_runs
+    runs = summarise([gdl, surface], ["val_dice"])
+    assert [(r.epochs_done, r.epochs_planned, r.unfinished) for r in runs] == [
+        (4, 4, False),
+        (2, 4, True),
+    ]
+    table = build_table(runs)
+    assert [row[1] for row in table.rows] == ["4/4", "2/4 unfinished"]
+
+
+def test_table_bold_marks_the_best_run_per_metric(two_runs: tuple[Path, Path]) -> None:
+    # val_dice: gdl 0.9 > surface 0.6; val_3d_hausdorff: surface 1.5 < gdl 2.
+    table = build_table(summarise(two_runs, ["val_dice", "val_3d_hausdorff"]))
+    assert table.header == [
+        "run",
+        "epochs",
+        "val_dice (higher is better)",
+        "val_3d_hausdorff (lower is better)",
+    ]
+    assert [row[0] for row in table.rows] == ["gdl", "surface"]
+    assert table.bold == [[False, False, True, False], [False, False, False, True]]
+
+
+def test_printed_table(two_runs: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    gdl, surface = two_runs
+    assert main(["--folders", str(gdl), str(surface), "--metrics", "val_dice"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    rows = lines[header + 2 : header + 4]
+    assert rows[0].startswith("gdl ") and "0.9000 +- 0.0816 (epoch 2) *" in rows[0]
+    assert rows[1].startswith("surface ") and "0.6000 +- 0.2000 (epoch 0)" in rows[1]
+    # Aligned: every column starts at the same offset in the header and in every row.
+    start = lines[header].index("val_dice")
+    assert rows[0].index("0.9000") == rows[1].index("0.6000") == start
+    assert rows[0].index("4/4") == rows[1].index("2/4") == lines[header].index("epochs")
+    assert any("surface: provenance.json is missing" in line for line in lines)
+
+
+def test_markdown_and_html_pages(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    gdl, surface = two_runs
+    plots = tmp_path / "results" / "plots"
+    plots.mkdir()
+    for name in ("val_dice.png", "val dice box.png"):
+        (plots / name).write_bytes(b"image")
+    dest = tmp_path / "results" / "report" / "report.md"
+    code = main(
+        [
+            "--folders", str(gdl), str(surface),
+            "--metrics", "val_dice", "val_3d_hausdorff",
+            "--dest", str(dest), "--html", "--title", "ISLES <test> & co",
+            "--plots", str(plots / "val_dice.png"), str(plots / "val dice box.png"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    page = dest.read_text()
+    assert page.startswith("# ISLES \\<test\\> & co\n")
+    assert "| run | epochs | val_dice (higher is better) |" in page
+    assert "| gdl | 4/4 | **0.9000 +- 0.0816 (epoch 2)** | 2.0000 +- 1.0000 (epoch 1) |" in page
+    assert "| surface | 2/4 unfinished | 0.6000 +- 0.2000 (epoch 0) | **1.5000 +-" in page
+    assert "Unfinished runs (fewer epochs than planned): surface." in page
+    assert "![val_dice](../plots/val_dice.png)" in page
+    assert "![val dice box](../plots/val%20dice%20box.png)" in page
+    for text in ("commit: `0123abcd`", "dirty (uncommitted changes)", "seed: 1234",
+                 "device: cpu", "torch==2.13.0", "numpy==2.2.6", "git.diff: 2 lines",
+                 '"network": "UNet"', "main.py --losses"):  # fmt: skip
+        assert text in page, text
+    surface_part = page.split("### surface")[1]
+    assert "provenance.json is missing: provenance unknown" in surface_part
+    assert '"n_epoch": 4' in surface_part
+
+    html_page = dest.with_suffix(".html").read_text()
+    assert html_page.startswith("<!DOCTYPE html>")
+    assert "<title>ISLES &lt;test&gt; &amp; co</title>" in html_page
+    assert "<td><b>0.9000 +- 0.0816 (epoch 2)</b></td>" in html_page
+    assert '<img src="../plots/val_dice.png" alt="val_dice">' in html_page
+    assert "&lt;in&gt; &amp; out" in html_page  # the command line, escaped
+    assert "<in>" not in html_page and "& out" not in html_page
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["report.html", "report.md"]
+
+
+def test_command_given_as_a_list(tmp_path: Path) -> None:
+    provenance = dict(PROVENANCE, command=["main.py", "--n_epoch", "3", "--workdir", "a b"])
+    run = make_run(tmp_path, "run", {"val_dice": dice_array()}, provenance=provenance)
+    dest = tmp_path / "out" / "r.md"
+    write_report(summarise([run], ["val_dice"]), dest)
+    assert "command: `main.py --n_epoch 3 --workdir 'a b'`" in dest.read_text()
+
+
+def test_error_missing_folder(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    missing = tmp_path / "results" / "nope"
+    with pytest.raises(FileNotFoundError, match=r"run folder .*nope does not exist"):
+        summarise([two_runs[0], missing], ["val_dice"])
+
+
+def test_error_missing_metric_file(two_runs: tuple[Path, Path]) -> None:
+    with pytest.raises(FileNotFoundError, match=r"metric file .*gdl/val_3d_hd95\.npy does not"):
+        summarise(two_runs, ["val_dice", "val_3d_hd95"])
+
+
+def test_error_column_out_of_range(two_runs: tuple[Path, Path]) -> None:
+    with pytest.raises(ValueError, match=r"column\(s\) \[2\] out of range for .*val_dice\.npy"):
+        summarise(two_runs, ["val_dice"], columns=[1, 2])
+    with pytest.raises(ValueError, match=r"column\(s\) \[-1\] out of range"):
+        summarise(two_runs, ["val_dice"], columns=[-1])
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((3, 4)), r"shape \(3, 4\) \(rank 2\), expected rank 3"),
+        (np.zeros((0, 4, 2)), "zero epochs"),
+        (np.zeros((3, 0, 2)), r"shape \(3, 0, 2\): expected at least one sample"),
+        (np.zeros((3, 4, 2), dtype=complex), "expected a numeric array"),
+        (np.array([["a"]]), "expected a numeric array"),
+    ],
+)
+def test_error_malformed_array(tmp_path: Path, array: np.ndarray, message: str) -> None:
+    run = make_run(tmp_path, "run", {"val_dice": array})
+    with pytest.raises(ValueError, match=message):
+        summarise([run], ["val_dice"])
+
+
+def test_error_unreadable_array(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "run", {})
+    (run / "val_dice.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match=r"val_dice\.npy is not a readable \.npy array"):
+        summarise([run], ["val_dice"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--folders", "{tmp}/results/gone"], "gone does not exist"),
+        (["--metrics", "val_dice", "val_3d_hd95"], r"val_3d_hd95\.npy does not exist"),
+        (["--columns", "5"], r"column\(s\) \[5\] out of range"),
+        (["--plots", "{tmp}/missing.png"], r"plot file .*missing\.png does not exist"),
+        (["--dest", "{tmp}/out/report.txt"], r"report\.txt must end in \.md"),
+    ],
+)
+def test_command_line_errors_leave_no_file(
+    two_runs: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    extra: list[str],
+    message: str,
+) -> None:
+    gdl, surface = two_runs
+    options = {
+        "--folders": [str(gdl), str(surface)],
+        "--metrics": ["val_dice"],
+        "--dest": [str(tmp_path / "out" / "report.md")],
+    }
+    options[extra[0]] = [e.format(tmp=tmp_path) for e in extra[1:]]
+    argv = [part for key, values in options.items() for part in [key, *values]] + ["--html"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path: Path) -> None:
+    dest = tmp_path / "page.md"
+    dest.write_text("old")
+
+    def failing(handle) -> None:
+        handle.write(b"half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_write(dest, failing)
+    assert [p.name for p in tmp_path.iterdir()] == ["page.md"]
+    assert dest.read_text() == "old"
+
+
+def test_script_entry_point(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """`python report.py` as Make calls it: exit 0 with the table, exit 1 with `error:`."""
+    gdl, surface = two_runs
+    ok = subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), "--folders", str(gdl), str(surface),
+         "--metrics", "val_dice", "--dest", str(tmp_path / "r.md")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "0.9000 +- 0.0816 (epoch 2)" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), "--folders", str(tmp_path / "none"),
+         "--metrics", "val_dice"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: run folder") and "none" in bad.stderr
+
+
+def test_loss_and_adjacency_keep_their_own_columns(tmp_path: Path) -> None:
+    # val_adjacency (E=3 x P=2 x 2): forbidden pair counts with epoch means 4, 1, 2, so the best
+    # (lowest) epoch is 1 (values 0 and 2: mean 1, std 1); column 1 (components) is not used.
+    adjacency = np.full((3, 2, 2), 100.0)
+    adjacency[:, :, 0] = [[3.0, 5.0], [0.0, 2.0], [2.0, 2.0]]
+    # tra_loss (E=2 x I=2 x L=2): every loss term is used; per-iteration means 2, 2 at epoch 0
+    # and 1, 1.5 at epoch 1, the best: mean 1.25, std 0.25.
+    loss = np.array([[[1.0, 3.0], [1.0, 3.0]], [[0.5, 1.5], [1.5, 1.5]]])
+    run = make_run(tmp_path, "run", {"val_adjacency": adjacency, "tra_loss": loss})
+    (summary,) = summarise([run], ["val_adjacency", "tra_loss"], columns=[3])  # classes only
+    adj, tra = summary.metrics["val_adjacency"], summary.metrics["tra_loss"]
+    assert (adj.mode, adj.columns, adj.best_epoch) == ("min", (0,), 1)
+    assert (adj.mean, adj.std) == pytest.approx((1.0, 1.0))
+    assert (tra.mode, tra.columns, tra.best_epoch) == ("min", (0, 1), 1)
+    assert (tra.mean, tra.std) == pytest.approx((1.25, 0.25))
+    page = tmp_path / "r.md"
+    write_report([summary], page)
+    assert "val_adjacency: forbidden pairs; tra_loss: loss 0, loss 1" in page.read_text()
+
+
+def test_class_without_any_finite_value_at_the_best_epoch(tmp_path: Path) -> None:
+    # Columns 1 and 2; class 2 is all NaN, class 1 has epoch means 0.2 and 0.6 (best: epoch 1).
+    data = np.full((2, 2, 3), np.nan)
+    data[:, :, 1] = [[0.2, 0.2], [0.5, 0.7]]
+    run = make_run(tmp_path, "run", {"val_3d_dsc": data})
+    (summary,) = summarise([run], ["val_3d_dsc"], per_class=True)
+    assert build_table([summary], per_class=True).rows[0][2:] == [
+        "0.6000 +- 0.1000 (epoch 1)",
+        "all NaN (epoch 1, 2 values)",
+    ]
+    assert build_table([summary]).rows[0][2] == "0.6000 +- 0.1000 (epoch 1, 2 NaN)"
