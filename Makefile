@@ -1,44 +1,26 @@
 # Project housekeeping: install, test, lint, bench, clean.
 # The dataset pipelines live in isles.make, wmh.make and acdc.make.
-SHELL := bash
-.SHELLFLAGS := -eu -o pipefail -c
-.DELETE_ON_ERROR:
 .PHONY: install test lint format bench clean distclean
 
-# Bootstrap interpreter used to create the virtual environment.
-PY_BOOT ?= python3
-VENV := .venv
-# `make CC=/path/to/python ...` uses that interpreter as it is and skips the venv.
-# Only a command-line CC counts: a CC=gcc exported by a C toolchain must not be taken for Python.
-ifeq ($(origin CC),command line)
-PYTHON := $(CC)
-STAMP :=
-else
-PYTHON := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-endif
+.DEFAULT_GOAL := test
+# The interpreter (PY: .venv/bin/python, or CC=/path/to/python) and the .venv rule.
+include common.make
 
-install: $(STAMP)
+install: $(PY_DEPS)
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
-	$(PY_BOOT) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -r requirements-test.txt
-	touch $@
+lint: $(PY_DEPS)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
-lint: $(STAMP)
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
-
-format: $(STAMP)
-	$(PYTHON) -m ruff check --fix .
-	$(PYTHON) -m ruff format .
+format: $(PY_DEPS)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PYTHON) benchmarks/run.py
+bench: $(PY_DEPS)
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache benchmarks/*_tmp

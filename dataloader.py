@@ -183,7 +183,8 @@ class SliceDataset(Dataset):
         debug: keep the first 10 slices only.
 
     Items are dicts: `images` (`C H W`), `labels` (one tensor per target folder), `gt` (the first
-    one-hot target, `K H W`), `filename` (the stem), `spacing` (float32 vector).
+    one-hot target, `K H W`, or None on an unlabelled split: no folder flagged one-hot),
+    `filename` (the stem), `spacing` (float32 vector).
 
     Raises:
         DataError: a folder is missing or empty, folders hold different stems (naming the folder
@@ -202,8 +203,8 @@ class SliceDataset(Dataset):
         self.root = Path(root)
         self.specs = list(specs)
         self.K = K
-        if not any(spec.is_hot for spec in self.specs[1:]):
-            raise DataError("--folders needs at least one one-hot target (a True flag) for Dice")
+        # Without a one-hot target the split is unlabelled (semi-supervised): no Dice on it.
+        self.labelled = any(spec.is_hot for spec in self.specs[1:])
         self.files = self._match_files()
         if debug:
             self.files = self.files[:10]
@@ -265,7 +266,8 @@ class SliceDataset(Dataset):
             except (DataError, ValueError) as error:
                 raise DataError(f"{path}: {error}") from None
         image, labels = tensors[0], tensors[1:]
-        gt = next(t for spec, t in zip(self.specs[1:], labels, strict=True) if spec.is_hot)
+        hot = [t for spec, t in zip(self.specs[1:], labels, strict=True) if spec.is_hot]
+        gt = hot[0] if hot else None
         for t, path in zip(labels, self.files[index][1:], strict=True):
             if t.shape[-2:] != image.shape[-2:]:
                 raise DataError(
@@ -288,7 +290,7 @@ def collate(items: list[dict]) -> dict:
         "labels": [
             torch.stack(group) for group in zip(*(item["labels"] for item in items), strict=True)
         ],
-        "gt": torch.stack([item["gt"] for item in items]),
+        "gt": None if items[0]["gt"] is None else torch.stack([item["gt"] for item in items]),
         "filenames": [item["filename"] for item in items],
         "spacing": torch.stack([item["spacing"] for item in items]),
     }
@@ -389,6 +391,10 @@ def make_loader(
         )
     spacing = read_spacing(split) if use_spacing else None
     dataset = SliceDataset(split, specs, K, spacing=spacing, in_memory=in_memory, debug=debug)
+    if not train and not dataset.labelled:
+        raise DataError(
+            f"{split}: validation needs a one-hot target (a True flag in --folders) for its metrics"
+        )
     common = {
         "collate_fn": collate,
         "num_workers": num_workers,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import csv
 import io
 import json
@@ -388,7 +389,8 @@ class EpochLog:
     """What one pass over the loaders measured."""
 
     losses: np.ndarray  # iteration x loss, raw (unweighted) values
-    dices: np.ndarray  # slice x class, 2D Dice
+    dices: np.ndarray  # slice x class, 2D Dice (NaN for unlabelled slices)
+    per_loader: list[list[float]] = field(default_factory=list)  # mean raw losses per loader
     volumes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # 3D accumulation
 
 
@@ -424,14 +426,16 @@ def do_epoch(
     dice_log = np.zeros((total_slices, K), dtype=np.float32)
     volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     done_batches = done_slices = 0
+    per_loader = []
 
     bar = tqdm(total=total_iterations, desc=f">> {mode} epoch {epoch:3d}", ncols=120, leave=False)
     with torch.set_grad_enabled(train):
         for loader, fns, ws, names in zip(loaders, loss_fns, weights, loss_names, strict=True):
+            first_batch = done_batches
             for batch in loader:
                 image = batch["images"].to(device)
                 labels = [t.to(device) for t in batch["labels"]]
-                gt = batch["gt"].to(device)
+                gt = None if batch["gt"] is None else batch["gt"].to(device)
                 stems = batch["filenames"]
                 B = image.shape[0]
                 if train:
@@ -457,12 +461,15 @@ def do_epoch(
                     optimizer.step()
 
                 predicted = probs2one_hot(probs.detach())  # B K H W
-                dice_log[done_slices : done_slices + B] = dice_coef(gt, predicted).cpu().numpy()
+                if gt is None:  # an unlabelled loader (semi-supervised): no Dice
+                    dice_log[done_slices : done_slices + B] = np.nan
+                else:
+                    dice_log[done_slices : done_slices + B] = dice_coef(gt, predicted).cpu().numpy()
                 loss_log[done_batches, : len(values)] = [v.item() for v in values]
                 classes = probs2class(probs.detach())  # B H W
                 if save_dir is not None:
                     save_predictions(classes, stems, save_dir)
-                if not train:
+                if not train and gt is not None:
                     gt_classes = gt.argmax(dim=1)
                     for b, stem in enumerate(stems):
                         key = group_key(stem, args.grp_regex)
@@ -472,7 +479,9 @@ def do_epoch(
                         volumes[key]["spacing"].append(batch["spacing"][b].numpy())
                 done_batches += 1
                 done_slices += B
-                running = dice_log[:done_slices, args.metric_axis].mean()
+                running = (
+                    np.nanmean(dice_log[:done_slices, args.metric_axis]) if gt is not None else 0
+                )
                 bar.set_postfix(
                     {"dice": f"{running:.3f}"}
                     | {
@@ -481,6 +490,9 @@ def do_epoch(
                     }
                 )
                 bar.update()
+            per_loader.append(
+                np.nanmean(loss_log[first_batch:done_batches, : len(fns)], 0).tolist()
+            )
     bar.close()
     stacked = {
         key: {
@@ -490,7 +502,7 @@ def do_epoch(
         }
         for key, v in volumes.items()
     }
-    return EpochLog(loss_log, dice_log, stacked)
+    return EpochLog(loss_log, dice_log, per_loader, stacked)
 
 
 def metrics_3d(
@@ -512,6 +524,59 @@ def metrics_3d(
             dsc[i, k] = (2 * np.sum(p & t) + 1e-8) / (p.sum() + t.sum() + 1e-8)
             hd[i, k], hd95[i, k] = hd_hd95(p, t, voxelspacing=spacing)
     return dsc, hd, hd95
+
+
+@dataclass
+class TrainResult:
+    log: EpochLog
+    weights: list[list[float]]
+
+
+NAN_RETRIES = 3
+
+
+def train_epoch(
+    args: argparse.Namespace,
+    net: nn.Module,
+    device: torch.device,
+    loaders: Sequence[torch.utils.data.DataLoader],
+    loss_fns: Sequence[Sequence],
+    weights: list[list[float]],
+    loss_names: Sequence[Sequence[str]],
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    iter_dir: Path,
+) -> TrainResult:
+    """One training epoch. A scheduler that handles NaN (`handles_nan`, the adjacency
+    LambdaController) gets the chance to lower its weights: the epoch restarts from its first
+    state with the new weights, up to NAN_RETRIES times; otherwise a NaN stops the run."""
+    handles_nan = getattr(scheduler, "handles_nan", False)
+    saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()))
+    for attempt in range(NAN_RETRIES + 1):
+        try:
+            log = do_epoch(
+                "train",
+                net,
+                device,
+                loaders,
+                loss_fns,
+                weights,
+                loss_names,
+                args,
+                epoch,
+                optimizer,
+                iter_dir / "train" if args.save_train else None,
+            )
+            return TrainResult(log, weights)
+        except TrainingError as error:
+            if not handles_nan or attempt == NAN_RETRIES:
+                raise
+            weights = scheduler(epoch, weights, {"nan": True})
+            net.load_state_dict(saved[0])
+            optimizer.load_state_dict(saved[1])
+            print(f">> {error}; restarting the epoch with weights {weights}", flush=True)
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,19 +743,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             if hasattr(loader.batch_sampler, "set_epoch"):
                 loader.batch_sampler.set_epoch(epoch)
         iter_dir = workdir / f"iter{epoch:03d}"
-        tra = do_epoch(
-            "train",
-            net,
-            device,
-            train_loaders,
-            loss_fns,
-            weights,
-            loss_names,
-            args,
-            epoch,
-            optimizer,
-            iter_dir / "train" if args.save_train else None,
-        )
+        tra = train_epoch(args, net, device, train_loaders, loss_fns, weights, loss_names, epoch,
+                          optimizer, scheduler, iter_dir)  # fmt: skip
+        weights = tra.weights
         val = do_epoch(
             "val",
             net,
@@ -705,7 +760,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
         )
         dsc3, hd3, hd95_3 = metrics_3d(val.volumes, args.n_class, spacing_3d)
         for name, value in zip(
-            ARRAYS, (tra.losses, val.losses, tra.dices, val.dices, dsc3, hd3, hd95_3), strict=True
+            ARRAYS,
+            (tra.log.losses, val.losses, tra.log.dices, val.dices, dsc3, hd3, hd95_3),
+            strict=True,
         ):
             history[name].append(value)
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -750,7 +807,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             if halve:
                 for group in optimizer.param_groups:
                     group["lr"] /= 2
-        weights = scheduler(epoch, weights, {"val_dice": metric})
+        weights = scheduler(epoch, weights, {"val_dice": metric, "tra_losses": tra.log.per_loader})
 
         state = {
             "model": net.state_dict(),

@@ -90,10 +90,104 @@ class AddWeightLoss(DummyScheduler):
         return new
 
 
+class LambdaController(DummyScheduler):
+    """Automatic weight of the adjacency penalty, as in Ganaye et al. (MICCAI 2018).
+
+    After epoch 0 the penalty's weight is set so that, weighted, it is `fraction` of the
+    segmentation term (both measured as the epoch's mean raw training losses). Then, every
+    `every` epochs, the weight is multiplied by `factor` while the validation Dice holds (stays
+    within `tolerance` of the best so far), and divided by `factor` when it drops further or
+    when an epoch produced NaN (`metrics["nan"]`); the count restarts after each change.
+
+    Args:
+        index: position of the penalty in each loader's losses (default: the last).
+        reference: position of the segmentation term it is scaled against (default: the first).
+        fraction: penalty / segmentation term after epoch 0.
+        factor: multiplier of each raise (and divisor of each back-off), > 1.
+        every: epochs between two raises.
+        tolerance: Dice drop tolerated before backing off.
+        max_weight: ceiling of the weight.
+
+    The metrics it reads: `val_dice` (float), `tra_losses` (one list of mean raw losses per
+    loader), `nan` (bool, optional).
+    """
+
+    handles_nan = True  # the training restarts a NaN epoch with the lowered weights
+
+    def __init__(
+        self,
+        index: int = -1,
+        reference: int = 0,
+        fraction: float = 0.1,
+        factor: float = 2.0,
+        every: int = 5,
+        tolerance: float = 0.01,
+        max_weight: float = 1e3,
+    ) -> None:
+        if not fraction > 0 or not factor > 1 or not every >= 1 or tolerance < 0:
+            raise ValueError(
+                "LambdaController: needs fraction > 0, factor > 1, every >= 1, tolerance >= 0; "
+                f"got fraction={fraction}, factor={factor}, every={every}, tolerance={tolerance}"
+            )
+        self.index, self.reference = index, reference
+        self.fraction, self.factor, self.every = fraction, factor, every
+        self.tolerance, self.max_weight = tolerance, max_weight
+        self.best_dice = -float("inf")
+        self.since_change = 0
+        self.started = False
+
+    def _scale(self, weights: Weights, scale: float) -> Weights:
+        new = [list(w) for w in weights]
+        for w in new:
+            w[self.index] = min(self.max_weight, w[self.index] * scale)
+        return new
+
+    def __call__(self, epoch: int, weights: Weights, metrics: dict | None = None) -> Weights:
+        metrics = metrics or {}
+        if metrics.get("nan"):
+            self.since_change = 0
+            return self._scale(weights, 1 / self.factor)
+        dice = float(metrics.get("val_dice", float("nan")))
+        if not self.started:
+            self.started = True
+            self.best_dice = dice
+            new = [list(w) for w in weights]
+            for w, losses in zip(new, metrics.get("tra_losses", []), strict=False):
+                penalty, segmentation = losses[self.index], losses[self.reference]
+                if penalty > 0 and segmentation > 0:
+                    w[self.index] = min(
+                        self.max_weight, self.fraction * w[self.reference] * segmentation / penalty
+                    )
+            return new
+        self.since_change += 1
+        if dice < self.best_dice - self.tolerance:
+            self.since_change = 0
+            self.best_dice = max(self.best_dice, dice)
+            return self._scale(weights, 1 / self.factor)
+        self.best_dice = max(self.best_dice, dice)
+        if self.since_change >= self.every:
+            self.since_change = 0
+            return self._scale(weights, self.factor)
+        return [list(w) for w in weights]
+
+    def state_dict(self) -> dict:
+        return {
+            "best_dice": self.best_dice,
+            "since_change": self.since_change,
+            "started": self.started,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_dice = float(state["best_dice"])
+        self.since_change = int(state["since_change"])
+        self.started = bool(state["started"])
+
+
 SCHEDULERS: dict[str, type[DummyScheduler]] = {
     "DummyScheduler": DummyScheduler,
     "StealWeight": StealWeight,
     "AddWeightLoss": AddWeightLoss,
+    "LambdaController": LambdaController,
 }
 
 

@@ -1,0 +1,196 @@
+# common.make: every recipe of the pipeline, written once.
+#
+# Included by the project Makefile (the interpreter and the virtual environment only) and by
+# isles.make, wmh.make and acdc.make, which set the dataset's variables and training list first:
+#
+#   DATASET       lower-case name: the sliced data (data/isles) and the results (results/isles)
+#   RAW           name of the unpacked folder (data/ISLES)
+#   ZIPS          the zips, by their real names; DROP: what unpacking leaves out (fnmatch)
+#   SLICER        preprocess/slice_<dataset>.py; RETAIN: validation patients; SLICE_OPT
+#   K MODALITIES METRIC_AXIS G_RGX TRAIN_OPT  passed to main.py
+#   TRN           the trainings built by default; EXTRA_TRN: buildable on request
+#   <run>_LOSSES <run>_FOLDERS <run>_OPT      each training's --losses, --folders, other flags
+#   CURVES BOXPLOTS REPORT_METRICS            the plots (metric names) and the report's metrics
+#
+# Every product is built under a temporary name (<target>_tmp, or by the tools themselves) and
+# moved into place when complete, and .DELETE_ON_ERROR removes a file whose recipe failed: an
+# interrupted `make` never leaves something it would take as finished.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+# ---------------------------------------------------------------------------------------------
+# Interpreter: the project's .venv, created on first use, or CC=/path/to/python as it is
+# ---------------------------------------------------------------------------------------------
+
+PY_BOOT ?= python3
+VENV := .venv
+# Only a command-line CC counts: a CC=gcc exported by a C toolchain must not be taken for Python.
+ifeq ($(origin CC),command line)
+PY := $(CC)
+PY_DEPS :=
+else
+PY := $(VENV)/bin/python
+PY_DEPS := $(VENV)/.installed
+endif
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PY_BOOT) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+ifdef DATASET
+# ---------------------------------------------------------------------------------------------
+# The dataset pipeline
+# ---------------------------------------------------------------------------------------------
+
+.DEFAULT_GOAL := all
+.PHONY: all data unpack slice train plot report pack clean-results
+
+# User variables (command line): EPC BS NET DEBUG=--debug CFLAGS=-O CC DATA=synthetic RESUME=1
+NET ?= UNet
+BS ?= 8
+LR ?= 1e-3
+SEED ?= 0
+N_AUGMENT ?= 0
+NET_PARAMS ?= {}
+WORKERS ?= 0
+
+# Real data: the zips in data/. DATA=synthetic: generated stand-in zips, and every product in
+# folders of their own, so that stand-in results are never mistaken for real ones.
+ifeq ($(DATA),synthetic)
+SUFFIX := -synthetic
+ROOT := data/$(DATASET)-synthetic
+LINEAGE := lineage/$(DATASET)-synthetic.lineage
+else ifeq ($(DATA),)
+SUFFIX :=
+ROOT := data
+LINEAGE := lineage/$(DATASET).lineage
+else
+$(error DATA=$(DATA) is not known: leave DATA unset for the real zips in data/, or use DATA=synthetic)
+endif
+
+ZIP_PATHS := $(addprefix $(ROOT)/,$(ZIPS))
+UNPACKED := $(ROOT)/$(RAW)
+SLICED := $(ROOT)/$(DATASET)
+RESULTS := results/$(DATASET)$(SUFFIX)
+TRN_DIRS := $(addprefix $(RESULTS)/,$(TRN))
+EXTRA_DIRS := $(addprefix $(RESULTS)/,$(EXTRA_TRN))
+CURVE_FILES := $(addprefix $(RESULTS)/,$(addsuffix .png,$(CURVES)))
+BOX_FILES := $(addprefix $(RESULTS)/,$(addsuffix _boxplot.png,$(BOXPLOTS)))
+PLOT_FILES := $(CURVE_FILES) $(BOX_FILES)
+REPORT := $(RESULTS)/report.md
+
+REPO := $(shell basename "$$(git rev-parse --show-toplevel 2>/dev/null || pwd)")
+DATE := $(shell date +%y%m%d)
+HASH := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
+HOST := $(shell hostname 2>/dev/null || uname -n)
+PACK := archives/$(REPO)-$(DATE)-$(HASH)-$(HOST)-$(DATASET)$(SUFFIX).tar.gz
+GZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
+# The stdlib-only steps (lineage, unpack) need no virtual environment.
+LITE_PY := $(if $(PY_DEPS),$(PY_BOOT),$(PY))
+
+all: pack
+data: slice
+unpack: $(UNPACKED)
+slice: $(SLICED)
+train: $(TRN_DIRS)
+plot: $(PLOT_FILES)
+report: $(REPORT)
+pack: $(PACK)
+
+# Zips: generated (DATA=synthetic), or the user's; a missing real zip stops here with where to
+# get it and the synthetic alternative.
+ifeq ($(DATA),synthetic)
+$(ZIP_PATHS) &: | $(PY_DEPS)
+	$(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATASET) --dest $(ROOT) --seed 0 --size quick
+else
+$(ZIP_PATHS):
+	@$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
+endif
+
+# Unpack only what matches the lineage's md5 sums; the unpacker works in $@_tmp.
+$(UNPACKED): $(ZIP_PATHS) $(LINEAGE)
+	$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
+	$(LITE_PY) preprocess/unpack.py $(ZIP_PATHS) --dest $@ --drop $(DROP)
+	touch $@
+
+# Slice 3D volumes into 2D png/npy with 3D distance maps; the slicer works in $@_tmp.
+$(SLICED): $(UNPACKED) | $(PY_DEPS)
+	$(PY) $(CFLAGS) $(SLICER) --source_dir $< --dest_dir $@ --retain $(RETAIN) --seed $(SEED) \
+		--n_augment $(N_AUGMENT) $(SLICE_OPT)
+	touch $@
+
+# One training per loss combination, in $@_tmp; RESUME=1 continues an interrupted one from its
+# last.pt instead of starting over.
+$(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) | $(PY_DEPS)
+	$(if $(RESUME),,rm -rf $@_tmp)
+	$(PY) $(CFLAGS) main.py --dataset $(SLICED) --workdir $@_tmp --network $(NET) \
+		--net_params "$(NET_PARAMS)" --n_class $(K) --modalities $(MODALITIES) \
+		--metric_axis $(METRIC_AXIS) --grp_regex '$(G_RGX)' --n_epoch $(EPC) --batch_size $(BS) \
+		--l_rate $(LR) --seed $(SEED) --workers $(WORKERS) $(TRAIN_OPT) \
+		--losses "$($*_LOSSES)" --folders "$($*_FOLDERS)" $($*_OPT) \
+		$(if $(and $(RESUME),$(wildcard $@_tmp/last.pt)),--resume) $(DEBUG)
+	rm -rf $@
+	mv $@_tmp $@
+
+# Plots of every training: curves of a metric over epochs, box plots at each best epoch.
+# Losses plot every term; other metrics the classes of METRIC_AXIS.
+$(CURVE_FILES): $(RESULTS)/%.png: $(TRN_DIRS) | $(PY_DEPS)
+	$(PY) $(CFLAGS) plot.py curves --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
+		$(if $(findstring loss,$*),,--columns $(METRIC_AXIS)) --title "$(DATASET)$(SUFFIX): $*"
+
+$(BOX_FILES): $(RESULTS)/%_boxplot.png: $(TRN_DIRS) | $(PY_DEPS)
+	$(PY) $(CFLAGS) plot.py box --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
+		--columns $(METRIC_AXIS) --title "$(DATASET)$(SUFFIX): $* at the best epoch"
+
+# The report: printed, and written as Markdown and HTML with the plots and provenance.
+$(REPORT): $(TRN_DIRS) $(PLOT_FILES) | $(PY_DEPS)
+	$(PY) $(CFLAGS) report.py --folders $(TRN_DIRS) --metrics $(REPORT_METRICS) \
+		--columns $(METRIC_AXIS) --dest $@ --html --plots $(PLOT_FILES) \
+		--title "$(DATASET)$(SUFFIX): $(words $(TRN)) trainings, $(NET), $(EPC) epochs"
+
+# The archive: repo-date-hash-host-dataset, read-only.
+# last.pt (the optimizer state for --resume) is left out: best.pt holds the trained weights.
+$(PACK): $(TRN_DIRS) $(PLOT_FILES) $(REPORT) $(REPORT:.md=.html)
+	mkdir -p $(@D)
+	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp
+	chmod a-w $@_tmp
+	mv $@_tmp $@
+
+$(REPORT:.md=.html): $(REPORT)
+
+clean-results:
+	rm -rf $(RESULTS)
+
+# ---------------------------------------------------------------------------------------------
+# The two-class trainings of the paper (Kervadec et al., MIDL 2019), for isles.make and wmh.make
+# ---------------------------------------------------------------------------------------------
+
+B_DATA = ('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)
+GDL = ('GeneralizedDice', {'idc': [0, 1]}, 1)
+STEAL = --scheduler StealWeight --scheduler_params "{'to_steal': 0.01}"
+
+gdl_LOSSES = [$(GDL)]
+gdl_FOLDERS = [$(B_DATA)]
+gdl_surface_steal_LOSSES = [$(GDL), ('SurfaceLoss', {'idc': [1]}, 0.01)]
+gdl_surface_steal_FOLDERS = [$(B_DATA), ('gt_npy', dist_map_transform, False)]
+gdl_surface_steal_OPT = $(STEAL)
+gdl_3d_surface_steal_LOSSES = $(gdl_surface_steal_LOSSES)
+gdl_3d_surface_steal_FOLDERS = [$(B_DATA), ('3d_distmap', raw_npy_transform, False)]
+gdl_3d_surface_steal_OPT = $(STEAL)
+gdl_hausdorff_w_LOSSES = [$(GDL), ('HausdorffLoss', {'idc': [1]}, 0.1)]
+gdl_hausdorff_w_FOLDERS = [$(B_DATA), ('gt_npy', gt_transform, True)]
+gdl_surface_w_LOSSES = [$(GDL), ('SurfaceLoss', {'idc': [1]}, 0.1)]
+gdl_surface_w_FOLDERS = $(gdl_surface_steal_FOLDERS)
+# A loss alone still needs the labels for the metrics: a zero-weight GDL reads them, as in the
+# original makefiles.
+surface_LOSSES = [('GeneralizedDice', {'idc': [0, 1]}, 0), ('SurfaceLoss', {'idc': [1]}, 1)]
+surface_FOLDERS = $(gdl_surface_steal_FOLDERS)
+hausdorff_LOSSES = [('GeneralizedDice', {'idc': [0, 1]}, 0), ('HausdorffLoss', {'idc': [1]}, 1)]
+hausdorff_FOLDERS = $(gdl_hausdorff_w_FOLDERS)
+
+endif
