@@ -22,7 +22,7 @@ RETAIN ?= 2
 SLICE_OPT ?= --shape 128 128
 EPC ?= 30
 BS ?= 4
-NET_PARAMS ?= {'nG': 8}
+NET_PARAMS ?= $(if $(filter UNet,$(NET)),{'nG': 8},{})
 else
 RETAIN ?= 10
 EPC ?= 100
