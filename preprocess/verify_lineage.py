@@ -84,7 +84,7 @@ def _where_to_get(lineage: Lineage) -> str:
     if "generate" in notes:
         parts.append(f"Generate it with: {notes['generate']}")
     dataset = lineage.path.name.split(".")[0]
-    if not dataset.endswith("-synthetic"):
+    if "-synthetic" not in dataset:
         parts.append(
             f"Without the real data, run the same pipeline on generated stand-in data: "
             f"make -f {dataset}.make DATA=synthetic"

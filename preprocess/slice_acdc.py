@@ -1,0 +1,83 @@
+"""Slice ACDC 2017 (cardiac cine MRI, 4 classes) into 2D training data.
+
+Usage: python preprocess/slice_acdc.py --source_dir DIR --dest_dir DIR [--retain 25] [--seed 0]
+       [--n_augment 0] [--shape 256 256] [--workers N]   (--retains is an alias of --retain)
+
+The source is the unpacked `acdc.zip`: `training/patient<NNN>/patient<NNN>_frame<FF>.nii.gz` and
+`patient<NNN>_frame<FF>_gt.nii.gz` (classes 0 background, 1 right ventricle, 2 myocardium, 3 left
+ventricle cavity), two frames (end-diastole, end-systole) per patient; `Info.cfg` and the `_4d`
+sequence are not used. One modality (png folder `img`). The split is by patient (both frames on
+the same side); each frame is a volume `patient<NNN>_<FF>`, with slice stems
+`patient<NNN>_<FF>_<aug:02d>_<slice:04d>`. Slices are resized to `--shape`. The slicing itself is
+in preprocess/slicing.py.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's modules importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from preprocess.slicing import (  # noqa: E402
+    Dataset,
+    Patients,
+    SliceError,
+    Volume,
+    natural_key,
+    require_dir,
+    require_file,
+    run_cli,
+    slice_dataset,
+    subfolders,
+)
+
+
+def find_frames(folder: Path) -> list[Volume]:
+    """The frames of one `patient<NNN>` folder, each with its `_gt` labels."""
+    pid = folder.name
+    frame = re.compile(rf"{pid}_frame(\d+)(_gt)?\.nii\.gz")
+    numbers = {m[1] for p in folder.iterdir() if (m := frame.fullmatch(p.name))}
+    if not numbers:
+        raise SliceError(f"{folder}: no {pid}_frame<FF>.nii.gz file; expected two frames")
+    volumes = []
+    for number in sorted(numbers, key=natural_key):
+        image = require_file(folder / f"{pid}_frame{number}.nii.gz", f"frame {number} of {pid}")
+        label = require_file(
+            folder / f"{pid}_frame{number}_gt.nii.gz", f"the labels of frame {number} of {pid}"
+        )
+        volumes.append(Volume(f"{pid}_{number}", (image,), label))
+    return volumes
+
+
+def find_patients(source: Path) -> Patients:
+    """Every `training/patient<NNN>` of the unpacked ACDC source, one volume per frame."""
+    require_dir(source, "the unpacked ACDC 2017 zip")
+    training = require_dir(source / "training", "training/patient<NNN>/ folders of ACDC 2017")
+    return {p.name: find_frames(p) for p in subfolders(training, r"patient\d+")}
+
+
+ACDC = Dataset(
+    name="ACDC",
+    modalities=("img",),
+    classes=(0, 1, 2, 3),
+    n_classes=4,
+    find_patients=find_patients,
+    default_retain=25,
+    retain_aliases=("retains",),
+)
+
+
+def slice_acdc(source_dir: str | Path, dest_dir: str | Path, **options) -> Path:
+    """Slice ACDC; options as `slicing.slice_dataset` (retain, seed, n_augment, shape, ...)."""
+    return slice_dataset(ACDC, source_dir, dest_dir, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(ACDC, __doc__.splitlines()[0], argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
