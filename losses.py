@@ -13,6 +13,9 @@ called as `loss(probs, target)`, probs the softmax output `B K *xyz` (2D `B K H 
 - FocalLoss:           -sum((1 - p)^gamma t log(p + eps)) / (sum(t) + eps) (Lin et al., 2017)
 - HausdorffLoss:       mean((p - t)^2 (Dt^2 + Dp^2)) (Karimi and Salcudean, 2019, in the
                        original's variant), Dt / Dp the unsigned maps of the target / argmax
+- NonAdjacencyLoss:    lambda_ * (sum of the soft adjacency A over the forbidden class pairs) /
+                       (number of forbidden pairs), A from `AdjacencyEstimator`; it needs no
+                       ground truth (Ganaye et al., MICCAI 2018)
 
 Why the boundary loss can be negative: d is negative inside the objects, so a good prediction
 sums negative values. Only its gradient matters; used alone from scratch it can collapse to an
@@ -26,13 +29,18 @@ float64.
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from collections.abc import Iterable, Sequence
 from numbers import Real
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, einsum
 
+from metrics import as_graph, forbidden_pairs
 from utils import check_same_shape, check_simplex, one_hot, one_hot2hd_dist, probs2one_hot
 
 EPS = 1e-10
@@ -255,6 +263,171 @@ class HausdorffLoss(_IdcLoss):
         return einsum("bk...,bk...->bk...", delta, dtm).mean()
 
 
+class AdjacencyEstimator:
+    """Soft adjacency matrix of a segmentation (Ganaye et al., MICCAI 2018).
+
+    A[i, j] = sum over b and space of probs_i * box(probs_j) / (B * prod(xyz)), box being the
+    3x3 mean filter (3x3x3 in 3D) with zero padding, applied to each class alone (a depthwise
+    convolution). A is symmetric. On a one-hot map, 9 B N A[i, j] (27 B N in 3D) is the count of
+    (voxel of class i, neighbour of class j) pairs of `metrics.count_adjacency` for i != j; on the
+    diagonal it also counts each voxel with itself, so A[i, i] > 0 wherever class i is predicted.
+
+    A plain callable rather than an nn.Module: it has nothing to learn or to save, and building
+    the 3^d kernel on the input's device and dtype at each call (K x 3^d numbers) lets it follow
+    probs anywhere without `.to(device)` or an entry in the network's state dict, like the
+    losses. It is differentiable with respect to probs.
+
+    Args:
+        K: number of classes.
+        dims: spatial dimensions, 2 (`B K H W`) or 3 (`B K X Y Z`).
+
+    Call: `estimator(probs)`, probs `B K *xyz` (softmax output, or any non-negative maps).
+    Returns the `K K` matrix A, in float32 (float64 for float64 input).
+
+    Raises:
+        TypeError: probs not a tensor.
+        ValueError: K or dims invalid; probs of the wrong rank or number of classes, or not
+            floating point.
+    """
+
+    def __init__(self, K: int, dims: int = 2) -> None:
+        if not isinstance(K, int | np.integer) or isinstance(K, bool) or K < 1:
+            raise ValueError(f"AdjacencyEstimator: K must be a positive integer, got {K!r}")
+        if dims not in (2, 3) or isinstance(dims, bool):
+            raise ValueError(f"AdjacencyEstimator: dims must be 2 or 3, got {dims!r}")
+        self.K = int(K)
+        self.dims = int(dims)
+
+    def __repr__(self) -> str:
+        return f"AdjacencyEstimator(K={self.K}, dims={self.dims})"
+
+    def __call__(self, probs: Tensor) -> Tensor:
+        name = "AdjacencyEstimator: probs"
+        if not torch.is_tensor(probs):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(probs).__name__}")
+        if probs.dim() != self.dims + 2 or probs.shape[1] != self.K:
+            layout = "B K H W" if self.dims == 2 else "B K X Y Z"
+            raise ValueError(
+                f"{name} must be {layout} with K={self.K}, got shape {tuple(probs.shape)}"
+            )
+        if not probs.dtype.is_floating_point:
+            raise ValueError(f"{name} must be floating point, got {probs.dtype}")
+        B, K, *xyz = probs.shape
+        p = probs.to(torch.promote_types(probs.dtype, torch.float32))  # B K *xyz
+        window = 3**self.dims
+        kernel = torch.full((K, 1, *(3,) * self.dims), 1 / window, dtype=p.dtype, device=p.device)
+        conv = F.conv2d if self.dims == 2 else F.conv3d
+        neighbours = conv(p, kernel, padding=1, groups=K)  # B K *xyz, mean over each window
+        return einsum("bi...,bj...->ij", p, neighbours) / (B * math.prod(xyz))  # K K
+
+
+class NonAdjacencyLoss(_IdcLoss):
+    """Penalty on the class pairs never adjacent in the training labels (Ganaye et al., MICCAI
+    2018, the NonAdjLoss).
+
+    loss = lambda_ * sum of A[i, j] over the forbidden pairs / number of forbidden pairs, A the
+    soft adjacency of `AdjacencyEstimator` and the forbidden pairs those with a count of 0 in the
+    graph (`preprocess/extract_adjacency.py`), both classes in `idc`. The diagonal can be
+    forbidden too (a class never next to itself in the graph): then any prediction of that class
+    is penalised, since A[i, i] includes each voxel with itself. Without forbidden pair the loss
+    is 0 (a UserWarning says so at construction).
+
+    It needs no ground truth, so it can run on unlabelled images (semi-supervised training):
+    `target` is ignored, and any tensor, or None, may be passed.
+
+    Args:
+        idc: the classes whose pairs are constrained.
+        graph: path of a `graph.csv` (K x K counts, `;` separated) or the K x K counts.
+        lambda_: weight of the penalty; an attribute, so a scheduler can change it between
+            epochs (must stay a finite non-negative number).
+
+    Call: `loss(probs, target=None)`, probs `B K H W` or `B K X Y Z` (a softmax output).
+    Returns a scalar.
+
+    Raises:
+        ValueError: unreadable or malformed graph, idc outside the graph's classes, bad lambda_;
+            at call time, probs not a simplex, not 2D / 3D, or with a number of classes other
+            than the graph's.
+    """
+
+    def __init__(
+        self,
+        *,
+        idc: Sequence[int],
+        graph: str | os.PathLike | np.ndarray | Sequence,
+        lambda_: float = 1.0,
+        **unknown: object,
+    ) -> None:
+        super().__init__(idc=idc, **unknown)
+        self.graph_source = os.fspath(graph) if isinstance(graph, str | os.PathLike) else None
+        try:
+            self.graph = as_graph(graph, "graph")  # K K counts
+        except ValueError as error:
+            raise ValueError(f"NonAdjacencyLoss: {error}") from None
+        K = self.graph.shape[0]
+        if not all(-K <= i < K for i in self.idc):
+            raise ValueError(
+                f"NonAdjacencyLoss: idc {self.idc} out of range for the {K} classes of the graph"
+            )
+        constrained = np.zeros((K, K), dtype=bool)
+        classes = [i % K for i in self.idc]
+        constrained[np.ix_(classes, classes)] = True
+        self.forbidden = forbidden_pairs(self.graph) & constrained  # K K bool
+        self.n_forbidden = int(self.forbidden.sum())
+        if self.n_forbidden == 0:
+            warnings.warn(
+                f"NonAdjacencyLoss: no forbidden pair among classes {self.idc} in the graph "
+                f"{self.graph_source or '(array)'}: the loss is always 0",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.lambda_ = lambda_
+
+    @property
+    def lambda_(self) -> float:
+        """Weight of the penalty (settable, e.g. by a lambda scheduler)."""
+        return self._lambda
+
+    @lambda_.setter
+    def lambda_(self, value: float) -> None:
+        if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise ValueError(
+                f"NonAdjacencyLoss: lambda_ must be a finite non-negative number, got {value!r}"
+            )
+        self._lambda = float(value)
+
+    def __repr__(self) -> str:
+        graph = (
+            repr(self.graph_source)
+            if self.graph_source
+            else f"<{len(self.graph)}x{len(self.graph)} array>"
+        )
+        return f"NonAdjacencyLoss(idc={self.idc}, graph={graph}, lambda_={self.lambda_})"
+
+    @classmethod
+    def _arguments(cls) -> str:
+        return "idc, graph, lambda_"
+
+    def __call__(self, probs: Tensor, target: object = None) -> Tensor:
+        self._check_probs(probs)
+        B, K, *xyz = probs.shape
+        if K != len(self.graph):
+            raise ValueError(
+                f"NonAdjacencyLoss: the graph {self.graph_source or '(array)'} has "
+                f"{len(self.graph)} classes but probs has {K} ({tuple(probs.shape)})"
+            )
+        if len(xyz) not in (2, 3):
+            raise ValueError(
+                f"NonAdjacencyLoss: probs must be B K H W or B K X Y Z, got {tuple(probs.shape)}"
+            )
+        p = self._float(probs)  # B K *xyz
+        adjacency = AdjacencyEstimator(K, dims=len(xyz))(p)  # K K
+        if self.n_forbidden == 0:
+            return (adjacency * 0).sum()
+        mask = torch.as_tensor(self.forbidden, dtype=adjacency.dtype, device=adjacency.device)
+        return self.lambda_ * einsum("ij,ij->", adjacency, mask) / self.n_forbidden
+
+
 LOSSES: dict[str, type[_IdcLoss]] = {
     "CrossEntropy": CrossEntropy,
     "GeneralizedDice": GeneralizedDice,
@@ -263,6 +436,7 @@ LOSSES: dict[str, type[_IdcLoss]] = {
     "BoundaryLoss": BoundaryLoss,
     "FocalLoss": FocalLoss,
     "HausdorffLoss": HausdorffLoss,
+    "NonAdjacencyLoss": NonAdjacencyLoss,
 }
 
 
