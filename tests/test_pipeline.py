@@ -1,0 +1,178 @@
+"""The dataset makefiles end to end, in a temporary copy of the repository, on synthetic data.
+
+`make -f <dataset>.make DATA=synthetic NET=Dimwit EPC=1 DEBUG=--debug` builds every product;
+a second `make` builds nothing; a corrupted zip stops at the md5 check with nothing unpacked;
+a training killed midway is rebuilt by the next `make` while finished ones are kept.
+The interpreter running the tests is passed as CC, so no virtual environment is created.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU Make")
+
+DATASETS = {
+    "isles": {
+        "zips": ["ISLES2018_Training.zip", "ISLES2018_Testing.zip"],
+        "raw": "ISLES",
+        "runs": ["gdl", "gdl_surface_steal", "gdl_3d_surface_steal", "gdl_hausdorff_w"],
+        "plots": ["tra_loss", "val_loss", "val_dice", "tra_dice", "val_3d_hausdorff",
+                  "val_3d_hd95", "val_dice_boxplot"],
+    },
+    "wmh": {
+        "zips": ["Amsterdam_GE3T.zip", "Singapore.zip", "Utrecht.zip"],
+        "raw": "WMH",
+        "runs": ["gdl", "gdl_surface_steal", "gdl_3d_surface_steal", "gdl_hausdorff_w"],
+        "plots": ["tra_loss", "val_loss", "val_dice", "tra_dice", "val_3d_hausdorff",
+                  "val_3d_hd95", "val_dice_boxplot"],
+    },
+    "acdc": {
+        "zips": ["acdc.zip"],
+        "raw": "ACDC",
+        "runs": ["ce", "diceloss", "boundary"],
+        "plots": ["val_dice", "tra_dice", "tra_loss", "val_3d_dsc", "val_3d_dsc_boxplot"],
+    },
+}  # fmt: skip
+
+FAST = ["DATA=synthetic", "NET=Dimwit", "EPC=1", "DEBUG=--debug", f"CC={sys.executable}"]
+
+
+def copy_repository(dest: Path) -> Path:
+    """The project's files (tracked, and untracked but not ignored) without data or results."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "copy"],
+        cwd=dest, check=True,
+    )  # fmt: skip
+    return dest
+
+
+def make(repo: Path, dataset: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    run = subprocess.run(
+        ["make", "-f", f"{dataset}.make", *FAST, *args],
+        cwd=repo, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if check and run.returncode != 0:
+        pytest.fail(f"make failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return run
+
+
+def products(repo: Path) -> dict[str, float]:
+    """Every file under data/ results/ archives/ with its modification time."""
+    return {
+        str(p.relative_to(repo)): p.stat().st_mtime
+        for top in ("data", "results", "archives")
+        for p in (repo / top).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(DATASETS))
+def built(request, tmp_path_factory):
+    dataset = request.param
+    repo = copy_repository(tmp_path_factory.mktemp(f"repo-{dataset}"))
+    first = make(repo, dataset)
+    return dataset, repo, first
+
+
+def test_chain_builds_every_product(built):
+    dataset, repo, first = built
+    spec = DATASETS[dataset]
+    root = repo / "data" / f"{dataset}-synthetic"
+    for name in spec["zips"]:
+        assert (root / name).is_file()
+    assert (root / spec["raw"]).is_dir()
+    sliced = root / dataset
+    for split in ("train", "val"):
+        assert any((sliced / split / "in_npy").iterdir())
+    results = repo / "results" / f"{dataset}-synthetic"
+    for run in spec["runs"]:
+        for name in ("best.pt", "last.pt", "val_3d_hd95.npy", "metrics.csv", "provenance.json"):
+            assert (results / run / name).is_file(), f"{run}/{name}"
+    for plot in spec["plots"]:
+        assert (results / f"{plot}.png").stat().st_size > 0
+    report = (results / "report.md").read_text()
+    assert all(run in report for run in spec["runs"])
+    assert (results / "report.html").is_file()
+    (archive,) = (repo / "archives").glob(f"*-{dataset}-synthetic.tar.gz")
+    assert not archive.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
+    assert f"results/{dataset}-synthetic/report.md" in listing.stdout
+    assert "last.pt" not in listing.stdout
+    # The report was printed too.
+    assert "best value of the column" in first.stdout
+    assert not list(repo.rglob("*_tmp"))
+
+
+def test_second_make_builds_nothing(built):
+    dataset, repo, _ = built
+    before = products(repo)
+    second = make(repo, dataset)
+    assert "Nothing to be done for 'all'" in second.stdout, second.stdout
+    assert products(repo) == before
+
+
+def test_corrupted_zip_stops_at_the_md5_check_with_nothing_unpacked(built, tmp_path):
+    dataset, repo, _ = built
+    fresh = copy_repository(tmp_path / "repo")
+    root = fresh / "data" / f"{dataset}-synthetic"
+    shutil.copytree(repo / "data" / f"{dataset}-synthetic", root, ignore=shutil.ignore_patterns(
+        DATASETS[dataset]["raw"], dataset))  # fmt: skip
+    zip_path = root / DATASETS[dataset]["zips"][0]
+    data = bytearray(zip_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    zip_path.write_bytes(bytes(data))
+    run = make(fresh, dataset, check=False)
+    assert run.returncode != 0
+    assert f"{zip_path.name}: FAILED md5 check" in run.stderr
+    assert not (root / DATASETS[dataset]["raw"]).exists()
+    assert not (root / (DATASETS[dataset]["raw"] + "_tmp")).exists()
+
+
+def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):
+    dataset, repo, _ = built
+    results = repo / "results" / f"{dataset}-synthetic"
+    first_run, second_run = DATASETS[dataset]["runs"][:2]
+    shutil.rmtree(results / second_run)
+    kept = {p: p.stat().st_mtime for p in (results / first_run).rglob("*") if p.is_file()}
+    proc = subprocess.Popen(
+        ["make", "-f", f"{dataset}.make", *[a for a in FAST if not a.startswith("EPC=")], "EPC=30"],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    partial = results / f"{second_run}_tmp" / "last.pt"
+    deadline = time.time() + 300
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert partial.exists(), "the training never reached its first epoch"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (results / second_run).exists()  # killed midway: not taken as finished
+
+    rerun = make(repo, dataset)
+    assert (results / second_run / "best.pt").is_file()
+    assert not (results / f"{second_run}_tmp").exists()
+    assert f"--workdir results/{dataset}-synthetic/{second_run}_tmp" in rerun.stdout
+    assert f"--workdir results/{dataset}-synthetic/{first_run}_tmp" not in rerun.stdout
+    assert {p: p.stat().st_mtime for p in kept} == kept
