@@ -14,7 +14,9 @@ MODALITIES := 1
 METRIC_AXIS := 1 2 3
 G_RGX := (patient\d+_\d+_\d+)_\d+
 NET ?= ENet
-TRAIN_OPT := --use_spacing --compute_3d_dice --in_memory --schedule --group
+# Every training also counts the forbidden adjacencies of its predictions (val_adjacency.npy).
+TRAIN_OPT = --use_spacing --compute_3d_dice --in_memory --schedule --group --adjacency_graph $(GRAPH)
+TRAIN_DEPS = $(GRAPH)
 
 ifeq ($(DATA),synthetic)
 # Sized for a 2-core CPU: 12 generated patients, 3 (6 volumes) kept for validation, slices at
@@ -31,7 +33,7 @@ endif
 ALL_K := {'idc': [0, 1, 2, 3]}
 A_DATA := ('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)
 
-TRN := ce diceloss boundary
+TRN := ce diceloss boundary ce_adj boundary_adj
 ce_LOSSES = [('CrossEntropy', $(ALL_K), 1)]
 ce_FOLDERS = [$(A_DATA)]
 diceloss_LOSSES = [('DiceLoss', $(ALL_K), 1)]
@@ -40,8 +42,20 @@ diceloss_FOLDERS = [$(A_DATA)]
 boundary_LOSSES = [('CrossEntropy', $(ALL_K), 0), ('BoundaryLoss', $(ALL_K), 1)]
 boundary_FOLDERS = [$(A_DATA), ('gt_npy', dist_map_transform, False)]
 
-CURVES := val_dice tra_dice tra_loss val_3d_dsc
+# The adjacency constraint (Ganaye et al., MICCAI 2018) added to CE and to the boundary loss: the
+# penalty needs no labels (its target folder is read and ignored); its weight is set by the
+# LambdaController from the segmentation term (the reference loss) after epoch 0.
+ADJ_LOSS = ('NonAdjacencyLoss', {'idc': [0, 1, 2, 3], 'graph': '$(GRAPH)'}, 1)
+LAMBDA = --scheduler LambdaController --scheduler_params
+ce_adj_LOSSES = [('CrossEntropy', $(ALL_K), 1), $(ADJ_LOSS)]
+ce_adj_FOLDERS = [$(A_DATA), ('gt_npy', gt_transform, True)]
+ce_adj_OPT = $(LAMBDA) "{'reference': 0}"
+boundary_adj_LOSSES = [('CrossEntropy', $(ALL_K), 0), ('BoundaryLoss', $(ALL_K), 1), $(ADJ_LOSS)]
+boundary_adj_FOLDERS = [$(A_DATA), ('gt_npy', dist_map_transform, False), ('gt_npy', gt_transform, True)]
+boundary_adj_OPT = $(LAMBDA) "{'reference': 1}"
+
+CURVES := val_dice tra_dice tra_loss val_3d_dsc val_adjacency
 BOXPLOTS := val_3d_dsc
-REPORT_METRICS := val_dice val_3d_dsc val_3d_hausdorff val_3d_hd95
+REPORT_METRICS := val_dice val_3d_dsc val_3d_hausdorff val_3d_hd95 val_adjacency
 
 include common.make

@@ -48,7 +48,7 @@ ifdef DATASET
 # ---------------------------------------------------------------------------------------------
 
 .DEFAULT_GOAL := all
-.PHONY: all data unpack slice train plot report pack clean-results
+.PHONY: all data unpack slice graph train plot report pack clean-results
 
 # User variables (command line): EPC BS NET DEBUG=--debug CFLAGS=-O CC DATA=synthetic RESUME=1
 NET ?= UNet
@@ -83,6 +83,9 @@ CURVE_FILES := $(addprefix $(RESULTS)/,$(addsuffix .png,$(CURVES)))
 BOX_FILES := $(addprefix $(RESULTS)/,$(addsuffix _boxplot.png,$(BOXPLOTS)))
 PLOT_FILES := $(CURVE_FILES) $(BOX_FILES)
 REPORT := $(RESULTS)/report.md
+# The adjacency graph of the training labels (Ganaye et al., MICCAI 2018), for the datasets that
+# use it (TRAIN_DEPS = $(GRAPH)); kept beside the sliced data, not in it.
+GRAPH := $(ROOT)/$(DATASET)_adjacency/graph.csv
 
 REPO := $(shell basename "$$(git rev-parse --show-toplevel 2>/dev/null || pwd)")
 DATE := $(shell date +%y%m%d)
@@ -97,6 +100,7 @@ all: pack
 data: slice
 unpack: $(UNPACKED)
 slice: $(SLICED)
+graph: $(GRAPH)
 train: $(TRN_DIRS)
 plot: $(PLOT_FILES)
 report: $(REPORT)
@@ -124,9 +128,14 @@ $(SLICED): $(UNPACKED) | $(PY_DEPS)
 		--n_augment $(N_AUGMENT) $(SLICE_OPT)
 	touch $@
 
+# Class adjacencies of the training split's ground-truth slices (2D neighbourhoods, as the 2D
+# networks see them); graph.csv is written last, when graph.png is there.
+$(GRAPH): $(SLICED) | $(PY_DEPS)
+	$(PY) $(CFLAGS) preprocess/extract_adjacency.py $(SLICED)/train/gt $(@D) $(K) --pattern '*.png'
+
 # One training per loss combination, in $@_tmp; RESUME=1 continues an interrupted one from its
 # last.pt instead of starting over.
-$(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) | $(PY_DEPS)
+$(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	$(if $(RESUME),,rm -rf $@_tmp)
 	$(PY) $(CFLAGS) main.py --dataset $(SLICED) --workdir $@_tmp --network $(NET) \
 		--net_params "$(NET_PARAMS)" --n_class $(K) --modalities $(MODALITIES) \

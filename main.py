@@ -51,7 +51,7 @@ from tqdm import tqdm
 from atomic import atomic_write, write_text_atomic
 from dataloader import TRANSFORMS, DataError, FolderSpec, group_key, make_loader
 from losses import LOSSES, get_loss
-from metrics import hd_hd95
+from metrics import forbidden_adjacencies, forbidden_pairs, hd_hd95, read_graph
 from networks import NETWORKS, get_network
 from scheduler import SCHEDULERS, PlateauHalving, get_scheduler, original_halving
 from utils import dice_coef, probs2class, probs2one_hot
@@ -127,6 +127,12 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from workdir/last.pt")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes")
+    parser.add_argument(
+        "--adjacency_graph",
+        default="",
+        help="graph.csv of the training anatomy: count forbidden adjacencies in the validation "
+        "predictions every epoch (val_adjacency.npy)",
+    )
     args = parser.parse_args(argv)
     for name in ("n_epoch", "batch_size", "n_class", "modalities"):
         if getattr(args, name) < 1:
@@ -583,6 +589,7 @@ def train_epoch(
 # The run
 # ---------------------------------------------------------------------------------------------
 
+ADJACENCY = "val_adjacency"
 ARRAYS = (
     "tra_loss",
     "val_loss",
@@ -592,6 +599,21 @@ ARRAYS = (
     "val_3d_hausdorff",
     "val_3d_hd95",
 )
+
+
+def adjacency_violations(
+    volumes: Mapping[str, Mapping[str, np.ndarray]], forbidden: np.ndarray
+) -> np.ndarray:
+    """Forbidden adjacencies in each patient's prediction (sorted by name): `P 2` array of the
+    forbidden voxel pairs and the connected components involved, counted slice by slice (2D
+    neighbourhoods, as the graph of the 2D training slices and the 2D estimator)."""
+    keys = sorted(volumes)
+    res = np.zeros((len(keys), 2), dtype=np.float32)
+    for i, key in enumerate(keys):
+        pred = volumes[key]["pred"]  # X Y Z
+        for z in range(pred.shape[-1]):
+            res[i] += forbidden_adjacencies(pred[..., z], forbidden)
+    return res
 
 
 def _load_json(path: Path) -> dict:
@@ -609,13 +631,14 @@ def write_csv(
     epochs = len(lrs)
     header = ["epoch", "lr", "weights"]
     rows = [[e, f"{lrs[e]:.3g}", json.dumps(weights[e])] for e in range(epochs)]
-    for name in ARRAYS:
-        array = history[name]
+    for name, array in history.items():
         if array.ndim != 3 or len(array) != epochs:
             continue
         per = np.nanmean(array, axis=1)  # epoch x (class or loss)
         if name.endswith("loss"):
             header += [f"{name}_{n}" for n in loss_names][: per.shape[1]]
+        elif name == ADJACENCY:
+            header += [f"{name}_pairs", f"{name}_components"]
         else:
             header += [f"{name}_class{j}" for j in range(per.shape[1])]
         for e in range(epochs):
@@ -708,9 +731,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
         **common,
     )
     spacing_3d = _load_json(dataset / "spacing_3d.json")
+    forbidden = None
+    if args.adjacency_graph:
+        try:
+            forbidden = forbidden_pairs(read_graph(args.adjacency_graph))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--adjacency_graph: {error}") from None
+        if forbidden.shape != (args.n_class, args.n_class):
+            raise ConfigError(
+                f"--adjacency_graph {args.adjacency_graph} is {forbidden.shape[0]} x "
+                f"{forbidden.shape[1]} for --n_class {args.n_class}"
+            )
+    arrays = ARRAYS + ((ADJACENCY,) if forbidden is not None else ())
     val_id = args.val_loader_id
 
-    history: dict[str, list] = {name: [] for name in ARRAYS}
+    history: dict[str, list] = {name: [] for name in arrays}
     lrs: list[float] = []
     weight_log: list = []
     start_epoch, best_metric, best_epoch = 0, -np.inf, -1
@@ -726,7 +761,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             state["best_metric"],
             state["best_epoch"],
         )
-        for name in ARRAYS:
+        for name in arrays:
             history[name] = list(np.load(workdir / f"{name}.npy")[:start_epoch])
         restore_rng(state["rng"])
         print(f">>> Resuming {workdir} after epoch {state['epoch']}", flush=True)
@@ -765,9 +800,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             strict=True,
         ):
             history[name].append(value)
+        if forbidden is not None:
+            history[ADJACENCY].append(adjacency_violations(val.volumes, forbidden))
         lrs.append(optimizer.param_groups[0]["lr"])
         weight_log.append([list(w) for w in weights])
-        for name in ARRAYS:
+        for name in arrays:
             save_npy(workdir / f"{name}.npy", np.stack(history[name]))
         write_csv(
             workdir / args.csv,

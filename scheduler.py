@@ -153,11 +153,11 @@ class LambdaController(DummyScheduler):
             self.best_dice = dice
             new = [list(w) for w in weights]
             for w, losses in zip(new, metrics.get("tra_losses", []), strict=False):
-                penalty, segmentation = losses[self.index], losses[self.reference]
+                penalty = losses[self.index]
+                # The magnitude: the boundary loss, for one, is negative on good predictions.
+                segmentation = abs(w[self.reference] * losses[self.reference])
                 if penalty > 0 and segmentation > 0:
-                    w[self.index] = min(
-                        self.max_weight, self.fraction * w[self.reference] * segmentation / penalty
-                    )
+                    w[self.index] = min(self.max_weight, self.fraction * segmentation / penalty)
             return new
         self.since_change += 1
         if dice < self.best_dice - self.tolerance:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,65 @@ def test_nan_input_stops_with_epoch_batch_and_slice_named(tmp_path, capsys):
 def test_resume_without_a_run_is_an_error(dataset, tmp_path, capsys):
     assert main.main(argv(dataset, tmp_path / "none", "--resume")) == 1
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_adjacency_constraint_and_its_metric(tmp_path):
+    # Three classes: discs of class 1 and 2 on a background, never touching each other.
+    from metrics import count_adjacency
+
+    data = make_sliced_dataset(tmp_path / "d", n_train=2, n_val=2, slices=3, K=3, size=32)
+    gts = [np.load(p) for p in sorted((data / "train" / "gt_npy").glob("*.npy"))]
+    graph = sum(count_adjacency(g, 3) for g in gts)
+    graph_path = tmp_path / "graph.csv"
+    np.savetxt(graph_path, graph, fmt="%d", delimiter=";")
+    losses = (
+        "[('CrossEntropy', {'idc': [0, 1, 2]}, 1), "
+        f"('NonAdjacencyLoss', {{'idc': [0, 1, 2], 'graph': '{graph_path}'}}, 1)]"
+    )
+    folders = (
+        "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
+        "('gt_npy', gt_transform, True)]"
+    )
+    args = argv(data, tmp_path / "run", n_epoch=2)
+    args = replace(args, "--losses", losses)
+    args = replace(args, "--folders", folders)
+    args = replace(args, "--scheduler", "LambdaController")
+    args = replace(args, "--scheduler_params", "{'fraction': 0.1}")
+    args = replace(args, "--n_class", "3")
+    args += ["--adjacency_graph", str(graph_path)]
+    assert main.main(args) == 0
+    violations = np.load(tmp_path / "run" / "val_adjacency.npy")
+    assert violations.shape == (2, 2, 2)  # epoch x patient x (pairs, components)
+    assert (violations >= 0).all()
+    # The controller set the penalty's weight from the epoch-0 losses, then kept it positive.
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["weights"][0][0] == 1.0 and last["weights"][0][1] > 0
+    assert "val_adjacency_pairs" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def test_semi_supervised_unlabelled_folder(tmp_path):
+    # The penalty also runs on slices without ground truth: an 'unlabelled' split of images only.
+    from metrics import count_adjacency
+
+    data = make_sliced_dataset(tmp_path / "d", n_train=2, n_val=1, slices=3, K=3)
+    shutil.copytree(data / "train" / "in_npy", data / "unlabelled" / "in_npy")
+    shutil.copy(data / "train" / "spacing.json", data / "unlabelled" / "spacing.json")
+    graph = sum(count_adjacency(np.load(p), 3) for p in (data / "train" / "gt_npy").iterdir())
+    graph_path = tmp_path / "graph.csv"
+    np.savetxt(graph_path, graph, fmt="%d", delimiter=";")
+    adj = f"('NonAdjacencyLoss', {{'idc': [0, 1, 2], 'graph': '{graph_path}'}}, 0.5)"
+    losses = f"[[('GeneralizedDice', {{'idc': [0, 1, 2]}}, 1), {adj}], [{adj}]]"
+    folders = (
+        "[[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
+        "('gt_npy', gt_transform, True)], "
+        "[('in_npy', tensor_transform, False), ('in_npy', tensor_transform, False)]]"
+    )
+    args = argv(data, tmp_path / "run", "--training_folders", "train", "unlabelled",
+                "--val_loader_id", "0", n_epoch=1)  # fmt: skip
+    args = replace(replace(args, "--losses", losses), "--folders", folders)
+    args = replace(args, "--scheduler", "DummyScheduler")
+    args = replace(replace(args, "--scheduler_params", "{}"), "--n_class", "3")
+    assert main.main(args) == 0
+    tra_dice = np.load(tmp_path / "run" / "tra_dice.npy")[0]  # slice x class
+    assert tra_dice.shape == (12, 3)  # 6 labelled slices, then 6 unlabelled ones
+    assert np.isfinite(tra_dice[:6]).all() and np.isnan(tra_dice[6:]).all()

@@ -40,8 +40,9 @@ DATASETS = {
     "acdc": {
         "zips": ["acdc.zip"],
         "raw": "ACDC",
-        "runs": ["ce", "diceloss", "boundary"],
-        "plots": ["val_dice", "tra_dice", "tra_loss", "val_3d_dsc", "val_3d_dsc_boxplot"],
+        "runs": ["ce", "diceloss", "boundary", "ce_adj", "boundary_adj"],
+        "plots": ["val_dice", "tra_dice", "tra_loss", "val_3d_dsc", "val_adjacency",
+                  "val_3d_dsc_boxplot"],
     },
 }  # fmt: skip
 
@@ -104,6 +105,9 @@ def test_chain_builds_every_product(built):
     for name in spec["zips"]:
         assert (root / name).is_file()
     assert (root / spec["raw"]).is_dir()
+    if dataset == "acdc":  # the adjacency graph of the training labels
+        assert (root / "acdc_adjacency" / "graph.csv").is_file()
+        assert (root / "acdc_adjacency" / "graph.png").is_file()
     sliced = root / dataset
     for split in ("train", "val"):
         assert any((sliced / split / "in_npy").iterdir())
