@@ -6,20 +6,20 @@
 # The interpreter (PY: .venv/bin/python, or CC=/path/to/python) and the .venv rule.
 include common.make
 
-install: $(PY_DEPS)
+install: $(PY_TEST_DEPS)
 
-lint: $(PY_DEPS)
+lint: $(PY_TEST_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: $(PY_DEPS)
+format: $(PY_TEST_DEPS)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
 test: lint
 	$(PY) -m pytest -q
 
-bench: $(PY_DEPS)
+bench: $(PY_TEST_DEPS)
 	$(PY) benchmarks/run.py
 
 clean:

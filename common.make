@@ -28,17 +28,23 @@ MAKEFLAGS += --no-builtin-rules
 PY_BOOT ?= python3
 VENV := .venv
 # Only a command-line CC counts: a CC=gcc exported by a C toolchain must not be taken for Python.
+# PY_DEPS: the runtime requirements; PY_TEST_DEPS: also the test extras (pytest, ruff, medpy).
 ifeq ($(origin CC),command line)
 PY := $(CC)
 PY_DEPS :=
+PY_TEST_DEPS :=
 else
 PY := $(VENV)/bin/python
 PY_DEPS := $(VENV)/.installed
+PY_TEST_DEPS := $(VENV)/.installed-test
 endif
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt
 	$(PY_BOOT) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(VENV)/bin/python -m pip install --quiet -r requirements-test.txt
 	touch $@
 
