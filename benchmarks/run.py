@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_adjacency, bench_core  # noqa: E402
+from benchmarks import bench_adjacency, bench_core, bench_slicing  # noqa: E402
 from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, write  # noqa: E402
 
-BENCHES = {**bench_core.BENCHES, **bench_adjacency.BENCHES}
+BENCHES = {**bench_core.BENCHES, **bench_adjacency.BENCHES, **bench_slicing.BENCHES}
 
 
 def main(argv: list[str] | None = None) -> int:
