@@ -20,11 +20,12 @@ TRAIN_DEPS = $(GRAPH)
 
 ifeq ($(DATA),synthetic)
 # Sized for a 2-core CPU: 12 generated patients, 3 (6 volumes) kept for validation, slices at
-# 128 x 128.
+# 128 x 128, 12 epochs at a learning rate of 5e-3.
 RETAIN ?= 3
 SLICE_OPT ?= --shape 128 128
-EPC ?= 20
-BS ?= 4
+EPC ?= 12
+BS ?= 8
+LR ?= 5e-3
 else
 RETAIN ?= 25
 EPC ?= 100
