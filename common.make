@@ -153,10 +153,10 @@ $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	mv $@_tmp $@
 
 # Plots of every training: curves of a metric over epochs, box plots at each best epoch.
-# Losses plot every term; other metrics the classes of METRIC_AXIS.
+# Losses plot every term, val_adjacency its two counts; other metrics the classes of METRIC_AXIS.
 $(CURVE_FILES): $(RESULTS)/%.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py curves --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
-		$(if $(findstring loss,$*),,--columns $(METRIC_AXIS)) --title "$(DATASET)$(SUFFIX): $*"
+		$(if $(filter %loss %adjacency,$*),,--columns $(METRIC_AXIS)) --title "$(DATASET)$(SUFFIX): $*"
 
 $(BOX_FILES): $(RESULTS)/%_boxplot.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py box --folders $(TRN_DIRS) --filename $*.npy --dest $@ \

@@ -317,7 +317,11 @@ class RunSummary:
 
 
 def summarise_metric(
-    data: np.ndarray, metric: str, columns: list[int], per_class: bool = False
+    data: np.ndarray,
+    metric: str,
+    columns: list[int],
+    per_class: bool = False,
+    epoch: int | None = None,
 ) -> MetricSummary:
     """Best epoch, mean, std and NaN count of one metric array.
 
@@ -326,12 +330,15 @@ def summarise_metric(
         metric: metric name (its direction comes from `better`).
         columns: chosen columns, already checked.
         per_class: also fill the per-class values (at the same best epoch).
+        epoch: report this epoch instead of the metric's own best (when within the array).
 
     Returns:
         The summary.
     """
     mode = better(metric)
     best = best_index(epoch_scores(data, columns), mode)
+    if epoch is not None and 0 <= epoch < data.shape[0]:
+        best = epoch
     n_epochs, n_samples, _ = data.shape
     # Every value NaN: nothing to choose from; the counts are those of the last epoch.
     at_best = data[-1 if best is None else best][:, columns]  # N x C
@@ -432,7 +439,10 @@ def summarise(
                 data.shape[2],
                 columns if column_kind(name) == "class" else None,
             )
-            summaries[name] = summarise_metric(data, name, chosen, per_class)
+            # Forbidden adjacencies are counted at the checkpoint's epoch: their own minimum
+            # would reward the empty predictions of the first epochs.
+            epoch = _read_int(path / "best_epoch.txt") if "adjacency" in name else None
+            summaries[name] = summarise_metric(data, name, chosen, per_class, epoch)
         notes: list[str] = []
         provenance, note = _read_json(path / "provenance.json")
         if note is not None:
@@ -574,7 +584,9 @@ def _description(runs: Sequence[RunSummary], per_class: bool) -> str:
     return (
         f"Each cell: mean +- standard deviation over samples (2D images, patients for the 3D "
         f"metrics, iterations for losses) of {how}, at the run's best epoch for that metric "
-        f"(0-based; the highest mean for Dice, the lowest for losses and distances in mm). "
+        f"(0-based; the highest mean for Dice, the lowest for losses and distances in mm; "
+        f"forbidden adjacencies at the epoch of the checkpoint, best_epoch.txt, since their "
+        f"minimum would reward empty predictions). "
         f"Columns used: {'; '.join(used)}. NaN values are left out of the means and counted. "
         f"Epochs: done/planned (n_epoch of args.json)."
     )

@@ -425,3 +425,17 @@ def test_class_without_any_finite_value_at_the_best_epoch(tmp_path: Path) -> Non
         "all NaN (epoch 1, 2 values)",
     ]
     assert build_table([summary]).rows[0][2] == "0.6000 +- 0.1000 (epoch 1, 2 NaN)"
+
+
+def test_adjacency_is_reported_at_the_checkpoint_epoch(tmp_path: Path) -> None:
+    # Empty predictions of epoch 0 have no forbidden adjacency; the checkpoint (epoch 2) has 7.
+    run = tmp_path / "run"
+    run.mkdir()
+    adjacency = np.zeros((3, 2, 2), dtype=np.float32)
+    adjacency[1] = 9
+    adjacency[2] = [[7, 1], [7, 1]]
+    np.save(run / "val_adjacency.npy", adjacency)
+    (run / "best_epoch.txt").write_text("2\n")
+    (summary,) = summarise([run], ["val_adjacency"])
+    assert summary.metrics["val_adjacency"].best_epoch == 2
+    assert summary.metrics["val_adjacency"].mean == 7.0
