@@ -89,7 +89,8 @@ def _where_to_get(lineage: Lineage) -> str:
             f"Without the real data, run the same pipeline on generated stand-in data: "
             f"make -f {dataset}.make DATA=synthetic"
         )
-    return ". ".join(parts) + "."
+    sentences = [p.strip().rstrip(".") for p in parts]
+    return ". ".join(s[:1].upper() + s[1:] for s in sentences) + "."
 
 
 def verify(lineage_path: str | Path, data_dir: str | Path) -> list[Path]:
