@@ -64,6 +64,8 @@ SEED ?= 0
 N_AUGMENT ?= 0
 NET_PARAMS ?= {}
 WORKERS ?= 0
+# CPU threads per training (0: one per core); THREADS=1 with make -j on a CPU.
+THREADS ?= 0
 
 # Real data: the zips in data/. DATA=synthetic: generated stand-in zips, and every product in
 # folders of their own, so that stand-in results are never mistaken for real ones.
@@ -146,7 +148,7 @@ $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) main.py --dataset $(SLICED) --workdir $@_tmp --network $(NET) \
 		--net_params "$(NET_PARAMS)" --n_class $(K) --modalities $(MODALITIES) \
 		--metric_axis $(METRIC_AXIS) --grp_regex '$(G_RGX)' --n_epoch $(EPC) --batch_size $(BS) \
-		--l_rate $(LR) --seed $(SEED) --workers $(WORKERS) $(TRAIN_OPT) \
+		--l_rate $(LR) --seed $(SEED) --workers $(WORKERS) --threads $(THREADS) $(TRAIN_OPT) \
 		--losses "$($*_LOSSES)" --folders "$($*_FOLDERS)" $($*_OPT) \
 		$(if $(and $(RESUME),$(wildcard $@_tmp/last.pt)),--resume) $(DEBUG)
 	rm -rf $@

@@ -128,6 +128,13 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from workdir/last.pt")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads of torch (0: torch's default, one per core); 1 when several trainings "
+        "share the CPU (make -j), whose threads would otherwise compete",
+    )
+    parser.add_argument(
         "--adjacency_graph",
         default="",
         help="graph.csv of the training anatomy: count forbidden adjacencies in the validation "
@@ -661,6 +668,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
     set_seed(args.seed)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     cpu = args.cpu or not torch.cuda.is_available()
     device = torch.device("cpu" if cpu else "cuda")
     net_params = parse_literal(args.net_params, "--net_params")

@@ -269,3 +269,12 @@ def test_semi_supervised_unlabelled_folder(tmp_path):
     tra_dice = np.load(tmp_path / "run" / "tra_dice.npy")[0]  # slice x class
     assert tra_dice.shape == (12, 3)  # 6 labelled slices, then 6 unlabelled ones
     assert np.isfinite(tra_dice[:6]).all() and np.isnan(tra_dice[6:]).all()
+
+
+def test_threads_option_sets_torch_threads(dataset, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert main.main(argv(dataset, tmp_path / "run", "--threads", "1", n_epoch=1)) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
