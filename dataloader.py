@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils import class2one_hot, one_hot2dist
+from utils import one_hot2dist
 
 Resolution = tuple[float, ...]
 Transform = Callable[[Resolution, int], Callable[[object], Tensor]]
@@ -100,11 +100,16 @@ def _labels(item: object, K: int) -> Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+def _one_hot(item: object, K: int) -> Tensor:
+    """Checked labels (`_labels`) one-hot encoded: `K H W` int32, as utils.class2one_hot."""
+    return torch.nn.functional.one_hot(_labels(item, K), K).movedim(-1, 0).to(torch.int32)
+
+
 def gt_transform(resolution: Resolution, K: int) -> Callable[[object], Tensor]:
     """Label map (`H W` class indices, png or npy) -> one-hot int32 tensor `K H W`."""
 
     def transform(item: object) -> Tensor:
-        return class2one_hot(_labels(item, K)[None], K)[0]
+        return _one_hot(item, K)
 
     return transform
 
@@ -118,7 +123,7 @@ def dist_map_transform(resolution: Resolution, K: int) -> Callable[[object], Ten
     in_plane = tuple(float(r) for r in resolution[:2])
 
     def transform(item: object) -> Tensor:
-        onehot = class2one_hot(_labels(item, K)[None], K)[0].numpy()
+        onehot = _one_hot(item, K).numpy()
         return torch.from_numpy(one_hot2dist(onehot, in_plane, dtype=np.float32))
 
     return transform
@@ -380,7 +385,6 @@ def make_loader(
     seed: int,
     num_workers: int = 0,
     pin_memory: bool = False,
-    sampler_override: Sampler | None = None,
 ) -> DataLoader:
     """One DataLoader over a split: shuffled batches for training, ordered ones for validation,
     whole patients per batch with `group` (PatientSampler)."""
@@ -404,8 +408,6 @@ def make_loader(
     if group:
         sampler = PatientSampler(dataset.stems, grp_regex, shuffle=train, seed=seed)
         return DataLoader(dataset, batch_sampler=sampler, **common)
-    if sampler_override is not None:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler_override, **common)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -54,7 +54,7 @@ from losses import LOSSES, get_loss
 from metrics import forbidden_adjacencies, forbidden_pairs, hd_hd95, read_graph
 from networks import NETWORKS, get_network
 from scheduler import SCHEDULERS, PlateauHalving, get_scheduler, original_halving
-from utils import dice_coef, probs2class, probs2one_hot
+from utils import dice_coef
 
 ROOT = Path(__file__).resolve().parent
 PACKAGES = ("torch", "numpy", "scipy", "edt", "nibabel", "scikit-image", "matplotlib", "pillow")
@@ -267,9 +267,10 @@ def parse_folders(text: str) -> list[list[FolderSpec]]:
 class Config:
     """The parsed, cross-checked configuration of the loaders and losses."""
 
-    losses: list[list[tuple[str, dict, float]]]
+    losses: list[list[tuple[str, dict, float]]]  # (name, kwargs, weight) per loader
     folders: list[list[FolderSpec]]
-    scheduler_params: dict = field(default_factory=dict)
+    loss_fns: list[list]  # the losses, built once
+    scheduler: object
 
 
 def check_config(args: argparse.Namespace) -> Config:
@@ -298,21 +299,20 @@ def check_config(args: argparse.Namespace) -> Config:
                 f"--folders gives {len(folder_list) - 1} target folder(s) "
                 f"{[s.folder for s in folder_list[1:]]} for loader {i}: one target per loss"
             )
-        for name, kwargs, _ in loss_list:
-            try:
-                get_loss(name, **kwargs)
-            except ValueError as error:
-                raise ConfigError(f"--losses: {error}") from None
+    try:  # built once here: a loss may read a file (the adjacency graph) and warn
+        loss_fns = [[get_loss(n, **k) for n, k, _ in loss_list] for loss_list in losses]
+    except ValueError as error:
+        raise ConfigError(f"--losses: {error}") from None
     if not -n_train <= args.val_loader_id < n_train:
         raise ConfigError(f"--val_loader_id {args.val_loader_id} outside the {n_train} loaders")
     params = parse_literal(args.scheduler_params, "--scheduler_params")
     if not isinstance(params, dict):
         raise ConfigError(f"--scheduler_params must be a dict, got {params!r}")
     try:
-        get_scheduler(args.scheduler, params)
+        scheduler = get_scheduler(args.scheduler, params)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return Config(losses, folders, params)
+    return Config(losses, folders, loss_fns, scheduler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,13 +473,13 @@ def do_epoch(
                     loss.backward()
                     optimizer.step()
 
-                predicted = probs2one_hot(probs.detach())  # B K H W
+                classes = probs.detach().argmax(dim=1)  # B H W (probs checked by the losses)
+                predicted = F.one_hot(classes, K).movedim(-1, 1).to(torch.int32)  # B K H W
                 if gt is None:  # an unlabelled loader (semi-supervised): no Dice
                     dice_log[done_slices : done_slices + B] = np.nan
                 else:
                     dice_log[done_slices : done_slices + B] = dice_coef(gt, predicted).cpu().numpy()
                 loss_log[done_batches, : len(values)] = [v.item() for v in values]
-                classes = probs2class(probs.detach())  # B H W
                 if save_dir is not None:
                     save_predictions(classes, stems, save_dir)
                 if not train and gt is not None:
@@ -693,18 +693,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     else:
         optimizer = torch.optim.Adam(net.parameters(), lr=args.l_rate, betas=(0.9, 0.99))
 
-    def build(loss_list: list) -> tuple[list, list[float], list[str]]:
-        return (
-            [get_loss(n, **k) for n, k, _ in loss_list],
-            [w for _, _, w in loss_list],
-            [n for n, _, _ in loss_list],
-        )
-
-    built = [build(losses) for losses in config.losses]
-    loss_fns = [b[0] for b in built]
-    weights = [b[1] for b in built]
-    loss_names = [b[2] for b in built]
-    scheduler = get_scheduler(args.scheduler, config.scheduler_params)
+    loss_fns = config.loss_fns
+    weights = [[w for _, _, w in loss_list] for loss_list in config.losses]
+    loss_names = [[n for n, _, _ in loss_list] for loss_list in config.losses]
+    scheduler = config.scheduler
     plateau = PlateauHalving()
 
     common = {
