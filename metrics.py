@@ -37,8 +37,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.ndimage import binary_dilation, binary_erosion, generate_binary_structure, label
 from scipy.spatial import cKDTree
+from torch import Tensor
+
+from distance_torch import distance_to
 
 Spacing = float | Sequence[float] | np.ndarray | None
 
@@ -166,6 +170,74 @@ def hd95(
 ) -> float:
     """95th percentile Hausdorff distance in mm, as `medpy.metric.binary.hd95` (see `hd_hd95`)."""
     return hd_hd95(result, reference, voxelspacing, connectivity)[1]
+
+
+def _border_torch(mask: Tensor) -> Tensor:
+    """`mask XOR erosion(mask)` with face connectivity; `mask` is padded with False already."""
+    eroded = mask.clone()
+    for axis in range(mask.ndim):
+        for shift in (1, -1):
+            eroded &= torch.roll(mask, shift, axis)  # the False padding stops the wrap-around
+    return mask & ~eroded
+
+
+def _percentile_linear(values: Tensor, q: float) -> float:
+    """numpy.percentile(values, q) with its default linear interpolation, for a 1D tensor."""
+    ordered = values.sort().values
+    position = q / 100 * (len(ordered) - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, len(ordered) - 1)
+    fraction = position - low
+    a, b = float(ordered[low]), float(ordered[high])
+    return b - (b - a) * (1 - fraction) if fraction >= 0.5 else a + (b - a) * fraction
+
+
+def hd_hd95_torch(
+    result: Tensor, reference: Tensor, voxelspacing: Spacing = None
+) -> tuple[float, float]:
+    """`hd_hd95` on the tensors' device (the GPU during validation): same definitions, same
+    conventions for empty masks, face connectivity.
+
+    The borders are taken on the bounding box of both masks padded with one background voxel,
+    and each directed distance is read from an exact float64 distance transform of the other
+    border (`distance_torch.distance_to`) instead of a k-d tree.
+
+    Args:
+        result, reference: binary tensors of the same shape (prediction and ground truth).
+        voxelspacing: voxel size per axis in mm (scalar or sequence); None means 1.
+
+    Returns:
+        (hd, hd95) in mm, as `hd_hd95` (to float64 rounding).
+    """
+    if result.shape != reference.shape:
+        raise ValueError(
+            f"result and reference must have the same shape, got {tuple(result.shape)} and "
+            f"{tuple(reference.shape)}"
+        )
+    result, reference = result.bool(), reference.bool()
+    spacing = normalise_spacing(voxelspacing, result.ndim)
+    has_result, has_reference = bool(result.any()), bool(reference.any())
+    if not has_result and not has_reference:
+        return 0.0, 0.0
+    if not has_result or not has_reference:
+        worst = diagonal(tuple(result.shape), spacing)
+        return worst, worst
+
+    hits = (result | reference).nonzero()
+    low, high = hits.amin(0).tolist(), (hits.amax(0) + 1).tolist()
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    pad = [1, 1] * result.ndim
+    borders = [
+        _border_torch(torch.nn.functional.pad(m[box].to(torch.uint8), pad).bool())
+        for m in (result, reference)
+    ]
+    to_border = distance_to(
+        torch.stack(borders)[:, None], spacing.tolist(), result.ndim, dtype=torch.float64
+    )  # 2 1 *xyz: distance to the result's border, to the reference's border
+    d_ab = to_border[1, 0][borders[0]]  # result border -> reference border
+    d_ba = to_border[0, 0][borders[1]]
+    hd = float(torch.maximum(d_ab.max(), d_ba.max()))
+    return hd, _percentile_linear(torch.cat((d_ab, d_ba)), 95)
 
 
 # ---------------------------------------------------------------------------------------------
