@@ -57,6 +57,7 @@ ifdef DATASET
 .PHONY: all data unpack slice graph train plot report pack clean-results
 
 # User variables (command line): EPC BS NET DEBUG=--debug CFLAGS=-O CC DATA=synthetic RESUME=1
+# NPROC TORCHRUN_ARGS TRAIN_FLAGS (below)
 NET ?= UNet
 BS ?= 8
 LR ?= 1e-3
@@ -66,19 +67,30 @@ NET_PARAMS ?= {}
 WORKERS ?= 0
 # CPU threads per training (0: one per core); THREADS=1 with make -j on a CPU.
 THREADS ?= 0
+# Processes per training: NPROC=4 trains on 4 GPUs of this machine with torchrun and
+# DistributedDataParallel (BS is per process); TORCHRUN_ARGS for several machines, e.g.
+# TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=host0:29500".
+NPROC ?= 1
+TORCHRUN_ARGS ?= --standalone
+# Extra main.py options for every training, e.g. TRAIN_FLAGS="--bf16 --channels_last --augment".
+TRAIN_FLAGS ?=
+TRAIN_PY := $(if $(filter-out 1,$(NPROC)),$(PY) $(CFLAGS) -m torch.distributed.run \
+	--nproc_per_node=$(NPROC) $(TORCHRUN_ARGS),$(PY) $(CFLAGS))
 
 # Real data: the zips in data/. DATA=synthetic: generated stand-in zips, and every product in
 # folders of their own, so that stand-in results are never mistaken for real ones.
-ifeq ($(DATA),synthetic)
-SUFFIX := -synthetic
-ROOT := data/$(DATASET)-synthetic
-LINEAGE := lineage/$(DATASET)-synthetic.lineage
+# DATA=synthetic-full: the stand-in cohort at the real sizes, trained with the real settings.
+ifneq ($(filter synthetic synthetic-full,$(DATA)),)
+SUFFIX := -$(DATA)
+ROOT := data/$(DATASET)-$(DATA)
+LINEAGE := lineage/$(DATASET)-$(DATA).lineage
+SYNTHETIC_SIZE := $(if $(filter synthetic,$(DATA)),quick,full)
 else ifeq ($(DATA),)
 SUFFIX :=
 ROOT := data
 LINEAGE := lineage/$(DATASET).lineage
 else
-$(error DATA=$(DATA) is not known: leave DATA unset for the real zips in data/, or use DATA=synthetic)
+$(error DATA=$(DATA) is not known: leave DATA unset for the real zips in data/, or use DATA=synthetic (quick) or DATA=synthetic-full (real sizes))
 endif
 
 ZIP_PATHS := $(addprefix $(ROOT)/,$(ZIPS))
@@ -116,9 +128,10 @@ pack: $(PACK)
 
 # Zips: generated (DATA=synthetic), or the user's; a missing real zip stops here with where to
 # get it and the synthetic alternative.
-ifeq ($(DATA),synthetic)
+ifdef SYNTHETIC_SIZE
 $(ZIP_PATHS) &: | $(PY_DEPS)
-	$(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATASET) --dest $(ROOT) --seed 0 --size quick
+	$(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATASET) --dest $(ROOT) --seed 0 \
+		--size $(SYNTHETIC_SIZE)
 else
 $(ZIP_PATHS):
 	@$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
@@ -145,10 +158,11 @@ $(GRAPH): $(SLICED) | $(PY_DEPS)
 # last.pt instead of starting over.
 $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	$(if $(RESUME),,rm -rf $@_tmp)
-	$(PY) $(CFLAGS) main.py --dataset $(SLICED) --workdir $@_tmp --network $(NET) \
+	$(TRAIN_PY) main.py --dataset $(SLICED) --workdir $@_tmp --network $(NET) \
 		--net_params "$(NET_PARAMS)" --n_class $(K) --modalities $(MODALITIES) \
 		--metric_axis $(METRIC_AXIS) --grp_regex '$(G_RGX)' --n_epoch $(EPC) --batch_size $(BS) \
-		--l_rate $(LR) --seed $(SEED) --workers $(WORKERS) --threads $(THREADS) $(TRAIN_OPT) \
+		--l_rate $(LR) --seed $(SEED) --workers $(WORKERS) --threads $(THREADS) \
+		$(TRAIN_OPT) $(TRAIN_FLAGS) \
 		--losses "$($*_LOSSES)" --folders "$($*_FOLDERS)" $($*_OPT) \
 		$(if $(and $(RESUME),$(wildcard $@_tmp/last.pt)),--resume) $(DEBUG)
 	rm -rf $@
