@@ -29,8 +29,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
+from distance_torch import one_hot2dist_torch
 from utils import one_hot2dist
 
 Resolution = tuple[float, ...]
@@ -129,14 +137,18 @@ def dist_map_transform(resolution: Resolution, K: int) -> Callable[[object], Ten
     return transform
 
 
+def _normalise(dist: Tensor) -> Tensor:
+    """Each class map (`... K H W`) divided by its largest absolute value (into [-1, 1])."""
+    scale = dist.flatten(-2).abs().amax(dim=-1).clamp_min(1e-12)
+    return dist / scale[..., None, None]
+
+
 def normalised_dist_map_transform(resolution: Resolution, K: int) -> Callable[[object], Tensor]:
     """As dist_map_transform, each class map divided by its largest absolute value (in [-1, 1])."""
     base = dist_map_transform(resolution, K)
 
     def transform(item: object) -> Tensor:
-        dist = base(item)
-        scale = dist.flatten(1).abs().amax(dim=1).clamp_min(1e-12)
-        return dist / scale[:, None, None]
+        return _normalise(base(item))
 
     return transform
 
@@ -149,6 +161,34 @@ TRANSFORMS: dict[str, Transform] = {
     "gt_transform": gt_transform,
     "dist_map_transform": dist_map_transform,
     "normalised_dist_map_transform": normalised_dist_map_transform,
+}
+
+
+# Transforms of a whole batch on its device (main.py --device_dist_maps, --augment): the loader
+# reads the one-hot labels (gt_transform) and the distance maps are computed after augmentation.
+
+
+def dist_maps_on_device(one_hot: Tensor, spacing: Tensor) -> Tensor:
+    """dist_map_transform of a batch: `B K H W` one-hot and `B 2` in-plane spacing -> `B K H W`
+    float32 on the same device. CUDA tensors go through the torch transform
+    (distance_torch.one_hot2dist_torch); CPU ones through utils.one_hot2dist (faster there)."""
+    if one_hot.device.type != "cpu":
+        return one_hot2dist_torch(one_hot, spacing)
+    maps = [
+        one_hot2dist(s, tuple(sp), dtype=np.float32)
+        for s, sp in zip(one_hot.numpy(), spacing.tolist(), strict=True)
+    ]
+    return torch.from_numpy(np.stack(maps))
+
+
+def normalised_dist_maps_on_device(one_hot: Tensor, spacing: Tensor) -> Tensor:
+    """normalised_dist_map_transform of a batch (see dist_maps_on_device)."""
+    return _normalise(dist_maps_on_device(one_hot, spacing))
+
+
+DEVICE_TRANSFORMS: dict[Transform, Callable[[Tensor, Tensor], Tensor]] = {
+    dist_map_transform: dist_maps_on_device,
+    normalised_dist_map_transform: normalised_dist_maps_on_device,
 }
 
 
@@ -350,6 +390,42 @@ class PatientSampler(Sampler[list[int]]):
         return len(self.groups)
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """The batches of `base` dealt to one of `world_size` processes (DistributedDataParallel).
+
+    The base sampler draws the same batches in every process (same seed), and process `rank`
+    takes batches rank, rank + world_size, ...: every batch is exactly a single-process batch.
+    With `pad` (training) every process gets the same number of batches, the last ones repeating
+    the first, since each step synchronises the gradients; `position(j)` is then None for a
+    repeat, which is trained on but not logged. Without `pad` (validation) nothing repeats.
+    """
+
+    def __init__(self, base: Sampler[list[int]], rank: int, world_size: int, pad: bool) -> None:
+        self.base, self.rank, self.world_size, self.pad = base, rank, world_size, pad
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def position(self, j: int) -> int | None:
+        """Index in the base order of this process's j-th batch; None for a padding repeat."""
+        position = self.rank + j * self.world_size
+        return position if position < len(self.base) else None
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self.base)
+        mine = batches[self.rank :: self.world_size]
+        if self.pad:
+            mine += batches[: len(self) - len(mine)]
+        return iter(mine)
+
+    def __len__(self) -> int:
+        n = len(self.base)
+        if self.pad:
+            return -(-n // self.world_size)
+        return len(range(self.rank, n, self.world_size))
+
+
 def read_spacing(split: Path) -> dict[str, list[float]]:
     """The split's `spacing.json` (stem -> [dx, dy, dz]).
 
@@ -385,9 +461,12 @@ def make_loader(
     seed: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """One DataLoader over a split: shuffled batches for training, ordered ones for validation,
-    whole patients per batch with `group` (PatientSampler)."""
+    whole patients per batch with `group` (PatientSampler); with `world_size` > 1, this
+    process's share of the batches (ShardedBatchSampler)."""
     if not split.is_dir():
         raise DataError(
             f"{split}: data folder not found (check --dataset, --training_folders and "
@@ -407,13 +486,16 @@ def make_loader(
     }
     if group:
         sampler = PatientSampler(dataset.stems, grp_regex, shuffle=train, seed=seed)
+        if world_size > 1:
+            sampler = ShardedBatchSampler(sampler, rank, world_size, pad=train)
         return DataLoader(dataset, batch_sampler=sampler, **common)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=False,
-        generator=generator if train else None,
-        **common,
+    generator = torch.Generator().manual_seed(seed) if train else None
+    if world_size == 1:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=train, generator=generator, **common
+        )
+    order = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
+    batches = ShardedBatchSampler(
+        BatchSampler(order, batch_size, drop_last=False), rank, world_size, pad=train
     )
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, **common)

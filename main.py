@@ -27,7 +27,9 @@ import ast
 import copy
 import csv
 import io
+import itertools
 import json
+import pickle
 import platform
 import random
 import shlex
@@ -36,8 +38,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -46,12 +48,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from atomic import atomic_write, write_text_atomic
-from dataloader import TRANSFORMS, DataError, FolderSpec, group_key, make_loader
+from augment import augment_batch
+from dataloader import (
+    DEVICE_TRANSFORMS,
+    TRANSFORMS,
+    DataError,
+    FolderSpec,
+    ShardedBatchSampler,
+    group_key,
+    gt_transform,
+    make_loader,
+)
+from distributed import Context, setup, teardown
 from losses import LOSSES, get_loss
-from metrics import forbidden_adjacencies, forbidden_pairs, hd_hd95, read_graph
+from metrics import forbidden_adjacencies, forbidden_pairs, hd_hd95, hd_hd95_torch, read_graph
 from networks import NETWORKS, get_network
 from scheduler import SCHEDULERS, PlateauHalving, get_scheduler, original_halving
 from utils import dice_coef
@@ -135,6 +149,27 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "share the CPU (make -j), whose threads would otherwise compete",
     )
     parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="online augmentation on the device (flips, 90-degree and small rotations), the "
+        "distance maps recomputed exactly after it; off by default, as the original",
+    )
+    parser.add_argument(
+        "--augment_degrees", type=float, default=10.0, help="largest small rotation of --augment"
+    )
+    parser.add_argument(
+        "--device_dist_maps",
+        action="store_true",
+        help="compute the distance-map targets on the device (the GPU) from the labels",
+    )
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network")
+    parser.add_argument("--channels_last", action="store_true", help="channels-last memory")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="validate the --weights network once and write the validation outputs (no training)",
+    )
+    parser.add_argument(
         "--adjacency_graph",
         default="",
         help="graph.csv of the training anatomy: count forbidden adjacencies in the validation "
@@ -146,6 +181,12 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.l_rate <= 0:
         parser.error(f"--l_rate must be positive, got {args.l_rate}")
+    if args.evaluate and not args.weights:
+        parser.error("--evaluate needs --weights (a best.pt or last.pt)")
+    if args.augment and args.dimensions != 2:
+        parser.error("--augment transforms 2D slices: it needs --dimensions 2")
+    if not 0 <= args.augment_degrees <= 180:
+        parser.error(f"--augment_degrees must be within 0..180, got {args.augment_degrees}")
     if not all(0 <= k < args.n_class for k in args.metric_axis):
         parser.error(f"--metric_axis {args.metric_axis} outside the {args.n_class} classes")
     return args
@@ -342,7 +383,9 @@ def _git(*args: str) -> str:
     return out.stdout
 
 
-def provenance(args: argparse.Namespace, argv: Sequence[str], device: torch.device) -> dict:
+def provenance(
+    args: argparse.Namespace, argv: Sequence[str], device: torch.device, context: Context
+) -> dict:
     """What produced this run: code version, command, packages, device. No environment dump."""
     versions = {}
     for name in PACKAGES:
@@ -359,6 +402,7 @@ def provenance(args: argparse.Namespace, argv: Sequence[str], device: torch.devi
         "packages": versions,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cuda": torch.version.cuda,
+        "processes": context.world_size,
         "seed": args.seed,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -399,19 +443,77 @@ def restore_rng(state: dict) -> None:
 
 @dataclass
 class EpochLog:
-    """What one pass over the loaders measured."""
+    """What one pass over the loaders measured (over every process, in the single-process order)."""
 
     losses: np.ndarray  # iteration x loss, raw (unweighted) values
     dices: np.ndarray  # slice x class, 2D Dice (NaN for unlabelled slices)
     per_loader: list[list[float]] = field(default_factory=list)  # mean raw losses per loader
     volumes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # 3D accumulation
+    timing: dict[str, float] = field(default_factory=dict)  # seconds, data_seconds, slices
 
 
-def save_predictions(classes: Tensor, stems: Sequence[str], folder: Path) -> None:
-    """Predicted class maps (B H W) as uint8 png, one per stem (class indices, as gt/)."""
+@dataclass
+class BatchRecord:
+    """One batch of a pass, as logged; `position` is its place in the single-process order."""
+
+    position: int
+    losses: list[float]
+    dices: np.ndarray  # B K
+    stems: list[str]
+    spacing: np.ndarray  # B 3
+    classes: np.ndarray | None = None  # B H W uint8 predictions (validation, --save_train)
+    gt: np.ndarray | None = None  # B H W uint8 (validation)
+
+
+@dataclass
+class Targets:
+    """How one loader's batches become the inputs of its losses."""
+
+    device_fns: list  # per target: a DEVICE_TRANSFORMS function, or None (used as loaded)
+    gt_index: int | None  # the target holding the ground truth one-hot (None: unlabelled)
+
+
+def save_predictions(classes: np.ndarray, stems: Sequence[str], folder: Path) -> None:
+    """Predicted class maps (B H W uint8) as png, one per stem (class indices, as gt/)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for seg, stem in zip(classes.cpu().numpy().astype(np.uint8), stems, strict=True):
+    for seg, stem in zip(classes, stems, strict=True):
         Image.fromarray(seg).save(folder / f"{stem}.png")
+
+
+def _sharding(loader: torch.utils.data.DataLoader) -> tuple[int, Callable[[int], int | None]]:
+    """Batches of the loader over every process, and the position of this process's j-th."""
+    sampler = loader.batch_sampler
+    if isinstance(sampler, ShardedBatchSampler):
+        return len(sampler.base), sampler.position
+    return len(loader), lambda j: j
+
+
+def prepare_batch(
+    batch: dict,
+    device: torch.device,
+    targets: Targets,
+    args: argparse.Namespace,
+    augment: torch.Generator | None,
+) -> tuple[Tensor, list[Tensor], Tensor | None]:
+    """The input, the loss targets and the ground truth of a batch, on the device: augmented
+    (training with --augment), with the distance maps computed there (DEVICE_TRANSFORMS)."""
+    image = batch["images"].to(device, non_blocking=True)
+    labels = [t.to(device, non_blocking=True) for t in batch["labels"]]
+    spacing = batch["spacing"]  # B 3
+    if augment is not None:
+        hot = [not t.is_floating_point() for t in labels]
+        image, labels, spacing = augment_batch(
+            image, labels, hot, spacing, args.augment_degrees, augment
+        )
+    for i, fn in enumerate(targets.device_fns):
+        if fn is not None:
+            labels[i] = fn(labels[i], spacing[:, :2])
+    if args.channels_last:
+        image = image.contiguous(
+            memory_format=torch.channels_last if image.ndim == 4 else torch.channels_last_3d
+        )
+    gt = None if targets.gt_index is None else labels[targets.gt_index]
+    return image, labels, gt
 
 
 def do_epoch(
@@ -419,94 +521,151 @@ def do_epoch(
     net: nn.Module,
     device: torch.device,
     loaders: Sequence[torch.utils.data.DataLoader],
+    targets: Sequence[Targets],
     loss_fns: Sequence[Sequence],
     weights: Sequence[Sequence[float]],
     loss_names: Sequence[Sequence[str]],
     args: argparse.Namespace,
     epoch: int,
+    context: Context,
     optimizer: torch.optim.Optimizer | None = None,
     save_dir: Path | None = None,
+    augment: torch.Generator | None = None,
 ) -> EpochLog:
     """Train (optimizer given) or validate over the loaders, logging losses, Dice and, when
-    validating, the predicted volumes of each patient for the 3D metrics."""
+    validating, the predicted volumes of each patient for the 3D metrics. Under torchrun each
+    process runs its share of the batches and the logs of all are gathered."""
     train = optimizer is not None
     net.train(train)
     K = args.n_class
-    n_loss = max(len(f) for f in loss_fns)
-    total_iterations = sum(len(loader) for loader in loaders)
-    total_slices = sum(len(loader.dataset) for loader in loaders)
-    loss_log = np.full((total_iterations, n_loss), np.nan, dtype=np.float32)
-    dice_log = np.zeros((total_slices, K), dtype=np.float32)
-    volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    done_batches = done_slices = 0
-    per_loader = []
-
-    bar = tqdm(total=total_iterations, desc=f">> {mode} epoch {epoch:3d}", ncols=120, leave=False)
+    records: list[BatchRecord] = []
+    data_seconds = 0.0
+    slices = 0
+    error = ""
+    local_save = save_dir if not context.active else None  # else rank 0 saves after gathering
+    keep_classes = not train or args.save_train
+    total = sum(len(loader) for loader in loaders)
+    bar = tqdm(total=total, desc=f">> {mode} epoch {epoch:3d}", ncols=120, leave=False,
+               disable=not context.writes)  # fmt: skip
+    start = time.perf_counter()
+    offset = 0
     with torch.set_grad_enabled(train):
-        for loader, fns, ws, names in zip(loaders, loss_fns, weights, loss_names, strict=True):
-            first_batch = done_batches
-            for batch in loader:
-                image = batch["images"].to(device)
-                labels = [t.to(device) for t in batch["labels"]]
-                gt = None if batch["gt"] is None else batch["gt"].to(device)
+        for loader, target, fns, ws, names in zip(
+            loaders, targets, loss_fns, weights, loss_names, strict=True
+        ):
+            n_batches, position = _sharding(loader)
+            batches = iter(loader)
+            for j in itertools.count():
+                waiting = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                image, labels, gt = prepare_batch(batch, device, target, args, augment)
+                data_seconds += time.perf_counter() - waiting
                 stems = batch["filenames"]
                 B = image.shape[0]
                 if train:
                     optimizer.zero_grad(set_to_none=True)
-                logits = net(image)
-                probs = F.softmax(args.temperature * logits, dim=1)  # B K H W
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    logits = net(image)
+                probs = F.softmax(args.temperature * logits.float(), dim=1)  # B K H W
+                where = f"epoch {epoch}, {mode} batch {offset + j} (first slice {stems[0]})"
+                values, raw = [], []
                 if not torch.isfinite(probs).all():
-                    raise TrainingError(
-                        f"epoch {epoch}, {mode} batch {done_batches} (first slice {stems[0]}): "
-                        "the network output is NaN or infinite (diverged, or NaN in the input); "
-                        "stopping"
+                    error = (
+                        f"{where}: the network output is NaN or infinite (diverged, or NaN in "
+                        "the input)"
                     )
-                values = [fn(probs, label) for fn, label in zip(fns, labels, strict=True)]
-                for name, value in zip(names, values, strict=True):
-                    if not torch.isfinite(value):
-                        raise TrainingError(
-                            f"epoch {epoch}, {mode} batch {done_batches} (first slice "
-                            f"{stems[0]}): loss {name} is {value.item()}; stopping"
-                        )
-                loss = sum(w * v for w, v in zip(ws, values, strict=True))
+                else:
+                    values = [fn(probs, label) for fn, label in zip(fns, labels, strict=True)]
+                    raw = torch.stack([v.detach().float() for v in values]).tolist()
+                    bad = [(n, v) for n, v in zip(names, raw, strict=True) if not np.isfinite(v)]
+                    if bad:
+                        error = f"{where}: loss {bad[0][0]} is {bad[0][1]}"
+                if train and context.any(bool(error), device):  # every process stops together
+                    raise TrainingError(f"{error or 'another process: NaN or infinite'}; stopping")
+                if error and not context.active:
+                    raise TrainingError(f"{error}; stopping")
+                if error:  # validation under torchrun: raised once every process is done
+                    break
                 if train:
+                    loss = sum(w * v for w, v in zip(ws, values, strict=True))
                     loss.backward()
                     optimizer.step()
 
-                classes = probs.detach().argmax(dim=1)  # B H W (probs checked by the losses)
-                predicted = F.one_hot(classes, K).movedim(-1, 1).to(torch.int32)  # B K H W
+                classes = probs.detach().argmax(dim=1)  # B H W
                 if gt is None:  # an unlabelled loader (semi-supervised): no Dice
-                    dice_log[done_slices : done_slices + B] = np.nan
+                    dices = np.full((B, K), np.nan, dtype=np.float32)
                 else:
-                    dice_log[done_slices : done_slices + B] = dice_coef(gt, predicted).cpu().numpy()
-                loss_log[done_batches, : len(values)] = [v.item() for v in values]
-                if save_dir is not None:
-                    save_predictions(classes, stems, save_dir)
+                    predicted = F.one_hot(classes, K).movedim(-1, 1).to(torch.int32)  # B K H W
+                    dices = dice_coef(gt, predicted).cpu().numpy()
+                record = BatchRecord(
+                    offset + j if position(j) is None else offset + position(j), raw, dices,
+                    list(stems), batch["spacing"].numpy(),
+                )  # fmt: skip
+                if keep_classes:
+                    record.classes = classes.cpu().numpy().astype(np.uint8)
                 if not train and gt is not None:
-                    gt_classes = gt.argmax(dim=1)
-                    for b, stem in enumerate(stems):
-                        key = group_key(stem, args.grp_regex)
-                        volumes[key]["stems"].append(stem)
-                        volumes[key]["pred"].append(classes[b].cpu().numpy().astype(np.uint8))
-                        volumes[key]["gt"].append(gt_classes[b].cpu().numpy().astype(np.uint8))
-                        volumes[key]["spacing"].append(batch["spacing"][b].numpy())
-                done_batches += 1
-                done_slices += B
-                running = (
-                    np.nanmean(dice_log[:done_slices, args.metric_axis]) if gt is not None else 0
-                )
-                bar.set_postfix(
-                    {"dice": f"{running:.3f}"}
-                    | {
-                        n: f"{v:.3g}"
-                        for n, v in zip(names, np.nanmean(loss_log[:done_batches], 0), strict=False)
-                    }
-                )
+                    record.gt = gt.argmax(dim=1).cpu().numpy().astype(np.uint8)
+                if local_save is not None:
+                    save_predictions(record.classes, stems, local_save)
+                if position(j) is not None:  # a padding repeat is trained on, not logged
+                    records.append(record)
+                slices += B
+                shown = {n: f"{v:.3g}" for n, v in zip(names, raw, strict=True)}
+                if gt is not None:
+                    shown = {"dice": f"{dices[:, args.metric_axis].mean():.3f}"} | shown
+                bar.set_postfix(shown)
                 bar.update()
-            per_loader.append(
-                np.nanmean(loss_log[first_batch:done_batches, : len(fns)], 0).tolist()
-            )
+            offset += n_batches
     bar.close()
+    elapsed = time.perf_counter() - start
+    gathered = context.gather((records, error, slices))
+    errors = [e for _, e, _ in gathered if e]
+    if errors:  # validation: raised once every process has finished its share
+        raise TrainingError(f"{errors[0]}; stopping")
+    records = [r for rs, _, _ in gathered for r in rs]
+    if context.active and context.writes and save_dir is not None:
+        for r in records:
+            save_predictions(r.classes, r.stems, save_dir)
+    timing = {
+        "seconds": elapsed,
+        "data_seconds": data_seconds,
+        "slices": sum(n for _, _, n in gathered),
+    }
+    sizes = [_sharding(loader)[0] for loader in loaders]
+    return summarise(records, sizes, [len(f) for f in loss_fns], K, args.grp_regex, timing)
+
+
+def summarise(
+    records: Sequence[BatchRecord],
+    sizes: Sequence[int],
+    n_losses: Sequence[int],
+    K: int,
+    grp_regex: str,
+    timing: dict[str, float],
+) -> EpochLog:
+    """The logs of a pass from its batch records, in the single-process order of the batches."""
+    records = sorted(records, key=lambda r: r.position)
+    loss_log = np.full((sum(sizes), max(n_losses)), np.nan, dtype=np.float32)
+    for r in records:
+        loss_log[r.position, : len(r.losses)] = r.losses
+    dices = np.concatenate([r.dices for r in records]) if records else np.zeros((0, K))
+    bounds = np.cumsum([0, *sizes])
+    per_loader = [
+        np.nanmean(loss_log[a:b, :n], 0).tolist()
+        for a, b, n in zip(bounds[:-1], bounds[1:], n_losses, strict=True)
+    ]
+    volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.gt is None:
+            continue
+        for b, stem in enumerate(r.stems):
+            volume = volumes[group_key(stem, grp_regex)]
+            volume["stems"].append(stem)
+            volume["pred"].append(r.classes[b])
+            volume["gt"].append(r.gt[b])
+            volume["spacing"].append(r.spacing[b])
     stacked = {
         key: {
             "pred": np.stack([p for _, p in sorted(zip(v["stems"], v["pred"], strict=True))], -1),
@@ -515,28 +674,43 @@ def do_epoch(
         }
         for key, v in volumes.items()
     }
-    return EpochLog(loss_log, dice_log, per_loader, stacked)
+    return EpochLog(loss_log, dices.astype(np.float32), per_loader, stacked, timing)
 
 
 def metrics_3d(
-    volumes: Mapping[str, Mapping[str, np.ndarray]], K: int, spacing_3d: Mapping[str, Sequence]
+    volumes: Mapping[str, Mapping[str, np.ndarray]],
+    K: int,
+    spacing_3d: Mapping[str, Sequence],
+    device: torch.device | None = None,
+    context: Context | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """3D Dice, HD and HD95 per patient (sorted by name) and class: three `P K` arrays.
 
     Spacing: the patient's entry in spacing_3d.json when present, else its slices' spacing.
+    On CUDA, HD and HD95 come from the device transform (metrics.hd_hd95_torch), else from
+    metrics.hd_hd95; under torchrun each process measures its share of the patients.
     """
+    context = context or Context()
+    on_cuda = device is not None and device.type == "cuda"
     keys = sorted(volumes)
-    dsc = np.zeros((len(keys), K), dtype=np.float32)
-    hd = np.zeros((len(keys), K), dtype=np.float32)
-    hd95 = np.zeros((len(keys), K), dtype=np.float32)
-    for i, key in enumerate(keys):
+    mine = {}
+    for key in keys[context.rank :: context.world_size]:
         pred, gt = volumes[key]["pred"], volumes[key]["gt"]  # X Y Z
         spacing = spacing_3d.get(key, volumes[key]["spacing"])
+        if on_cuda:
+            pred, gt = torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device)
+        rows = np.zeros((3, K), dtype=np.float32)  # dsc, hd, hd95
         for k in range(K):
             p, t = pred == k, gt == k
-            dsc[i, k] = (2 * np.sum(p & t) + 1e-8) / (p.sum() + t.sum() + 1e-8)
-            hd[i, k], hd95[i, k] = hd_hd95(p, t, voxelspacing=spacing)
-    return dsc, hd, hd95
+            rows[0, k] = (2 * float((p & t).sum()) + 1e-8) / (float(p.sum() + t.sum()) + 1e-8)
+            if on_cuda:
+                rows[1:, k] = hd_hd95_torch(p, t, voxelspacing=spacing)
+            else:
+                rows[1:, k] = hd_hd95(p, t, voxelspacing=spacing)
+        mine[key] = rows
+    merged = {k: v for part in context.gather(mine) for k, v in part.items()}
+    table = np.stack([merged[key] for key in keys]) if keys else np.zeros((0, 3, K), np.float32)
+    return table[:, 0], table[:, 1], table[:, 2]
 
 
 @dataclass
@@ -553,13 +727,16 @@ def train_epoch(
     net: nn.Module,
     device: torch.device,
     loaders: Sequence[torch.utils.data.DataLoader],
+    targets: Sequence[Targets],
     loss_fns: Sequence[Sequence],
     weights: list[list[float]],
     loss_names: Sequence[Sequence[str]],
     epoch: int,
+    context: Context,
     optimizer: torch.optim.Optimizer,
     scheduler,
     iter_dir: Path,
+    augment: torch.Generator | None,
 ) -> TrainResult:
     """One training epoch. A scheduler that handles NaN (`handles_nan`, the adjacency
     LambdaController) gets the chance to lower its weights: the epoch restarts from its first
@@ -568,19 +745,9 @@ def train_epoch(
     saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()))
     for attempt in range(NAN_RETRIES + 1):
         try:
-            log = do_epoch(
-                "train",
-                net,
-                device,
-                loaders,
-                loss_fns,
-                weights,
-                loss_names,
-                args,
-                epoch,
-                optimizer,
-                iter_dir / "train" if args.save_train else None,
-            )
+            save_dir = iter_dir / "train" if args.save_train and context.writes else None
+            log = do_epoch("train", net, device, loaders, targets, loss_fns, weights, loss_names,
+                           args, epoch, context, optimizer, save_dir, augment)  # fmt: skip
             return TrainResult(log, weights)
         except TrainingError as error:
             if not handles_nan or attempt == NAN_RETRIES:
@@ -627,6 +794,10 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _load_json_list(path: Path) -> list:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def write_csv(
     path: Path,
     history: dict[str, np.ndarray],
@@ -658,20 +829,32 @@ def write_csv(
     write_text_atomic(path, text.getvalue())
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
+def loader_targets(specs: Sequence[FolderSpec], on_device: bool) -> tuple[list, Targets]:
+    """The folders a loader reads and how its batches become loss targets: with `on_device`,
+    distance-map folders are read as one-hot labels and transformed on the device."""
+    loaded, fns = [specs[0]], []
+    for spec in specs[1:]:
+        fn = DEVICE_TRANSFORMS.get(spec.transform) if on_device else None
+        loaded.append(replace(spec, transform=gt_transform) if fn is not None else spec)
+        fns.append(fn)
+    hot = [i for i, spec in enumerate(specs[1:]) if spec.is_hot]
+    return loaded, Targets(fns, hot[0] if hot else None)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device: torch.device):
+    """One training (or, with --evaluate, one validation of --weights) in this process."""
     config = check_config(args)
     dataset = Path(args.dataset)
     workdir = Path(args.workdir)
     last_path = workdir / "last.pt"
     if args.resume and not last_path.exists():
         raise ConfigError(f"--resume: {last_path} not found (nothing to resume)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    if context.writes:
+        workdir.mkdir(parents=True, exist_ok=True)
 
     set_seed(args.seed)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cpu = args.cpu or not torch.cuda.is_available()
-    device = torch.device("cpu" if cpu else "cuda")
     net_params = parse_literal(args.net_params, "--net_params")
     if not isinstance(net_params, dict):
         raise ConfigError(f"--net_params must be a dict, got {net_params!r}")
@@ -684,8 +867,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             f"--network {args.network} is {net.dimensions}D but --dimensions is {args.dimensions}"
         )
     if args.weights:
-        state = torch.load(args.weights, map_location=device, weights_only=True)
+        try:
+            state = torch.load(args.weights, map_location=device, weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+            raise ConfigError(f"--weights {args.weights}: cannot be loaded ({error})") from None
         net.load_state_dict(state["model"] if "model" in state else state)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last if args.dimensions == 2 else
+                     torch.channels_last_3d)  # fmt: skip
+    model = net  # what training runs: the network, or its DistributedDataParallel wrapper
+    if context.active:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.index else None)
     if args.use_sgd:
         optimizer = torch.optim.SGD(
             net.parameters(), lr=args.l_rate, momentum=0.9, weight_decay=5e-4
@@ -706,7 +898,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
         "grp_regex": args.grp_regex,
         "num_workers": args.workers,
         "pin_memory": device.type == "cuda",
+        "rank": context.rank,
+        "world_size": context.world_size,
     }
+    on_device = args.device_dist_maps or args.augment
+    read = [loader_targets(specs, on_device) for specs in config.folders]
+    train_targets = [targets for _, targets in read]
     train_loaders = [
         make_loader(
             dataset / folder,
@@ -718,9 +915,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             seed=args.seed + i,
             **common,
         )
-        for i, (folder, specs) in enumerate(zip(args.training_folders, config.folders, strict=True))
+        for i, (folder, (specs, _)) in enumerate(zip(args.training_folders, read, strict=True))
     ]
-    val_specs = config.folders[args.val_loader_id]
+    val_specs, val_targets = read[args.val_loader_id]
     val_loader = make_loader(
         dataset / args.validation_folder,
         val_specs,
@@ -745,8 +942,38 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             )
     arrays = ARRAYS + ((ADJACENCY,) if forbidden is not None else ())
     val_id = args.val_loader_id
+    augment = None
+    if args.augment:  # its own stream: turning augmentation on leaves the other draws alone
+        augment = torch.Generator().manual_seed(args.seed * 7919 + context.rank)
+
+    def validate(epoch: int, weights: list[list[float]], save_dir: Path | None) -> dict:
+        """One validation pass of the network (never the DDP wrapper: its forward would
+        synchronise processes that hold different numbers of batches) and its 3D metrics."""
+        log = do_epoch("val", net, device, [val_loader], [val_targets], [loss_fns[val_id]],
+                       [weights[val_id]], [loss_names[val_id]], args, epoch, context,
+                       save_dir=save_dir if context.writes else None)  # fmt: skip
+        dsc3, hd3, hd95_3 = metrics_3d(log.volumes, args.n_class, spacing_3d, device, context)
+        values = {"val_loss": log.losses, "val_dice": log.dices, "val_3d_dsc": dsc3,
+                  "val_3d_hausdorff": hd3, "val_3d_hd95": hd95_3}  # fmt: skip
+        if forbidden is not None:
+            values[ADJACENCY] = adjacency_violations(log.volumes, forbidden)
+        return {"log": log, "values": values}
+
+    if args.evaluate:
+        val = validate(0, weights, workdir / "evaluation")
+        if context.writes:
+            for name, value in val["values"].items():
+                save_npy(workdir / f"{name}.npy", value[None])
+            write_csv(workdir / args.csv, {n: v[None] for n, v in val["values"].items()},
+                      [args.l_rate], [weights], max(loss_names, key=len))  # fmt: skip
+            save_text(workdir / "args.json", json.dumps(vars(args), indent=2))
+            save_text(workdir / "provenance.json",
+                      json.dumps(provenance(args, argv, device, context), indent=2))  # fmt: skip
+        report_epoch(args, context, "evaluation", val["values"], False)
+        return
 
     history: dict[str, list] = {name: [] for name in arrays}
+    timing: list[dict] = []
     lrs: list[float] = []
     weight_log: list = []
     start_epoch, best_metric, best_epoch = 0, -np.inf, -1
@@ -764,11 +991,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
         )
         for name in arrays:
             history[name] = list(np.load(workdir / f"{name}.npy")[:start_epoch])
+        timing = [t for t in _load_json_list(workdir / "timing.json") if t["epoch"] < start_epoch]
         restore_rng(state["rng"])
+        if augment is not None and "augment" in state:
+            augment.set_state(state["augment"])
         print(f">>> Resuming {workdir} after epoch {state['epoch']}", flush=True)
-    else:
+    elif context.writes:
         save_text(workdir / "args.json", json.dumps(vars(args), indent=2))
-        prov = provenance(args, argv, device)
+        prov = provenance(args, argv, device, context)
         save_text(workdir / "provenance.json", json.dumps(prov, indent=2))
         save_text(workdir / "git.diff", _git("diff", "HEAD"))
 
@@ -779,62 +1009,42 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             if hasattr(loader.batch_sampler, "set_epoch"):
                 loader.batch_sampler.set_epoch(epoch)
         iter_dir = workdir / f"iter{epoch:03d}"
-        tra = train_epoch(args, net, device, train_loaders, loss_fns, weights, loss_names, epoch,
-                          optimizer, scheduler, iter_dir)  # fmt: skip
+        tra = train_epoch(
+            args, model, device, train_loaders, train_targets, loss_fns, weights, loss_names,
+            epoch, context, optimizer, scheduler, iter_dir, augment,
+        )  # fmt: skip
         weights = tra.weights
-        val = do_epoch(
-            "val",
-            net,
-            device,
-            [val_loader],
-            [loss_fns[val_id]],
-            [weights[val_id]],
-            [loss_names[val_id]],
-            args,
-            epoch,
-            save_dir=iter_dir / "val",
-        )
-        dsc3, hd3, hd95_3 = metrics_3d(val.volumes, args.n_class, spacing_3d)
-        for name, value in zip(
-            ARRAYS,
-            (tra.log.losses, val.losses, tra.log.dices, val.dices, dsc3, hd3, hd95_3),
-            strict=True,
-        ):
-            history[name].append(value)
-        if forbidden is not None:
-            history[ADJACENCY].append(adjacency_violations(val.volumes, forbidden))
+        started = time.perf_counter()
+        val = validate(epoch, weights, iter_dir / "val")
+        values = {"tra_loss": tra.log.losses, "tra_dice": tra.log.dices} | val["values"]
+        for name in arrays:
+            history[name].append(values[name])
         lrs.append(optimizer.param_groups[0]["lr"])
         weight_log.append([list(w) for w in weights])
-        for name in arrays:
-            save_npy(workdir / f"{name}.npy", np.stack(history[name]))
-        write_csv(
-            workdir / args.csv,
-            {n: np.stack(v) for n, v in history.items()},
-            lrs,
-            weight_log,
-            max(loss_names, key=len),
+        timing.append(
+            {
+                "epoch": epoch,
+                "train_seconds": tra.log.timing["seconds"],
+                "data_seconds": tra.log.timing["data_seconds"],
+                "train_slices": tra.log.timing["slices"],
+                "val_seconds": time.perf_counter() - started,
+                "processes": context.world_size,
+            }
         )
+        if context.writes:
+            for name in arrays:
+                save_npy(workdir / f"{name}.npy", np.stack(history[name]))
+            write_csv(workdir / args.csv, {n: np.stack(v) for n, v in history.items()}, lrs,
+                      weight_log, max(loss_names, key=len))  # fmt: skip
+            save_text(workdir / "timing.json", json.dumps(timing, indent=1))
 
-        metric = float((dsc3 if args.compute_3d_dice else val.dices)[:, args.metric_axis].mean())
+        dices = val["values"]["val_3d_dsc" if args.compute_3d_dice else "val_dice"]
+        metric = float(dices[:, args.metric_axis].mean())
         improved = metric > best_metric
         if improved:
             best_metric, best_epoch = metric, epoch
-            best = {
-                "model": net.state_dict(),
-                "epoch": epoch,
-                "metric": metric,
-                "network": args.network,
-                "n_in": args.modalities,
-                "n_class": args.n_class,
-                "args": vars(args),
-            }
-            save_torch(workdir / "best.pt", best)
-            best_tmp = workdir / "best_epoch_tmp"
-            shutil.rmtree(best_tmp, ignore_errors=True)
-            shutil.copytree(iter_dir, best_tmp)
-            shutil.rmtree(workdir / "best_epoch", ignore_errors=True)
-            best_tmp.replace(workdir / "best_epoch")
-            save_text(workdir / "best_epoch.txt", f"{epoch}\n")
+            if context.writes:
+                save_best(workdir, iter_dir, net, epoch, metric, args)
 
         if args.schedule:
             halve = (
@@ -860,28 +1070,67 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
             "best_epoch": best_epoch,
             "rng": rng_state(),
         }
-        save_torch(last_path, state)
-        axis = args.metric_axis
-        print(
-            f">> epoch {epoch:3d}: val dice {val.dices[:, axis].mean():.4f}, "
-            f"3D dice {dsc3[:, axis].mean():.4f}, HD {hd3[:, axis].mean():.3f} mm, "
-            f"HD95 {hd95_3[:, axis].mean():.3f} mm{' (best)' if improved else ''}",
-            flush=True,
-        )
-    print(f">>> Done: best epoch {best_epoch}, metric {best_metric:.4f}", flush=True)
+        if augment is not None:
+            state["augment"] = augment.get_state()
+        if context.writes:
+            save_torch(last_path, state)
+        report_epoch(args, context, f"epoch {epoch:3d}", val["values"], improved)
+    if context.writes:
+        print(f">>> Done: best epoch {best_epoch}, metric {best_metric:.4f}", flush=True)
+
+
+def save_best(
+    workdir: Path, iter_dir: Path, net: nn.Module, epoch: int, metric: float, args
+) -> None:
+    """best.pt (weights and what rebuilds the network), best_epoch/ and best_epoch.txt."""
+    best = {
+        "model": net.state_dict(),
+        "epoch": epoch,
+        "metric": metric,
+        "network": args.network,
+        "n_in": args.modalities,
+        "n_class": args.n_class,
+        "args": vars(args),
+    }
+    save_torch(workdir / "best.pt", best)
+    best_tmp = workdir / "best_epoch_tmp"
+    shutil.rmtree(best_tmp, ignore_errors=True)
+    shutil.copytree(iter_dir, best_tmp)
+    shutil.rmtree(workdir / "best_epoch", ignore_errors=True)
+    best_tmp.replace(workdir / "best_epoch")
+    save_text(workdir / "best_epoch.txt", f"{epoch}\n")
+
+
+def report_epoch(
+    args: argparse.Namespace, context: Context, what: str, values: dict, improved: bool
+) -> None:
+    """One line per epoch on stdout (rank 0's under torchrun)."""
+    if not context.writes:
+        return
+    axis = args.metric_axis
+    print(
+        f">> {what}: val dice {values['val_dice'][:, axis].mean():.4f}, "
+        f"3D dice {values['val_3d_dsc'][:, axis].mean():.4f}, "
+        f"HD {values['val_3d_hausdorff'][:, axis].mean():.3f} mm, "
+        f"HD95 {values['val_3d_hd95'][:, axis].mean():.3f} mm{' (best)' if improved else ''}",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args(argv)
+    context, device = setup(args.cpu)
     try:
-        run(args, argv)
+        run(args, argv, context, device)
     except (ConfigError, DataError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except ValueError as error:  # input validation of the losses and networks
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        teardown(context)
     return 0
 
 

@@ -11,10 +11,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_adjacency, bench_core, bench_slicing  # noqa: E402
-from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, write  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_adjacency,
+    bench_core,
+    bench_device,
+    bench_slicing,
+    bench_training,
+)
+from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, summary, write  # noqa: E402
 
-BENCHES = {**bench_core.BENCHES, **bench_adjacency.BENCHES, **bench_slicing.BENCHES}
+BENCHES = {
+    **bench_core.BENCHES,
+    **bench_adjacency.BENCHES,
+    **bench_slicing.BENCHES,
+    **bench_device.BENCHES,
+    **bench_training.BENCHES,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,15 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = []
     for name in args.only or BENCHES:
-        figure = BENCHES[name]()
-        verdict = "" if figure.meets_target is None else ("ok" if figure.meets_target else "MISSED")
-        print(
-            f"{figure.name}: {figure.value:g} {figure.unit} vs {figure.baseline_value:g} "
-            f"{figure.unit} -> {figure.ratio:g}x {verdict}"
-            f"{'' if figure.same_values else ' (VALUES DIFFER)'}",
-            flush=True,
-        )
-        figures.append(figure)
+        result = BENCHES[name]()  # a Figure, or several measured together
+        for figure in result if isinstance(result, list) else [result]:
+            print(summary(figure), flush=True)
+            figures.append(figure)
     write(figures)
     print(f"wrote {BENCHMARKS_MD.name} and {RESULTS_JSON.relative_to(BENCHMARKS_MD.parent)}")
     return 0

@@ -1,0 +1,77 @@
+"""Multi-process training with torchrun and DistributedDataParallel (`make NPROC=4`).
+
+`torchrun --nproc_per_node=N main.py ...` starts N copies of main.py with RANK, LOCAL_RANK and
+WORLD_SIZE in their environment; `setup` joins them into one process group (NCCL on GPUs, gloo on
+CPUs, so the same code runs in the CPU tests). Every process reads its own share of the batches
+(dataloader.ShardedBatchSampler), the logs of a pass are gathered in every process so all of them
+take the same decisions (best epoch, learning rate, loss weights), and only rank 0 writes files.
+Without torchrun, `Context()` is the single process: every call here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands among the processes of one training."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes the run folder."""
+        return self.rank == 0
+
+    def gather(self, obj: object) -> list:
+        """`obj` of every process, in rank order (a one-item list in a single process)."""
+        if not self.active:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` holds in any process (every process must call it)."""
+        if not self.active:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def setup(cpu: bool) -> tuple[Context, torch.device]:
+    """The context and device of this process; joins the process group under torchrun.
+
+    Args:
+        cpu: train on the CPU even when CUDA is present (`--cpu`).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = not cpu and torch.cuda.is_available()
+    if world_size == 1:
+        return Context(), torch.device("cuda" if use_cuda else "cpu")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Context(rank, world_size, local_rank), device
+
+
+def teardown(context: Context) -> None:
+    if context.active and dist.is_initialized():
+        dist.destroy_process_group()
