@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, einsum
 
+from distance_torch import one_hot2hd_dist_torch
 from metrics import as_graph, forbidden_pairs
 from utils import check_same_shape, check_simplex, one_hot, one_hot2hd_dist, probs2one_hot
 
@@ -250,17 +251,33 @@ class HausdorffLoss(_IdcLoss):
         pc = self._float(probs[:, self.idc, ...])  # B K' *xyz
         tc = self._float(target[:, self.idc, ...])
 
-        n_target = tc.detach().cpu().numpy()
-        n_pred = probs2one_hot(probs.detach())[:, self.idc, ...].cpu().numpy()  # int32
-        pred_dtype = np.int32 if self.pred_dist == "truncated" else np.float32
-        tdm = np.stack([one_hot2hd_dist(n_target[b], dtype=n_target.dtype) for b in range(B)])
-        pdm = np.stack([one_hot2hd_dist(n_pred[b], dtype=pred_dtype) for b in range(B)])
-        tdm_t = torch.as_tensor(tdm, device=probs.device, dtype=pc.dtype)
-        pdm_t = torch.as_tensor(pdm, device=probs.device, dtype=pc.dtype)
+        pred = probs2one_hot(probs.detach())[:, self.idc, ...]  # B K' *xyz int32
+        if probs.is_cuda:
+            tdm_t, pdm_t = self.device_maps(tc.detach(), pred)
+        else:
+            n_target = tc.detach().cpu().numpy()
+            n_pred = pred.cpu().numpy()
+            pred_dtype = np.int32 if self.pred_dist == "truncated" else np.float32
+            tdm = np.stack([one_hot2hd_dist(n_target[b], dtype=n_target.dtype) for b in range(B)])
+            pdm = np.stack([one_hot2hd_dist(n_pred[b], dtype=pred_dtype) for b in range(B)])
+            tdm_t = torch.as_tensor(tdm, device=probs.device, dtype=pc.dtype)
+            pdm_t = torch.as_tensor(pdm, device=probs.device, dtype=pc.dtype)
 
         delta = (pc - tc) ** 2
         dtm = tdm_t**2 + pdm_t**2
         return einsum("bk...,bk...->bk...", delta, dtm).mean()
+
+    def device_maps(self, target: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+        """Dt and Dp on the tensors' device (distance_torch), as the CPU path computes them.
+
+        Without spacing the squared distances are exact integers and the square root of an
+        integer square is exact in float32, so flooring reproduces the int32 truncation.
+        """
+        tdm = one_hot2hd_dist_torch(target)
+        pdm = one_hot2hd_dist_torch(pred)
+        if self.pred_dist == "truncated":
+            pdm = pdm.floor()
+        return tdm, pdm
 
 
 class AdjacencyEstimator:

@@ -11,6 +11,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from distance_torch import distance_to, one_hot2dist_torch, one_hot2hd_dist_torch
+from losses import HausdorffLoss
 from metrics import hd_hd95, hd_hd95_torch
 from utils import one_hot2dist, one_hot2hd_dist
 
@@ -164,3 +165,21 @@ def test_hd_hd95_torch_matches_kd_tree_version(device: str, ndim: int) -> None:
 def test_hd_hd95_torch_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="same shape"):
         hd_hd95_torch(torch.ones(3, 3), torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("pred_dist", ["truncated", "exact"])
+@pytest.mark.parametrize("shape", [(3, 2, 17, 13), (2, 2, 9, 8, 6)])
+def test_hausdorff_loss_device_maps_equal_the_numpy_ones(pred_dist: str, shape) -> None:
+    """The path HausdorffLoss takes on CUDA, run on CPU tensors, against its numpy path."""
+    rng = np.random.default_rng(len(shape))
+    labels = (rng.random((shape[0], *shape[2:])) < 0.3).astype(int)
+    target = torch.from_numpy(one_hot(labels, 2)).float()
+    pred = torch.from_numpy(one_hot((rng.random(labels.shape) < 0.4).astype(int), 2))
+    loss = HausdorffLoss(idc=[1], pred_dist=pred_dist)
+    tdm, pdm = loss.device_maps(target[:, [1]], pred[:, [1]])
+    pred_dtype = np.int32 if pred_dist == "truncated" else np.float32
+    for b in range(shape[0]):
+        expected_t = one_hot2hd_dist(target[b, [1]].numpy(), dtype=np.float32)
+        expected_p = one_hot2hd_dist(pred[b, [1]].numpy(), dtype=pred_dtype)
+        np.testing.assert_allclose(tdm[b].numpy(), expected_t, atol=1e-5)
+        np.testing.assert_allclose(pdm[b].numpy(), expected_p, atol=1e-5, rtol=0)

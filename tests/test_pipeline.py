@@ -8,6 +8,7 @@ The interpreter running the tests is passed as CC, so no virtual environment is 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -180,3 +181,19 @@ def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):
     assert f"--workdir results/{dataset}-synthetic/{second_run}_tmp" in rerun.stdout
     assert f"--workdir results/{dataset}-synthetic/{first_run}_tmp" not in rerun.stdout
     assert {p: p.stat().st_mtime for p in kept} == kept
+
+
+def test_nproc_trains_with_torchrun_and_train_flags(built):
+    """NPROC=2 rebuilds a training with 2 processes (gloo on the CPU); TRAIN_FLAGS reach it."""
+    dataset, repo, _ = built
+    if dataset != "isles":
+        pytest.skip("one dataset is enough for the launcher")
+    results = repo / "results" / f"{dataset}-synthetic"
+    run = DATASETS[dataset]["runs"][1]
+    shutil.rmtree(results / run)
+    rerun = make(repo, dataset, "NPROC=2", "THREADS=1", "TRAIN_FLAGS=--device_dist_maps")
+    assert "torch.distributed.run --nproc_per_node=2" in rerun.stdout
+    assert "--device_dist_maps" in rerun.stdout
+    timing = json.loads((results / run / "timing.json").read_text())
+    assert timing and all(t["processes"] == 2 for t in timing)
+    assert (results / run / "best.pt").is_file() and not (results / f"{run}_tmp").exists()

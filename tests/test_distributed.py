@@ -1,0 +1,158 @@
+"""Multi-process training (torchrun, DistributedDataParallel) on the CPU with the gloo backend.
+
+The sharded sampler deals every single-process batch to exactly one process; a 2-process training
+writes the same outputs, of the same shapes, as a single-process one, from rank 0 alone; and a
+checkpoint validated over 2 processes gives exactly the metrics of a single-process validation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import BatchSampler, SequentialSampler
+
+from dataloader import PatientSampler, ShardedBatchSampler
+from tests.sliced_data import make_sliced_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TRAIN, N_VAL, SLICES, BATCH = 3, 3, 5, 2
+
+LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
+FOLDERS = (
+    "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
+    "('gt_npy', dist_map_transform, False)]"
+)
+
+
+# ------------------------------------------------------------------------- the sampler
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5])
+@pytest.mark.parametrize("n", [1, 7, 12])
+def test_sharded_validation_batches_partition_the_single_process_ones(world_size: int, n: int):
+    base = BatchSampler(SequentialSampler(range(n)), 2, drop_last=False)
+    shards = [ShardedBatchSampler(base, r, world_size, pad=False) for r in range(world_size)]
+    dealt = {}
+    for shard in shards:
+        batches = list(shard)
+        assert len(batches) == len(shard)
+        for j, batch in enumerate(batches):
+            dealt[shard.position(j)] = batch
+    assert [dealt[p] for p in sorted(dealt)] == list(base)  # each batch once, none lost
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharded_training_batches_are_padded_to_equal_counts(world_size: int):
+    base = PatientSampler([f"p{i // 3}_{i % 3}" for i in range(3 * 7)], r"(p\d+)_\d+", True, 4)
+    shards = [ShardedBatchSampler(base, r, world_size, pad=True) for r in range(world_size)]
+    for shard in shards:
+        shard.set_epoch(2)
+    counts = {len(list(shard)) for shard in shards}
+    assert counts == {-(-7 // world_size)}  # every process steps the same number of times
+    logged = [shard.position(j) for shard in shards for j in range(len(shard))]
+    assert sorted(p for p in logged if p is not None) == list(range(7))  # repeats not logged
+    base.set_epoch(2)
+    assert sorted(b for s in shards for b in list(s)[: len(range(s.rank, 7, world_size))]) == (
+        sorted(base)
+    )
+
+
+# ------------------------------------------------------------------------- main.py over 2 ranks
+
+
+def _argv(dataset: Path, workdir: Path, *extra: str) -> list[str]:
+    return [
+        "main.py", "--dataset", str(dataset), "--workdir", str(workdir), "--network", "Dimwit",
+        "--n_class", "2", "--modalities", "2", "--batch_size", str(BATCH), "--cpu",
+        "--threads", "1", "--n_epoch", "2", "--grp_regex", r"(case_\d+_\d+)_\d+",
+        "--use_spacing", "--losses", LOSSES, "--folders", FOLDERS, "--scheduler", "StealWeight",
+        "--scheduler_params", "{'to_steal': 0.01}", *extra,
+    ]  # fmt: skip
+
+
+def _run(argv: list[str], processes: int) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    run = subprocess.run(
+        launcher + argv, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    dataset = make_sliced_dataset(root / "data", n_train=N_TRAIN, n_val=N_VAL, slices=SLICES)
+    run = _run(_argv(dataset, root / "run"), processes=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return dataset, root
+
+
+def test_two_process_training_writes_complete_outputs(trained):
+    _, root = trained
+    run = root / "run"
+    n_train, n_val = N_TRAIN * SLICES, N_VAL * SLICES
+    expected = {
+        "tra_loss.npy": (2, -(-n_train // BATCH), 2),
+        "tra_dice.npy": (2, n_train, 2),  # every slice once: padding repeats are not logged
+        "val_loss.npy": (2, -(-n_val // BATCH), 2),
+        "val_dice.npy": (2, n_val, 2),
+        "val_3d_dsc.npy": (2, N_VAL, 2),
+        "val_3d_hausdorff.npy": (2, N_VAL, 2),
+        "val_3d_hd95.npy": (2, N_VAL, 2),
+    }
+    for name, shape in expected.items():
+        array = np.load(run / name)
+        assert array.shape == shape, name
+        assert np.isfinite(array).all(), name
+    for name in ("best.pt", "last.pt", "metrics.csv", "args.json", "best_epoch.txt"):
+        assert (run / name).is_file(), name
+    assert len(list((run / "iter001" / "val").glob("*.png"))) == n_val  # rank 0 saved all
+    timing = json.loads((run / "timing.json").read_text())
+    assert [t["epoch"] for t in timing] == [0, 1]
+    assert all(t["processes"] == 2 and t["train_slices"] >= n_train for t in timing)
+    assert json.loads((run / "provenance.json").read_text())["processes"] == 2
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in state["model"])  # loads without DDP
+
+
+def test_validation_over_two_processes_equals_single_process(trained):
+    dataset, root = trained
+    results = {}
+    for processes in (1, 2):
+        workdir = root / f"eval{processes}"
+        run = _run(
+            _argv(dataset, workdir, "--weights", str(root / "run" / "best.pt"), "--evaluate"),
+            processes,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[processes] = workdir
+    for name in ("val_loss", "val_dice", "val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
+        one, two = (np.load(results[p] / f"{name}.npy") for p in (1, 2))
+        assert one.shape == two.shape and one.shape[0] == 1, name
+        np.testing.assert_array_equal(one, two, err_msg=name)  # exactly, no slice lost or doubled
+    pngs = [sorted(p.name for p in (results[n] / "evaluation").glob("*.png")) for n in (1, 2)]
+    assert pngs[0] == pngs[1] and len(pngs[0]) == N_VAL * SLICES
+    for name in pngs[0]:
+        a, b = ((results[n] / "evaluation" / name).read_bytes() for n in (1, 2))
+        assert a == b, name
+    assert (results[2] / "metrics.csv").read_text() == (results[1] / "metrics.csv").read_text()
+
+
+def test_nan_in_one_process_stops_both_with_the_error(tmp_path):
+    dataset = make_sliced_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2)
+    for path in (dataset / "train" / "in_npy").glob("case_1_00_*.npy"):
+        image = np.load(path)
+        image[0, 0, 0] = np.nan
+        np.save(path, image)
+    run = _run(_argv(dataset, tmp_path / "run"), processes=2)
+    assert run.returncode != 0
+    assert "NaN or infinite" in run.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
