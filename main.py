@@ -17,7 +17,13 @@ x loss), tra_dice.npy / val_dice.npy (epoch x slice x class), val_3d_dsc.npy,
 val_3d_hausdorff.npy, val_3d_hd95.npy (epoch x patient x class, computed during validation with
 each patient's spacing), iter<NNN>/val/*.png predictions; on a new best epoch, best_epoch/,
 best_epoch.txt and best.pt (state dict and metadata, loadable with weights_only=True); last.pt
-(everything --resume needs); and once, args.json, provenance.json and git.diff.
+(everything --resume needs); timing.json (time spent training and waiting for data); and once,
+args.json, provenance.json and git.diff. `--evaluate` validates the --weights network alone.
+
+Speed options, off by default (README "Speed and scale"): --device_dist_maps and --augment
+(distance maps computed on the device, after an online augmentation), --bf16, --channels_last,
+--workers, --in_memory. Under torchrun (`make NPROC=4`), each process trains on its share of the
+batches with DistributedDataParallel, the logs are gathered, and only rank 0 writes.
 """
 
 from __future__ import annotations
