@@ -494,18 +494,23 @@ def _sharding(loader: torch.utils.data.DataLoader) -> tuple[int, Callable[[int],
     return len(loader), lambda j: j
 
 
+def to_device(batch: dict, device: torch.device) -> tuple[Tensor, list[Tensor]]:
+    """The input and the targets of a batch, copied to the device (asynchronously from pinned
+    memory on CUDA)."""
+    image = batch["images"].to(device, non_blocking=True)
+    return image, [t.to(device, non_blocking=True) for t in batch["labels"]]
+
+
 def prepare_batch(
-    batch: dict,
-    device: torch.device,
+    image: Tensor,
+    labels: list[Tensor],
+    spacing: Tensor,
     targets: Targets,
     args: argparse.Namespace,
     augment: torch.Generator | None,
 ) -> tuple[Tensor, list[Tensor], Tensor | None]:
-    """The input, the loss targets and the ground truth of a batch, on the device: augmented
+    """The input, the loss targets and the ground truth of a batch on the device: augmented
     (training with --augment), with the distance maps computed there (DEVICE_TRANSFORMS)."""
-    image = batch["images"].to(device, non_blocking=True)
-    labels = [t.to(device, non_blocking=True) for t in batch["labels"]]
-    spacing = batch["spacing"]  # B 3
     if augment is not None:
         hot = [not t.is_floating_point() for t in labels]
         image, labels, spacing = augment_batch(
@@ -566,8 +571,11 @@ def do_epoch(
                 batch = next(batches, None)
                 if batch is None:
                     break
-                image, labels, gt = prepare_batch(batch, device, target, args, augment)
+                image, labels = to_device(batch, device)
                 data_seconds += time.perf_counter() - waiting
+                image, labels, gt = prepare_batch(
+                    image, labels, batch["spacing"], target, args, augment
+                )
                 stems = batch["filenames"]
                 B = image.shape[0]
                 if train:
@@ -883,7 +891,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
                      torch.channels_last_3d)  # fmt: skip
     model = net  # what training runs: the network, or its DistributedDataParallel wrapper
     if context.active:
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.index else None)
+        model = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if args.use_sgd:
         optimizer = torch.optim.SGD(
             net.parameters(), lr=args.l_rate, momentum=0.9, weight_decay=5e-4
