@@ -10,9 +10,9 @@
 
   On CUDA: 480 slices of 5 x 256 x 256, the UNet of the paper, options `--bf16 --channels_last
   --in_memory --workers 4`. On a CPU: 48 slices of 5 x 128 x 128, a UNet of width 8; the options
-  are `--in_memory` and whichever of `--bf16`, `--channels_last`, `--device_dist_maps` and
-  `--workers 1` made a 3-epoch run at least 5% faster on top of it, each measured in this run
-  (the notes say what each one did).
+  are `--in_memory` and, in turn, each of `--channels_last`, `--device_dist_maps`, `--bf16` and
+  `--workers 1` that made the options kept so far at least 5% faster, measured back to back in
+  2-epoch runs (one epoch measured) in this run (the notes say what each one did).
 - `isles_chain`: the wall time of `make -f isles.make DATA=synthetic-full` (4 trainings x 100
   epochs on the real-size synthetic ISLES cohort, then the plots, report and archive) in a scratch
   copy of the repository under benchmarks/cache/, on a machine with CUDA only; elsewhere it is
@@ -38,6 +38,7 @@ from tests.sliced_data import make_sliced_dataset
 CACHE = ROOT / "benchmarks" / "cache"
 MAIN = ROOT / "main.py"
 EPOCHS = 3  # the first is warm-up
+PROBE_EPOCHS = 2  # runs that only choose the CPU options: one epoch measured
 ROUNDS = 2  # baseline and options alternate, ROUNDS runs each
 FASTER = 1.05  # a CPU option is kept when it speeds a run up by at least this factor
 WAIT_TARGET = 10.0  # %, on a GPU
@@ -75,7 +76,7 @@ class Setting:
 GPU_SETTING = Setting(256, 40, 4, 12, "{}", 8, ())
 CPU_SETTING = Setting(128, 4, 1, 12, "{'nG': 8}", 8, ("--cpu",))
 GPU_OPTIONS = ("--bf16", "--channels_last", "--in_memory", "--workers", "4")
-CPU_CANDIDATES = (("--bf16",), ("--channels_last",), ("--device_dist_maps",), ("--workers", "1"))
+CPU_CANDIDATES = (("--channels_last",), ("--device_dist_maps",), ("--bf16",), ("--workers", "1"))
 
 
 @dataclass(frozen=True)
@@ -132,26 +133,31 @@ def dataset(setting: Setting) -> Path:
     return root
 
 
-def command(data: Path, workdir: Path, setting: Setting, options, main: Path = MAIN) -> list[str]:
-    """main.py as isles.make runs the gdl_surface_steal training, for EPOCHS epochs."""
+def command(
+    data: Path, workdir: Path, setting: Setting, options, main: Path = MAIN, epochs: int = EPOCHS
+) -> list[str]:
+    """main.py as isles.make runs the gdl_surface_steal training."""
     return [
         sys.executable, str(main), "--dataset", str(data), "--workdir", str(workdir),
         "--network", "UNet", "--net_params", setting.net_params, "--n_class", "2",
         "--modalities", "5", "--metric_axis", "1", "--grp_regex", r"(case_\d+_\d+)_\d+",
-        "--n_epoch", str(EPOCHS), "--batch_size", str(setting.batch_size), "--l_rate", "1e-3",
+        "--n_epoch", str(epochs), "--batch_size", str(setting.batch_size), "--l_rate", "1e-3",
         "--seed", "0", "--use_spacing", "--compute_3d_dice", "--losses", LOSSES,
         "--folders", FOLDERS, "--scheduler", "StealWeight",
         "--scheduler_params", "{'to_steal': 0.01}", *setting.device_args, *options,
     ]  # fmt: skip
 
 
-def train(data: Path, setting: Setting, options=(), main: Path = MAIN) -> Run:
+def train(data: Path, setting: Setting, options=(), main: Path = MAIN, epochs: int = EPOCHS) -> Run:
     """Run main.py once in a scratch workdir (removed afterwards) and read its timing.json."""
     workdir = CACHE / "training-run_tmp"
     shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
     done = subprocess.run(
-        command(data, workdir, setting, options, main), cwd=ROOT, capture_output=True, text=True
+        command(data, workdir, setting, options, main, epochs),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - start
     try:
@@ -176,22 +182,45 @@ def _median_run(runs: list[Run]) -> tuple[float, float]:
 
 
 def choose_cpu_options(data: Path, setting: Setting, main: Path = MAIN) -> tuple[tuple, str]:
-    """`--in_memory` plus the candidates that made it at least FASTER times faster, measured;
-    and a note of what each one did."""
-    alone = train(data, setting, ("--in_memory",), main)
-    kept, said = ["--in_memory"], []
+    """`--in_memory` plus, greedily, each candidate that made the options chosen so far at least
+    FASTER times faster: the two measured back to back in PROBE_EPOCHS runs (so that interactions,
+    such as a loading process competing with torch's threads, count); and a note of the verdicts.
+    """
+    kept, said, factors = ["--in_memory"], [], {}
     for candidate in CPU_CANDIDATES:
-        run = train(data, setting, ("--in_memory", *candidate), main)
-        factor = run.slices_per_second / alone.slices_per_second
-        verdict = "kept" if factor >= FASTER else ("slower, left out" if factor < 1 else "left out")
-        said.append(f"{' '.join(candidate)} {factor:.2f}x ({verdict})")
+        current = train(data, setting, tuple(kept), main, PROBE_EPOCHS)
+        run = train(data, setting, (*kept, *candidate), main, PROBE_EPOCHS)
+        factor = factors[candidate[0]] = run.slices_per_second / current.slices_per_second
+        if factor >= FASTER:
+            verdict = "kept"
+        else:
+            verdict = "slower, left out" if factor < 1 else f"within {FASTER - 1:.0%}, left out"
+        said.append(
+            f"{' '.join(candidate)} {factor:.2f}x ({run.slices_per_second:.1f} against "
+            f"{current.slices_per_second:.1f} slices/s, {verdict})"
+        )
         if factor >= FASTER:
             kept += candidate
     note = (
-        f"Options on this CPU, each added to --in_memory alone ({alone.slices_per_second:.1f} "
-        f"slices/s) in one 3-epoch run: {'; '.join(said)}."
+        "Options on this CPU, from --in_memory, each candidate added to those kept so far and "
+        f"measured against them back to back ({PROBE_EPOCHS}-epoch runs, the first epoch left "
+        f"out): {'; '.join(said)}."
     )
+    if factors.get("--bf16", 1) < 1 and not cpu_has_bf16():
+        note += (
+            " bf16 autocast is slower here: the CPU lists no bf16 instructions (avx512_bf16, "
+            "amx_bf16) in /proc/cpuinfo, so bf16 convolutions run without hardware support."
+        )
     return tuple(kept), note
+
+
+def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists bf16 instructions (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def training_throughput(main: Path = MAIN) -> list[Figure]:
@@ -225,8 +254,10 @@ def training_throughput(main: Path = MAIN) -> list[Figure]:
         target_ratio=None,
         same_values=None,
         machine=machine,
-        notes=f"{runs}. Options: {' '.join(options)}. {chosen} Outputs not compared (bf16 and "
-        "the loading order change the rounding).",
+        notes=f"{runs}. Options: {' '.join(options)}; slices/s of each run: baseline "
+        f"{', '.join(f'{r.slices_per_second:.1f}' for r in base_runs)}, options "
+        f"{', '.join(f'{r.slices_per_second:.1f}' for r in option_runs)}. {chosen} Outputs not "
+        "compared (bf16 and the loading order change the rounding).",
         date=date,
     )
     share = Figure(

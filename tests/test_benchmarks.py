@@ -7,6 +7,8 @@ read at most.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import textwrap
 from dataclasses import asdict, replace
@@ -279,8 +281,10 @@ def test_training_figures_from_timing_json(tmp_path, monkeypatch):
     throughput, share = bench_training.training_throughput(main=fake)
     # --channels_last halves the step time (kept), --bf16 triples it (left out)
     assert "--in_memory" in throughput.notes and "--channels_last" in throughput.notes
-    assert "--bf16 0.33x (slower, left out)" in throughput.notes
-    assert "--channels_last 2.00x (kept)" in throughput.notes
+    assert "--channels_last 2.00x (6.0 against 3.0 slices/s, kept)" in throughput.notes
+    assert "--bf16 0.33x (2.0 against 6.0 slices/s, slower, left out)" in throughput.notes
+    assert "--device_dist_maps 1.00x (6.0 against 6.0 slices/s, within 5%" in throughput.notes
+    assert "Options: --in_memory --channels_last;" in throughput.notes
     assert throughput.value == pytest.approx(6.0) and throughput.baseline_value == pytest.approx(3)
     assert throughput.ratio == pytest.approx(2.0) and throughput.meets_target is None
     assert share.value == pytest.approx(25.0) and share.baseline_value == pytest.approx(50.0)
@@ -303,3 +307,20 @@ def test_training_command_is_the_isles_training(tmp_path):
     assert cmd[0] == sys.executable and Path(cmd[1]).name == "main.py"
     assert cmd[-2:] == ["--cpu", "--x"]
     assert "SurfaceLoss" in cmd[cmd.index("--losses") + 1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None, reason="no make")
+def test_isles_chain_scratch_copy_builds_the_chain(tmp_path):
+    """The scratch copy holds the repository's files but no data, results nor .venv, and make
+    there plans the 4 trainings (dry run: nothing is built)."""
+    scratch = bench_training.scratch_copy(tmp_path / "copy")
+    assert (scratch / "isles.make").is_file() and (scratch / "main.py").is_file()
+    assert not any((scratch / name).exists() for name in ("data", "results", ".venv"))
+    assert not (scratch / "benchmarks" / "cache").exists()
+    plan = subprocess.run(
+        ["make", "-n", "-f", "isles.make", "DATA=synthetic-full", f"CC={sys.executable}"],
+        cwd=scratch, capture_output=True, text=True,
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.count("main.py --dataset data/isles-synthetic-full/isles") == 4
+    assert "--n_epoch 100" in plan.stdout
