@@ -863,6 +863,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
     last_path = workdir / "last.pt"
     if args.resume and not last_path.exists():
         raise ConfigError(f"--resume: {last_path} not found (nothing to resume)")
+    if args.evaluate and last_path.exists():
+        raise ConfigError(
+            f"--evaluate: {workdir} holds a training, whose val_*.npy it would overwrite; give "
+            "another --workdir"
+        )
     if context.writes:
         workdir.mkdir(parents=True, exist_ok=True)
 

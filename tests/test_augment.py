@@ -114,7 +114,7 @@ def test_augmented_dist_maps_are_recomputed_from_the_augmented_labels():
         np.testing.assert_allclose(maps[b].numpy(), expected, atol=1e-5)
 
 
-# ------------------------------------------------------------------------- through main.py
+# ------------------------------------------------------------------------- through main.py (options, --evaluate)
 
 
 LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
@@ -177,3 +177,13 @@ def test_bad_option_combinations(dataset, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
         main.main(_argv(dataset, tmp_path / "run", *extra))
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_training_folder(dataset, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main.main(_argv(dataset, workdir, "--n_epoch", "1")) == 0
+    before = np.load(workdir / "val_dice.npy")
+    extra = ("--weights", str(workdir / "best.pt"), "--evaluate")
+    assert main.main(_argv(dataset, workdir, *extra)) == 1
+    assert "holds a training" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(workdir / "val_dice.npy"), before)
