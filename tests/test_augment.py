@@ -114,7 +114,7 @@ def test_augmented_dist_maps_are_recomputed_from_the_augmented_labels():
         np.testing.assert_allclose(maps[b].numpy(), expected, atol=1e-5)
 
 
-# ------------------------------------------------------------------------- through main.py (options, --evaluate)
+# ----------------------------------------------------------- through main.py (options, --evaluate)
 
 
 LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
