@@ -59,10 +59,17 @@ def _exact(t: Tensor, d: Draw) -> Tensor:
 
 
 def _rotate(t: Tensor, radians: Tensor, mode: str) -> Tensor:
-    """Rotate each slice of `t` (B C H W, float) about its centre by its angle."""
+    """Rotate each slice of `t` (B C H W, float) about its centre by its angle, in pixels.
+
+    affine_grid works in coordinates normalised per axis ([-1, 1] across W and across H), so a
+    rotation of the pixel grid is scaled by the aspect ratio there.
+    """
+    H, W = t.shape[-2:]
     cos, sin = radians.cos(), radians.sin()
     zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin * H / W, zero], -1), torch.stack([sin * W / H, cos, zero], -1)], 1
+    )
     grid = F.affine_grid(theta.to(t.device, t.dtype), list(t.shape), align_corners=False)
     return F.grid_sample(t, grid, mode=mode, padding_mode="border", align_corners=False)
 

@@ -413,11 +413,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
         return position if position < len(self.base) else None
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the base draws its order at the first batch, after the DataLoader drew
+        # its worker seed from the same generator, as in a single process.
         batches = list(self.base)
         mine = batches[self.rank :: self.world_size]
         if self.pad:
             mine += batches[: len(self) - len(mine)]
-        return iter(mine)
+        yield from mine
 
     def __len__(self) -> int:
         n = len(self.base)

@@ -17,6 +17,10 @@ import torch
 import torch.distributed as dist
 
 
+class LaunchError(Exception):
+    """The processes cannot be set up as asked (more processes than GPUs, say)."""
+
+
 @dataclass(frozen=True)
 class Context:
     """Where this process stands among the processes of one training."""
@@ -42,6 +46,12 @@ class Context:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's buffers (BatchNorm running statistics)."""
+        if self.active:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether `flag` holds in any process (every process must call it)."""
         if not self.active:
@@ -63,6 +73,11 @@ def setup(cpu: bool) -> tuple[Context, torch.device]:
         return Context(), torch.device("cuda" if use_cuda else "cpu")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise LaunchError(
+                f"process {local_rank} of this machine has no GPU: {torch.cuda.device_count()} "
+                "visible; use NPROC (torchrun --nproc_per_node) at most that number"
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -69,7 +69,7 @@ from dataloader import (
     gt_transform,
     make_loader,
 )
-from distributed import Context, setup, teardown
+from distributed import Context, LaunchError, setup, teardown
 from losses import LOSSES, get_loss
 from metrics import forbidden_adjacencies, forbidden_pairs, hd_hd95, hd_hd95_torch, read_graph
 from networks import NETWORKS, get_network
@@ -572,6 +572,8 @@ def do_epoch(
                 if batch is None:
                     break
                 image, labels = to_device(batch, device)
+                if device.type == "cuda":  # the copy is asynchronous: count it as waiting
+                    torch.cuda.current_stream(device).synchronize()
                 data_seconds += time.perf_counter() - waiting
                 image, labels, gt = prepare_batch(
                     image, labels, batch["spacing"], target, args, augment
@@ -969,7 +971,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
 
     def validate(epoch: int, weights: list[list[float]], save_dir: Path | None) -> dict:
         """One validation pass of the network (never the DDP wrapper: its forward would
-        synchronise processes that hold different numbers of batches) and its 3D metrics."""
+        synchronise processes that hold different numbers of batches) and its 3D metrics.
+        Every process first takes rank 0's BatchNorm statistics: each updated its own."""
+        context.broadcast_buffers(net)
         log = do_epoch("val", net, device, [val_loader], [val_targets], [loss_fns[val_id]],
                        [weights[val_id]], [loss_names[val_id]], args, epoch, context,
                        save_dir=save_dir if context.writes else None)  # fmt: skip
@@ -999,7 +1003,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
     weight_log: list = []
     start_epoch, best_metric, best_epoch = 0, -np.inf, -1
     if args.resume:
-        state = torch.load(last_path, map_location=device, weights_only=True)
+        # On the CPU: the random states must stay CPU tensors; load_state_dict moves the rest.
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -1013,9 +1018,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
         for name in arrays:
             history[name] = list(np.load(workdir / f"{name}.npy")[:start_epoch])
         timing = [t for t in _load_json_list(workdir / "timing.json") if t["epoch"] < start_epoch]
-        restore_rng(state["rng"])
+        restore_rng(state["rng"][context.rank] if context.active else state["rng"])
         if augment is not None and "augment" in state:
-            augment.set_state(state["augment"])
+            augment.set_state(state["augment"][context.rank])
         print(f">>> Resuming {workdir} after epoch {state['epoch']}", flush=True)
     elif context.writes:
         save_text(workdir / "args.json", json.dumps(vars(args), indent=2))
@@ -1089,10 +1094,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
             "weight_log": weight_log,
             "best_metric": best_metric,
             "best_epoch": best_epoch,
-            "rng": rng_state(),
+            # Every process's random streams (each rank's differ), gathered for rank 0 to save.
+            "rng": context.gather(rng_state()) if context.active else rng_state(),
         }
         if augment is not None:
-            state["augment"] = augment.get_state()
+            state["augment"] = context.gather(augment.get_state())
         if context.writes:
             save_torch(last_path, state)
         report_epoch(args, context, f"epoch {epoch:3d}", val["values"], improved)
@@ -1141,7 +1147,11 @@ def report_epoch(
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args(argv)
-    context, device = setup(args.cpu)
+    try:
+        context, device = setup(args.cpu)
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     try:
         run(args, argv, context, device)
     except (ConfigError, DataError, TrainingError) as error:

@@ -6,12 +6,14 @@ augmented labels (the distance maps are recomputed, never resampled).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import main
-from augment import augment_batch, draw
+from augment import _rotate, augment_batch, draw
 from dataloader import (
     dist_map_transform,
     dist_maps_on_device,
@@ -75,6 +77,16 @@ def test_small_rotations_keep_labels_one_hot(device: str):
     assert torch.all(hot.sum(1) == 1) and set(hot.unique().tolist()) <= {0, 1}
     assert not torch.equal(hot.cpu(), one_hot)  # something moved
     assert real.min() >= 0 and real.max() <= 1  # bilinear stays within the range
+
+
+def test_small_rotation_turns_pixels_of_a_non_square_slice():
+    """A centred 20 x 2 bar in a 32 x 64 slice, turned by 90 degrees, stands 20 x 2."""
+    bar = torch.zeros(1, 1, 32, 64)
+    bar[..., 15:17, 22:42] = 1
+    turned = _rotate(bar, torch.tensor([math.pi / 2]), "nearest")[0, 0]
+    rows, cols = turned.nonzero().T
+    assert rows.max() - rows.min() + 1 in (19, 20, 21)
+    assert cols.max() - cols.min() + 1 in (1, 2, 3)
 
 
 def test_draws_are_reproducible_from_the_generator():
