@@ -479,6 +479,16 @@ class Targets:
     gt_index: int | None  # the target holding the ground truth one-hot (None: unlabelled)
 
 
+@dataclass
+class Phase:
+    """The loaders of a pass (training, or validation) and what feeds their losses, per loader."""
+
+    loaders: list[torch.utils.data.DataLoader]
+    targets: list[Targets]
+    loss_fns: list[list]
+    loss_names: list[list[str]]
+
+
 def save_predictions(classes: np.ndarray, stems: Sequence[str], folder: Path) -> None:
     """Predicted class maps (B H W uint8) as png, one per stem (class indices, as gt/)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -531,11 +541,8 @@ def do_epoch(
     mode: str,
     net: nn.Module,
     device: torch.device,
-    loaders: Sequence[torch.utils.data.DataLoader],
-    targets: Sequence[Targets],
-    loss_fns: Sequence[Sequence],
+    phase: Phase,
     weights: Sequence[Sequence[float]],
-    loss_names: Sequence[Sequence[str]],
     args: argparse.Namespace,
     epoch: int,
     context: Context,
@@ -543,7 +550,7 @@ def do_epoch(
     save_dir: Path | None = None,
     augment: torch.Generator | None = None,
 ) -> EpochLog:
-    """Train (optimizer given) or validate over the loaders, logging losses, Dice and, when
+    """Train (optimizer given) or validate over the phase's loaders, logging losses, Dice and, when
     validating, the predicted volumes of each patient for the 3D metrics. Under torchrun each
     process runs its share of the batches and the logs of all are gathered."""
     train = optimizer is not None
@@ -555,14 +562,14 @@ def do_epoch(
     error = ""
     local_save = save_dir if not context.active else None  # else rank 0 saves after gathering
     keep_classes = not train or args.save_train
-    total = sum(len(loader) for loader in loaders)
+    total = sum(len(loader) for loader in phase.loaders)
     bar = tqdm(total=total, desc=f">> {mode} epoch {epoch:3d}", ncols=120, leave=False,
                disable=not context.writes)  # fmt: skip
     start = time.perf_counter()
     offset = 0
     with torch.set_grad_enabled(train):
         for loader, target, fns, ws, names in zip(
-            loaders, targets, loss_fns, weights, loss_names, strict=True
+            phase.loaders, phase.targets, phase.loss_fns, weights, phase.loss_names, strict=True
         ):
             n_batches, position = _sharding(loader)
             batches = iter(loader)
@@ -649,8 +656,9 @@ def do_epoch(
         "data_seconds": data_seconds,
         "slices": sum(n for _, _, n in gathered),
     }
-    sizes = [_sharding(loader)[0] for loader in loaders]
-    return summarise(records, sizes, [len(f) for f in loss_fns], K, args.grp_regex, timing)
+    sizes = [_sharding(loader)[0] for loader in phase.loaders]
+    n_losses = [len(f) for f in phase.loss_fns]
+    return summarise(records, sizes, n_losses, K, args.grp_regex, timing)
 
 
 def summarise(
@@ -742,11 +750,8 @@ def train_epoch(
     args: argparse.Namespace,
     net: nn.Module,
     device: torch.device,
-    loaders: Sequence[torch.utils.data.DataLoader],
-    targets: Sequence[Targets],
-    loss_fns: Sequence[Sequence],
+    phase: Phase,
     weights: list[list[float]],
-    loss_names: Sequence[Sequence[str]],
     epoch: int,
     context: Context,
     optimizer: torch.optim.Optimizer,
@@ -762,8 +767,8 @@ def train_epoch(
     for attempt in range(NAN_RETRIES + 1):
         try:
             save_dir = iter_dir / "train" if args.save_train and context.writes else None
-            log = do_epoch("train", net, device, loaders, targets, loss_fns, weights, loss_names,
-                           args, epoch, context, optimizer, save_dir, augment)  # fmt: skip
+            log = do_epoch("train", net, device, phase, weights, args, epoch, context, optimizer,
+                           save_dir, augment)  # fmt: skip
             return TrainResult(log, weights)
         except TrainingError as error:
             if not handles_nan or attempt == NAN_RETRIES:
@@ -926,7 +931,6 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
     }
     on_device = args.device_dist_maps or args.augment
     read = [loader_targets(specs, on_device) for specs in config.folders]
-    train_targets = [targets for _, targets in read]
     train_loaders = [
         make_loader(
             dataset / folder,
@@ -951,6 +955,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
         seed=args.seed,
         **common,
     )
+    train_phase = Phase(train_loaders, [t for _, t in read], loss_fns, loss_names)
+    val_id = args.val_loader_id
+    val_phase = Phase([val_loader], [val_targets], [loss_fns[val_id]], [loss_names[val_id]])
     spacing_3d = _load_json(dataset / "spacing_3d.json")
     forbidden = None
     if args.adjacency_graph:
@@ -964,7 +971,6 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
                 f"{forbidden.shape[1]} for --n_class {args.n_class}"
             )
     arrays = ARRAYS + ((ADJACENCY,) if forbidden is not None else ())
-    val_id = args.val_loader_id
     augment = None
     if args.augment:  # its own stream: turning augmentation on leaves the other draws alone
         augment = torch.Generator().manual_seed(args.seed * 7919 + context.rank)
@@ -974,8 +980,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
         synchronise processes that hold different numbers of batches) and its 3D metrics.
         Every process first takes rank 0's BatchNorm statistics: each updated its own."""
         context.broadcast_buffers(net)
-        log = do_epoch("val", net, device, [val_loader], [val_targets], [loss_fns[val_id]],
-                       [weights[val_id]], [loss_names[val_id]], args, epoch, context,
+        log = do_epoch("val", net, device, val_phase, [weights[val_id]], args, epoch, context,
                        save_dir=save_dir if context.writes else None)  # fmt: skip
         dsc3, hd3, hd95_3 = metrics_3d(log.volumes, args.n_class, spacing_3d, device, context)
         values = {"val_loss": log.losses, "val_dice": log.dices, "val_3d_dsc": dsc3,
@@ -1035,10 +1040,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
             if hasattr(loader.batch_sampler, "set_epoch"):
                 loader.batch_sampler.set_epoch(epoch)
         iter_dir = workdir / f"iter{epoch:03d}"
-        tra = train_epoch(
-            args, model, device, train_loaders, train_targets, loss_fns, weights, loss_names,
-            epoch, context, optimizer, scheduler, iter_dir, augment,
-        )  # fmt: skip
+        tra = train_epoch(args, model, device, train_phase, weights, epoch, context, optimizer,
+                          scheduler, iter_dir, augment)  # fmt: skip
         weights = tra.weights
         started = time.perf_counter()
         val = validate(epoch, weights, iter_dir / "val")
