@@ -329,13 +329,13 @@ class SliceDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack a list of items into a batch (labels stay a list, one tensor per target)."""
+    """Stack a list of items into a batch (labels stay a list, one tensor per target; the ground
+    truth is one of them, which the training finds by its folder's one-hot flag)."""
     return {
         "images": torch.stack([item["images"] for item in items]),
         "labels": [
             torch.stack(group) for group in zip(*(item["labels"] for item in items), strict=True)
         ],
-        "gt": None if items[0]["gt"] is None else torch.stack([item["gt"] for item in items]),
         "filenames": [item["filename"] for item in items],
         "spacing": torch.stack([item["spacing"] for item in items]),
     }
