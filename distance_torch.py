@@ -176,7 +176,15 @@ def one_hot2dist_torch(
     offset = offset.view(B, 1, *[1] * ndim)
 
     outside = distance_to(masks, spacing, ndim, dtype=dtype)  # B K *xyz, to class k
-    inside = distance_to(~masks, spacing, ndim, dtype=dtype)  # B K *xyz, to the other classes
+    # Every voxel belongs to one class, so the distance to "not k" is the distance to the
+    # nearest other class: the smallest of the others' maps, with no second transform per class
+    # (utils.one_hot2dist does the same). The smallest map is 0 on the voxel's own class.
+    if K > 1:
+        nearest = outside.topk(2, dim=1, largest=False)  # B 2 *xyz
+        own = nearest.indices[:, :1] == torch.arange(K, device=seg.device).view(1, K, *[1] * ndim)
+        inside = torch.where(own, nearest.values[:, 1:], nearest.values[:, :1])  # B K *xyz
+    else:
+        inside = torch.full_like(outside, math.inf)  # the one class fills the image
     res = torch.where(masks, offset - inside, outside)
     present = masks.flatten(2).any(-1)  # B K
     res = torch.where(present.view(B, K, *[1] * ndim), res, 0)
