@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import ROOT, Figure, machine_name
-from preprocess.slice_isles import slice_isles
+from preprocess.slice_isles import ISLES
+from preprocess.slicing import slice_dataset
 from preprocess.synthetic import generate
 from preprocess.unpack import unpack
 
@@ -37,7 +38,7 @@ def slicing_isles() -> Figure:
     timings = {}
     for workers in (1, os.cpu_count() or 1):
         start = time.perf_counter()
-        slice_isles(source, dest, retain=20, workers=workers, progress=False)
+        slice_dataset(ISLES, source, dest, retain=20, workers=workers, progress=False)
         timings[workers] = time.perf_counter() - start
     shutil.rmtree(dest)
     ours, baseline = timings[os.cpu_count() or 1], timings[1]

@@ -30,7 +30,6 @@ from preprocess.slicing import (  # noqa: E402
     require_dir,
     require_file,
     run_cli,
-    slice_dataset,
     subfolders,
 )
 
@@ -68,11 +67,6 @@ ACDC = Dataset(
     default_retain=25,
     retain_aliases=("retains",),
 )
-
-
-def slice_acdc(source_dir: str | Path, dest_dir: str | Path, **options) -> Path:
-    """Slice ACDC; options as `slicing.slice_dataset` (retain, seed, n_augment, shape, ...)."""
-    return slice_dataset(ACDC, source_dir, dest_dir, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

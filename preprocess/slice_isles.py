@@ -26,7 +26,6 @@ from preprocess.slicing import (  # noqa: E402
     Volume,
     require_dir,
     run_cli,
-    slice_dataset,
     subfolders,
 )
 
@@ -78,11 +77,6 @@ ISLES = Dataset(
     find_patients=find_patients,
     default_retain=20,
 )
-
-
-def slice_isles(source_dir: str | Path, dest_dir: str | Path, **options) -> Path:
-    """Slice ISLES; options as `slicing.slice_dataset` (retain, seed, n_augment, shape, ...)."""
-    return slice_dataset(ISLES, source_dir, dest_dir, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ from preprocess.slicing import (  # noqa: E402
     require_dir,
     require_file,
     run_cli,
-    slice_dataset,
 )
 
 SITES = ("GE3T", "Singapore", "Utrecht")
@@ -69,11 +68,6 @@ WMH = Dataset(
     label_map=((2, 0),),
     default_retain=10,
 )
-
-
-def slice_wmh(source_dir: str | Path, dest_dir: str | Path, **options) -> Path:
-    """Slice WMH; options as `slicing.slice_dataset` (retain, seed, n_augment, shape, ...)."""
-    return slice_dataset(WMH, source_dir, dest_dir, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from skimage.transform import resize
 
-from preprocess.slice_acdc import slice_acdc
-from preprocess.slice_isles import slice_isles
-from preprocess.slice_wmh import slice_wmh
-from preprocess.slicing import SliceError, draw_transform, split_patients
+from preprocess.slice_acdc import ACDC
+from preprocess.slice_isles import ISLES
+from preprocess.slice_wmh import WMH
+from preprocess.slicing import SliceError, draw_transform, slice_dataset, split_patients
 from utils import class2one_hot, one_hot2dist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,25 +207,27 @@ def acdc_src(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def isles_out(isles_src, tmp_path_factory) -> Path:
-    return slice_isles(isles_src, tmp_path_factory.mktemp("isles_out") / "out", retain=2, **OPTIONS)
+    return slice_dataset(
+        ISLES, isles_src, tmp_path_factory.mktemp("isles_out") / "out", retain=2, **OPTIONS
+    )
 
 
 @pytest.fixture(scope="module")
 def isles_aug(isles_src, tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("isles_aug") / "out"
-    return slice_isles(isles_src, dest, retain=1, n_augment=2, seed=3, **OPTIONS)
+    return slice_dataset(ISLES, isles_src, dest, retain=1, n_augment=2, seed=3, **OPTIONS)
 
 
 @pytest.fixture(scope="module")
 def wmh_out(wmh_src, tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("wmh_out") / "out"
-    return slice_wmh(wmh_src, dest, retain=2, shape=SMALL, **OPTIONS)
+    return slice_dataset(WMH, wmh_src, dest, retain=2, shape=SMALL, **OPTIONS)
 
 
 @pytest.fixture(scope="module")
 def acdc_out(acdc_src, tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("acdc_out") / "out"
-    return slice_acdc(acdc_src, dest, retain=2, shape=SMALL, n_augment=1, **OPTIONS)
+    return slice_dataset(ACDC, acdc_src, dest, retain=2, shape=SMALL, n_augment=1, **OPTIONS)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -453,10 +455,12 @@ def test_split_is_a_seeded_shuffle_of_sorted_ids():
 def test_split_json_same_seed_same_split(isles_src, isles_out, tmp_path):
     ids = [f"case_{n}" for n in ISLES_CASES]
     seeds = [s for s in range(1, 50) if expected_split(ids, 2, s) != expected_split(ids, 2, 0)]
-    again = read_json(slice_isles(isles_src, tmp_path / "a", retain=2, **OPTIONS) / "split.json")
+    again = read_json(
+        slice_dataset(ISLES, isles_src, tmp_path / "a", retain=2, **OPTIONS) / "split.json"
+    )
     assert again == read_json(isles_out / "split.json")
     assert set(again["val"]) == expected_split(ids, 2, 0)
-    other = slice_isles(isles_src, tmp_path / "b", retain=2, seed=seeds[0], **OPTIONS)
+    other = slice_dataset(ISLES, isles_src, tmp_path / "b", retain=2, seed=seeds[0], **OPTIONS)
     other_split = read_json(other / "split.json")
     assert set(other_split["val"]) == expected_split(ids, 2, seeds[0]) != set(again["val"])
     assert other_split["seed"] == seeds[0]
@@ -507,7 +511,9 @@ def test_wmh_outputs_resize_and_label_2(wmh_src, wmh_out):
 
 def test_augmentation_keeps_non_square_slices_whole(wmh_src, tmp_path):
     """Quarter turns would swap H and W: a 48 x 64 slice is only flipped or turned by half."""
-    dest = slice_wmh(wmh_src, tmp_path / "out", retain=2, shape=(48, 64), n_augment=2, **OPTIONS)
+    dest = slice_dataset(
+        WMH, wmh_src, tmp_path / "out", retain=2, shape=(48, 64), n_augment=2, **OPTIONS
+    )
     names = check_split_outputs(dest / "train", ["flair", "t1"], 2, (48, 64), {0, 1})
     spacing = read_json(dest / "train" / "spacing.json")
     for stem in names:
@@ -680,7 +686,7 @@ BAD_INPUTS = {
         "label shape",
     ),
 }
-SLICERS = {"isles": slice_isles, "wmh": slice_wmh, "acdc": slice_acdc}
+DATASETS = {"isles": ISLES, "wmh": WMH, "acdc": ACDC}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -692,22 +698,22 @@ def test_bad_input_names_the_file_and_leaves_nothing(case, request, tmp_path):
     dest.mkdir()
     (dest / "stale").write_text("an older product")  # removed too: a failed run leaves nothing
     with pytest.raises(SliceError, match=re.escape(str(named))) as error:
-        SLICERS[dataset](source, dest, retain=1, shape=SMALL, **OPTIONS)
+        slice_dataset(DATASETS[dataset], source, dest, retain=1, shape=SMALL, **OPTIONS)
     assert re.search(pattern, str(error.value)), str(error.value)
     assert not dest.exists() and not (tmp_path / "out_tmp").exists()
 
 
 def test_retain_too_large_names_both_numbers(isles_src, tmp_path):
     with pytest.raises(SliceError, match=r"--retain 5\b.*\b5 patients"):
-        slice_isles(isles_src, tmp_path / "out", retain=5, **OPTIONS)
+        slice_dataset(ISLES, isles_src, tmp_path / "out", retain=5, **OPTIONS)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out_tmp").exists()
 
 
 def test_missing_source_and_overlapping_dest(tmp_path, isles_src):
     with pytest.raises(SliceError, match=re.escape(str(tmp_path / "nowhere"))):
-        slice_isles(tmp_path / "nowhere", tmp_path / "out", **OPTIONS)
+        slice_dataset(ISLES, tmp_path / "nowhere", tmp_path / "out", **OPTIONS)
     with pytest.raises(SliceError, match="overlaps"):
-        slice_isles(isles_src, isles_src / "TRAINING", **OPTIONS)
+        slice_dataset(ISLES, isles_src, isles_src / "TRAINING", **OPTIONS)
     assert (isles_src / "TRAINING" / "case_1").is_dir()  # the source is never deleted
 
 
@@ -716,7 +722,7 @@ def test_existing_dest_is_replaced(isles_src, tmp_path):
     (dest / "train").mkdir(parents=True)
     (dest / "train" / "stale.npy").write_bytes(b"old")
     (tmp_path / "out_tmp").mkdir()  # left by an interrupted run
-    slice_isles(isles_src, dest, retain=4, **OPTIONS)
+    slice_dataset(ISLES, isles_src, dest, retain=4, **OPTIONS)
     assert not (dest / "train" / "stale.npy").exists() and (dest / "split.json").is_file()
     assert not (tmp_path / "out_tmp").exists()
 
@@ -756,8 +762,14 @@ def test_synthetic_quick_cohort_slices(dataset, tmp_path):
     zips = sorted((tmp_path / "zips").rglob("*.zip"))
     assert zips and all(zipfile.is_zipfile(z) for z in zips)
     source = unpack(zips, tmp_path / "src", drop=DROP)
-    dest = SLICERS[dataset](
-        source, tmp_path / "out", retain=1, shape=SMALL, workers=2, progress=False
+    dest = slice_dataset(
+        DATASETS[dataset],
+        source,
+        tmp_path / "out",
+        retain=1,
+        shape=SMALL,
+        workers=2,
+        progress=False,
     )
     split = read_json(dest / "split.json")
     assert len(split["val"]) == 1 and split["train"]
