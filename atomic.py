@@ -7,11 +7,15 @@ complete.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+# The errors of a full disk (or quota, or file-size limit): a message says so and names the file.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def atomic_write(dest: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -34,6 +38,11 @@ def atomic_write(dest: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, dest)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.filename is None and error.errno is not None:  # name the product
+            raise OSError(error.errno, error.strerror, str(dest)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -42,3 +51,12 @@ def atomic_write(dest: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_text_atomic(dest: str | Path, text: str) -> None:
     """`atomic_write` of UTF-8 text."""
     atomic_write(dest, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def disk_full_message(error: OSError, folder: str | Path) -> str:
+    """One line for a write that failed on a full disk: which file, and what to do."""
+    where = error.filename2 or error.filename or f"a file in {folder}"  # copies: the target
+    return (
+        f"no space left on device while writing {where} ({error.strerror}); free some space "
+        "and run again: nothing unfinished was put in place"
+    )

@@ -97,6 +97,14 @@ def _labels(item: object, K: int) -> Tensor:
         labels = labels[..., 0]
     if labels.ndim != 2:
         raise DataError(f"expected an H x W label map, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) and not np.issubdtype(labels.dtype, np.bool_):
+        integral = np.isfinite(labels) & (labels == np.round(labels))
+        if not integral.all():
+            odd = np.unique(labels[~integral])[:5].tolist()
+            raise DataError(
+                f"label values must be class indices (integers 0..{K - 1}), found {odd}; "
+                "store the labels as integers (e.g. uint8)"
+            )
     values = np.unique(labels)
     if values.min() < 0 or values.max() >= K:
         hint = ""

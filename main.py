@@ -35,7 +35,8 @@ import csv
 import io
 import itertools
 import json
-import pickle
+import math
+import os
 import platform
 import random
 import shlex
@@ -57,8 +58,18 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from atomic import atomic_write, write_text_atomic
+from atomic import DISK_FULL, atomic_write, disk_full_message, write_text_atomic
 from augment import augment_batch
+from checkpoint import (
+    CheckpointError,
+    fit_state,
+    load_weights,
+    model_state,
+    read_last,
+    record_resume,
+    resume_changes,
+)
+from console import ArgumentParser
 from dataloader import (
     DEVICE_TRANSFORMS,
     TRANSFORMS,
@@ -93,8 +104,9 @@ class TrainingError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the original's flags, with --seed, --resume and the speed options."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="sliced data root (e.g. data/isles)")
     parser.add_argument("--workdir", required=True, help="run folder for every output")
     parser.add_argument("--losses", required=True, help="[('Loss', {'idc': [...]}, weight), ...]")
@@ -104,7 +116,9 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--net_params", default="{}", help="dict literal of network arguments, e.g. \"{'nG': 16}\""
     )
     parser.add_argument("--n_class", type=int, required=True, help="number of classes K")
-    parser.add_argument("--csv", default="metrics.csv", help="per-epoch metrics file name")
+    parser.add_argument(
+        "--csv", default="metrics.csv", help="per-epoch metrics file name, in the work dir"
+    )
     parser.add_argument(
         "--metric_axis", type=int, nargs="+", default=[1], help="classes of the best-epoch Dice"
     )
@@ -181,12 +195,25 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="graph.csv of the training anatomy: count forbidden adjacencies in the validation "
         "predictions every epoch (val_adjacency.npy)",
     )
+    return parser
+
+
+def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; a bad flag exits with argparse's one-line error."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("n_epoch", "batch_size", "n_class", "modalities"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.l_rate <= 0:
-        parser.error(f"--l_rate must be positive, got {args.l_rate}")
+    for name in ("l_rate", "temperature"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name} must be a positive number, got {value}")
+    if args.csv in ("", ".", "..") or Path(args.csv).name != args.csv:
+        parser.error(
+            f"--csv {args.csv!r}: expected a file name, written in --workdir (e.g. metrics.csv), "
+            "not a path"
+        )
     if args.evaluate and not args.weights:
         parser.error("--evaluate needs --weights (a best.pt or last.pt)")
     if args.augment and args.dimensions != 2:
@@ -206,12 +233,15 @@ def parse_literal(text: str, flag: str, names: Mapping[str, object] | None = Non
             (a call, an attribute, an operator...), with the flag and the column named.
     """
     names = names or {}
+    shown = repr(text) if len(text) <= 200 else f"{text[:200]!r}... ({len(text)} characters)"
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as error:
         raise ConfigError(
-            f"{flag}: not a valid literal ({error.msg}, column {error.offset}): {text!r}"
+            f"{flag}: not a valid literal ({error.msg}, column {error.offset}): {shown}"
         ) from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{flag}: nested too deeply to be a configuration literal") from None
 
     def convert(node: ast.AST) -> object:
         if isinstance(node, ast.Constant):
@@ -221,7 +251,7 @@ def parse_literal(text: str, flag: str, names: Mapping[str, object] | None = Non
             return values if isinstance(node, ast.List) else tuple(values)
         if isinstance(node, ast.Dict):
             if any(k is None for k in node.keys):
-                raise ConfigError(f"{flag}: '**' is not allowed in {text!r}")
+                raise ConfigError(f"{flag}: '**' is not allowed in {shown}")
             return {convert(k): convert(v) for k, v in zip(node.keys, node.values, strict=True)}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             value = convert(node.operand)
@@ -234,11 +264,14 @@ def parse_literal(text: str, flag: str, names: Mapping[str, object] | None = Non
             raise ConfigError(f"{flag}: unknown name {node.id!r}{known}")
         raise ConfigError(
             f"{flag}: only literals{' and names' if names else ''} are allowed, found "
-            f"{type(node).__name__} at column {getattr(node, 'col_offset', '?')} of {text!r}; "
+            f"{type(node).__name__} at column {getattr(node, 'col_offset', '?')} of {shown}; "
             "nothing is executed"
         )
 
-    return convert(tree.body)
+    try:
+        return convert(tree.body)
+    except RecursionError:
+        raise ConfigError(f"{flag}: nested too deeply to be a configuration literal") from None
 
 
 def _per_loader(value: object, flag: str, is_entry) -> list[list]:
@@ -270,9 +303,11 @@ def parse_losses(text: str) -> list[list[tuple[str, dict, float]]]:
                 raise ConfigError(
                     f"--losses: the arguments of {name} must be a dict, got {kwargs!r}"
                 )
-            if not isinstance(weight, int | float) or isinstance(weight, bool):
+            number = isinstance(weight, int | float) and not isinstance(weight, bool)
+            if not (number and math.isfinite(weight) and weight >= 0):
                 raise ConfigError(
-                    f"--losses: the weight of {name} must be a number, got {weight!r}"
+                    f"--losses: the weight of {name} must be a number >= 0, got {weight!r} (a "
+                    "scheduler moves weights between losses; none takes a negative one)"
                 )
     return [[(n, k, float(w)) for n, k, w in entries] for entries in lists]
 
@@ -308,6 +343,32 @@ def parse_folders(text: str) -> list[list[FolderSpec]]:
             row.append(FolderSpec(folder, transform, is_hot))
         specs.append(row)
     return specs
+
+
+def check_idc(loss: str, idc: object, n_class: int) -> None:
+    """A loss's `idc`: distinct class indices of the `n_class` classes (negative ones count
+    from the end, as in Python indexing).
+
+    Raises:
+        ConfigError: not a list of integers, an index outside the classes, or a repeated class.
+    """
+    if idc is None:
+        return  # the loss says it needs idc when it is built
+    where = f"--losses: idc of {loss}"
+    if not isinstance(idc, list | tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in idc
+    ):
+        raise ConfigError(f"{where} must be a list of class indices, got {str(idc)[:80]}")
+    outside = [i for i in idc if not -n_class <= i < n_class]
+    if outside:
+        raise ConfigError(
+            f"{where}: {str(outside[:5])[:80]} outside the {n_class} classes of --n_class "
+            f"(expected 0..{n_class - 1})"
+        )
+    classes = [i % n_class for i in idc]
+    if len(set(classes)) != len(classes):
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        raise ConfigError(f"{where} names class(es) {repeated} more than once")
 
 
 @dataclass
@@ -346,6 +407,9 @@ def check_config(args: argparse.Namespace) -> Config:
                 f"--folders gives {len(folder_list) - 1} target folder(s) "
                 f"{[s.folder for s in folder_list[1:]]} for loader {i}: one target per loss"
             )
+    for loss_list in losses:
+        for name, kwargs, _ in loss_list:
+            check_idc(name, kwargs.get("idc"), args.n_class)
     try:  # built once here: a loss may read a file (the adjacency graph) and warn
         loss_fns = [[get_loss(n, **k) for n, k, _ in loss_list] for loss_list in losses]
     except ValueError as error:
@@ -493,7 +557,11 @@ def save_predictions(classes: np.ndarray, stems: Sequence[str], folder: Path) ->
     """Predicted class maps (B H W uint8) as png, one per stem (class indices, as gt/)."""
     folder.mkdir(parents=True, exist_ok=True)
     for seg, stem in zip(classes, stems, strict=True):
-        Image.fromarray(seg).save(folder / f"{stem}.png")
+        path = folder / f"{stem}.png"
+        try:
+            Image.fromarray(seg).save(path)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 def _sharding(loader: torch.utils.data.DataLoader) -> tuple[int, Callable[[int], int | None]]:
@@ -567,7 +635,7 @@ def do_epoch(
                disable=not context.writes)  # fmt: skip
     start = time.perf_counter()
     offset = 0
-    with torch.set_grad_enabled(train):
+    with bar, torch.set_grad_enabled(train):  # the bar is cleared on an error too
         for loader, target, fns, ws, names in zip(
             phase.loaders, phase.targets, phase.loss_fns, weights, phase.loss_names, strict=True
         ):
@@ -641,7 +709,6 @@ def do_epoch(
                 bar.set_postfix(shown)
                 bar.update()
             offset += n_batches
-    bar.close()
     elapsed = time.perf_counter() - start
     gathered = context.gather((records, error, slices))
     errors = [e for _, e, _ in gathered if e]
@@ -811,8 +878,110 @@ def adjacency_violations(
     return res
 
 
-def _load_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+def read_spacing_3d(path: Path) -> dict[str, list[float]]:
+    """The slicer's `spacing_3d.json` (volume id -> [dx, dy, dz] in mm); {} when absent, the
+    slices' own spacing being used then.
+
+    Raises:
+        DataError: unreadable JSON, or entries that are not three positive numbers.
+    """
+    if not path.exists():
+        return {}
+    try:
+        spacing = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not a readable JSON file ({error}); re-slice the data") from None
+    valid = isinstance(spacing, dict) and all(
+        isinstance(v, list)
+        and len(v) == 3
+        and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+            for x in v
+        )
+        for v in spacing.values()
+    )
+    if not valid:
+        raise DataError(
+            f"{path}: expected an object mapping volume ids to three positive voxel sizes "
+            "[dx, dy, dz]; re-slice the data"
+        )
+    return spacing
+
+
+def read_history(path: Path, epochs: int) -> np.ndarray:
+    """The first `epochs` epochs of a per-epoch array of the run being resumed.
+
+    Raises:
+        CheckpointError: missing, unreadable, or shorter than last.pt says.
+    """
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise CheckpointError(
+            f"--resume: {path} cannot be read ({error}); the run folder is incomplete: start "
+            "the run again without --resume"
+        ) from None
+    if len(array) < epochs:
+        raise CheckpointError(
+            f"--resume: {path} holds {len(array)} epochs but last.pt is after epoch "
+            f"{epochs - 1}; the run folder is inconsistent: start the run again without --resume"
+        )
+    return array[:epochs]
+
+
+def canonical_args(values: Mapping[str, object]) -> dict[str, object]:
+    """Arguments as comparable values: literals parsed, transforms by name, paths normalised
+    (`--dataset=data/ISLES/` and `data/ISLES` are the same folder)."""
+    out = dict(values)
+    out["losses"] = parse_losses(str(values["losses"]))
+    out["folders"] = [
+        [(s.folder, s.transform.__name__, s.is_hot) for s in row]
+        for row in parse_folders(str(values["folders"]))
+    ]
+    for name in ("net_params", "scheduler_params"):
+        out[name] = parse_literal(str(values[name]), f"--{name}")
+    for name in ("dataset", "workdir", "weights", "adjacency_graph"):
+        if values.get(name):
+            out[name] = os.path.normpath(str(values[name]))
+    return out
+
+
+def check_resume(
+    args: argparse.Namespace, workdir: Path, state: Mapping, start_epoch: int, context: Context
+) -> dict:
+    """Refuse a resume whose configuration or process count differs from the recorded run's.
+
+    Returns:
+        The allowed changes (checkpoint.RESUMABLE), flag -> {"from", "to"}.
+
+    Raises:
+        CheckpointError: a flag that may not change, or another number of processes.
+    """
+    source = workdir / "last.pt"
+    recorded = state.get("args")
+    if not isinstance(recorded, dict):  # a last.pt of an earlier version: the run's args.json
+        source = workdir / "args.json"
+        try:
+            recorded = json.loads(source.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CheckpointError(
+                f"--resume: cannot read the run's configuration from {source} ({error}); "
+                "without it a resume cannot be checked: start the run again without --resume"
+            ) from None
+    parser = build_parser()
+    defaults = {name: parser.get_default(name) for name in vars(args)}
+    try:
+        changes = resume_changes(recorded, vars(args), defaults, canonical_args, start_epoch,
+                                 source)  # fmt: skip
+    except ConfigError as error:
+        raise CheckpointError(f"--resume: the recorded configuration ({source}): {error}") from None
+    saved = state.get("processes", len(state["rng"]) if isinstance(state["rng"], list) else 1)
+    if saved != context.world_size:
+        raise CheckpointError(
+            f"--resume {source}: the run was trained by {saved} process(es), this resume has "
+            f"{context.world_size}; resume with the same number (NPROC={saved})"
+        )
+    return changes
 
 
 def _load_json_list(path: Path) -> list:
@@ -893,11 +1062,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
             f"--network {args.network} is {net.dimensions}D but --dimensions is {args.dimensions}"
         )
     if args.weights:
-        try:
-            state = torch.load(args.weights, map_location=device, weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-            raise ConfigError(f"--weights {args.weights}: cannot be loaded ({error})") from None
-        net.load_state_dict(state["model"] if "model" in state else state)
+        load_weights(net, args.weights, args.network)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last if args.dimensions == 2 else
                      torch.channels_last_3d)  # fmt: skip
@@ -958,7 +1123,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
     train_phase = Phase(train_loaders, [t for _, t in read], loss_fns, loss_names)
     val_id = args.val_loader_id
     val_phase = Phase([val_loader], [val_targets], [loss_fns[val_id]], [loss_names[val_id]])
-    spacing_3d = _load_json(dataset / "spacing_3d.json")
+    spacing_3d = read_spacing_3d(dataset / "spacing_3d.json")
     forbidden = None
     if args.adjacency_graph:
         try:
@@ -1009,23 +1174,33 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
     start_epoch, best_metric, best_epoch = 0, -np.inf, -1
     if args.resume:
         # On the CPU: the random states must stay CPU tensors; load_state_dict moves the rest.
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        plateau.load_state_dict(state["plateau"])
+        state = read_last(last_path)
+        start_epoch = int(state["epoch"]) + 1
+        changes = check_resume(args, workdir, state, start_epoch, context)
+        fit_state(net, model_state(state, last_path, "--resume"), last_path, "--resume")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            plateau.load_state_dict(state["plateau"])
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(
+                f"--resume {last_path}: its optimizer or scheduler state does not fit this run "
+                f"({type(error).__name__}: {error})"
+            ) from None
         weights, lrs, weight_log = state["weights"], state["lrs"], state["weight_log"]
-        start_epoch, best_metric, best_epoch = (
-            state["epoch"] + 1,
-            state["best_metric"],
-            state["best_epoch"],
-        )
+        best_metric, best_epoch = state["best_metric"], state["best_epoch"]
         for name in arrays:
-            history[name] = list(np.load(workdir / f"{name}.npy")[:start_epoch])
+            history[name] = list(read_history(workdir / f"{name}.npy", start_epoch))
         timing = [t for t in _load_json_list(workdir / "timing.json") if t["epoch"] < start_epoch]
         restore_rng(state["rng"][context.rank] if context.active else state["rng"])
         if augment is not None and "augment" in state:
             augment.set_state(state["augment"][context.rank])
+        if context.writes:
+            command = shlex.join(["python", "main.py", *argv])
+            commit = _git("rev-parse", "HEAD").strip()
+            record_resume(workdir, {"after_epoch": start_epoch - 1, "command": command,
+                                    "commit": commit, "changed": changes})  # fmt: skip
+            save_text(workdir / "args.json", json.dumps(vars(args), indent=2))
         print(f">>> Resuming {workdir} after epoch {state['epoch']}", flush=True)
     elif context.writes:
         save_text(workdir / "args.json", json.dumps(vars(args), indent=2))
@@ -1099,6 +1274,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device:
             "best_epoch": best_epoch,
             # Every process's random streams (each rank's differ), gathered for rank 0 to save.
             "rng": context.gather(rng_state()) if context.active else rng_state(),
+            "args": vars(args),
+            "processes": context.world_size,
         }
         if augment is not None:
             state["augment"] = context.gather(augment.get_state())
@@ -1125,7 +1302,13 @@ def save_best(
     save_torch(workdir / "best.pt", best)
     best_tmp = workdir / "best_epoch_tmp"
     shutil.rmtree(best_tmp, ignore_errors=True)
-    shutil.copytree(iter_dir, best_tmp)
+    for source in sorted(iter_dir.rglob("*")):  # one copy at a time: an error names its file
+        target = best_tmp / source.relative_to(iter_dir)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
     shutil.rmtree(workdir / "best_epoch", ignore_errors=True)
     best_tmp.replace(workdir / "best_epoch")
     save_text(workdir / "best_epoch.txt", f"{epoch}\n")
@@ -1157,8 +1340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         run(args, argv, context, device)
-    except (ConfigError, DataError, TrainingError) as error:
+    except (ConfigError, DataError, TrainingError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        print(f"error: {disk_full_message(error, args.workdir)}", file=sys.stderr)
         return 1
     except ValueError as error:  # input validation of the losses and networks
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,18 @@
+"""The command lines' error convention: one `error: ...` line on stderr, exit status 2 or 1.
+
+argparse prints its whole usage banner before a bad flag's message; for commands with thirty
+flags that buries the one line that matters. `ArgumentParser` here prints the message alone,
+with where to find the usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line: `error: <message> (see --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
