@@ -129,16 +129,25 @@ pack: $(PACK)
 # Zips: generated (DATA=synthetic), or the user's; a missing real zip stops here with where to
 # get it and the synthetic alternative.
 ifdef SYNTHETIC_SIZE
+GENERATE = $(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATASET) --dest $(ROOT) --seed 0 \
+	--size $(SYNTHETIC_SIZE)
 $(ZIP_PATHS) &: | $(PY_DEPS)
-	$(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATASET) --dest $(ROOT) --seed 0 \
-		--size $(SYNTHETIC_SIZE)
+	$(GENERATE)
 else
 $(ZIP_PATHS):
 	@$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
 endif
 
-# Unpack only what matches the lineage's md5 sums; the unpacker works in $@_tmp.
+# Unpack only what matches the lineage's md5 sums; the unpacker works in $@_tmp. A real zip that
+# fails the check stops here (download it again); generated zips that fail it (cut short,
+# edited) are generated again first: the generator is deterministic, so the new ones match.
 $(UNPACKED): $(ZIP_PATHS) $(LINEAGE)
+ifdef SYNTHETIC_SIZE
+	@$(LITE_PY) preprocess/verify_lineage.py --status $(LINEAGE) $(ROOT) || { \
+		echo "$(ROOT): a zip is missing or fails its md5 check against $(LINEAGE):" \
+			"generating them again (preprocess/synthetic.py)"; \
+		$(GENERATE); }
+endif
 	$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
 	$(LITE_PY) preprocess/unpack.py $(ZIP_PATHS) --dest $@ --drop $(DROP)
 	touch $@

@@ -20,7 +20,9 @@ best), or at `--epoch`. NaN values are left out and counted in the box label.
 
 The image is drawn with matplotlib's Agg canvas (no display), written to a temporary file in the
 destination folder and renamed when complete. Bad input stops with one `error: ...` line naming
-the folder, file or argument, and writes nothing.
+the folder, file or argument, and writes nothing: as in report.py, an impossible value (a Dice
+outside [0, 1], a negative or infinite distance or adjacency count) and runs of different data
+or class counts are refused (`report.check_values`, `report.check_comparable`).
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ from atomic import atomic_write
 from report import (
     best_index,
     better,
+    check_comparable,
     check_folder,
     column_name,
     epoch_scores,
     load_metric,
     metric_file,
     nan_mean_std,
+    read_args,
     resolve_columns,
+    run_data,
     running_best,
 )
 
@@ -149,14 +154,26 @@ def _load_all(
 ) -> list[tuple[np.ndarray, list[int]]]:
     """Read and check every run's array before drawing anything.
 
+    Args:
+        folders: run folders.
+        filename: metric file in each folder.
+        columns: chosen columns, or None for the default of `report.resolve_columns`.
+
     Returns:
         One (E x N x K array, chosen columns) pair per folder.
+
+    Raises:
+        FileNotFoundError: a missing run folder or metric file.
+        ValueError: a malformed array, an impossible value, a column out of range, or runs of
+            different data or class counts (`report.check_comparable`).
     """
-    loaded = []
+    loaded, identities = [], []
     for folder in folders:
         path = check_folder(folder)
         data = load_metric(path, filename)
         loaded.append((data, resolve_columns(metric_file(path, filename), data.shape[2], columns)))
+        identities.append(run_data(path, read_args(path), {filename: data}))
+    check_comparable(identities)
     return loaded
 
 

@@ -29,6 +29,22 @@ Command line:
 prints the table and, with `--dest`, writes the Markdown page (and with `--html` the same page as
 `report.html` next to it). Every file is written to a temporary name in its folder and renamed
 when complete. Bad input stops with one `error: ...` line naming the folder, file or argument.
+
+Numbers that cannot be ranked are refused, before anything is written (plot.py shares these
+checks):
+
+- impossible values: a Dice score (`dice` or `dsc` in the file name) outside [0, 1] or infinite,
+  a distance (`hausdorff`, `hd95`) negative or infinite, an adjacency count negative or infinite;
+  the message names the file, the epoch, sample and class of the first bad value, and the value.
+  NaN (undefined) is allowed everywhere; losses are not range-checked (the boundary loss is
+  negative by design).
+- runs that are not comparable: runs trained on different data (the `dataset` recorded in
+  args.json, compared as a whole path made absolute, so that `data/isles` and
+  `data/isles-synthetic/isles` differ), with a different class count (`n_class` in args.json),
+  or whose class-indexed arrays (Dice, distances) have different class counts (last axis). One
+  error names the two run folders and what differs: one report per dataset, never a ranking
+  across datasets. A run without args.json (or without these keys) is checked on its arrays
+  only.
 """
 
 from __future__ import annotations
@@ -119,8 +135,9 @@ def load_metric(folder: str | Path, metric: str) -> np.ndarray:
 
     Raises:
         FileNotFoundError: missing run folder or metric file.
-        ValueError: unreadable file, non-numeric array, rank other than 3, or an empty axis
-            (zero epochs, samples or columns).
+        ValueError: unreadable file, non-numeric array, rank other than 3, an empty axis
+            (zero epochs, samples or columns), or a value the metric cannot take
+            (`check_values`).
     """
     path = metric_file(check_folder(folder), metric)
     if not path.is_file():
@@ -146,7 +163,64 @@ def load_metric(folder: str | Path, metric: str) -> np.ndarray:
             f"metric file {path} has shape {array.shape}: expected at least one sample and one "
             "column per epoch"
         )
-    return array.astype(np.float64)
+    array = array.astype(np.float64)
+    check_values(path, array)
+    return array
+
+
+def value_kind(name: str) -> Literal["dice", "distance", "count"] | None:
+    """What the values of a metric file are, from its name, for `check_values`.
+
+    Returns:
+        "dice" (`dice` or `dsc` in the name, in [0, 1]), "distance" (`hausdorff` or `hd95`, in
+        mm, >= 0), "count" (adjacency counts, >= 0), or None for losses (which may be negative)
+        and any other metric (not checked).
+    """
+    stem = Path(name).name.lower()
+    if "loss" in stem:
+        return None
+    if "dice" in stem or "dsc" in stem:
+        return "dice"
+    if "hausdorff" in stem or "hd95" in stem:
+        return "distance"
+    return "count" if "adjacency" in stem else None
+
+
+def check_values(path: str | Path, data: np.ndarray) -> None:
+    """Refuse values a metric cannot take (NaN, an undefined value, is always allowed).
+
+    Args:
+        path: the metric file, named in the error; its name gives the kind (`value_kind`).
+        data: its E x N x K array.
+
+    Raises:
+        ValueError: a Dice score outside [0, 1] or infinite, a distance or an adjacency count
+            negative or infinite; the message gives the epoch, sample and class (column) of the
+            first bad value and the value.
+    """
+    kind = value_kind(str(path))
+    if kind is None:
+        return
+    with np.errstate(invalid="ignore"):
+        if kind == "dice":
+            bad = (data < 0) | (data > 1)
+            expected = "a Dice score lies in [0, 1] (NaN when undefined)"
+        else:
+            bad = (data < 0) | np.isinf(data)
+            expected = (
+                "a distance is a finite number of mm >= 0 (NaN when undefined)"
+                if kind == "distance"
+                else "an adjacency count is a finite number >= 0"
+            )
+    if not bad.any():
+        return
+    epoch, sample, column = (int(i) for i in np.argwhere(bad)[0])
+    value = float(data[epoch, sample, column])
+    raise ValueError(
+        f"metric file {path} holds {value!r} at epoch {epoch}, sample {sample}, "
+        f"{column_name(str(path), column)} ({int(bad.sum())} such value(s)): {expected}. The "
+        "file is damaged or holds another metric; its run cannot be ranked"
+    )
 
 
 def resolve_columns(path: str | Path, n_columns: int, columns: Sequence[int] | None) -> list[int]:
@@ -396,6 +470,103 @@ def _planned_epochs(args: dict[str, Any] | None) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class RunData:
+    """What a run was trained on, to refuse ranking runs of different data together.
+
+    Attributes:
+        folder: the run folder.
+        dataset: `dataset` of args.json as recorded (the sliced data folder), None when unknown.
+        n_class: `n_class` of args.json, None when unknown.
+        classes: class-indexed metric name (Dice, distances) -> size of its last axis.
+    """
+
+    folder: Path
+    dataset: str | None
+    n_class: int | None
+    classes: dict[str, int]
+
+
+def read_args(folder: str | Path) -> dict[str, Any] | None:
+    """args.json of a run folder, None when absent or unreadable (see `_read_json`)."""
+    return _read_json(Path(folder) / "args.json")[0]
+
+
+def run_data(
+    folder: str | Path, args: dict[str, Any] | None, arrays: dict[str, np.ndarray]
+) -> RunData:
+    """The data a run was trained on, from its args.json and its metric arrays.
+
+    Args:
+        folder: the run folder.
+        args: its args.json content, or None.
+        arrays: metric name -> E x N x K array; only the class-indexed ones are kept.
+
+    Returns:
+        The RunData.
+    """
+    args = args or {}
+    dataset = args.get("dataset")
+    n_class = args.get("n_class")
+    return RunData(
+        folder=Path(folder),
+        dataset=None if dataset is None else str(dataset),
+        n_class=n_class if isinstance(n_class, int) and not isinstance(n_class, bool) else None,
+        classes={
+            Path(name).name.removesuffix(".npy"): int(data.shape[2])
+            for name, data in arrays.items()
+            if column_kind(name) == "class"
+        },
+    )
+
+
+def _dataset_key(recorded: str) -> str:
+    """A recorded dataset path made absolute and normal (`data/isles/` == `./data/isles`)."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(recorded.strip())))
+
+
+def check_comparable(runs: Sequence[RunData]) -> None:
+    """Refuse runs trained on different data or with different class counts.
+
+    Each run is compared with the first run that records the same thing: the dataset path, the
+    class count of args.json, and the class count of each class-indexed metric array.
+
+    Args:
+        runs: one RunData per run folder, in the order given.
+
+    Raises:
+        ValueError: two runs differ; the message names both folders and what differs.
+    """
+    advice = (
+        "their numbers cannot be ranked or compared: give --folders the runs of one dataset "
+        "(one report, one plot per dataset)"
+    )
+    first_dataset = next((r for r in runs if r.dataset is not None), None)
+    first_n_class = next((r for r in runs if r.n_class is not None), None)
+    for run in runs:
+        ref = first_dataset
+        if ref is not None and run.dataset is not None:
+            if _dataset_key(run.dataset) != _dataset_key(ref.dataset or ""):
+                raise ValueError(
+                    f"runs {ref.folder} and {run.folder} were trained on different data "
+                    f"(dataset {ref.dataset!r} and {run.dataset!r} in their args.json): {advice}"
+                )
+        ref = first_n_class
+        if ref is not None and run.n_class is not None and run.n_class != ref.n_class:
+            raise ValueError(
+                f"runs {ref.folder} and {run.folder} have different class counts (n_class "
+                f"{ref.n_class} and {run.n_class} in their args.json): {advice}"
+            )
+    for run in runs:
+        for name, size in run.classes.items():
+            ref = next(r for r in runs if name in r.classes)
+            if size != ref.classes[name]:
+                raise ValueError(
+                    f"runs {ref.folder} and {run.folder} have different class counts ({name}.npy "
+                    f"has {ref.classes[name]} and {size} classes on its last axis): {advice}"
+                )
+
+
 def summarise(
     folders: Sequence[str | Path],
     metrics: Sequence[str],
@@ -421,19 +592,22 @@ def summarise(
 
     Raises:
         FileNotFoundError: a missing run folder or metric file.
-        ValueError: no folder or metric, a malformed array, or a column out of range.
+        ValueError: no folder or metric, a malformed array or an impossible value in it, a
+            column out of range, or runs of different data or class counts (`check_comparable`).
     """
     if not folders:
         raise ValueError("no run folder given (--folders)")
     if not metrics:
         raise ValueError("no metric given (--metrics)")
     runs = []
+    identities = []
     for folder in folders:
         path = check_folder(folder)
         summaries: dict[str, MetricSummary] = {}
+        arrays: dict[str, np.ndarray] = {}
         for metric in metrics:
             name = metric.removesuffix(".npy")
-            data = load_metric(path, name)
+            data = arrays[name] = load_metric(path, name)
             chosen = resolve_columns(
                 metric_file(path, name),
                 data.shape[2],
@@ -468,6 +642,8 @@ def summarise(
                 diff_lines=diff_lines,
             )
         )
+        identities.append(run_data(path, args, arrays))
+    check_comparable(identities)
     return runs
 
 

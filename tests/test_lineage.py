@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import stat
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from preprocess.unpack import UnpackError, unpack
 from preprocess.verify_lineage import LineageError, read_lineage, verify
+from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -194,3 +197,130 @@ def test_unpack_command_line(tmp_path):
         text=True,
     )
     assert run.returncode == 1 and run.stderr.startswith("error: ") and "zip-slip" in run.stderr
+
+
+def test_md5_failure_says_what_to_do_for_real_and_generated_data(tmp_path):
+    """A wrong sum says: download again from the source (real), generate again (stand-in)."""
+    zip_path = tmp_path / "ISLES2018_Training.zip"
+    zip_path.write_bytes(b"cut short")
+    (tmp_path / "ISLES2018_Testing.zip").write_bytes(b"")
+    real = run_script("preprocess/verify_lineage.py", "lineage/isles.lineage", tmp_path)
+    assert_clean_error(
+        real, f"{zip_path}: FAILED md5 check", f"Delete {zip_path} and download it again", "SMIR"
+    )
+    synthetic = run_script(
+        "preprocess/verify_lineage.py", "lineage/isles-synthetic.lineage", tmp_path
+    )
+    assert_clean_error(
+        synthetic,
+        f"{zip_path}: FAILED md5 check",
+        f"Delete {zip_path} and generate it again: python preprocess/synthetic.py",
+        "make -f isles.make DATA=synthetic",
+    )
+    quiet = run_script(
+        "preprocess/verify_lineage.py", "--status", "lineage/isles.lineage", tmp_path
+    )
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (1, "", "")
+    assert zip_path.read_bytes() == b"cut short"  # checked, never touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ISLES2018_Testing.zip",
+        "ISLES2018_Training.zip",
+    ]
+
+
+def damaged_zip(path: Path, method: int, offset: float) -> Path:
+    """A zip whose member `TRAINING/big.bin` has 8 bytes flipped at `offset` (a fraction) of its
+    compressed data; the central directory is intact, so the zip opens and the damage shows
+    only when the member is decompressed."""
+    rng = random.Random(0)
+    data = bytes(rng.getrandbits(8) for _ in range(3000)) + bytes(100_000) + b"tail" * 1000
+    with zipfile.ZipFile(path, "w", method) as archive:
+        archive.writestr("TRAINING/ok.nii", b"fine")
+        archive.writestr("TRAINING/big.bin", data)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("TRAINING/big.bin")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    position = start + int(info.compress_size * offset)
+    raw[position : position + 8] = bytes(b ^ 0xFF for b in raw[position : position + 8])
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("method", "offset", "detail"),
+    [
+        (zipfile.ZIP_DEFLATED, 0.0, "Error -3 while decompressing"),  # zlib.error
+        (zipfile.ZIP_DEFLATED, 0.5, "Bad CRC-32"),  # zipfile.BadZipFile
+        (zipfile.ZIP_BZIP2, 0.5, "Invalid data stream"),  # OSError from bz2
+        (zipfile.ZIP_LZMA, 0.5, "Corrupt input data"),  # lzma.LZMAError
+    ],
+)
+def test_unpack_member_damaged_mid_stream(tmp_path, method, offset, detail):
+    """One message naming the zip and the member; an earlier result is left as it was."""
+    zip_path = damaged_zip(tmp_path / "bad.zip", method, offset)
+    dest = tmp_path / "ISLES"
+    dest.mkdir()
+    (dest / "earlier.nii").write_bytes(b"an earlier unpacking")
+    proc = run_script("preprocess/unpack.py", zip_path, "--dest", dest)
+    assert_clean_error(
+        proc, f"{zip_path}: member 'TRAINING/big.bin' is corrupt", detail, f"Delete {zip_path}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ISLES", "bad.zip"]  # no ISLES_tmp
+    assert [p.name for p in dest.iterdir()] == ["earlier.nii"]
+    assert (dest / "earlier.nii").read_bytes() == b"an earlier unpacking"
+
+
+@pytest.mark.parametrize(
+    ("zips", "needles"),
+    [
+        # a file `a` and a file `a/b` under a folder of the same name
+        ({"x.zip": ["case/a", "case/a/b"]}, ["'case/a/b' needs a folder", "'case/a' of"]),
+        ({"x.zip": ["case/a/b", "case/a"]}, ["'case/a/b' needs a folder", "'case/a' of"]),
+        # a folder entry where a file is
+        ({"x.zip": ["case/a", "case/a/"]}, ["'case/a/' needs a folder", "'case/a' of"]),
+        # the same file twice, written differently, in one zip or in two
+        ({"x.zip": ["case/a", "case/a"]}, ["x.zip: member 'case/a' has the same path"]),
+        ({"x.zip": ["case/a", "./case//a"]}, ["'./case//a' has the same path", "'case/a' of"]),
+        ({"x.zip": ["case/a"], "y.zip": ["case/a"]}, ["y.zip: member 'case/a' has the same"]),
+    ],
+)
+def test_unpack_refuses_members_landing_on_the_same_path(tmp_path, zips, needles):
+    """Checked before anything is written: no dest, no dest_tmp, nothing overwritten."""
+    paths = []
+    for name, members in zips.items():
+        paths.append(tmp_path / name)
+        with zipfile.ZipFile(paths[-1], "w") as archive, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile warns of a duplicate name
+            for member in members:
+                archive.writestr(member, b"" if member.endswith("/") else member.encode())
+    proc = run_script("preprocess/unpack.py", *paths, "--dest", tmp_path / "out")
+    assert_clean_error(proc, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(zips)
+
+
+@pytest.mark.skipif(not small_disk_available(), reason="needs unshare and mount (tmpfs)")
+def test_unpack_on_a_full_disk_says_so_and_removes_its_work_folder(tmp_path):
+    """Unpacking 1 MiB onto a 256 KiB disk: the disk is named full, with the file being
+    written; ISLES_tmp is removed and the earlier ISLES is left as it was."""
+    zip_path = tmp_path / "ISLES2018_Training.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("TRAINING/small.nii", b"fits")
+        archive.writestr("TRAINING/big.nii", bytes(1 << 20))  # compresses to 1 KiB
+    disk = tmp_path / "data"
+    dest = disk / "ISLES"
+    script = ROOT / "preprocess" / "unpack.py"
+    command = (
+        f"mkdir {dest} && echo earlier > {dest}/kept.nii && "
+        f"{sys.executable} {script} {zip_path} --dest {dest}"
+    )
+    proc, left = on_small_disk(["bash", "-c", command], disk, size_kb=256)
+    assert_clean_error(
+        proc,
+        f"{dest}_tmp/ISLES/TRAINING/big.nii: disk full (no space left on device, errno ENOSPC)",
+        "'TRAINING/big.nii'",
+        f"{dest}_tmp was removed",
+        "need 1.0 MiB",
+    )
+    assert left == ["ISLES", "ISLES/kept.nii"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ISLES2018_Training.zip", "data"]

@@ -1,8 +1,9 @@
 """The dataset makefiles end to end, in a temporary copy of the repository, on synthetic data.
 
 `make -f <dataset>.make DATA=synthetic NET=Dimwit EPC=1 DEBUG=--debug` builds every product;
-a second `make` builds nothing; a corrupted zip stops at the md5 check with nothing unpacked;
-a training killed midway is rebuilt by the next `make` while finished ones are kept.
+a second `make` builds nothing; a corrupted real zip stops at the md5 check with nothing unpacked,
+while a cut stand-in zip is generated again; a training killed midway is rebuilt by the next
+`make` while finished ones are kept.
 The interpreter running the tests is passed as CC, so no virtual environment is created.
 """
 
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.cli import assert_clean_error
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU Make")
@@ -139,21 +142,42 @@ def test_second_make_builds_nothing(built):
     assert products(repo) == before
 
 
-def test_corrupted_zip_stops_at_the_md5_check_with_nothing_unpacked(built, tmp_path):
-    dataset, repo, _ = built
-    fresh = copy_repository(tmp_path / "repo")
-    root = fresh / "data" / f"{dataset}-synthetic"
-    shutil.copytree(repo / "data" / f"{dataset}-synthetic", root, ignore=shutil.ignore_patterns(
-        DATASETS[dataset]["raw"], dataset))  # fmt: skip
-    zip_path = root / DATASETS[dataset]["zips"][0]
-    data = bytearray(zip_path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    zip_path.write_bytes(bytes(data))
-    run = make(fresh, dataset, check=False)
-    assert run.returncode != 0
-    assert f"{zip_path.name}: FAILED md5 check" in run.stderr
-    assert not (root / DATASETS[dataset]["raw"]).exists()
-    assert not (root / (DATASETS[dataset]["raw"] + "_tmp")).exists()
+def test_corrupted_real_zip_stops_at_the_md5_check_with_nothing_unpacked(tmp_path):
+    """A real zip that fails its md5 check stops `make unpack` with what to do; it is kept."""
+    repo = copy_repository(tmp_path / "repo")
+    zip_path = repo / "data" / "acdc.zip"
+    zip_path.parent.mkdir()
+    zip_path.write_bytes(b"a download cut short")
+    run = subprocess.run(
+        ["make", "-f", "acdc.make", f"CC={sys.executable}", "unpack"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert_clean_error(
+        run, "data/acdc.zip: FAILED md5 check", "Delete data/acdc.zip and download it again"
+    )
+    assert sorted(p.name for p in zip_path.parent.iterdir()) == ["acdc.zip"]  # no ACDC(_tmp)
+    assert zip_path.read_bytes() == b"a download cut short"
+
+
+def test_cut_generated_zip_is_generated_again_and_unpacked(tmp_path):
+    """DATA=synthetic: a stand-in zip that fails its md5 check (here cut to half) is generated
+    again by `make unpack`, then unpacked; a second `make unpack` has nothing to do."""
+    repo = copy_repository(tmp_path / "repo")
+    root = repo / "data" / "acdc-synthetic"
+    subprocess.run(
+        [sys.executable, "preprocess/synthetic.py", "--dataset", "acdc", "--dest", root],
+        cwd=repo, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    zip_path = root / "acdc.zip"
+    data = zip_path.read_bytes()
+    zip_path.write_bytes(data[: len(data) // 2])
+    first = make(repo, "acdc", "unpack")
+    assert "fails its md5 check against lineage/acdc-synthetic.lineage" in first.stdout
+    assert zip_path.read_bytes() == data  # the generator is deterministic
+    assert (root / "ACDC" / "training").is_dir()
+    assert sorted(p.name for p in root.iterdir()) == ["ACDC", "acdc.zip"]
+    second = make(repo, "acdc", "unpack")
+    assert "Nothing to be done for 'unpack'" in second.stdout, second.stdout
 
 
 def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):

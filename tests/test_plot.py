@@ -6,6 +6,7 @@ construction; the images are opened with PIL to check their size and that someth
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from plot import CURVE_SIZE, DPI, box_size, curve_values, main, plot_box, plot_curves
+from tests.cli import assert_clean_error, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -253,3 +255,38 @@ def test_adjacency_box_uses_the_forbidden_pair_count(tmp_path: Path) -> None:
     assert (box.column, box.epoch) == (0, 1)
     curves = plot_curves([run], "val_adjacency.npy", tmp_path / "c.png", columns=[0, 1])
     assert [c.label for c in curves] == ["acdc (forbidden pairs)", "acdc (components)"]
+
+
+@pytest.mark.parametrize("command", ["curves", "box"])
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("dice 7.5", ["gdl/val_dice.npy holds 7.5 at epoch 3, sample 1, class 1", "[0, 1]"]),
+        ("other data", ["different data", "'data/isles' and 'data/isles-synthetic/isles'"]),
+        ("more classes", ["different class counts", "val_dice.npy has 2 and 4 classes"]),
+    ],
+)
+def test_impossible_values_and_runs_of_different_data_are_refused(
+    runs: list[Path], tmp_path: Path, command: str, case: str, needles: list[str]
+) -> None:
+    """The checks of report.py: one error, no image, the run folders as they were."""
+    gdl, surface = runs
+    if case == "dice 7.5":
+        data = dice_a()
+        data[3, 1, 1] = 7.5
+        np.save(gdl / "val_dice.npy", data)
+    elif case == "other data":
+        (gdl / "args.json").write_text(json.dumps({"dataset": "data/isles", "n_class": 2}))
+        (surface / "args.json").write_text(
+            json.dumps({"dataset": "data/isles-synthetic/isles", "n_class": 2})
+        )
+    else:
+        np.save(surface / "val_dice.npy", np.full((3, 6, 4), 0.5))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    dest = tmp_path / "out" / "val_dice.png"
+    proc = run_script(
+        "plot.py", command, "--folders", gdl, surface, "--filename", "val_dice.npy", "--dest", dest
+    )
+    assert_clean_error(proc, *needles)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not dest.parent.exists()

@@ -18,6 +18,7 @@ import pytest
 
 from atomic import atomic_write
 from report import better, build_table, main, summarise, write_report
+from tests.cli import assert_clean_error, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -439,3 +440,100 @@ def test_adjacency_is_reported_at_the_checkpoint_epoch(tmp_path: Path) -> None:
     (summary,) = summarise([run], ["val_adjacency"])
     assert summary.metrics["val_adjacency"].best_epoch == 2
     assert summary.metrics["val_adjacency"].mean == 7.0
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its content, to show that a failed run touched nothing."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def with_value(array: np.ndarray, index: tuple[int, int, int], value: float) -> np.ndarray:
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+@pytest.mark.parametrize(
+    ("metric", "array", "needles"),
+    [
+        ("val_dice", with_value(dice_array(), (1, 2, 1), 7.5),
+         ["7.5 at epoch 1, sample 2, class 1", "a Dice score lies in [0, 1]"]),
+        ("val_dice", with_value(dice_array(), (3, 0, 0), np.inf),
+         ["inf at epoch 3, sample 0, class 0", "a Dice score lies in [0, 1]"]),
+        ("val_3d_dsc", with_value(dice_array(), (0, 1, 1), -0.25),
+         ["-0.25 at epoch 0, sample 1, class 1", "a Dice score"]),
+        ("val_3d_hd95", with_value(hausdorff_array(), (2, 1, 1), -1.0),
+         ["-1.0 at epoch 2, sample 1, class 1", "a distance is a finite number of mm >= 0"]),
+        ("val_3d_hausdorff", with_value(hausdorff_array(), (0, 0, 0), np.inf),
+         ["inf at epoch 0, sample 0, class 0", "a distance"]),
+        ("val_adjacency", with_value(np.zeros((2, 2, 2)), (1, 0, 0), -3.0),
+         ["-3.0 at epoch 1, sample 0, forbidden pairs", "an adjacency count"]),
+    ],
+)  # fmt: skip
+def test_impossible_values_are_refused(
+    tmp_path: Path, metric: str, array: np.ndarray, needles: list[str]
+) -> None:
+    """A Dice of 7.5 or inf would be bolded as the best: one error names the file, where the
+    first bad value is, and the value; no page is written, the run is left as it was."""
+    run = make_run(tmp_path / "results", "gdl", {metric: array}, args={"n_epoch": 4})
+    before = tree(tmp_path)
+    proc = run_script(
+        "report.py", "--folders", run, "--metrics", metric, "--dest", tmp_path / "out" / "r.md"
+    )
+    assert_clean_error(proc, f"metric file {run / metric}.npy holds", *needles)
+    assert tree(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_nan_and_negative_losses_are_accepted(tmp_path: Path) -> None:
+    """NaN is an undefined value, not an impossible one; the boundary loss is negative."""
+    loss = np.array([[[-0.5, 0.2]], [[-1.5, 0.1]]])  # E=2 x I=1 x L=2: epoch 1 is the lowest
+    dice = with_value(dice_array(), (0, 0, 1), np.nan)
+    run = make_run(tmp_path, "run", {"tra_loss": loss, "val_dice": dice})
+    (summary,) = summarise([run], ["tra_loss", "val_dice"])
+    assert summary.metrics["tra_loss"].best_epoch == 1
+    assert summary.metrics["tra_loss"].mean == pytest.approx(-0.7)
+    assert summary.metrics["val_dice"].best_epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "needles"),
+    [
+        # ISLES and ACDC runs
+        ({"dataset": "data/isles", "n_class": 2}, {"dataset": "data/acdc", "n_class": 4},
+         ["trained on different data", "'data/isles' and 'data/acdc' in their args.json"]),
+        # a stand-in run and a real one: the same last component, other data
+        ({"dataset": "data/isles-synthetic/isles"}, {"dataset": "data/isles"},
+         ["different data", "'data/isles-synthetic/isles' and 'data/isles'"]),
+        ({"dataset": "data/isles", "n_class": 2}, {"dataset": "data/isles", "n_class": 3},
+         ["different class counts", "n_class 2 and 3 in their args.json"]),
+        # no args.json: the class axis of the arrays tells
+        (None, None, ["different class counts", "val_dice.npy has 2 and 4 classes"]),
+    ],
+)  # fmt: skip
+def test_runs_of_different_data_are_refused(
+    tmp_path: Path, first: dict | None, second: dict | None, needles: list[str]
+) -> None:
+    """One error naming both run folders and what differs; no page is written."""
+    a = make_run(tmp_path / "results", "isles_gdl", {"val_dice": dice_array()}, args=first)
+    other = dice_array() if second is not None else np.zeros((4, 3, 4))
+    b = make_run(tmp_path / "results", "acdc_ce", {"val_dice": other}, args=second)
+    before = tree(tmp_path)
+    proc = run_script(
+        "report.py", "--folders", a, b, "--metrics", "val_dice",
+        "--dest", tmp_path / "out" / "report.md", "--html",
+    )  # fmt: skip
+    assert_clean_error(proc, f"runs {a} and {b}", *needles, "the runs of one dataset")
+    assert tree(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_runs_of_the_same_data_written_differently_are_ranked(tmp_path: Path) -> None:
+    """`data/isles/` and `./data/isles` are the same folder; a run without args.json is
+    checked on its arrays only."""
+    runs = [
+        make_run(tmp_path, "a", {"val_dice": dice_array()}, args={"dataset": "data/isles/"}),
+        make_run(tmp_path, "b", {"val_dice": dice_array()}, args={"dataset": "./data/isles"}),
+        make_run(tmp_path, "c", {"val_dice": dice_array()}),
+    ]
+    table = build_table(summarise(runs, ["val_dice"]))
+    assert [row[0] for row in table.rows] == ["a", "b", "c"]
+    assert table.bold == [[False, False, True]] * 3  # the same numbers: a tie
