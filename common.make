@@ -193,10 +193,12 @@ $(REPORT): $(TRN_DIRS) $(PLOT_FILES) | $(PY_DEPS)
 		--columns $(METRIC_AXIS) --dest $@ --html --plots $(PLOT_FILES) \
 		--title "$(DATASET)$(SUFFIX): $(words $(TRN)) trainings, $(NET), $(EPC) epochs"
 
-# The archive: repo-date-hash-host-dataset, read-only.
+# The archive: repo-date-hash-host-dataset, read-only. A _tmp left by a failed pack (a full disk)
+# is removed first, read-only or not.
 # last.pt (the optimizer state for --resume) is left out: best.pt holds the trained weights.
 $(PACK): $(TRN_DIRS) $(PLOT_FILES) $(REPORT) $(REPORT:.md=.html)
 	mkdir -p $(@D)
+	rm -f $@_tmp
 	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp
 	chmod a-w $@_tmp
 	mv $@_tmp $@

@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from atomic import atomic_write
+from console import ArgumentParser
 from report import (
     best_index,
     better,
@@ -379,7 +380,7 @@ def plot_box(
 
 def get_parser() -> argparse.ArgumentParser:
     """Command-line parser of plot.py (subcommands `curves` and `box`)."""
-    parser = argparse.ArgumentParser(description="Plots of the per-epoch metrics of runs.")
+    parser = ArgumentParser(description="Plots of the per-epoch metrics of runs.")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--folders", nargs="+", required=True, help="run folders")

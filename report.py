@@ -65,6 +65,7 @@ from typing import Any, Literal
 import numpy as np
 
 from atomic import write_text_atomic
+from console import ArgumentParser
 
 Mode = Literal["max", "min"]
 
@@ -1018,7 +1019,7 @@ def write_report(
 
 def get_parser() -> argparse.ArgumentParser:
     """Command-line parser of report.py."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Each metric of each run at its best epoch (max for Dice, min for losses and "
         "distances): printed, and written as a Markdown/HTML page with plots and provenance."
     )
