@@ -14,8 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-# The errors of a full disk (or quota, or file-size limit): a message says so and names the file.
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# The errors of a write that failed for want of room -> what to tell the user. Every tool of the
+# pipeline says so in one message naming the file.
+DISK_FULL = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is too large for its file system",
+}
 
 
 def atomic_write(dest: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -56,7 +61,8 @@ def write_text_atomic(dest: str | Path, text: str) -> None:
 def disk_full_message(error: OSError, folder: str | Path) -> str:
     """One line for a write that failed on a full disk: which file, and what to do."""
     where = error.filename2 or error.filename or f"a file in {folder}"  # copies: the target
+    why = DISK_FULL.get(error.errno, "no space left")
     return (
-        f"no space left on device while writing {where} ({error.strerror}); free some space "
-        "and run again: nothing unfinished was put in place"
+        f"no space left on device while writing {where} ({why}: {error.strerror}); free some "
+        "space and run again: nothing unfinished was put in place"
     )

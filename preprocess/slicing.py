@@ -22,25 +22,33 @@ For each volume (a patient for ISLES and WMH, a cardiac frame for ACDC):
    turns, which swap dx and dy, only for square slices with isotropic in-plane spacing.
 
 Patients are split into train/val by a seeded shuffle (`split.json`) and sliced in parallel.
-Everything is written into `DEST_tmp` and moved to `DEST` only when complete; on any error both
-are removed, so a failed or interrupted run never leaves a folder Make would take as finished.
-Bad input raises `SliceError` with the file named; the command line prints `error: <message>`
-and exits with status 1.
+Everything is written into `DEST_tmp` and moved to `DEST` only when complete. `DEST_tmp` is the
+slicer's own: it is removed on any error (bad input, a worker killed, a full disk, Ctrl-C), and it
+is the only thing removed then, so a failed or interrupted run leaves no folder Make would take as
+finished and never deletes anything else. `DEST` itself is only replaced when it is an earlier
+output of the slicer (it holds `split.json`) or an empty folder; anything else there is refused
+before any work. Bad input raises `SliceError` with the file named; the command line prints
+`error: <message>` and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import multiprocessing
 import os
 import random
 import re
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from multiprocessing import connection
 from pathlib import Path
 
 import nibabel as nib
@@ -50,6 +58,8 @@ from PIL import Image
 from skimage.transform import resize
 from tqdm import tqdm
 
+from atomic import DISK_FULL
+from console import ArgumentParser
 from utils import class2one_hot, one_hot2dist
 
 Spacing3D = tuple[float, float, float]
@@ -170,12 +180,17 @@ def subfolders(folder: Path, pattern: str) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D]:
+def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D, np.ndarray]:
     """Load a 3D NIfTI volume.
 
+    Args:
+        path: the `.nii` or `.nii.gz` file.
+
     Returns:
-        The `X Y Z` voxel array (its stored dtype, scaled when the header says so) and the voxel
-        spacing (dx, dy, dz) in mm. Trailing axes of length one (`X Y Z 1`) are dropped.
+        The `X Y Z` voxel array (its stored dtype, scaled when the header says so), the voxel
+        spacing (dx, dy, dz) in mm, and the 4 x 4 voxel-to-world affine (nibabel's best one:
+        sform, else qform, else the spacing alone). Trailing axes of length one (`X Y Z 1`) are
+        dropped.
 
     Raises:
         SliceError: the file is not a readable NIfTI, not 3D, or has a bad spacing.
@@ -184,6 +199,7 @@ def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D]:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
         zooms = tuple(float(z) for z in image.header.get_zooms())
+        affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as error:  # nibabel, gzip and numpy raise many kinds on corrupt files
         raise SliceError(
             f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})"
@@ -195,7 +211,58 @@ def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D]:
     spacing = zooms[:3]
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise SliceError(f"{path}: expected three positive voxel sizes, got {zooms}")
-    return data, spacing
+    return data, spacing, affine
+
+
+# Two files of one volume are on one grid when their voxel sizes agree to these tolerances (mm;
+# nibabel stores them as float32) and their affines to AFFINE_ATOL mm in every entry.
+SPACING_RTOL, SPACING_ATOL = 1e-4, 1e-5
+AFFINE_ATOL = 1e-3
+
+
+def _affine(affine: np.ndarray) -> str:
+    """The three top rows of an affine, `[[0.9, 0, 0, -115], ...]`, for messages."""
+    return "[" + ", ".join(_values(row) for row in affine[:3]) + "]"
+
+
+def check_same_grid(
+    path: Path,
+    spacing: Spacing3D,
+    affine: np.ndarray,
+    reference: Path,
+    reference_spacing: Spacing3D,
+    reference_affine: np.ndarray,
+) -> None:
+    """Check that a modality or label file lies on the grid of the volume's first modality.
+
+    The spacings must agree within a relative tolerance of 1e-4 plus 1e-5 mm (float32 headers
+    of one grid agree far better; a real difference, such as 0.9 against 0.94 mm, is refused),
+    and every entry of the affines within 1e-3 mm (the same voxels in the same place).
+
+    Args:
+        path: the file checked.
+        spacing: its voxel spacing (dx, dy, dz) in mm.
+        affine: its 4 x 4 voxel-to-world affine.
+        reference: the volume's first modality.
+        reference_spacing: the spacing of `reference`.
+        reference_affine: the affine of `reference`.
+
+    Raises:
+        SliceError: the spacings or the affines differ, naming both files and both values.
+    """
+    if not np.allclose(spacing, reference_spacing, rtol=SPACING_RTOL, atol=SPACING_ATOL):
+        raise SliceError(
+            f"{path}: voxel spacing {_values(np.array(spacing))} mm differs from {reference} "
+            f"{_values(np.array(reference_spacing))} mm; expected every modality and the label "
+            "of a volume on one grid"
+        )
+    if not np.allclose(affine, reference_affine, rtol=0, atol=AFFINE_ATOL):
+        gap = float(np.nanmax(np.abs(affine - reference_affine)))
+        raise SliceError(
+            f"{path}: affine {_affine(affine)} differs from {reference} "
+            f"{_affine(reference_affine)} (by up to {gap:.4g} mm, more than {AFFINE_ATOL:g}); "
+            "expected every modality and the label of a volume on one grid"
+        )
 
 
 def check_finite(data: np.ndarray, path: Path) -> None:
@@ -302,25 +369,33 @@ def load_volume(volume: Volume, settings: _Settings) -> tuple[np.ndarray, np.nda
         (dx, dy, dz) in mm after the resize.
 
     Raises:
-        SliceError: unreadable file, shapes that disagree, NaN / inf, constant image, bad labels.
+        SliceError: unreadable file, shapes, spacings or affines that disagree between the
+            modalities and the label (see `check_same_grid`), NaN / inf, constant image, bad
+            labels.
     """
-    images, spacing = [], None
+    images: list[np.ndarray] = []
     reference = volume.images[0]
+    spacing: Spacing3D = (1.0, 1.0, 1.0)  # the first modality's, set below
+    affine = np.eye(4)
     for path in volume.images:
-        data, file_spacing = load_nifti(path)
-        spacing = spacing or file_spacing
-        if images and data.shape != images[0].shape:
-            raise SliceError(
-                f"{path}: shape {data.shape} differs from {reference} {images[0].shape}; "
-                "expected every modality of a volume on one grid"
-            )
+        data, file_spacing, file_affine = load_nifti(path)
+        if images:
+            if data.shape != images[0].shape:
+                raise SliceError(
+                    f"{path}: shape {data.shape} differs from {reference} {images[0].shape}; "
+                    "expected every modality of a volume on one grid"
+                )
+            check_same_grid(path, file_spacing, file_affine, reference, spacing, affine)
+        else:
+            spacing, affine = file_spacing, file_affine
         images.append(normalise(data, path))
-    labels, _ = load_nifti(volume.label)
+    labels, label_spacing, label_affine = load_nifti(volume.label)
     if labels.shape != images[0].shape:
         raise SliceError(
             f"{volume.label}: label shape {labels.shape} differs from {reference} "
             f"{images[0].shape}; expected the label on the image grid"
         )
+    check_same_grid(volume.label, label_spacing, label_affine, reference, spacing, affine)
     labels = to_classes(labels, volume.label, settings.classes, settings.label_map)
 
     old_shape = images[0].shape
@@ -366,8 +441,45 @@ def apply_transform(array: np.ndarray, transform: tuple[int, bool]) -> np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT, EFBIG) while writing `path` into a SliceError.
+
+    Args:
+        path: the file or folder being written, named in the message.
+
+    Raises:
+        SliceError: the write inside the block failed for want of room; other errors pass.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise SliceError(
+            f"{path}: cannot be written, {DISK_FULL[error.errno]} ({os.strerror(error.errno)}); "
+            "free some space there or choose another --dest_dir"
+        ) from None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file, a full disk raising SliceError (see `writing`)."""
+    with writing(path), open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    # Encoded in memory and written by Python: np.save to a file reports a full disk without
+    # its errno ("8192 requested and 5088 written"). The bytes are those np.save writes.
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _write_slice(
@@ -378,14 +490,18 @@ def _write_slice(
     label: np.ndarray,
     distmap: np.ndarray,
 ) -> None:
-    """Write one slice: image `C H W` float32, label `H W` uint8, distmap `K H W` float32."""
+    """Write one slice: image `C H W` float32, label `H W` uint8, distmap `K H W` float32.
+
+    Raises:
+        SliceError: the disk is full, naming the file that could not be written.
+    """
     pngs = np.rint(image.astype(np.float64) * 255).astype(np.uint8)  # C H W
     for name, png in zip(modalities, pngs, strict=True):
-        _save_png(png, split_dir / name / f"{stem}.png")
-    _save_png(label, split_dir / "gt" / f"{stem}.png")
-    np.save(split_dir / "in_npy" / f"{stem}.npy", image)
-    np.save(split_dir / "gt_npy" / f"{stem}.npy", label)
-    np.save(split_dir / "3d_distmap" / f"{stem}.npy", distmap)
+        write_bytes(split_dir / name / f"{stem}.png", _png_bytes(png))
+    write_bytes(split_dir / "gt" / f"{stem}.png", _png_bytes(label))
+    write_bytes(split_dir / "in_npy" / f"{stem}.npy", _npy_bytes(image))
+    write_bytes(split_dir / "gt_npy" / f"{stem}.npy", _npy_bytes(label))
+    write_bytes(split_dir / "3d_distmap" / f"{stem}.npy", _npy_bytes(distmap))
 
 
 def slice_volume(
@@ -424,8 +540,14 @@ def slice_patient(job: _Job, settings: _Settings) -> _Result:
 
 
 def _init_worker() -> None:
-    # One thread per worker process: the pool is the parallelism (and forked OpenMP pools hang).
+    """Set up a pool worker: one torch thread, and Ctrl-C left to the parent.
+
+    One thread per worker process: the pool is the parallelism (and forked OpenMP pools hang).
+    Ctrl-C reaches every process of the terminal; the parent stops the workers and cleans up,
+    so a worker ignores it instead of dying with a traceback of its own.
+    """
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,8 +586,12 @@ def _check_settings(shape: Sequence[int], n_augment: int, workers: int) -> None:
 
 
 def _check_paths(source: Path, dest: Path, tmp: Path) -> None:
-    """Refuse a destination (or its _tmp) that holds, or lies inside, the source: both are
-    deleted on error."""
+    """Refuse a destination (or its _tmp) that holds, or lies inside, the source.
+
+    Raises:
+        SliceError: `dest` or `tmp` overlaps `source`: replacing `dest`, or removing `tmp` on
+            error, would delete source files.
+    """
     source = source.resolve()
     for target in (dest.resolve(), tmp.resolve()):
         if target == source or target in source.parents or source in target.parents:
@@ -473,6 +599,35 @@ def _check_paths(source: Path, dest: Path, tmp: Path) -> None:
                 f"--dest_dir {dest} overlaps --source_dir {source} (through {target}); "
                 "expected separate folders, since the destination is replaced"
             )
+
+
+def _check_dest(dest: Path) -> None:
+    """Refuse to replace a `dest` that is not an earlier output of the slicer.
+
+    A missing `dest`, an empty folder, or a folder holding `split.json` (written last by the
+    slicer) may be replaced; anything else might be someone's work and is left alone.
+
+    Raises:
+        SliceError: `dest` is a file, a link, or a non-empty folder without `split.json`.
+    """
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise SliceError(
+            f"--dest_dir {dest}: exists and is not a folder; expected a new name or an earlier "
+            "output of this slicer, which is replaced"
+        )
+    if dest.is_dir() and not (dest / "split.json").is_file() and any(dest.iterdir()):
+        raise SliceError(
+            f"--dest_dir {dest}: a non-empty folder without split.json, so not an earlier output "
+            "of this slicer; it is not replaced: move it away or choose another --dest_dir"
+        )
+
+
+def _remove_tmp(tmp: Path) -> None:
+    """Remove the slicer's own `DEST_tmp` (a folder, or a stray file or link of that name)."""
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    elif tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_workers() -> int:
@@ -483,30 +638,111 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _run_jobs(
-    jobs: list[_Job], settings: _Settings, workers: int, desc: str, progress: bool
+def _stop_workers(executor: ProcessPoolExecutor, timeout: float = 10.0) -> None:
+    """Terminate the pool's worker processes now and wait until they have exited.
+
+    Waiting matters: the caller then removes the temporary folder, which a worker still
+    finishing a write would fill again. One that outlives SIGTERM by `timeout` seconds is killed.
+    """
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    sentinels = {}
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            sentinels[process.sentinel] = process
+    deadline = time.monotonic() + timeout
+    while sentinels and time.monotonic() < deadline:
+        for sentinel in connection.wait(list(sentinels), deadline - time.monotonic()):
+            del sentinels[sentinel]
+    for process in sentinels.values():
+        process.kill()
+
+
+def _run_pool(
+    jobs: list[_Job], settings: _Settings, workers: int, dest: Path, done: Callable[[], None]
 ) -> list[_Result]:
-    """Slice patients, in a process pool when `workers` > 1, with a progress bar."""
-    work = partial(slice_patient, settings=settings)
-    bar = tqdm(total=len(jobs), desc=desc, unit="patient", disable=not progress)
+    """Slice patients in `workers` processes, one patient in flight per worker.
+
+    Keeping no more patients in flight than workers means a worker's death names the patients
+    it may have been slicing; the first error cancels what is not yet started and terminates
+    the workers, so nothing keeps writing into the temporary folder.
+
+    Args:
+        jobs: the patients to slice.
+        settings: what a worker needs to slice them.
+        workers: the number of processes.
+        dest: the destination, named when a worker dies.
+        done: called once per sliced patient (the progress bar).
+
+    Returns:
+        The results of the jobs, in the order they finish.
+
+    Raises:
+        SliceError: a worker raised it, or a worker died (killed by the out-of-memory killer,
+            for instance).
+    """
+    executor = ProcessPoolExecutor(workers, initializer=_init_worker)
+    queue = iter(jobs)
+    running: dict[Future, _Job] = {}
     results = []
-    with bar:
-        if workers == 1:
-            for job in jobs:
-                results.append(work(job))
-                bar.update()
-        else:
-            with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
-                for result in pool.imap_unordered(work, jobs):
-                    results.append(result)
-                    bar.update()
+
+    def submit_next() -> None:
+        job = next(queue, None)
+        if job is not None:
+            running[executor.submit(slice_patient, job, settings)] = job
+
+    failed = True
+    try:
+        try:
+            for _ in range(workers):
+                submit_next()
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results.append(future.result())  # a worker's SliceError is raised here
+                    del running[future]
+                    done()
+                    submit_next()
+        except BrokenProcessPool:
+            patients = sorted((job.patient for job in running.values()), key=natural_key)
+            when = f"while slicing patient {' or '.join(patients)}" if patients else "while idle"
+            raise SliceError(
+                f"a slicing worker died (killed, e.g. by the out-of-memory killer?) {when}; "
+                f"nothing was written at {dest}; try fewer --workers"
+            ) from None
+        failed = False
+    finally:
+        if failed:
+            _stop_workers(executor)
+        # After a failure the workers are gone already; not waiting for the pool's manager
+        # thread also covers a Ctrl-C that came while the pool was starting that thread.
+        executor.shutdown(wait=not failed, cancel_futures=True)
     return results
+
+
+def _run_jobs(
+    jobs: list[_Job], settings: _Settings, workers: int, desc: str, progress: bool, dest: Path
+) -> list[_Result]:
+    """Slice patients, in a process pool when `workers` > 1, with a progress bar.
+
+    Raises:
+        SliceError: bad input, a full disk, or a pool worker that died.
+    """
+    bar = tqdm(total=len(jobs), desc=desc, unit="patient", disable=not progress)
+    with bar:
+        if workers > 1:
+            return _run_pool(jobs, settings, workers, dest, bar.update)
+        results = []
+        for job in jobs:
+            results.append(slice_patient(job, settings))
+            bar.update()
+        return results
 
 
 def _write_json(data: dict, path: Path) -> None:
     """A JSON object with one key per line, in natural order, and compact values."""
     lines = [f" {json.dumps(k)}: {json.dumps(data[k])}" for k in sorted(data, key=natural_key)]
-    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    write_bytes(path, ("{\n" + ",\n".join(lines) + "\n}\n").encode())
 
 
 def slice_dataset(
@@ -526,7 +762,8 @@ def slice_dataset(
     Args:
         dataset: how the dataset is found and labelled.
         source_dir: the unpacked dataset.
-        dest_dir: the output folder, replaced when present.
+        dest_dir: the output folder: a new name, an empty folder, or an earlier output of the
+            slicer (it holds `split.json`), which is replaced once the new one is complete.
         retain: patients kept for validation (None: the dataset's default).
         seed: seed of the split and of the augmentation.
         n_augment: augmented copies of each training slice.
@@ -538,19 +775,24 @@ def slice_dataset(
         The destination folder.
 
     Raises:
-        SliceError: bad arguments or bad input. Nothing is left at `dest_dir` nor
-            `dest_dir`_tmp then (nor on any other exception), except when the destination
-            overlaps the source: that is refused before anything is touched.
+        SliceError: bad arguments, bad input, a full disk, or a pool worker that died. Bad
+            arguments, a destination that overlaps the source and a destination that is not
+            an earlier output are refused before anything is touched. Otherwise, on this or
+            any other exception, `dest_dir`_tmp (the slicer's own) is removed and nothing
+            else: `dest_dir` is left as it was.
     """
     source, dest = Path(source_dir), Path(dest_dir)
+    if dest.name in ("", ".."):  # `.`, `..`: name the folder, for its `_tmp` sibling
+        dest = dest.resolve()
     tmp = dest.with_name(dest.name + "_tmp")
     retain = dataset.default_retain if retain is None else retain
     workers = default_workers() if workers is None else workers
     shape = tuple(int(s) for s in shape)
+    _check_settings(shape, n_augment, workers)
     _check_paths(source, dest, tmp)
+    _check_dest(dest)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _check_settings(shape, n_augment, workers)
+        _remove_tmp(tmp)  # left by an interrupted run
         patients = dataset.find_patients(source)
         if not patients:
             raise SliceError(f"{source}: no {dataset.name} patient found; the folder is empty")
@@ -560,7 +802,8 @@ def slice_dataset(
         for split, ids, copies in (("train", train, n_augment), ("val", val, 0)):
             split_dir = tmp / split
             for folder in (*dataset.modalities, *OUTPUT_FOLDERS):
-                (split_dir / folder).mkdir(parents=True)
+                with writing(split_dir / folder):
+                    (split_dir / folder).mkdir(parents=True)
             jobs += [_Job(p, tuple(patients[p]), split, split_dir, copies) for p in ids]
 
         settings = _Settings(
@@ -572,7 +815,8 @@ def slice_dataset(
             seed,
         )
         n_workers = min(workers, len(jobs))
-        results = _run_jobs(jobs, settings, n_workers, f"slicing {dataset.name}", progress)
+        desc = f"slicing {dataset.name}"
+        results = _run_jobs(jobs, settings, n_workers, desc, progress, dest)
 
         spacing = {split: {} for split in SPLITS}
         spacing_3d = {}
@@ -593,12 +837,13 @@ def slice_dataset(
         }
         _write_json(split_info, tmp / "split.json")
 
-        if dest.exists():
+        _check_dest(dest)  # again: something may have been put there meanwhile
+        if dest.is_dir():
             shutil.rmtree(dest)
-        tmp.replace(dest)
+        with writing(dest):
+            tmp.replace(dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(dest, ignore_errors=True)
+        _remove_tmp(tmp)
         raise
     return dest
 
@@ -610,9 +855,11 @@ def slice_dataset(
 
 def build_parser(dataset: Dataset, description: str) -> argparse.ArgumentParser:
     """The original's flags (`--source_dir --dest_dir --retain --seed --n_augment --shape`)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--source_dir", required=True, help="the unpacked dataset")
-    parser.add_argument("--dest_dir", required=True, help="output folder (replaced if present)")
+    parser.add_argument(
+        "--dest_dir", required=True, help="output folder (an earlier output is replaced)"
+    )
     parser.add_argument(
         "--retain",
         *(f"--{alias}" for alias in dataset.retain_aliases),

@@ -36,16 +36,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+if __package__ in (None, ""):  # run as a script: make the repository's modules importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from atomic import DISK_FULL  # noqa: E402
+
 CHUNK = 1 << 20
 
 # What reading a damaged member may raise: zlib.error (bad deflate data), BadZipFile (CRC
 # mismatch, bad local header), EOFError (data cut short), lzma.LZMAError, OSError (bzip2's
 # "Invalid data stream", or the zip file itself unreadable).
 CORRUPT_ERRORS = (zlib.error, zipfile.BadZipFile, EOFError, lzma.LZMAError, OSError)
-# Errors that mean the file system is full rather than the target broken.
-FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large"}
-if hasattr(errno, "EDQUOT"):
-    FULL_ERRNOS[errno.EDQUOT] = "disk quota exceeded"
 
 
 class UnpackError(Exception):
@@ -163,9 +164,9 @@ def _size(n_bytes: int) -> str:
 
 def _write_error(error: OSError, target: Path, member: Member, tmp: Path, needed: int) -> str:
     """The message for a failed write: a full disk said as such, with the space needed."""
-    if error.errno in FULL_ERRNOS:
+    if error.errno in DISK_FULL:
         return (
-            f"{target}: disk full ({FULL_ERRNOS[error.errno]}, errno "
+            f"{target}: disk full ({DISK_FULL[error.errno]}, errno "
             f"{errno.errorcode[error.errno]}) while unpacking member {member}; {tmp} was "
             f"removed. Free space on the disk holding {tmp.parent} (the unpacked files need "
             f"{_size(needed)}) and run again."

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from preprocess.slice_acdc import ACDC
 from preprocess.slice_isles import ISLES
 from preprocess.slice_wmh import WMH
 from preprocess.slicing import SliceError, draw_transform, slice_dataset, split_patients
+from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
 from utils import class2one_hot, one_hot2dist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -594,6 +598,16 @@ def resave(path: Path, change) -> Path:
     return save_nii(path, data, image.header.get_zooms()[:3])
 
 
+def regrid(path: Path, scale=(1.0, 1.0, 1.0), shift=(0.0, 0.0, 0.0)) -> Path:
+    """Rewrite a NIfTI, same voxels, with its voxel sizes scaled and its origin moved (mm)."""
+    image = nib.load(str(path))
+    affine = image.affine.copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag(scale)
+    affine[:3, 3] += shift
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj).copy(), affine), str(path))
+    return path
+
+
 def truncate_gz(path: Path) -> Path:
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw)[: len(raw) // 4])
@@ -640,6 +654,17 @@ BAD_INPUTS = {
         lambda s: resave(isles_file(s, I3, "CT_CBV"), _deeper),
         r"shape \(256, 256, 4\)",
     ),
+    "isles CBV spacing differs": (
+        "isles",
+        lambda s: regrid(isles_file(s, I3, "CT_CBV"), scale=(1.05, 1.05, 1.0)),
+        r"voxel spacing \[1\.05, 1\.05, 4\] mm differs from .*CT\.\d+\.nii \[1, 1, 4\] mm",
+    ),
+    "isles OT shifted": (
+        "isles",
+        lambda s: regrid(isles_file(s, I3, "OT"), shift=(0.0, 2.5, 0.0)),
+        r"affine \[\[1, 0, 0, 0\], \[0, 1, 0, 2\.5\], .* differs from .*CT\.\d+\.nii "
+        r"\[\[1, 0, 0, 0\], \[0, 1, 0, 0\], .*by up to 2\.5 mm",
+    ),
     "isles label 2": ("isles", lambda s: resave(isles_file(s, I3, "OT"), _label(2)), r"\[2\]"),
     "isles NaN": ("isles", lambda s: resave(isles_file(s, I3, "CT_MTT"), _nan), "1 NaN"),
     "isles inf": ("isles", lambda s: resave(isles_file(s, I3, "CT_Tmax"), _inf), "1 infinite"),
@@ -666,6 +691,16 @@ BAD_INPUTS = {
     ),
     "wmh garbage nii.gz": ("wmh", lambda s: garbage(wmh_files(s, *W51)[0]), "NIfTI"),
     "wmh truncated nii.gz": ("wmh", lambda s: truncate_gz(wmh_files(s, *W51)[1]), "NIfTI"),
+    "wmh label spacing differs": (
+        "wmh",
+        lambda s: regrid(wmh_files(s, *W51)[2], scale=(1.0, 1.0, 1.2)),
+        r"voxel spacing \[1, 1, 3\.6\] mm differs from .*FLAIR\.nii\.gz \[1, 1, 3\] mm",
+    ),
+    "wmh T1 shifted": (
+        "wmh",
+        lambda s: regrid(wmh_files(s, *W51)[1], shift=(0.0, 0.0, -0.01)),
+        r"FLAIR\.nii\.gz .*by up to 0\.01 mm, more than 0\.001",
+    ),
     "wmh label 3": ("wmh", lambda s: resave(wmh_files(s, *W51)[2], _label(3)), r"\[3\]"),
     "wmh label 0.5": ("wmh", lambda s: resave(wmh_files(s, *W51)[2], _label(0.5)), "integer"),
     "wmh label NaN": ("wmh", lambda s: resave(wmh_files(s, *W51)[2], _nan), "NaN"),
@@ -680,6 +715,11 @@ BAD_INPUTS = {
         lambda s: acdc_files(s, A3, "01")[1].unlink() or acdc_files(s, A3, "01")[1],
         "file",
     ),
+    "acdc gt spacing differs": (
+        "acdc",
+        lambda s: regrid(acdc_files(s, A3, "01")[1], scale=(1.001, 1.0, 1.0)),
+        r"voxel spacing \[1\.6016, 1\.6, 5\] mm differs",
+    ),
     "acdc shapes disagree": (
         "acdc",
         lambda s: resave(acdc_files(s, A3, "01")[1], _deeper),
@@ -689,18 +729,33 @@ BAD_INPUTS = {
 DATASETS = {"isles": ISLES, "wmh": WMH, "acdc": ACDC}
 
 
+def earlier_output(dest: Path) -> dict[str, str]:
+    """Make `dest` look like an earlier output of the slicer; returns its files and contents."""
+    files = {"split.json": '{"seed": 0}\n', "train/in_npy/old.npy": "an older product"}
+    for name, text in files.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_text(text)
+    return files
+
+
+def contents(folder: Path) -> dict[str, str]:
+    """Every file under `folder`, relative path -> text."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_text() for p in folder.rglob("*") if p.is_file()
+    }
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_names_the_file_and_leaves_nothing(case, request, tmp_path):
     dataset, breaks, pattern = BAD_INPUTS[case]
     source = shutil.copytree(request.getfixturevalue(f"{dataset}_src"), tmp_path / "src")
     named = breaks(source)
     dest = tmp_path / "out"
-    dest.mkdir()
-    (dest / "stale").write_text("an older product")  # removed too: a failed run leaves nothing
+    before = earlier_output(dest)  # an earlier product: left as it was by a failed run
     with pytest.raises(SliceError, match=re.escape(str(named))) as error:
         slice_dataset(DATASETS[dataset], source, dest, retain=1, shape=SMALL, **OPTIONS)
     assert re.search(pattern, str(error.value)), str(error.value)
-    assert not dest.exists() and not (tmp_path / "out_tmp").exists()
+    assert contents(dest) == before and not (tmp_path / "out_tmp").exists()
 
 
 def test_retain_too_large_names_both_numbers(isles_src, tmp_path):
@@ -718,13 +773,19 @@ def test_missing_source_and_overlapping_dest(tmp_path, isles_src):
 
 
 def test_existing_dest_is_replaced(isles_src, tmp_path):
+    """An earlier output (it has split.json) and an empty folder are replaced."""
     dest = tmp_path / "out"
-    (dest / "train").mkdir(parents=True)
-    (dest / "train" / "stale.npy").write_bytes(b"old")
-    (tmp_path / "out_tmp").mkdir()  # left by an interrupted run
+    earlier_output(dest)
+    (tmp_path / "out_tmp" / "train").mkdir(parents=True)  # left by an interrupted run
+    (tmp_path / "out_tmp" / "train" / "half.npy").write_bytes(b"half")
     slice_dataset(ISLES, isles_src, dest, retain=4, **OPTIONS)
-    assert not (dest / "train" / "stale.npy").exists() and (dest / "split.json").is_file()
+    assert not (dest / "train" / "in_npy" / "old.npy").exists()
+    assert read_json(dest / "split.json")["retain"] == 4
     assert not (tmp_path / "out_tmp").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    slice_dataset(ISLES, isles_src, empty, retain=4, **OPTIONS)
+    assert (empty / "split.json").is_file()
 
 
 def test_cli_error_exits_1_without_traceback(tmp_path):
@@ -737,6 +798,183 @@ def test_cli_error_exits_1_without_traceback(tmp_path):
     assert run.stderr.startswith("error: ") and str(empty) in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out_tmp").exists()
+
+
+def test_tiny_header_differences_are_tolerated(wmh_src, tmp_path):
+    """float32 header noise between the files of one grid is within the tolerances."""
+    source = shutil.copytree(wmh_src, tmp_path / "src")
+    flair, t1, label = wmh_files(source, *W51)
+    regrid(t1, scale=(1 + 2e-7, 1.0, 1 - 3e-6))
+    regrid(label, shift=(4e-4, -2e-4, 1e-4))
+    dest = slice_dataset(WMH, source, tmp_path / "out", retain=2, shape=SMALL, **OPTIONS)
+    written = [s for name in ("train", "val") for s in stems(dest / name / "in_npy")]
+    assert [s for s in written if s.startswith("51_")] == ["51_00_0000", "51_00_0001", "51_00_0002"]
+
+
+# ------------------------------------------------------------------------------ failing runs
+# A failed run removes the slicer's own DEST_tmp and nothing else, from the command line too.
+
+
+def slicer(dataset: str, source: Path, dest: Path, *extra: object) -> list[str]:
+    """The command line of a slicer script."""
+    return [
+        sys.executable,
+        str(ROOT / "preprocess" / f"slice_{dataset}.py"),
+        "--source_dir",
+        str(source),
+        "--dest_dir",
+        str(dest),
+        *map(str, extra),
+    ]
+
+
+@pytest.mark.parametrize("source", ["nonexistent", "real"])
+def test_cli_refuses_a_dest_that_is_not_its_output(source, isles_src, tmp_path):
+    dest = tmp_path / "v"
+    dest.mkdir()
+    (dest / "thesis.txt").write_text("x")
+    beside = tmp_path / "notes.txt"
+    beside.write_text("mine")
+    src = isles_src if source == "real" else tmp_path / "nonexistent"
+    proc = run_script("preprocess/slice_isles.py", "--source_dir", src, "--dest_dir", dest)
+    assert_clean_error(proc, f"--dest_dir {dest}:", "without split.json", "not replaced")
+    assert contents(dest) == {"thesis.txt": "x"} and beside.read_text() == "mine"
+    assert not (tmp_path / "v_tmp").exists()
+
+
+def test_cli_refuses_a_file_as_dest(isles_src, tmp_path):
+    dest = tmp_path / "v"
+    dest.write_text("x")
+    proc = run_script("preprocess/slice_isles.py", "--source_dir", isles_src, "--dest_dir", dest)
+    assert_clean_error(proc, f"--dest_dir {dest}:", "not a folder")
+    assert dest.read_text() == "x" and not (tmp_path / "v_tmp").exists()
+
+
+def test_cli_bad_input_in_a_worker_removes_only_tmp(wmh_src, tmp_path):
+    """A SliceError raised in a pool worker ends the run with its message."""
+    source = shutil.copytree(wmh_src, tmp_path / "src")
+    named = resave(wmh_files(source, *W51)[2], _label(3))
+    dest = tmp_path / "out"
+    before = earlier_output(dest)
+    command = slicer("wmh", source, dest, "--retain", 2, "--shape", 64, 64, "--workers", 2)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert_clean_error(proc, str(named), "[3] outside")
+    assert contents(dest) == before and not (tmp_path / "out_tmp").exists()
+
+
+def make_slow_wmh(source: Path, patients: int, shape) -> Path:
+    """WMH patients with many slices, so that slicing them takes seconds."""
+    rng = np.random.default_rng(4)
+    for pid in range(patients):
+        flair, t1, label = wmh_files(source, "GE3T", str(pid))
+        save_nii(flair, intensities(rng, shape, np.float32, 0.0, 900.0), (1.0, 1.0, 3.0))
+        save_nii(t1, intensities(rng, shape, np.uint16, 0, 3000), (1.0, 1.0, 3.0))
+        save_nii(label, blobs(rng, shape, n=2, radius=6).astype(np.float32), (1.0, 1.0, 3.0))
+    return source
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid`, read from /proc (their parent pid, in `stat`)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a running process (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_and_signal(command: list[str], signum: int, to_worker: bool, tmp: Path):
+    """Start a slicer, wait for its pool workers and `tmp`, then send `signum` to one worker
+    (`to_worker`) or to the slicer itself.
+
+    Returns:
+        The finished process and the worker pids.
+    """
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 or not tmp.is_dir():
+            assert proc.poll() is None, f"ended before the signal: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no pool workers after 60 s"
+            time.sleep(0.01)
+            workers = child_pids(proc.pid)
+        os.kill(workers[0] if to_worker else proc.pid, signum)
+        start = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)  # a hang fails here
+        assert time.monotonic() - start < 30
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), workers
+
+
+@pytest.fixture(scope="module")
+def slow_wmh_src(tmp_path_factory) -> Path:
+    return make_slow_wmh(tmp_path_factory.mktemp("slow") / "WMH", patients=6, shape=(64, 64, 120))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_cli_worker_killed_ends_the_run(slow_wmh_src, tmp_path):
+    """A worker killed (as by the out-of-memory killer) ends the run within seconds."""
+    dest = tmp_path / "out"
+    before = earlier_output(dest)
+    beside = tmp_path / "notes.txt"
+    beside.write_text("mine")
+    command = slicer("wmh", slow_wmh_src, dest, "--retain", 1, "--shape", 64, 64)
+    proc, workers = start_and_signal(
+        [*command, "--workers", "2"], signal.SIGKILL, True, tmp_path / "out_tmp"
+    )
+    message = assert_clean_error(proc, "a slicing worker died", "out-of-memory", str(dest))
+    assert re.search(r"while slicing patient \d+( or \d+)?;", message), message
+    assert contents(dest) == before and beside.read_text() == "mine"
+    assert not (tmp_path / "out_tmp").exists()
+    assert not any(alive(pid) for pid in workers)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_cli_ctrl_c_removes_only_tmp(slow_wmh_src, tmp_path):
+    dest = tmp_path / "out"
+    before = earlier_output(dest)
+    command = slicer("wmh", slow_wmh_src, dest, "--retain", 1, "--shape", 64, 64)
+    proc, workers = start_and_signal(
+        [*command, "--workers", "2"], signal.SIGINT, False, tmp_path / "out_tmp"
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert f"interrupted: nothing written at {dest}" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert contents(dest) == before and not (tmp_path / "out_tmp").exists()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)  # no worker slicing on
+
+
+@pytest.mark.skipif(not small_disk_available(), reason="cannot mount a small tmpfs here")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_full_disk_names_the_file(workers, wmh_src, tmp_path):
+    """A disk that fills up mid-way: one message naming the file, nothing left on the disk."""
+    disk = tmp_path / "disk"
+    dest = disk / "out"
+    command = slicer("wmh", wmh_src, dest, "--retain", 2, "--shape", 64, 64, "--workers", workers)
+    proc, left = on_small_disk(command, disk, size_kb=384)
+    message = assert_clean_error(proc, "cannot be written, the disk is full", "No space left")
+    assert re.search(rf"error: {re.escape(str(disk / 'out_tmp'))}/\S+: ", message), message
+    assert left == []  # neither out nor out_tmp
 
 
 # ------------------------------------------------------------------------------ stand-in zips
