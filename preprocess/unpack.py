@@ -166,7 +166,7 @@ def _write_error(error: OSError, target: Path, member: Member, tmp: Path, needed
     """The message for a failed write: a full disk said as such, with the space needed."""
     if error.errno in DISK_FULL:
         return (
-            f"{target}: disk full ({DISK_FULL[error.errno]}, errno "
+            f"{target}: cannot be written, {DISK_FULL[error.errno]} (errno "
             f"{errno.errorcode[error.errno]}) while unpacking member {member}; {tmp} was "
             f"removed. Free space on the disk holding {tmp.parent} (the unpacked files need "
             f"{_size(needed)}) and run again."

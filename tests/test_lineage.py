@@ -317,7 +317,7 @@ def test_unpack_on_a_full_disk_says_so_and_removes_its_work_folder(tmp_path):
     proc, left = on_small_disk(["bash", "-c", command], disk, size_kb=256)
     assert_clean_error(
         proc,
-        f"{dest}_tmp/ISLES/TRAINING/big.nii: disk full (no space left on device, errno ENOSPC)",
+        f"{dest}_tmp/ISLES/TRAINING/big.nii: cannot be written, the disk is full (errno ENOSPC)",
         "'TRAINING/big.nii'",
         f"{dest}_tmp was removed",
         "need 1.0 MiB",
