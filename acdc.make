@@ -32,28 +32,30 @@ EPC ?= 100
 endif
 
 ALL_K := {'idc': [0, 1, 2, 3]}
-A_DATA := ('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)
+# The original's lines: `--folders` gives the input, the ground truth of the metrics, then one
+# folder per loss.
+A_DATA := [('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)]
+GT := ('gt_npy', gt_transform, True)
 
 TRN := ce diceloss boundary ce_adj boundary_adj
 ce_LOSSES = [('CrossEntropy', $(ALL_K), 1)]
-ce_FOLDERS = [$(A_DATA)]
+ce_FOLDERS = $(A_DATA)+[$(GT)]
 diceloss_LOSSES = [('DiceLoss', $(ALL_K), 1)]
-diceloss_FOLDERS = [$(A_DATA)]
-# The boundary loss alone on the four classes; the zero-weight CE reads the labels for the metrics.
-boundary_LOSSES = [('CrossEntropy', $(ALL_K), 0), ('BoundaryLoss', $(ALL_K), 1)]
-boundary_FOLDERS = [$(A_DATA), ('gt_npy', dist_map_transform, False)]
+diceloss_FOLDERS = $(A_DATA)+[$(GT)]
+boundary_LOSSES = [('BoundaryLoss', $(ALL_K), 1)]
+boundary_FOLDERS = $(A_DATA)+[('gt_npy', dist_map_transform, False)]
 
-# The adjacency constraint (Ganaye et al., MICCAI 2018) added to CE and to the boundary loss: the
-# penalty needs no labels (its target folder is read and ignored); its weight is set by the
-# LambdaController from the segmentation term (the reference loss) after epoch 0.
+# The adjacency constraint (Ganaye et al., MICCAI 2018) added to CE and to the boundary loss. The
+# penalty needs no labels; its folder entry is the ground truth, read once with it. Its weight is
+# set by the LambdaController from the segmentation term (the reference loss) after epoch 0.
 ADJ_LOSS = ('NonAdjacencyLoss', {'idc': [0, 1, 2, 3], 'graph': '$(GRAPH)'}, 1)
 LAMBDA = --scheduler LambdaController --scheduler_params
 ce_adj_LOSSES = [('CrossEntropy', $(ALL_K), 1), $(ADJ_LOSS)]
-ce_adj_FOLDERS = [$(A_DATA), ('gt_npy', gt_transform, True)]
+ce_adj_FOLDERS = $(A_DATA)+[$(GT), $(GT)]
 ce_adj_OPT = $(LAMBDA) "{'reference': 0}"
-boundary_adj_LOSSES = [('CrossEntropy', $(ALL_K), 0), ('BoundaryLoss', $(ALL_K), 1), $(ADJ_LOSS)]
-boundary_adj_FOLDERS = [$(A_DATA), ('gt_npy', dist_map_transform, False), ('gt_npy', gt_transform, True)]
-boundary_adj_OPT = $(LAMBDA) "{'reference': 1}"
+boundary_adj_LOSSES = [('BoundaryLoss', $(ALL_K), 1), $(ADJ_LOSS)]
+boundary_adj_FOLDERS = $(A_DATA)+[('gt_npy', dist_map_transform, False), $(GT)]
+boundary_adj_OPT = $(LAMBDA) "{'reference': 0}"
 
 CURVES := val_dice tra_dice tra_loss val_3d_dsc val_adjacency
 BOXPLOTS := val_3d_dsc

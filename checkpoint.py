@@ -5,26 +5,33 @@
   and refuses, with the file named, an empty or truncated file, a file that is not a checkpoint,
   a tensor or list, and another network's weights (naming the keys or shapes that differ).
 - `read_last` (`--resume`) refuses the same, and a best.pt given in place of last.pt.
-- `resume_changes` compares the configuration recorded when the run started with the one a
-  resume is asked for. Only `RESUMABLE` flags may differ; any other difference stops the resume
-  with the flag and both values named, since continuing would mix two experiments in one run
-  folder. What changed is appended to `resumes.json` (`record_resume`).
+- `check_resume` (with `resume_changes`) compares the configuration recorded when the run
+  started with the one a resume is asked for, and the number of processes. Only `RESUMABLE`
+  flags may differ; any other difference stops the resume with the flag and both values named,
+  since continuing would mix two experiments in one run folder. What changed is appended to
+  `resumes.json` (`record_resume`).
+- `set_seed`, `rng_state` and `restore_rng`: the random streams a resume restores.
 
 Every file is read with `torch.load(weights_only=True)`: no pickled code is ever run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from atomic import write_text_atomic
+from config import ConfigError, build_parser, canonical_args
+from distributed import Context
 
 # Flags a resume may change, and why that is safe. Everything else must be as recorded.
 RESUMABLE = {
@@ -75,6 +82,8 @@ def read_checkpoint(path: str | Path, flag: str) -> Any:
         CheckpointError: missing, empty, truncated or foreign file, or pickled objects.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{flag} {path}: a folder; expected a checkpoint file (best.pt)")
     if not path.is_file():
         raise CheckpointError(f"{flag} {path}: file not found")
     if path.stat().st_size == 0:
@@ -254,3 +263,72 @@ def record_resume(workdir: Path, entry: Mapping[str, Any]) -> None:
         )
     history.append({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **entry})
     write_text_atomic(path, json.dumps(history, indent=2) + "\n")
+
+
+def check_resume(
+    args: argparse.Namespace, workdir: Path, state: Mapping, start_epoch: int, context: Context
+) -> dict:
+    """Refuse a resume whose configuration or process count differs from the recorded run's.
+
+    Returns:
+        The allowed changes (`RESUMABLE`), flag -> {"from", "to"}.
+
+    Raises:
+        CheckpointError: a flag that may not change, or another number of processes.
+    """
+    source = workdir / "last.pt"
+    recorded = state.get("args")
+    if not isinstance(recorded, dict):  # a last.pt of an earlier version: the run's args.json
+        source = workdir / "args.json"
+        try:
+            recorded = json.loads(source.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CheckpointError(
+                f"--resume: cannot read the run's configuration from {source} ({error}); "
+                "without it a resume cannot be checked: start the run again without --resume"
+            ) from None
+    parser = build_parser()
+    defaults = {name: parser.get_default(name) for name in vars(args)}
+    try:
+        changes = resume_changes(
+            recorded, vars(args), defaults, canonical_args, start_epoch, source
+        )
+    except ConfigError as error:
+        raise CheckpointError(f"--resume: the recorded configuration ({source}): {error}") from None
+    saved = state.get("processes", len(state["rng"]) if isinstance(state["rng"], list) else 1)
+    if saved != context.world_size:
+        raise CheckpointError(
+            f"--resume {source}: the run was trained by {saved} process(es), this resume has "
+            f"{context.world_size}; resume with the same number (NPROC={saved})"
+        )
+    return changes
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Random states as plain types and tensors, so last.pt loads with weights_only=True."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    """Restore the generators saved by `rng_state`."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,7 +1,8 @@
 # common.make: every recipe of the pipeline, written once.
 #
 # Included by the project Makefile (the interpreter and the virtual environment only) and by
-# isles.make, wmh.make and acdc.make, which set the dataset's variables and training list first:
+# isles.make, wmh.make (through twoclass.make) and acdc.make, which set the dataset's variables
+# and training list first:
 #
 #   DATASET       lower-case name: the sliced data (data/isles) and the results (results/isles)
 #   RAW           name of the unpacked folder (data/ISLES)
@@ -141,7 +142,7 @@ endif
 # Unpack only what matches the lineage's md5 sums; the unpacker works in $@_tmp. A real zip that
 # fails the check stops here (download it again); generated zips that fail it (cut short,
 # edited) are generated again first: the generator is deterministic, so the new ones match.
-$(UNPACKED): $(ZIP_PATHS) $(LINEAGE)
+$(UNPACKED): $(ZIP_PATHS) $(LINEAGE) | $(if $(SYNTHETIC_SIZE),$(PY_DEPS))
 ifdef SYNTHETIC_SIZE
 	@$(LITE_PY) preprocess/verify_lineage.py --status $(LINEAGE) $(ROOT) || { \
 		echo "$(ROOT): a zip is missing or fails its md5 check against $(LINEAGE):" \
@@ -178,14 +179,15 @@ $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	mv $@_tmp $@
 
 # Plots of every training: curves of a metric over epochs, box plots at each best epoch.
-# Losses plot every term, val_adjacency its two counts; other metrics the classes of METRIC_AXIS.
+# --classes applies to Dice and distances (runfolder.py says which arrays hold classes); losses
+# plot every term, val_adjacency its forbidden pair count.
 $(CURVE_FILES): $(RESULTS)/%.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py curves --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
-		$(if $(filter %loss %adjacency,$*),,--columns $(METRIC_AXIS)) --title "$(DATASET)$(SUFFIX): $*"
+		--classes $(METRIC_AXIS) --title "$(DATASET)$(SUFFIX): $*"
 
 $(BOX_FILES): $(RESULTS)/%_boxplot.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py box --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
-		--columns $(METRIC_AXIS) --title "$(DATASET)$(SUFFIX): $* at the best epoch"
+		--classes $(METRIC_AXIS) --title "$(DATASET)$(SUFFIX): $* at the best epoch"
 
 # The report: printed, and written as Markdown and HTML with the plots and provenance.
 $(REPORT): $(TRN_DIRS) $(PLOT_FILES) | $(PY_DEPS)
@@ -207,32 +209,5 @@ $(REPORT:.md=.html): $(REPORT)
 
 clean-results:
 	rm -rf $(RESULTS)
-
-# ---------------------------------------------------------------------------------------------
-# The two-class trainings of the paper (Kervadec et al., MIDL 2019), for isles.make and wmh.make
-# ---------------------------------------------------------------------------------------------
-
-B_DATA = ('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)
-GDL = ('GeneralizedDice', {'idc': [0, 1]}, 1)
-STEAL = --scheduler StealWeight --scheduler_params "{'to_steal': 0.01}"
-
-gdl_LOSSES = [$(GDL)]
-gdl_FOLDERS = [$(B_DATA)]
-gdl_surface_steal_LOSSES = [$(GDL), ('SurfaceLoss', {'idc': [1]}, 0.01)]
-gdl_surface_steal_FOLDERS = [$(B_DATA), ('gt_npy', dist_map_transform, False)]
-gdl_surface_steal_OPT = $(STEAL)
-gdl_3d_surface_steal_LOSSES = $(gdl_surface_steal_LOSSES)
-gdl_3d_surface_steal_FOLDERS = [$(B_DATA), ('3d_distmap', raw_npy_transform, False)]
-gdl_3d_surface_steal_OPT = $(STEAL)
-gdl_hausdorff_w_LOSSES = [$(GDL), ('HausdorffLoss', {'idc': [1]}, 0.1)]
-gdl_hausdorff_w_FOLDERS = [$(B_DATA), ('gt_npy', gt_transform, True)]
-gdl_surface_w_LOSSES = [$(GDL), ('SurfaceLoss', {'idc': [1]}, 0.1)]
-gdl_surface_w_FOLDERS = $(gdl_surface_steal_FOLDERS)
-# A loss alone still needs the labels for the metrics: a zero-weight GDL reads them, as in the
-# original makefiles.
-surface_LOSSES = [('GeneralizedDice', {'idc': [0, 1]}, 0), ('SurfaceLoss', {'idc': [1]}, 1)]
-surface_FOLDERS = $(gdl_surface_steal_FOLDERS)
-hausdorff_LOSSES = [('GeneralizedDice', {'idc': [0, 1]}, 0), ('HausdorffLoss', {'idc': [1]}, 1)]
-hausdorff_FOLDERS = $(gdl_hausdorff_w_FOLDERS)
 
 endif

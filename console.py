@@ -16,3 +16,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def worker_message(error: BaseException) -> str:
+    """The message of an error, unwrapped when a DataLoader worker process raised it.
+
+    torch re-raises a worker's exception in the main process with a message of several lines
+    (`Caught DataError in DataLoader worker process 0.`, `Original Traceback ...`, and last
+    `dataloader.DataError: <message>`); the user needs that last message only.
+    """
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        _, sep, message = last.partition(": ")
+        return message if sep else last
+    return text

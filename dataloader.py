@@ -18,6 +18,7 @@ K)`, and turn a loaded file (a PIL image for png, an array for npy) into a tenso
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections import defaultdict
@@ -38,8 +39,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from distance_torch import one_hot2dist_torch
-from utils import one_hot2dist
+from utils import distance_maps, one_hot2dist
 
 Resolution = tuple[float, ...]
 Transform = Callable[[Resolution, int], Callable[[object], Tensor]]
@@ -178,15 +178,8 @@ TRANSFORMS: dict[str, Transform] = {
 
 def dist_maps_on_device(one_hot: Tensor, spacing: Tensor) -> Tensor:
     """dist_map_transform of a batch: `B K H W` one-hot and `B 2` in-plane spacing -> `B K H W`
-    float32 on the same device. CUDA tensors go through the torch transform
-    (distance_torch.one_hot2dist_torch); CPU ones through utils.one_hot2dist (faster there)."""
-    if one_hot.device.type != "cpu":
-        return one_hot2dist_torch(one_hot, spacing)
-    maps = [
-        one_hot2dist(s, tuple(sp), dtype=np.float32)
-        for s, sp in zip(one_hot.numpy(), spacing.tolist(), strict=True)
-    ]
-    return torch.from_numpy(np.stack(maps))
+    float32 on the same device (`utils.distance_maps` chooses the transform)."""
+    return distance_maps(one_hot, spacing, dtype=np.float32)
 
 
 def normalised_dist_maps_on_device(one_hot: Tensor, spacing: Tensor) -> Tensor:
@@ -235,8 +228,7 @@ class SliceDataset(Dataset):
         in_memory: load every file once at construction.
         debug: keep the first 10 slices only.
 
-    Items are dicts: `images` (`C H W`), `labels` (one tensor per target folder), `gt` (the first
-    one-hot target, `K H W`, or None on an unlabelled split: no folder flagged one-hot),
+    Items are dicts: `images` (`C H W`), `labels` (one tensor per target folder, in order),
     `filename` (the stem), `spacing` (float32 vector).
 
     Raises:
@@ -319,8 +311,6 @@ class SliceDataset(Dataset):
             except (DataError, ValueError) as error:
                 raise DataError(f"{path}: {error}") from None
         image, labels = tensors[0], tensors[1:]
-        hot = [t for spec, t in zip(self.specs[1:], labels, strict=True) if spec.is_hot]
-        gt = hot[0] if hot else None
         for t, path in zip(labels, self.files[index][1:], strict=True):
             if t.shape[-2:] != image.shape[-2:]:
                 raise DataError(
@@ -330,15 +320,14 @@ class SliceDataset(Dataset):
         return {
             "images": image,
             "labels": labels,
-            "gt": gt,
             "filename": self.stems[index],
             "spacing": torch.tensor(resolution, dtype=torch.float32),
         }
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack a list of items into a batch (labels stay a list, one tensor per target; the ground
-    truth is one of them, which the training finds by its folder's one-hot flag)."""
+    """Stack a list of items into a batch (labels stay a list, one tensor per target folder; the
+    training knows which of them feed the losses and which is the ground truth)."""
     return {
         "images": torch.stack([item["images"] for item in items]),
         "labels": [
@@ -453,6 +442,36 @@ def read_spacing(split: Path) -> dict[str, list[float]]:
         raise DataError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(spacing, dict):
         raise DataError(f"{path}: expected an object mapping slice stems to spacings")
+    return spacing
+
+
+def read_spacing_3d(path: Path) -> dict[str, list[float]]:
+    """The slicer's `spacing_3d.json` (volume id -> [dx, dy, dz] in mm); {} when absent, the
+    slices' own spacing being used then.
+
+    Raises:
+        DataError: unreadable JSON, or entries that are not three positive numbers.
+    """
+    if not path.exists():
+        return {}
+    try:
+        spacing = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not a readable JSON file ({error}); re-slice the data") from None
+    valid = isinstance(spacing, dict) and all(
+        isinstance(v, list)
+        and len(v) == 3
+        and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+            for x in v
+        )
+        for v in spacing.values()
+    )
+    if not valid:
+        raise DataError(
+            f"{path}: expected an object mapping volume ids to three positive voxel sizes "
+            "[dx, dy, dz]; re-slice the data"
+        )
     return spacing
 
 

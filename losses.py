@@ -40,15 +40,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, einsum
 
-from distance_torch import one_hot2hd_dist_torch
-from metrics import as_graph, forbidden_pairs
-from utils import check_same_shape, check_simplex, one_hot, one_hot2hd_dist, probs2one_hot
+from adjacency import as_graph, forbidden_pairs
+from utils import check_same_shape, check_simplex, distance_maps, one_hot, probs2one_hot
 
 EPS = 1e-10
 
 
 class _IdcLoss:
-    """Base of the losses: holds and checks `idc`, validates the inputs of each call."""
+    """Base of the losses: holds and checks `idc`, validates the inputs of each call.
+
+    `target` says what the second argument of a call is: "one-hot" labels, a signed
+    "distance map", or None (the loss needs no ground truth); the training checks it against
+    the `is_hot` flag of the loss's `--folders` entry."""
+
+    target: str | None = "one-hot"
 
     def __init__(self, *, idc: Sequence[int], **unknown: object) -> None:
         if unknown:
@@ -163,6 +168,8 @@ class SurfaceLoss(_IdcLoss):
     inside the objects: the loss is negative for good predictions, see the module docstring).
     """
 
+    target = "distance map"
+
     def __call__(self, probs: Tensor, dist_maps: Tensor) -> Tensor:
         self._check_probs(probs)
         name = type(self).__name__
@@ -247,36 +254,24 @@ class HausdorffLoss(_IdcLoss):
 
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
-        B = probs.shape[0]
         pc = self._float(probs[:, self.idc, ...])  # B K' *xyz
         tc = self._float(target[:, self.idc, ...])
-
         pred = probs2one_hot(probs.detach())[:, self.idc, ...]  # B K' *xyz int32
-        if probs.is_cuda:
-            tdm_t, pdm_t = self.device_maps(tc.detach(), pred)
-        else:
-            n_target = tc.detach().cpu().numpy()
-            n_pred = pred.cpu().numpy()
-            pred_dtype = np.int32 if self.pred_dist == "truncated" else np.float32
-            tdm = np.stack([one_hot2hd_dist(n_target[b], dtype=n_target.dtype) for b in range(B)])
-            pdm = np.stack([one_hot2hd_dist(n_pred[b], dtype=pred_dtype) for b in range(B)])
-            tdm_t = torch.as_tensor(tdm, device=probs.device, dtype=pc.dtype)
-            pdm_t = torch.as_tensor(pdm, device=probs.device, dtype=pc.dtype)
-
+        tdm, pdm = self.distance_maps(tc.detach(), pred)
         delta = (pc - tc) ** 2
-        dtm = tdm_t**2 + pdm_t**2
+        dtm = tdm.to(pc.dtype) ** 2 + pdm.to(pc.dtype) ** 2
         return einsum("bk...,bk...->bk...", delta, dtm).mean()
 
-    def device_maps(self, target: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
-        """Dt and Dp on the tensors' device (distance_torch), as the CPU path computes them.
+    def distance_maps(self, target: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+        """Dt and Dp (`B K' *xyz`, in pixels), where the tensors are (`utils.distance_maps`).
 
-        Without spacing the squared distances are exact integers and the square root of an
-        integer square is exact in float32, so flooring reproduces the int32 truncation.
+        With "truncated", Dp is computed as the original does, on the int32 prediction; on the
+        device its distances are floored, which is the same: without spacing the squared
+        distances are exact integers and the square root of an integer square is exact.
         """
-        tdm = one_hot2hd_dist_torch(target)
-        pdm = one_hot2hd_dist_torch(pred)
-        if self.pred_dist == "truncated":
-            pdm = pdm.floor()
+        pred_dtype = np.int32 if self.pred_dist == "truncated" else np.float32
+        tdm = distance_maps(target, signed=False, dtype=np.float32)
+        pdm = distance_maps(pred, signed=False, dtype=pred_dtype)
         return tdm, pdm
 
 
@@ -286,7 +281,7 @@ class AdjacencyEstimator:
     A[i, j] = sum over b and space of probs_i * box(probs_j) / (B * prod(xyz)), box being the
     3x3 mean filter (3x3x3 in 3D) with zero padding, applied to each class alone (a depthwise
     convolution). A is symmetric. On a one-hot map, 9 B N A[i, j] (27 B N in 3D) is the count of
-    (voxel of class i, neighbour of class j) pairs of `metrics.count_adjacency` for i != j; on the
+    (voxel of class i, neighbour of class j) pairs of `adjacency.count_adjacency` for i != j; on the
     diagonal it also counts each voxel with itself, so A[i, i] > 0 wherever class i is predicted.
 
     A plain callable rather than an nn.Module: it has nothing to learn or to save, and building
@@ -366,6 +361,8 @@ class NonAdjacencyLoss(_IdcLoss):
             at call time, probs not a simplex, not 2D / 3D, or with a number of classes other
             than the graph's.
     """
+
+    target = None
 
     def __init__(
         self,
@@ -455,6 +452,67 @@ LOSSES: dict[str, type[_IdcLoss]] = {
     "HausdorffLoss": HausdorffLoss,
     "NonAdjacencyLoss": NonAdjacencyLoss,
 }
+
+
+class CompoundLoss:
+    """A weighted sum of losses, as training uses them: `sum_i w_i loss_i(probs, target_i)`.
+
+    A term whose weight is 0 is not computed at all (nnU-Net's compound losses do the same): a
+    loss alone needs no zero-weight companion, and a term a scheduler has switched off costs
+    nothing. Its raw value is logged as NaN.
+
+    Args:
+        losses: the loss objects, in order.
+        names: their names, for logs and messages.
+    """
+
+    def __init__(self, losses: Sequence[_IdcLoss], names: Sequence[str]) -> None:
+        if len(losses) != len(names):
+            raise ValueError(f"CompoundLoss: {len(losses)} losses but {len(names)} names")
+        self.losses, self.names = list(losses), list(names)
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    def __repr__(self) -> str:
+        return f"CompoundLoss({self.losses})"
+
+    def __call__(
+        self, probs: Tensor, targets: Sequence[Tensor], weights: Sequence[float]
+    ) -> tuple[Tensor | None, list[Tensor | None]]:
+        """The weighted sum and each term (None where the weight is 0).
+
+        Args:
+            probs: softmax output `B K *xyz`.
+            targets: one target per loss (one-hot labels or distance maps).
+            weights: one weight per loss.
+
+        Returns:
+            The weighted sum (None when every weight is 0) and the unweighted terms.
+
+        Raises:
+            ValueError: not one target and one weight per loss, or a loss's own input checks.
+        """
+        if not len(targets) == len(weights) == len(self.losses):
+            raise ValueError(
+                f"CompoundLoss: {len(self.losses)} losses, {len(targets)} targets and "
+                f"{len(weights)} weights; expected one target and one weight per loss"
+            )
+        values = [
+            fn(probs, target) if weight != 0 else None
+            for fn, target, weight in zip(self.losses, targets, weights, strict=True)
+        ]
+        terms = [w * v for w, v in zip(weights, values, strict=True) if v is not None]
+        return (sum(terms) if terms else None), values
+
+    @staticmethod
+    def raw(values: Sequence[Tensor | None]) -> list[float]:
+        """The terms as floats for the logs, NaN where a term was skipped."""
+        computed = [v for v in values if v is not None]
+        floats = iter(
+            torch.stack([v.detach().float() for v in computed]).tolist() if computed else []
+        )
+        return [next(floats) if v is not None else math.nan for v in values]
 
 
 def get_loss(name: str, **kwargs) -> _IdcLoss:

@@ -19,67 +19,42 @@ one voxel so the erosion sees the same background), and the nearest-border dista
 k-d trees over the border voxels (in mm), once for both metrics: the cost follows the size of the
 surfaces, not of the volume. The distances are the same Euclidean distances (float64).
 
-Adjacency graphs (the semantic constraint of Ganaye et al., "Semi-supervised learning for
-segmentation under semantic constraint", MICCAI 2018): `count_adjacency` counts, for every ordered
-pair of classes (i, j), the voxels of class i having a voxel of class j in their neighbourhood;
-the classes never adjacent in the training labels are the forbidden pairs (`forbidden_pairs`),
-and `forbidden_adjacencies` counts how often a prediction breaks them. `read_graph` / `as_graph`
-load the `graph.csv` written by `preprocess/extract_adjacency.py`, which the NonAdjacencyLoss of
-`losses.py` reads too.
+Every metric of the pipeline lives here:
+
+- per slice, on one-hot `B K *xyz` tensors: `dice_coef` (B x K), `dice_batch` (K, the batch as
+  one volume), `hausdorff` (B x K in mm) and the set helpers `intersection`, `union`,
+  `inter_sum`, `union_sum`, with the names and conventions of the original `utils.py`;
+- per volume: `hd`, `hd95`, `hd_hd95` (numpy, k-d trees) and `hd_hd95_torch` (on the device),
+  and `metrics_3d`, the 3D Dice, HD and HD95 of every validation patient;
+- the forbidden adjacencies of a prediction (Ganaye et al., MICCAI 2018): `forbidden_adjacencies`
+  for one label map and `adjacency_violations` per patient; the graph itself is in `adjacency.py`.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import warnings
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy.ndimage import binary_dilation, binary_erosion, generate_binary_structure, label
 from scipy.spatial import cKDTree
-from torch import Tensor
+from torch import Tensor, einsum
 
+from adjacency import check_labels, count_adjacency
 from distance_torch import distance_to
-
-Spacing = float | Sequence[float] | np.ndarray | None
-
-
-def normalise_spacing(voxelspacing: Spacing, ndim: int, name: str = "voxelspacing") -> np.ndarray:
-    """Return the spacing as a float64 vector of length `ndim` (ones when None).
-
-    Raises:
-        ValueError: wrong length, or a value that is not finite and positive.
-    """
-    if voxelspacing is None:
-        return np.ones(ndim, dtype=np.float64)
-    if np.ndim(voxelspacing) == 0:
-        voxelspacing = [voxelspacing] * ndim
-    spacing = np.asarray(voxelspacing, dtype=np.float64).reshape(-1)
-    if spacing.size != ndim:
-        raise ValueError(
-            f"{name} has {spacing.size} values {spacing.tolist()}, expected one per axis ({ndim})"
-        )
-    if not np.all(np.isfinite(spacing) & (spacing > 0)):
-        raise ValueError(f"{name} must be finite and positive, got {spacing.tolist()}")
-    return spacing
-
-
-def diagonal(shape: Sequence[int], spacing: np.ndarray) -> float:
-    """Length in mm of the diagonal of a volume of `shape` voxels of size `spacing`."""
-    return float(np.sqrt(np.sum((np.asarray(shape, dtype=np.float64) * spacing) ** 2)))
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
-    """Slices of the smallest box holding every True voxel, grown by `margin` (clipped)."""
-    box = []
-    for axis in range(mask.ndim):
-        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other_axes))
-        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, mask.shape[axis])))
-    return tuple(box)
+from distributed import Context
+from utils import (
+    Spacing,
+    as_numpy,
+    bounding_box,
+    check_one_hot,
+    check_same_shape,
+    diagonal,
+    normalise_spacing,
+    on_device,
+    sset,
+    uniq,
+)
 
 
 def _check_pair(result: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +147,19 @@ def hd95(
     return hd_hd95(result, reference, voxelspacing, connectivity)[1]
 
 
+def surface_hd_hd95(
+    result: np.ndarray | Tensor, reference: np.ndarray | Tensor, voxelspacing: Spacing = None
+) -> tuple[float, float]:
+    """HD and HD95 where the masks are: `hd_hd95_torch` for tensors on an accelerator
+    (`utils.on_device`, the rule of every distance computation), else `hd_hd95` on the CPU
+    (k-d trees: faster there). Both give the same values."""
+    if on_device(result):
+        return hd_hd95_torch(result, reference, voxelspacing=voxelspacing)
+    if torch.is_tensor(result):
+        result, reference = result.numpy(), as_numpy(reference)
+    return hd_hd95(result, reference, voxelspacing=voxelspacing)
+
+
 def _border_torch(mask: Tensor) -> Tensor:
     """`mask XOR erosion(mask)` with face connectivity; `mask` is padded with False already."""
     eroded = mask.clone()
@@ -241,191 +229,144 @@ def hd_hd95_torch(
 
 
 # ---------------------------------------------------------------------------------------------
-# Adjacency graphs (Ganaye et al., MICCAI 2018)
+# Per-slice metrics (the original utils.py names)
 # ---------------------------------------------------------------------------------------------
 
-# Largest joint histogram of `count_adjacency` (bins): small enough to stay in cache.
-_MAX_BINS = 2**16
+
+def meta_dice(sum_str: str, label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
+    """Dice of one-hot tensors reduced by the einsum string `sum_str` (float32)."""
+    check_same_shape(label, pred, ("label", "pred"))
+    check_one_hot(label, "label")
+    check_one_hot(pred, "pred")
+
+    label64, pred64 = label.to(torch.float64), pred.to(torch.float64)
+    inter_size = einsum(sum_str, label64 * pred64).to(torch.float32)
+    sum_sizes = (einsum(sum_str, label64) + einsum(sum_str, pred64)).to(torch.float32)
+    return (2 * inter_size + smooth) / (sum_sizes + smooth)
 
 
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def dice_coef(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
+    """Dice per slice and class: one-hot `B K *xyz` pair -> `B K` float32."""
+    return meta_dice("bk...->bk", label, pred, smooth)
 
 
-def check_labels(labels: np.ndarray, K: int, name: str = "labels") -> np.ndarray:
-    """Return `labels` as an integer array after checking its values are classes 0..K-1.
-
-    Args:
-        labels: `*xyz` class indices (integer, boolean, or integer-valued floats).
-        K: number of classes.
-        name: the argument's name in error messages.
-
-    Returns:
-        The labels as an integer numpy array (no copy when already integer).
-
-    Raises:
-        ValueError: empty or zero-dimensional array, non-integer values, or values outside
-            0..K-1 (listed in the message).
-    """
-    K = _positive_int(K, "K")
-    labels = np.asarray(labels)
-    if labels.ndim == 0 or labels.size == 0:
-        raise ValueError(f"{name} must be a non-empty array of class indices, got {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    elif np.issubdtype(labels.dtype, np.floating):
-        if not np.all(np.isfinite(labels) & (labels == np.round(labels))):
-            raise ValueError(
-                f"{name} must hold integer class indices, got non-integer {labels.dtype} values"
-            )
-        labels = labels.astype(np.int64)
-    elif not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-    low, high = labels.min(), labels.max()
-    if low < 0 or high >= K:
-        outside = np.unique(labels[(labels < 0) | (labels >= K)])
-        shown = ", ".join(str(v) for v in outside[:10]) + (", ..." if outside.size > 10 else "")
-        raise ValueError(
-            f"{name} has values [{shown}] outside the {K} classes 0..{K - 1} (shape {labels.shape})"
-        )
-    return labels
+def dice_batch(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
+    """Dice per class over the whole batch taken as one volume: `B K *xyz` pair -> `K` float32."""
+    return meta_dice("bk...->k", label, pred, smooth)
 
 
-def _half_window(ndim: int, n_size: int) -> list[tuple[int, ...]]:
-    """The offsets of the (2n+1)^d window greater than zero (lexicographically): one of each
-    pair {o, -o}, the centre excluded."""
-    zero = (0,) * ndim
-    return [o for o in itertools.product(range(-n_size, n_size + 1), repeat=ndim) if o > zero]
+def _check_binary_pair(a: Tensor, b: Tensor) -> None:
+    check_same_shape(a, b, ("a", "b"))
+    for name, t in (("a", a), ("b", b)):
+        if not sset(t, [0, 1]):
+            raise ValueError(f"{name} must be binary (0/1), got values {sorted(uniq(t))}")
 
 
-def count_adjacency(labels: np.ndarray, K: int, n_size: int = 1) -> np.ndarray:
-    """Count how often each class has each class in its neighbourhood.
+def intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Element-wise AND of two binary tensors of the same shape (their dtype kept)."""
+    _check_binary_pair(a, b)
+    return a * b if a.is_floating_point() else a & b
 
-    counts[i, j] = the number of (voxel, neighbour) pairs with the voxel in class i and the
-    neighbour in class j, the neighbours of a voxel being the other voxels of its (2n+1)^d window
-    that lie inside the array (d = labels.ndim, n = n_size; 3x3 in 2D, 3x3x3 in 3D for n = 1).
-    The matrix is symmetric and its diagonal counts neighbours of the same class; it sums to the
-    number of (voxel, neighbour) pairs, prod(3 n_a - 2) - prod(n_a) over the axes for n = 1.
 
-    Vectorised: the array is padded with a sentinel class K, so every offset is one shift of the
-    flattened array; the codes of several offsets are packed into one integer per voxel and a
-    single `np.bincount` gives their joint histogram, whose marginals are the pair counts. Offsets
-    o and -o give transposed counts, so half the window is counted and the transpose added. About
-    40 ms for a 256x256x40 volume (K=4, one CPU core; see BENCHMARKS.md).
+def union(a: Tensor, b: Tensor) -> Tensor:
+    """Element-wise OR of two binary tensors of the same shape (their dtype kept)."""
+    _check_binary_pair(a, b)
+    return a + b - a * b if a.is_floating_point() else a | b
+
+
+def inter_sum(a: Tensor, b: Tensor) -> Tensor:
+    """Size of the intersection per image and class: `B K *xyz` pair -> `B K` float32."""
+    return einsum("bk...->bk", intersection(a, b).to(torch.float32))
+
+
+def union_sum(a: Tensor, b: Tensor) -> Tensor:
+    """Size of the union per image and class: `B K *xyz` pair -> `B K` float32."""
+    return einsum("bk...->bk", union(a, b).to(torch.float32))
+
+
+def hausdorff(
+    preds: Tensor, target: Tensor, spacing: Tensor | np.ndarray | Sequence | None = None
+) -> Tensor:
+    """Hausdorff distance per slice and class, in mm (medpy's surface definition, metrics.hd).
 
     Args:
-        labels: `*xyz` class indices in 0..K-1 (any number of dimensions; a 3D volume gets 3D
-            neighbourhoods: count slice by slice for 2D ones).
-        K: number of classes.
-        n_size: half width of the window (1 gives 3^d - 1 neighbours).
+        preds, target: one-hot `B K *xyz` tensors.
+        spacing: `B D` voxel spacing of each slice (D spatial axes), or one `D` row for all;
+            None means 1.
 
     Returns:
-        `K K` int64 counts.
-
-    Raises:
-        ValueError: labels empty, not integer, or outside 0..K-1; K or n_size not positive.
+        `B K` float32 on preds' device. Both masks empty: 0. Exactly one empty: the image
+        diagonal in mm, the worst possible value.
     """
-    labels = check_labels(labels, K, "labels")
-    n_size = _positive_int(n_size, "n_size")
-    KP = K + 1  # the classes and the sentinel
-    offsets = _half_window(labels.ndim, n_size)
-    group = 1  # offsets packed per code: KP^(group + 1) bins
-    while group < len(offsets) and KP ** (group + 2) <= _MAX_BINS:
-        group += 1
-    n_bins = KP ** (group + 1)
-    dtype = np.uint16 if n_bins <= 2**16 else np.uint32 if n_bins <= 2**32 else np.int64
+    check_same_shape(preds, target, ("preds", "target"))
+    check_one_hot(preds, "preds")
+    check_one_hot(target, "target")
+    B, K, *img_shape = preds.shape
+    D = len(img_shape)
+    if spacing is None:
+        spacings = np.ones((B, D))
+    else:
+        spacings = np.asarray(as_numpy(spacing), dtype=np.float64)
+        if spacings.shape == (D,):
+            spacings = np.tile(spacings, (B, 1))
+        if spacings.shape != (B, D):
+            raise ValueError(f"spacing must have shape ({B}, {D}) or ({D},), got {spacings.shape}")
+        for row in spacings:
+            normalise_spacing(row, D, "spacing")
 
-    padded = np.pad(labels.astype(dtype), n_size, constant_values=K)
-    strides = np.cumprod((1,) + padded.shape[:0:-1])[::-1]  # in elements, C order
-    shifts = [int(np.dot(o, strides)) for o in offsets]
-    # Every voxel of the original array keeps its neighbours at the same flat shift (the padding
-    # absorbs the edges); the tail lets padding voxels near the end shift without bounds checks.
-    N = padded.size
-    flat = np.concatenate([padded.ravel(), np.full(max(shifts), K, dtype=dtype)])
-
-    half = np.zeros((KP, KP), dtype=np.int64)  # counts over half the window
-    for start in range(0, len(shifts), group):
-        chunk = shifts[start : start + group]
-        code = flat[:N].copy()  # centre class first, then one digit per offset, base KP
-        for shift in chunk:
-            code *= dtype(KP)
-            code += flat[shift : shift + N]
-        chunk_bins = KP ** (len(chunk) + 1)
-        n_zero = N - np.count_nonzero(code)  # code 0: class 0 at the centre and the offsets
-        if n_zero > N // 2:
-            # Mostly background: bincount slows down on long runs of one value (each increment
-            # waits for the last), so those are counted at once and the rest binned.
-            joint = np.bincount(code[code != 0], minlength=chunk_bins)
-            joint[0] += n_zero
-        else:
-            joint = np.bincount(code, minlength=chunk_bins)
-        joint = joint.reshape((KP,) * (len(chunk) + 1))
-        digits = range(1, len(chunk) + 1)
-        for digit in digits:
-            half += joint.sum(axis=tuple(a for a in digits if a != digit))
-    half = half[:K, :K]  # drop the pairs with a padding voxel
-    return half + half.T
+    n_pred = preds.detach().cpu().numpy().astype(bool)
+    n_target = target.detach().cpu().numpy().astype(bool)
+    res = torch.zeros((B, K), dtype=torch.float32)
+    for b in range(B):
+        for k in range(K):
+            p, t = n_pred[b, k], n_target[b, k]
+            if p.any() and t.any():
+                res[b, k] = hd(p, t, voxelspacing=spacings[b])
+            elif p.any() or t.any():
+                res[b, k] = diagonal(img_shape, spacings[b])
+    return res.to(preds.device)
 
 
-def read_graph(path: str | os.PathLike) -> np.ndarray:
-    """Read a `graph.csv` adjacency graph (K x K counts, `;` separated, no header).
+# ---------------------------------------------------------------------------------------------
+# Per volume: 3D Dice, HD and HD95 of every validation patient
+# ---------------------------------------------------------------------------------------------
 
-    Args:
-        path: the file, as written by `preprocess/extract_adjacency.py`.
 
-    Returns:
-        `K K` int64 counts.
+def metrics_3d(
+    volumes: Mapping[str, Mapping[str, np.ndarray]],
+    K: int,
+    spacing_3d: Mapping[str, Sequence],
+    device: torch.device | None = None,
+    context: Context | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3D Dice, HD and HD95 per patient (sorted by name) and class: three `P K` arrays.
 
-    Raises:
-        ValueError: unreadable file, or not a square matrix of non-negative integers (the
-            message names the file).
+    Spacing: the patient's entry in spacing_3d.json when present, else its slices' spacing.
+    The volumes are moved to `device` (when given) and `surface_hd_hd95` chooses the transform
+    there; under torchrun each process measures its share of the patients.
     """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # numpy's "input contained no data"
-            values = np.loadtxt(path, delimiter=";", dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read the adjacency graph {path}: {error}") from None
-    return as_graph(values, f"adjacency graph {path}")
+    context = context or Context()
+    keys = sorted(volumes)
+    mine = {}
+    for key in keys[context.rank :: context.world_size]:
+        pred, gt = volumes[key]["pred"], volumes[key]["gt"]  # X Y Z
+        spacing = spacing_3d.get(key, volumes[key]["spacing"])
+        if device is not None and device.type != "cpu":  # measured where the network runs
+            pred, gt = torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device)
+        rows = np.zeros((3, K), dtype=np.float32)  # dsc, hd, hd95
+        for k in range(K):
+            p, t = pred == k, gt == k
+            rows[0, k] = (2 * float((p & t).sum()) + 1e-8) / (float(p.sum() + t.sum()) + 1e-8)
+            rows[1:, k] = surface_hd_hd95(p, t, spacing)
+        mine[key] = rows
+    merged = {k: v for part in context.gather(mine) for k, v in part.items()}
+    table = np.stack([merged[key] for key in keys]) if keys else np.zeros((0, 3, K), np.float32)
+    return table[:, 0], table[:, 1], table[:, 2]
 
 
-def as_graph(graph: str | os.PathLike | np.ndarray | Sequence, name: str = "graph") -> np.ndarray:
-    """An adjacency graph from a `graph.csv` path or a K x K array / nested list of counts.
-
-    Args:
-        graph: a path (read with `read_graph`) or the counts themselves.
-        name: the argument's name in error messages.
-
-    Returns:
-        `K K` int64 counts.
-
-    Raises:
-        ValueError: unreadable file, not a non-empty square matrix, or a value that is not a
-            non-negative integer.
-    """
-    if isinstance(graph, str | os.PathLike):
-        return read_graph(graph)
-    try:
-        values = np.asarray(graph, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a K x K matrix of counts, got {graph!r}") from None
-    if values.ndim != 2 or values.shape[0] != values.shape[1] or values.size == 0:
-        raise ValueError(f"{name} must be a square K x K matrix of counts, got {values.shape}")
-    if not np.all(np.isfinite(values) & (values >= 0) & (values == np.round(values))):
-        raise ValueError(f"{name} must hold non-negative integer counts")
-    return values.astype(np.int64)
-
-
-def forbidden_pairs(graph: np.ndarray) -> np.ndarray:
-    """The class pairs never adjacent in the graph: `K K` bool, True where the count is 0.
-
-    The diagonal is included: a class whose voxels never touch each other (isolated voxels only,
-    or a class absent from the labels) is forbidden next to itself.
-    """
-    return as_graph(graph) == 0
+# ---------------------------------------------------------------------------------------------
+# Forbidden adjacencies (Ganaye et al., MICCAI 2018)
+# ---------------------------------------------------------------------------------------------
 
 
 def forbidden_adjacencies(
@@ -477,3 +418,18 @@ def forbidden_adjacencies(
             regions, _ = label(mask, structure=connectivity)
             components += np.unique(regions[touching]).size
     return pairs, components
+
+
+def adjacency_violations(
+    volumes: Mapping[str, Mapping[str, np.ndarray]], forbidden: np.ndarray
+) -> np.ndarray:
+    """Forbidden adjacencies in each patient's prediction (sorted by name): `P 2` array of the
+    forbidden voxel pairs and the connected components involved, counted slice by slice (2D
+    neighbourhoods, as the graph of the 2D training slices and the 2D estimator)."""
+    keys = sorted(volumes)
+    res = np.zeros((len(keys), 2), dtype=np.float32)
+    for i, key in enumerate(keys):
+        pred = volumes[key]["pred"]  # X Y Z
+        for z in range(pred.shape[-1]):
+            res[i] += forbidden_adjacencies(pred[..., z], forbidden)
+    return res

@@ -1,14 +1,21 @@
 """Plots of per-epoch metrics of training runs: curves over epochs and box plots at the best epoch.
 
-The arrays are those main.py writes in a run folder (see report.py): E x N x K (epoch, sample,
-class) for Dice and distances, E x I x L (epoch, iteration, loss term) for `tra_loss.npy` and
-`val_loss.npy`. Which direction is better comes from `report.better` (max for Dice, min for the
-rest), so plots and report always agree on the best epoch.
+The arrays are those main.py writes in a run folder (see `runfolder.ARRAYS`): E x N x K (epoch,
+sample, class) for Dice and distances, E x I x L (epoch, iteration, loss term) for `tra_loss.npy`
+and `val_loss.npy`, E x P x 2 for `val_adjacency.npy`. Which direction is better comes from
+`runfolder.better` (max for Dice, min for the rest) and the best epoch from `ranking`, as in
+report.py, so plots and report always agree on the best epoch.
 
     python plot.py curves --folders results/isles/gdl results/isles/gdl_surface_steal \\
         --filename val_dice.npy --dest results/isles/val_dice.png
     python plot.py box --folders results/isles/gdl results/isles/gdl_surface_steal \\
-        --filename val_dice.npy --dest results/isles/val_dice_boxplot.png
+        --filename val_dice.npy --dest results/isles/val_dice_boxplot.png --classes 1
+
+`--columns` chooses the columns of the array whatever they are (classes, loss terms, adjacency
+counts); `--classes` chooses classes, and applies to class-indexed arrays only (Dice, distances):
+loss arrays keep every loss term and adjacency arrays the forbidden pair count, so one option
+serves every array. Without either, the array's default columns are drawn
+(`runfolder.ArraySpec.default_columns`: every class but 0, every loss term, forbidden pairs).
 
 Curves: one per run and chosen column, the NaN-aware mean over samples (axis 1) per epoch with a
 band of +- one standard deviation (ddof=0); `--best-so-far` draws the running best instead. The
@@ -22,7 +29,7 @@ The image is drawn with matplotlib's Agg canvas (no display), written to a tempo
 destination folder and renamed when complete. Bad input stops with one `error: ...` line naming
 the folder, file or argument, and writes nothing: as in report.py, an impossible value (a Dice
 outside [0, 1], a negative or infinite distance or adjacency count) and runs of different data
-or class counts are refused (`report.check_values`, `report.check_comparable`).
+or class counts are refused (`runfolder.check_values`, `runfolder.check_comparable`).
 """
 
 from __future__ import annotations
@@ -40,20 +47,18 @@ from matplotlib.ticker import MaxNLocator
 
 from atomic import atomic_write
 from console import ArgumentParser
-from report import (
-    best_index,
+from ranking import best_index, epoch_scores, nan_mean_std, running_best
+from runfolder import (
     better,
     check_comparable,
     check_folder,
+    class_columns,
     column_name,
-    epoch_scores,
     load_metric,
     metric_file,
-    nan_mean_std,
     read_args,
     resolve_columns,
     run_data,
-    running_best,
 )
 
 CURVE_SIZE = (8.0, 5.0)  # inches; at DPI, an 800 x 500 image
@@ -151,23 +156,37 @@ def _check_ylim(ylim: Sequence[float] | None) -> tuple[float, float] | None:
 
 
 def _load_all(
-    folders: Sequence[str | Path], filename: str, columns: Sequence[int] | None
+    folders: Sequence[str | Path],
+    filename: str,
+    columns: Sequence[int] | None,
+    classes: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, list[int]]]:
     """Read and check every run's array before drawing anything.
 
     Args:
         folders: run folders.
         filename: metric file in each folder.
-        columns: chosen columns, or None for the default of `report.resolve_columns`.
+        columns: chosen columns of any kind, or None.
+        classes: chosen classes, used for class-indexed arrays only (`runfolder.class_columns`),
+            or None. Neither: the default of `runfolder.resolve_columns`.
 
     Returns:
         One (E x N x K array, chosen columns) pair per folder.
 
     Raises:
         FileNotFoundError: a missing run folder or metric file.
-        ValueError: a malformed array, an impossible value, a column out of range, or runs of
-            different data or class counts (`report.check_comparable`).
+        ValueError: both `columns` and `classes`, a malformed array, an impossible value, a
+            column out of range, or runs of different data or class counts
+            (`runfolder.check_comparable`).
     """
+    if columns is not None and classes is not None:
+        raise ValueError(
+            f"--columns {list(columns)} and --classes {list(classes)} both given: --columns "
+            "chooses the columns of any array, --classes the classes of class-indexed ones; give "
+            "one"
+        )
+    if columns is None:
+        columns = class_columns(filename, classes)
     loaded, identities = [], []
     for folder in folders:
         path = check_folder(folder)
@@ -219,6 +238,7 @@ def plot_curves(
     ylim: Sequence[float] | None = None,
     best_so_far: bool = False,
     title: str | None = None,
+    classes: Sequence[int] | None = None,
 ) -> list[Curve]:
     """Draw one curve per run and column of a per-epoch metric, with the best epochs marked.
 
@@ -226,12 +246,15 @@ def plot_curves(
         folders: run folders.
         filename: metric file in each folder (`val_dice.npy`; `.npy` may be left out).
         dest: image to write (its extension gives the format, e.g. `.png`).
-        columns: classes (loss terms for loss files); None: every class but 0 when there are
-            several, every loss term.
+        columns: columns of any kind (classes, loss terms, adjacency counts); None: `classes`,
+            or the array's default (every class but 0 when there are several, every loss term,
+            the forbidden pair count).
         labels: run names for the legend, one per folder; None: the folder names.
         ylim: (low, high) of the y axis; None: automatic.
-        best_so_far: draw the running best (max or min per `report.better`) over epochs.
+        best_so_far: draw the running best (max or min per `runfolder.better`) over epochs.
         title: figure title; None: the metric name.
+        classes: classes to draw when the array's columns are classes; ignored for loss and
+            adjacency arrays (their default columns are drawn). Not with `columns`.
 
     Returns:
         The curves drawn, in legend order.
@@ -243,7 +266,7 @@ def plot_curves(
     dest = _check_dest(dest)
     names = _check_labels(folders, labels)
     limits = _check_ylim(ylim)
-    loaded = _load_all(folders, filename, columns)
+    loaded = _load_all(folders, filename, columns, classes)
     mode = better(filename)
     metric = Path(filename).name.removesuffix(".npy")
 
@@ -303,22 +326,27 @@ def plot_box(
     ylim: Sequence[float] | None = None,
     epoch: int | None = None,
     title: str | None = None,
+    classes: Sequence[int] | None = None,
 ) -> list[Box]:
     """Draw a box per run and column of the per-sample values at the run's best epoch.
 
     The best epoch of a run is that of the best NaN-aware mean over samples of the per-sample
-    mean over the chosen columns (max or min per `report.better`, the first one on ties), the
+    mean over the chosen columns (max or min per `runfolder.better`, the first one on ties), the
     same rule as report.py.
 
     Args:
         folders: run folders.
         filename: metric file in each folder (`val_dice.npy`; `.npy` may be left out).
         dest: image to write (its extension gives the format, e.g. `.png`).
-        columns: classes (loss terms); None: every class but 0 when there are several.
+        columns: columns of any kind (classes, loss terms, adjacency counts); None: `classes`,
+            or the array's default (every class but 0 when there are several, every loss term,
+            the forbidden pair count).
         labels: run names, one per folder; None: the folder names.
         ylim: (low, high) of the y axis; None: automatic.
         epoch: 0-based epoch to show for every run instead of each run's best.
         title: figure title; None: the metric name.
+        classes: classes to show when the array's columns are classes; ignored for loss and
+            adjacency arrays. Not with `columns`.
 
     Returns:
         The boxes drawn, left to right.
@@ -332,7 +360,7 @@ def plot_box(
     limits = _check_ylim(ylim)
     if epoch is not None and epoch < 0:
         raise ValueError(f"--epoch must be a 0-based epoch index >= 0, got {epoch}")
-    loaded = _load_all(folders, filename, columns)
+    loaded = _load_all(folders, filename, columns, classes)
     mode = better(filename)
     metric = Path(filename).name.removesuffix(".npy")
 
@@ -391,7 +419,17 @@ def get_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=int,
         default=None,
-        help="classes (loss terms) to plot (default: all but 0 when there are several)",
+        help="columns to plot, whatever they hold: classes, loss terms, adjacency counts "
+        "(default: all classes but 0 when there are several, every loss term, forbidden pairs)",
+    )
+    common.add_argument(
+        "--classes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="K",
+        help="classes to plot for Dice and distances; loss and adjacency arrays keep their "
+        "default columns (not with --columns)",
     )
     common.add_argument("--labels", nargs="+", default=None, help="one name per run folder")
     common.add_argument("--ylim", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"))
@@ -414,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels=args.labels,
         ylim=args.ylim,
         title=args.title,
+        classes=args.classes,
     )
     try:
         if args.command == "curves":

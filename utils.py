@@ -1,7 +1,7 @@
-"""Label encodings, signed distance maps and per-slice metrics, with the boundary-loss conventions.
+"""Label encodings and signed distance maps, with the boundary-loss conventions.
 
-This module keeps the names, signatures and numerical behaviour of the label, distance-map and
-metric functions of `utils.py` in the original boundary-loss implementation (Kervadec et al.,
+This module keeps the names, signatures and numerical behaviour of the label and distance-map
+functions of `utils.py` in the original boundary-loss implementation (Kervadec et al.,
 "Boundary loss for highly unbalanced segmentation", MIDL 2019 / MedIA 2021):
 
 - tensors are `B K *xyz` (2D slices `B K H W` or volumes `B K X Y Z`), probabilities sum to one
@@ -9,7 +9,12 @@ metric functions of `utils.py` in the original boundary-loss implementation (Ker
 - `one_hot2dist` gives the signed map of the boundary loss: positive outside an object (distance to
   it), zero on its inner border, negative inside; `one_hot2hd_dist` the unsigned map of the
   Hausdorff loss (Karimi and Salcudean, 2019);
-- `dice_coef` / `dice_batch` / `hausdorff` are the per-slice metrics reported during training.
+- `distance_maps` is the one place that chooses how a batch's maps are computed: on the device
+  (`distance_torch`, for tensors on an accelerator: `on_device`) or with `one_hot2dist` /
+  `one_hot2hd_dist` per sample (on the CPU, where they are faster);
+- the per-slice metrics of the original `utils.py` (`dice_coef`, `dice_batch`, `hausdorff`,
+  `intersection`, `union`, `inter_sum`, `union_sum`) live in `metrics.py`; they stay importable
+  from here, so code written for the original keeps working.
 
 User input is validated with `ValueError` (never `assert`, which `python -O` removes).
 """
@@ -26,9 +31,52 @@ import numpy as np
 import torch
 from numpy.typing import DTypeLike
 from scipy.ndimage import distance_transform_edt
-from torch import Tensor, einsum
+from torch import Tensor
 
-from metrics import bounding_box, diagonal, hd, normalise_spacing
+from distance_torch import one_hot2dist_torch, one_hot2hd_dist_torch
+
+Spacing = float | Sequence[float] | np.ndarray | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Spacing and geometry
+# ---------------------------------------------------------------------------------------------
+
+
+def normalise_spacing(voxelspacing: Spacing, ndim: int, name: str = "voxelspacing") -> np.ndarray:
+    """Return the spacing as a float64 vector of length `ndim` (ones when None).
+
+    Raises:
+        ValueError: wrong length, or a value that is not finite and positive.
+    """
+    if voxelspacing is None:
+        return np.ones(ndim, dtype=np.float64)
+    if np.ndim(voxelspacing) == 0:
+        voxelspacing = [voxelspacing] * ndim
+    spacing = np.asarray(voxelspacing, dtype=np.float64).reshape(-1)
+    if spacing.size != ndim:
+        raise ValueError(
+            f"{name} has {spacing.size} values {spacing.tolist()}, expected one per axis ({ndim})"
+        )
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"{name} must be finite and positive, got {spacing.tolist()}")
+    return spacing
+
+
+def diagonal(shape: Sequence[int], spacing: np.ndarray) -> float:
+    """Length in mm of the diagonal of a volume of `shape` voxels of size `spacing`."""
+    return float(np.sqrt(np.sum((np.asarray(shape, dtype=np.float64) * spacing) ** 2)))
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel, grown by `margin` (clipped)."""
+    box = []
+    for axis in range(mask.ndim):
+        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other_axes))
+        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
 
 # ---------------------------------------------------------------------------------------------
 # Validators
@@ -241,7 +289,8 @@ def _distance_to(
     return res
 
 
-def _as_numpy(seg: Tensor | np.ndarray | Sequence) -> np.ndarray:
+def as_numpy(seg: Tensor | np.ndarray | Sequence) -> np.ndarray:
+    """A tensor (detached, on the CPU) or array-like as a numpy array."""
     if torch.is_tensor(seg):
         return seg.detach().cpu().numpy()
     return np.asarray(seg)
@@ -283,7 +332,7 @@ def one_hot2dist(
     scipy's `1 - distance_transform_edt(mask)`, as in the original (scipy measures from a
     virtual background point before the first row): keep that in mind for empty slices.
     """
-    seg = _as_numpy(seg)
+    seg = as_numpy(seg)
     if seg.ndim < 2:
         raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
     if not (np.all((seg == 0) | (seg == 1)) and np.allclose(seg.sum(axis=0), 1)):
@@ -336,7 +385,7 @@ def one_hot2hd_dist(
         `K *xyz` array of the chosen dtype. A mask filling the whole image gets scipy's
         `distance_transform_edt` of it, as in the original.
     """
-    seg = _as_numpy(seg)
+    seg = as_numpy(seg)
     if seg.ndim < 2:
         raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
     out_dtype = _output_dtype(seg, dtype, "one_hot2hd_dist")
@@ -353,102 +402,67 @@ def one_hot2hd_dist(
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-slice metrics
+# The distance maps of a batch, where its tensors are
 # ---------------------------------------------------------------------------------------------
 
 
-def meta_dice(sum_str: str, label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
-    """Dice of one-hot tensors reduced by the einsum string `sum_str` (float32)."""
-    check_same_shape(label, pred, ("label", "pred"))
-    check_one_hot(label, "label")
-    check_one_hot(pred, "pred")
-
-    label64, pred64 = label.to(torch.float64), pred.to(torch.float64)
-    inter_size = einsum(sum_str, label64 * pred64).to(torch.float32)
-    sum_sizes = (einsum(sum_str, label64) + einsum(sum_str, pred64)).to(torch.float32)
-    return (2 * inter_size + smooth) / (sum_sizes + smooth)
+def on_device(t: Tensor) -> bool:
+    """Whether a batch's distance maps (and 3D surface distances) are computed with the torch
+    transform on its device: tensors on an accelerator. On the CPU the numpy/C++ transforms of
+    this module are faster (BENCHMARKS.md), and they define the values the torch ones match."""
+    return torch.is_tensor(t) and t.device.type != "cpu"
 
 
-def dice_coef(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
-    """Dice per slice and class: one-hot `B K *xyz` pair -> `B K` float32."""
-    return meta_dice("bk...->bk", label, pred, smooth)
-
-
-def dice_batch(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
-    """Dice per class over the whole batch taken as one volume: `B K *xyz` pair -> `K` float32."""
-    return meta_dice("bk...->k", label, pred, smooth)
-
-
-def _check_binary_pair(a: Tensor, b: Tensor) -> None:
-    check_same_shape(a, b, ("a", "b"))
-    for name, t in (("a", a), ("b", b)):
-        if not sset(t, [0, 1]):
-            raise ValueError(f"{name} must be binary (0/1), got values {sorted(uniq(t))}")
-
-
-def intersection(a: Tensor, b: Tensor) -> Tensor:
-    """Element-wise AND of two binary tensors of the same shape (their dtype kept)."""
-    _check_binary_pair(a, b)
-    return a * b if a.is_floating_point() else a & b
-
-
-def union(a: Tensor, b: Tensor) -> Tensor:
-    """Element-wise OR of two binary tensors of the same shape (their dtype kept)."""
-    _check_binary_pair(a, b)
-    return a + b - a * b if a.is_floating_point() else a | b
-
-
-def inter_sum(a: Tensor, b: Tensor) -> Tensor:
-    """Size of the intersection per image and class: `B K *xyz` pair -> `B K` float32."""
-    return einsum("bk...->bk", intersection(a, b).to(torch.float32))
-
-
-def union_sum(a: Tensor, b: Tensor) -> Tensor:
-    """Size of the union per image and class: `B K *xyz` pair -> `B K` float32."""
-    return einsum("bk...->bk", union(a, b).to(torch.float32))
-
-
-def hausdorff(
-    preds: Tensor, target: Tensor, spacing: Tensor | np.ndarray | Sequence | None = None
+def distance_maps(
+    one_hot: Tensor,
+    spacing: Tensor | Sequence | None = None,
+    *,
+    signed: bool = True,
+    dtype: DTypeLike = np.float32,
 ) -> Tensor:
-    """Hausdorff distance per slice and class, in mm (medpy's surface definition, metrics.hd).
+    """Distance maps of a batch, on the batch's device: the one dispatcher between the torch
+    transform (`on_device`) and the per-sample CPU functions.
 
     Args:
-        preds, target: one-hot `B K *xyz` tensors.
-        spacing: `B D` voxel spacing of each slice (D spatial axes), or one `D` row for all;
-            None means 1.
+        one_hot: `B K *xyz` masks (one-hot for the signed maps; any binary masks otherwise).
+        spacing: `B D` spacing of each sample, one `D` row for all, or None (1).
+        signed: the boundary loss's signed map (`one_hot2dist`), else the Hausdorff loss's
+            unsigned inside distances (`one_hot2hd_dist`).
+        dtype: a float dtype, or an integer dtype for distances truncated to integers (the
+            original's HausdorffLoss on its int32 prediction; floored on the device, which equals
+            the truncation of these non-negative distances).
 
     Returns:
-        `B K` float32 on preds' device. Both masks empty: 0. Exactly one empty: the image
-        diagonal in mm, the worst possible value.
+        `B K *xyz` tensor on one_hot's device: float32 there; on the CPU of `dtype` when it is a
+        float dtype, else float32.
     """
-    check_same_shape(preds, target, ("preds", "target"))
-    check_one_hot(preds, "preds")
-    check_one_hot(target, "target")
-    B, K, *img_shape = preds.shape
-    D = len(img_shape)
-    if spacing is None:
-        spacings = np.ones((B, D))
-    else:
-        spacings = np.asarray(_as_numpy(spacing), dtype=np.float64)
-        if spacings.shape == (D,):
-            spacings = np.tile(spacings, (B, 1))
-        if spacings.shape != (B, D):
-            raise ValueError(f"spacing must have shape ({B}, {D}) or ({D},), got {spacings.shape}")
-        for row in spacings:
-            normalise_spacing(row, D, "spacing")
-
-    n_pred = preds.detach().cpu().numpy().astype(bool)
-    n_target = target.detach().cpu().numpy().astype(bool)
-    res = torch.zeros((B, K), dtype=torch.float32)
-    for b in range(B):
-        for k in range(K):
-            p, t = n_pred[b, k], n_target[b, k]
-            if p.any() and t.any():
-                res[b, k] = hd(p, t, voxelspacing=spacings[b])
-            elif p.any() or t.any():
-                res[b, k] = diagonal(img_shape, spacings[b])
-    return res.to(preds.device)
+    B, D = one_hot.shape[0], one_hot.ndim - 2
+    if on_device(one_hot):
+        maps = (
+            one_hot2dist_torch(one_hot, spacing)
+            if signed
+            else one_hot2hd_dist_torch(one_hot, spacing)
+        )
+        return maps if np.issubdtype(np.dtype(dtype), np.floating) else maps.floor()
+    rows = np.ones((B, D)) if spacing is None else np.asarray(as_numpy(spacing), np.float64)
+    rows = np.broadcast_to(rows, (B, D))
+    masks = as_numpy(one_hot)
+    transform = one_hot2dist if signed else one_hot2hd_dist
+    maps = torch.from_numpy(
+        np.stack([transform(m, tuple(r), dtype=dtype) for m, r in zip(masks, rows, strict=True)])
+    )
+    return maps if maps.is_floating_point() else maps.to(torch.float32)
 
 
-haussdorf = hausdorff  # the spelling of the first release of the original code
+_IN_METRICS = ("dice_coef", "dice_batch", "hausdorff", "intersection", "union", "inter_sum",
+               "union_sum", "meta_dice")  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    """The per-slice metrics of the original `utils.py`, now in `metrics.py`, imported lazily
+    (metrics imports this module)."""
+    if name in _IN_METRICS:
+        import metrics
+
+        return getattr(metrics, name)
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Adjacency graph extraction (Ganaye et al., MICCAI 2018): `metrics.count_adjacency` against the
+"""Adjacency graph extraction (Ganaye et al., MICCAI 2018): `adjacency.count_adjacency` against the
 straightforward per-voxel Python loop (every voxel, every offset of its 3x3x3 window, a bounds
 check and one increment), on a K=4 256x256x40 cardiac-like label volume. Target: at least 1000x,
 same counts.
@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
+from adjacency import count_adjacency
 from benchmarks.harness import Figure, speedup
-from metrics import count_adjacency
 
 K = 4
 SHAPE = (256, 256, 40)

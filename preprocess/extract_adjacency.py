@@ -5,7 +5,7 @@ Usage: python preprocess/extract_adjacency.py SOURCE DEST N_LABELS [--pattern GL
 
 For every voxel of every label file under SOURCE (searched recursively for `--pattern`), and every
 other voxel of its (2n+1)^d window inside the array, counts[class of the voxel, class of the
-neighbour] += 1, summed over the files (`metrics.count_adjacency`). The class pairs with a count
+neighbour] += 1, summed over the files (`adjacency.count_adjacency`). The class pairs with a count
 of 0 are the forbidden adjacencies of the NonAdjacencyLoss (`losses.py`), which reads the graph.
 
 Label files: NIfTI volumes (`*.nii`, `*.nii.gz`, read with nibabel), 2D ground-truth pngs of the
@@ -35,8 +35,14 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adjacency import (  # noqa: E402
+    check_labels,
+    count_adjacency,
+    forbidden_pairs,
+    graph_csv,
+    read_graph,
+)
 from atomic import atomic_write, write_text_atomic  # noqa: E402
-from metrics import check_labels, count_adjacency, forbidden_pairs, read_graph  # noqa: E402
 
 __all__ = [
     "AdjacencyError",
@@ -129,11 +135,6 @@ def find_label_files(source: Path, pattern: str) -> list[Path]:
     if not files:
         raise AdjacencyError(f"no file matching {pattern!r} under SOURCE {source}")
     return files
-
-
-def graph_csv(counts: np.ndarray) -> str:
-    """K x K counts as `;`-separated rows, no header."""
-    return "".join(";".join(str(int(v)) for v in row) + "\n" for row in counts)
 
 
 def graph_png(counts: np.ndarray) -> bytes:

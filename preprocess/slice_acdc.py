@@ -5,9 +5,11 @@ Usage: python preprocess/slice_acdc.py --source_dir DIR --dest_dir DIR [--retain
 
 The source is the unpacked `acdc.zip`: `training/patient<NNN>/patient<NNN>_frame<FF>.nii.gz` and
 `patient<NNN>_frame<FF>_gt.nii.gz` (classes 0 background, 1 right ventricle, 2 myocardium, 3 left
-ventricle cavity), two frames (end-diastole, end-systole) per patient; `Info.cfg` and the `_4d`
-sequence are not used. One modality (png folder `img`). The split is by patient (both frames on
-the same side); each frame is a volume `patient<NNN>_<FF>`, with slice stems
+ventricle cavity), two frames (end-diastole, end-systole) per patient; or its `training/` folder
+itself (the `patient<NNN>/` folders directly in `--source_dir`, as the boundary-loss
+repository's acdc.make passes it). `Info.cfg` and the `_4d` sequence are not used. One modality
+(png folder `img`, the name the original's trainings read). The split is by patient (both frames
+on the same side); each frame is a volume `patient<NNN>_<FF>`, with slice stems
 `patient<NNN>_<FF>_<aug:02d>_<slice:04d>`. Slices are resized to `--shape`. The slicing itself is
 in preprocess/slicing.py.
 """
@@ -21,21 +23,30 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from preprocess.slicing import (  # noqa: E402
-    Dataset,
+from preprocess.slicing import Dataset, run_cli  # noqa: E402
+from preprocess.volumes import (  # noqa: E402
     Patients,
     SliceError,
     Volume,
     natural_key,
+    patient_folders,
     require_dir,
     require_file,
-    run_cli,
-    subfolders,
 )
 
 
 def find_frames(folder: Path) -> list[Volume]:
-    """The frames of one `patient<NNN>` folder, each with its `_gt` labels."""
+    """The frames of one `patient<NNN>` folder, each with its `_gt` labels.
+
+    Args:
+        folder: the `patient<NNN>` folder.
+
+    Returns:
+        One volume `patient<NNN>_<FF>` per frame, in frame order.
+
+    Raises:
+        SliceError: no frame, or a frame without its image or labels.
+    """
     pid = folder.name
     frame = re.compile(rf"{pid}_frame(\d+)(_gt)?\.nii\.gz")
     numbers = {m[1] for p in folder.iterdir() if (m := frame.fullmatch(p.name))}
@@ -52,10 +63,21 @@ def find_frames(folder: Path) -> list[Volume]:
 
 
 def find_patients(source: Path) -> Patients:
-    """Every `training/patient<NNN>` of the unpacked ACDC source, one volume per frame."""
-    require_dir(source, "the unpacked ACDC 2017 zip")
-    training = require_dir(source / "training", "training/patient<NNN>/ folders of ACDC 2017")
-    return {p.name: find_frames(p) for p in subfolders(training, r"patient\d+")}
+    """Every `patient<NNN>` of the ACDC source, one volume per frame.
+
+    Args:
+        source: the unpacked zip (holding `training/patient<NNN>/`), or its `training/` folder
+            (holding `patient<NNN>/` directly).
+
+    Returns:
+        Patient name -> its frames, in natural order.
+
+    Raises:
+        SliceError: the source is missing, holds neither form or both, or a frame lacks a file.
+    """
+    require_dir(source, "the unpacked ACDC 2017 zip, or its training/ folder")
+    patients = patient_folders(source, "training", r"patient\d+", "ACDC 2017", "patient<NNN>")
+    return {p.name: find_frames(p) for p in patients}
 
 
 ACDC = Dataset(
@@ -70,6 +92,7 @@ ACDC = Dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
     return run_cli(ACDC, __doc__.splitlines()[0], argv)
 
 

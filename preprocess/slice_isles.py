@@ -5,7 +5,9 @@ Usage: python preprocess/slice_isles.py --source_dir DIR --dest_dir DIR [--retai
 
 The source is the unpacked training zip: `TRAINING/case_<N>/SMIR.Brain.XX.O.<MOD>.<ID>/
 SMIR.Brain.XX.O.<MOD>.<ID>.nii` with MOD in CT, CT_CBF, CT_CBV, CT_MTT, CT_Tmax and OT (the lesion
-mask, {0, 1}). `CT_4DPWI`, `__MACOSX/` and `TESTING/` (no OT) are not used. Five input modalities,
+mask, {0, 1}), or its `TRAINING/` folder itself (the `case_<N>/` folders directly in
+`--source_dir`, as the boundary-loss repository's isles.make passes it). `CT_4DPWI`, `__MACOSX/`
+and `TESTING/` (no OT) are not used. Five input modalities,
 in this order: CT, CBF, CBV, MTT, Tmax; patient id and volume id `case_<N>`; slice stems
 `case_<N>_<aug:02d>_<slice:04d>`. The slicing itself is in preprocess/slicing.py.
 """
@@ -19,14 +21,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from preprocess.slicing import (  # noqa: E402
-    Dataset,
+from preprocess.slicing import Dataset, run_cli  # noqa: E402
+from preprocess.volumes import (  # noqa: E402
     Patients,
     SliceError,
     Volume,
+    patient_folders,
     require_dir,
-    run_cli,
-    subfolders,
 )
 
 # Source modality -> png folder, in the channel order of in_npy.
@@ -36,7 +37,17 @@ MODALITY_DIR = re.compile(r"SMIR\.Brain\.XX\.O\.(?P<mod>\w+)\.(?P<id>\d+)")
 
 
 def find_case(case: Path) -> Volume:
-    """The five modality files and the lesion mask of one `case_<N>` folder."""
+    """The five modality files and the lesion mask of one `case_<N>` folder.
+
+    Args:
+        case: the `case_<N>` folder.
+
+    Returns:
+        Its volume, the modalities in the order of MODALITIES.
+
+    Raises:
+        SliceError: a modality or the mask missing, or one given twice.
+    """
     found: dict[str, Path] = {}
     for folder in sorted(case.iterdir()):
         match = MODALITY_DIR.fullmatch(folder.name)
@@ -63,10 +74,21 @@ def find_case(case: Path) -> Volume:
 
 
 def find_patients(source: Path) -> Patients:
-    """Every `TRAINING/case_<N>` of the unpacked ISLES source, one volume each."""
-    require_dir(source, "the unpacked ISLES 2018 training zip")
-    training = require_dir(source / "TRAINING", "TRAINING/case_<N>/ folders of ISLES 2018")
-    return {case.name: [find_case(case)] for case in subfolders(training, r"case_\d+")}
+    """Every `case_<N>` of the ISLES source, one volume each.
+
+    Args:
+        source: the unpacked training zip (holding `TRAINING/case_<N>/`), or its `TRAINING/`
+            folder (holding `case_<N>/` directly).
+
+    Returns:
+        Case name -> its one volume, in natural order.
+
+    Raises:
+        SliceError: the source is missing, holds neither form or both, or a case lacks a file.
+    """
+    require_dir(source, "the unpacked ISLES 2018 training zip, or its TRAINING/ folder")
+    cases = patient_folders(source, "TRAINING", r"case_\d+", "ISLES 2018", "case_<N>")
+    return {case.name: [find_case(case)] for case in cases}
 
 
 ISLES = Dataset(
@@ -80,6 +102,7 @@ ISLES = Dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
     return run_cli(ISLES, __doc__.splitlines()[0], argv)
 
 

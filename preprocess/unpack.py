@@ -18,7 +18,9 @@ Usage: python preprocess/unpack.py ZIP [ZIP ...] --dest DIR [--drop PATTERN ...]
   `DIR_tmp` is removed and nothing else is touched, so an interrupted run never leaves a `DIR`
   that Make would take as finished, and an existing `DIR` stays as it was. On success an
   existing `DIR` is replaced (`make -B`): it is first moved into `DIR_tmp`, the new tree moved
-  into place, then `DIR_tmp` removed.
+  into place, then `DIR_tmp` removed. Only an earlier output of this tool is ever replaced (it
+  holds `.unpacked.json`, the list of its zips); any other non-empty `DIR` is refused before
+  anything is written: a tool removes only what it created.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fnmatch
+import json
 import lzma
 import shutil
 import stat
@@ -47,6 +50,11 @@ CHUNK = 1 << 20
 # mismatch, bad local header), EOFError (data cut short), lzma.LZMAError, OSError (bzip2's
 # "Invalid data stream", or the zip file itself unreadable).
 CORRUPT_ERRORS = (zlib.error, zipfile.BadZipFile, EOFError, lzma.LZMAError, OSError)
+
+
+# Written last into every unpacked folder: the zips it came from. A folder holding it is an
+# earlier output of this tool, which may be replaced; any other non-empty folder is refused.
+MARKER = ".unpacked.json"
 
 
 class UnpackError(Exception):
@@ -162,7 +170,7 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes} bytes"
 
 
-def _write_error(error: OSError, target: Path, member: Member, tmp: Path, needed: int) -> str:
+def _write_error(error: OSError, target: Path, member: Member | str, tmp: Path, needed: int) -> str:
     """The message for a failed write: a full disk said as such, with the space needed."""
     if error.errno in DISK_FULL:
         return (
@@ -276,6 +284,11 @@ def unpack(zips: Sequence[str | Path], dest: str | Path, drop: Sequence[str] = (
     tmp = dest.with_name(dest.name + "_tmp")
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise UnpackError(f"--dest {dest}: exists and is not a folder; expected a folder to fill")
+    if dest.is_dir() and not (dest / MARKER).is_file() and any(dest.iterdir()):
+        raise UnpackError(
+            f"--dest {dest}: a non-empty folder without {MARKER}, so not an earlier output of "
+            "unpack.py; it is not replaced: move it away or choose another --dest"
+        )
     members = _read_members([Path(z) for z in zips], drop)
     needed = sum(m.info.file_size for m in members if not m.info.is_dir())
     new = tmp / dest.name
@@ -286,6 +299,10 @@ def unpack(zips: Sequence[str | Path], dest: str | Path, drop: Sequence[str] = (
         raise UnpackError(f"{tmp}: cannot remove this earlier work folder ({error})") from None
     try:
         _fill(members, new, tmp, needed)
+        try:  # what was unpacked, and the mark of an output this tool may replace later
+            (new / MARKER).write_text(json.dumps([str(z) for z in zips]) + "\n")
+        except OSError as error:
+            raise UnpackError(_write_error(error, new / MARKER, "(the marker)", tmp, 0)) from None
         try:
             if dest.exists():
                 dest.rename(old)

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from adjacency import count_adjacency, forbidden_pairs, read_graph
 from losses import LOSSES, AdjacencyEstimator, NonAdjacencyLoss, get_loss
-from metrics import count_adjacency, forbidden_adjacencies, forbidden_pairs, read_graph
+from metrics import forbidden_adjacencies
 from preprocess.extract_adjacency import extract, main
 
 ROOT = Path(__file__).resolve().parent.parent

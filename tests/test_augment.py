@@ -175,6 +175,15 @@ def test_augmentation_changes_training_but_not_validation_inputs(dataset, tmp_pa
     assert main.main(_argv(dataset, plain, "--n_epoch", "1")) == 0
     assert main.main(_argv(dataset, augmented, "--n_epoch", "1", "--augment")) == 0
     assert not np.array_equal(np.load(plain / "tra_loss.npy"), np.load(augmented / "tra_loss.npy"))
+    # Validating the augmented run's network without --augment gives exactly the metrics of its
+    # own validation: the validation batches were not augmented.
+    check = tmp_path / "check"
+    extra = ("--n_epoch", "1", "--weights", str(augmented / "best.pt"), "--evaluate")
+    assert main.main(_argv(dataset, check, *extra)) == 0
+    for name in ("val_dice", "val_loss", "val_3d_dsc"):
+        np.testing.assert_array_equal(
+            np.load(check / f"{name}.npy"), np.load(augmented / f"{name}.npy")
+        )
 
 
 @pytest.mark.parametrize(

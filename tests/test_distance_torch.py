@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt
 
+import utils
 from distance_torch import distance_to, one_hot2dist_torch, one_hot2hd_dist_torch
 from losses import HausdorffLoss
 from metrics import hd_hd95, hd_hd95_torch
@@ -169,14 +170,18 @@ def test_hd_hd95_torch_shape_mismatch() -> None:
 
 @pytest.mark.parametrize("pred_dist", ["truncated", "exact"])
 @pytest.mark.parametrize("shape", [(3, 2, 17, 13), (2, 2, 9, 8, 6)])
-def test_hausdorff_loss_device_maps_equal_the_numpy_ones(pred_dist: str, shape) -> None:
-    """The path HausdorffLoss takes on CUDA, run on CPU tensors, against its numpy path."""
+def test_hausdorff_loss_device_maps_equal_the_numpy_ones(
+    pred_dist: str, shape, monkeypatch
+) -> None:
+    """The path HausdorffLoss takes on CUDA (utils.distance_maps on the device: the torch
+    transform, floored for "truncated"), run on CPU tensors, against the numpy functions."""
+    monkeypatch.setattr(utils, "on_device", lambda t: True)
     rng = np.random.default_rng(len(shape))
     labels = (rng.random((shape[0], *shape[2:])) < 0.3).astype(int)
     target = torch.from_numpy(one_hot(labels, 2)).float()
     pred = torch.from_numpy(one_hot((rng.random(labels.shape) < 0.4).astype(int), 2))
     loss = HausdorffLoss(idc=[1], pred_dist=pred_dist)
-    tdm, pdm = loss.device_maps(target[:, [1]], pred[:, [1]])
+    tdm, pdm = loss.distance_maps(target[:, [1]], pred[:, [1]])
     pred_dtype = np.int32 if pred_dist == "truncated" else np.float32
     for b in range(shape[0]):
         expected_t = one_hot2hd_dist(target[b, [1]].numpy(), dtype=np.float32)

@@ -143,6 +143,7 @@ def test_unpack_drops_what_the_recipes_remove(tmp_path):
     )
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert files == [
+        ".unpacked.json",  # the mark of an unpack.py output, naming its zips
         "GE3T/100/pre/FLAIR.nii.gz",
         "TRAINING/case_1/SMIR.Brain.XX.O.CT.1/SMIR.Brain.XX.O.CT.1.nii",
         "training/patient001/patient001_frame01.nii.gz",
@@ -153,10 +154,22 @@ def test_unpack_drops_what_the_recipes_remove(tmp_path):
 def test_unpack_merges_several_zips_and_replaces_an_old_result(tmp_path):
     a = make_zip(tmp_path / "Utrecht.zip", {"Utrecht/0/wmh.nii.gz": b"a"})
     b = make_zip(tmp_path / "Singapore.zip", {"Singapore/50/wmh.nii.gz": b"b"})
-    (tmp_path / "WMH").mkdir()
+    unpack([a], tmp_path / "WMH")  # an earlier result, which `make -B` replaces
     (tmp_path / "WMH" / "stale").write_text("from an earlier run")
     dest = unpack([a, b], tmp_path / "WMH")
-    assert sorted(p.name for p in dest.iterdir()) == ["Singapore", "Utrecht"]
+    assert sorted(p.name for p in dest.iterdir()) == [".unpacked.json", "Singapore", "Utrecht"]
+
+
+def test_unpack_never_replaces_a_folder_it_did_not_create(tmp_path):
+    """A user's folder given as --dest: refused before anything is written, left untouched."""
+    zip_path = make_zip(tmp_path / "e.zip", {"TRAINING/a.nii": b"a"})
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("x")
+    proc = run_script("preprocess/unpack.py", zip_path, "--dest", keep)
+    assert_clean_error(proc, f"--dest {keep}: a non-empty folder without .unpacked.json")
+    assert [p.name for p in keep.iterdir()] == ["thesis.txt"]
+    assert not (tmp_path / "keep_tmp").exists()
 
 
 @pytest.mark.parametrize(
@@ -261,13 +274,14 @@ def test_unpack_member_damaged_mid_stream(tmp_path, method, offset, detail):
     zip_path = damaged_zip(tmp_path / "bad.zip", method, offset)
     dest = tmp_path / "ISLES"
     dest.mkdir()
+    (dest / ".unpacked.json").write_text('["an earlier zip"]\n')  # an earlier unpacking
     (dest / "earlier.nii").write_bytes(b"an earlier unpacking")
     proc = run_script("preprocess/unpack.py", zip_path, "--dest", dest)
     assert_clean_error(
         proc, f"{zip_path}: member 'TRAINING/big.bin' is corrupt", detail, f"Delete {zip_path}"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ISLES", "bad.zip"]  # no ISLES_tmp
-    assert [p.name for p in dest.iterdir()] == ["earlier.nii"]
+    assert sorted(p.name for p in dest.iterdir()) == [".unpacked.json", "earlier.nii"]
     assert (dest / "earlier.nii").read_bytes() == b"an earlier unpacking"
 
 
@@ -311,7 +325,7 @@ def test_unpack_on_a_full_disk_says_so_and_removes_its_work_folder(tmp_path):
     dest = disk / "ISLES"
     script = ROOT / "preprocess" / "unpack.py"
     command = (
-        f"mkdir {dest} && echo earlier > {dest}/kept.nii && "
+        f"mkdir {dest} && echo earlier > {dest}/kept.nii && echo [] > {dest}/.unpacked.json && "
         f"{sys.executable} {script} {zip_path} --dest {dest}"
     )
     proc, left = on_small_disk(["bash", "-c", command], disk, size_kb=256)
@@ -322,5 +336,5 @@ def test_unpack_on_a_full_disk_says_so_and_removes_its_work_folder(tmp_path):
         f"{dest}_tmp was removed",
         "need 1.0 MiB",
     )
-    assert left == ["ISLES", "ISLES/kept.nii"]
+    assert left == ["ISLES", "ISLES/.unpacked.json", "ISLES/kept.nii"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ISLES2018_Training.zip", "data"]

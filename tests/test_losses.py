@@ -1,4 +1,4 @@
-"""Losses against hand-worked values, against the formulas of SPEC section 7 written with plain
+"""Losses against hand-worked values, against the formulas of losses.py written with plain
 sums, and against bad input. Hand values are computed in the comments."""
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def test_hausdorff_loss_truncated_and_exact_pred_distances():
 
 
 # ---------------------------------------------------------------------------------------------
-# The formulas of SPEC section 7 written with plain sums, on random 2D and 3D tensors.
+# The formulas of the losses.py docstring written with plain sums, on random 2D and 3D tensors.
 # ---------------------------------------------------------------------------------------------
 
 

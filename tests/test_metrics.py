@@ -1,4 +1,4 @@
-"""Tests for the 3D surface metrics of metrics.py (SPEC section 7): HD and HD95.
+"""Tests for the 3D surface metrics of metrics.py: HD and HD95 (medpy definitions).
 
 Expected values come from a brute-force all-pairs surface distance written here, from analytic
 shapes, and from medpy.metric.binary (skipped when medpy is absent).

@@ -1,5 +1,6 @@
-"""Tests for networks.py: shapes, gradients, parameter counts, initialisation, registry and
-input checks.
+"""Tests for networks.py (the registry) and the networks it gathers from unet.py, enet.py,
+dimwit.py and network_blocks.py: shapes, gradients, parameter counts, initialisation, registry
+and input checks.
 
 Expected values are worked out by hand from the architecture descriptions (the boundary-loss
 repository's UNet, Paszke et al. 2016 for ENet), not read back from the code under test.
@@ -57,6 +58,29 @@ def test_registry_has_every_network_and_dimensions() -> None:
     }
     assert {name: cls.dimensions for name, cls in NETWORKS.items()} == expected_dims
     assert {name for name, _, _, _ in SMALL_CASES} == set(NETWORKS)
+
+
+def test_networks_module_exports_every_public_name() -> None:
+    """Every public network class of the network modules is importable from networks."""
+    import dimwit
+    import enet
+    import network_blocks
+    import unet
+
+    found = set()
+    for module in (unet, enet, dimwit, network_blocks):
+        for name, value in vars(module).items():
+            if (
+                not name.startswith("_")
+                and isinstance(value, type)
+                and issubclass(value, nn.Module)
+                and value.__module__ == module.__name__
+            ):
+                found.add(name)
+                assert getattr(networks, name, None) is value, f"{module.__name__}.{name}"
+                assert name in networks.__all__, name
+    assert found >= {"UNet", "UNet3D", "ResidualUNet", "ENet", "Dimwit", "Dimwit3D"}
+    assert all(hasattr(networks, name) for name in networks.__all__)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "shape", "k"), SMALL_CASES, ids=SMALL_IDS)

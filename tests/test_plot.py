@@ -1,4 +1,4 @@
-"""Tests for plot.py (SPEC section 10): curves and box plots of run folders, and their errors.
+"""Tests for plot.py: curves and box plots of run folders, and their errors.
 
 The run folders are built here with arrays whose best epochs and values are chosen by
 construction; the images are opened with PIL to check their size and that something was drawn.
@@ -289,4 +289,61 @@ def test_impossible_values_and_runs_of_different_data_are_refused(
     )
     assert_clean_error(proc, *needles)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not dest.parent.exists()
+
+
+def test_classes_choose_classes_and_leave_loss_and_adjacency_columns(
+    runs: list[Path], tmp_path: Path
+) -> None:
+    """`--classes` can be given for every array: it picks the classes of Dice and distances,
+    while loss arrays keep every loss term and adjacency arrays the forbidden pair count."""
+    adjacency = np.zeros((3, 2, 2))
+    adjacency[:, :, 0] = [[2.0, 4.0], [0.0, 1.0], [1.0, 1.0]]
+    np.save(runs[0] / "val_adjacency.npy", adjacency)
+    chosen = {
+        name: [(c.label, c.column) for c in plot_curves(
+            runs[:1], name, tmp_path / f"{name}.png", classes=[0, 1]
+        )]
+        for name in ("val_dice.npy", "tra_loss.npy", "val_adjacency.npy")
+    }  # fmt: skip
+    assert chosen == {
+        "val_dice.npy": [("gdl (class 0)", 0), ("gdl (class 1)", 1)],
+        "tra_loss.npy": [("gdl (loss 0)", 0), ("gdl (loss 1)", 1)],
+        "val_adjacency.npy": [("gdl", 0)],
+    }
+    (box,) = plot_box(runs[:1], "val_adjacency", tmp_path / "box.png", classes=[1])
+    assert (box.column, box.epoch) == (0, 1)
+    boxes = plot_box(runs, "val_dice", tmp_path / "dice_box.png", classes=[0])
+    assert [(b.column, b.epoch) for b in boxes] == [(0, 0), (0, 0)]
+
+
+def test_classes_draw_the_same_image_as_columns(runs: list[Path], tmp_path: Path) -> None:
+    """For a Dice array `--classes 1` and `--columns 1` are the same plot, byte for byte; for a
+    loss array `--classes 1` is the plot without a choice."""
+    base = ["curves", "--folders", *map(str, runs), "--title", "t"]
+    images = {}
+    for key, filename, choice in [
+        ("dice classes", "val_dice.npy", ["--classes", "1"]),
+        ("dice columns", "val_dice.npy", ["--columns", "1"]),
+        ("loss classes", "tra_loss.npy", ["--classes", "1"]),
+        ("loss default", "tra_loss.npy", []),
+    ]:
+        dest = tmp_path / f"{key.replace(' ', '_')}.png"
+        assert main([*base, "--filename", filename, "--dest", str(dest), *choice]) == 0
+        images[key] = dest.read_bytes()
+    assert images["dice classes"] == images["dice columns"]
+    assert images["loss classes"] == images["loss default"]
+    assert images["dice classes"] != images["loss classes"]
+
+
+@pytest.mark.parametrize("command", ["curves", "box"])
+def test_classes_and_columns_together_are_refused(
+    runs: list[Path], tmp_path: Path, command: str
+) -> None:
+    dest = tmp_path / "out" / "plot.png"
+    proc = run_script(
+        "plot.py", command, "--folders", *runs, "--filename", "val_dice.npy", "--dest", dest,
+        "--columns", "1", "--classes", "1",
+    )  # fmt: skip
+    assert_clean_error(proc, "--columns [1] and --classes [1] both given", "give one")
     assert not dest.parent.exists()

@@ -1,4 +1,4 @@
-"""Tests for report.py (SPEC sections 9, 10): best epochs, mean and std, pages and errors.
+"""Tests for report.py and report_page.py: best epochs, mean and std, pages and errors.
 
 The run folders are built here with arrays whose best epochs, means and standard deviations are
 chosen by construction and worked out by hand in each test.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from atomic import atomic_write
-from report import better, build_table, main, summarise, write_report
+from report import build_table, main, summarise, write_report
 from tests.cli import assert_clean_error, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,24 +99,6 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
         args={"n_epoch": 4},
     )
     return gdl, surface
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("val_dice", "max"),
-        ("tra_dice.npy", "max"),
-        ("val_3d_dsc.npy", "max"),
-        ("results/isles/gdl/val_3d_DSC.npy", "max"),
-        ("val_3d_hausdorff", "min"),
-        ("val_3d_hd95.npy", "min"),
-        ("tra_loss.npy", "min"),
-        ("val_loss", "min"),
-        ("val_adjacency.npy", "min"),
-    ],
-)
-def test_better(name: str, expected: str) -> None:
-    assert better(name) == expected
 
 
 def test_best_epoch_max_for_dice_min_for_distances(two_runs: tuple[Path, Path]) -> None:

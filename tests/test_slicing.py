@@ -1,4 +1,4 @@
-"""Tests for the slicing of 3D volumes into 2D data (preprocess/slicing.py, SPEC section 5).
+"""Tests for the slicing of 3D volumes into 2D data (preprocess/slicing.py and its modules).
 
 Small unpacked datasets with the real layouts, names and dtypes are written with nibabel; the
 expected outputs are worked out here from the source files: min-max normalisation of the whole
@@ -32,7 +32,10 @@ from skimage.transform import resize
 from preprocess.slice_acdc import ACDC
 from preprocess.slice_isles import ISLES
 from preprocess.slice_wmh import WMH
-from preprocess.slicing import SliceError, draw_transform, slice_dataset, split_patients
+from preprocess.slices import draw_transform
+from preprocess.slicing import SliceError, slice_dataset, split_patients
+from preprocess.synthetic import generate
+from preprocess.unpack import unpack
 from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
 from utils import class2one_hot, one_hot2dist
 
@@ -583,6 +586,75 @@ def test_cli_acdc_with_pool_matches_in_process(acdc_src, acdc_out, tmp_path):
                 np.testing.assert_array_equal(np.load(dest / name / kind / f"{stem}.npy"), a)
 
 
+# ------------------------------------------------------------------------------ source forms
+# The boundary-loss repository's makefiles pass the folder holding the patient folders as
+# --source_dir (ISLES `TRAINING/`, ACDC `training/`, WMH its three sites' patients moved up one
+# level), into `--dest_dir X_tmp` that they then move to X.
+
+
+def flatten_wmh(source: Path, dest: Path) -> Path:
+    """The WMH source as wmh.make leaves it: every site's patient folders moved up one level."""
+    dest.mkdir()
+    for site in ("GE3T", "Singapore", "Utrecht"):
+        for patient in (source / site).iterdir():
+            shutil.copytree(patient, dest / patient.name)
+    return dest
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, relative path -> content."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+ORIGINAL_FORMS = {
+    # dataset -> (the form's source from the root form's, flags as the original spells them,
+    # the fixture sliced from the root form with the same settings)
+    "isles": (
+        lambda src, tmp: src / "TRAINING",
+        ["--n_augment=0", "--retain=2"],
+        "isles_out",
+    ),
+    "wmh": (
+        lambda src, tmp: flatten_wmh(src, tmp / "wmh"),
+        ["--n_augment=0", "--retain=2", "--shape", "64", "64"],
+        "wmh_out",
+    ),
+    "acdc": (
+        lambda src, tmp: src / "training",
+        ["--seed=0", "--retain", "2", "--n_augment=1", "--shape", "64", "64"],
+        "acdc_out",
+    ),
+}
+
+
+@pytest.mark.parametrize("dataset", list(ORIGINAL_FORMS))
+def test_original_source_form_slices_like_the_root(dataset, request, tmp_path):
+    """`--source_dir` holding the patient folders, `--dest_dir X_tmp` then `mv X_tmp X`: the
+    same bytes as slicing the unpacked root."""
+    form, flags, reference = ORIGINAL_FORMS[dataset]
+    source = form(request.getfixturevalue(f"{dataset}_src"), tmp_path)
+    dest = tmp_path / "data" / "X_tmp"
+    command = [
+        sys.executable,
+        str(ROOT / "preprocess" / f"slice_{dataset}.py"),
+        f"--source_dir={source}",
+        f"--dest_dir={dest}",
+        *flags,
+        "--workers",
+        "1",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["X_tmp"]  # its own X_tmp_tmp gone
+    final = dest.rename(dest.parent / "X")
+    expected = tree_bytes(request.getfixturevalue(reference))
+    got = tree_bytes(final)
+    assert sorted(got) == sorted(expected)
+    assert [name for name in expected if got[name] != expected[name]] == []
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
@@ -636,6 +708,15 @@ def _label(value):
     return change
 
 
+def odd_folder_in_flat_wmh(source: Path) -> Path:
+    """Turn `source` into the flat WMH form with a folder `notes` beside the patients."""
+    flat = flatten_wmh(source, source.parent / "flat")
+    shutil.rmtree(source)
+    flat.rename(source)
+    (source / "notes").mkdir()
+    return source / "notes"
+
+
 I3, W51, A3 = 3, ("Singapore", "51"), 3  # the patients broken below
 BAD_INPUTS = {
     # name -> (dataset, break the source and return the path the message names, extra pattern)
@@ -684,6 +765,11 @@ BAD_INPUTS = {
         lambda s: [shutil.rmtree(p) for p in (s / "TRAINING").iterdir()] and s,
         "no ISLES patient",
     ),
+    "isles both forms": (
+        "isles",
+        lambda s: (s / "case_99").mkdir() or s,
+        r"both TRAINING/ and patient folders \(case_99\)",
+    ),
     "wmh missing T1": (
         "wmh",
         lambda s: wmh_files(s, *W51)[1].unlink() or wmh_files(s, *W51)[1],
@@ -708,6 +794,26 @@ BAD_INPUTS = {
         "wmh",
         lambda s: [shutil.rmtree(p) for p in s.iterdir()] and s,
         "GE3T, Singapore, Utrecht",
+    ),
+    "wmh both forms": (
+        "wmh",
+        lambda s: (s / "7").mkdir() or s,
+        r"both site folders \(GE3T\) and patient folders \(7\)",
+    ),
+    "wmh flat form, odd folder": (
+        "wmh",
+        odd_folder_in_flat_wmh,
+        "expected numbered patient folders",
+    ),
+    "acdc no training": (
+        "acdc",
+        lambda s: shutil.rmtree(s / "training") or s / "training",
+        "patient<NNN>/ folders directly in",
+    ),
+    "acdc both forms": (
+        "acdc",
+        lambda s: (s / "patient099").mkdir() or s,
+        r"both training/ and patient folders \(patient099\)",
     ),
     "acdc label 4": ("acdc", lambda s: resave(acdc_files(s, A3, "14")[1], _label(4)), r"\[4\]"),
     "acdc missing gt": (
@@ -990,13 +1096,8 @@ SYNTHETIC = {  # dataset -> (png folders, K, label files, folder levels from a l
 @pytest.mark.parametrize("dataset", list(SYNTHETIC))
 def test_synthetic_quick_cohort_slices(dataset, tmp_path):
     """The generator's quick cohort, unpacked as the recipes do, slices completely."""
-    synthetic = pytest.importorskip("preprocess.synthetic")
-    if not hasattr(synthetic, "generate"):
-        pytest.skip("preprocess/synthetic.py has no generate()")
-    from preprocess.unpack import unpack
-
     modalities, K, label_glob, up = SYNTHETIC[dataset]
-    synthetic.generate(dataset, tmp_path / "zips", seed=0, size="quick")
+    generate(dataset, tmp_path / "zips", seed=0, size="quick")
     zips = sorted((tmp_path / "zips").rglob("*.zip"))
     assert zips and all(zipfile.is_zipfile(z) for z in zips)
     source = unpack(zips, tmp_path / "src", drop=DROP)

@@ -1,4 +1,4 @@
-"""Tests for the label, distance-map and overlap helpers of utils.py (SPEC section 7).
+"""Tests for the label, distance-map and overlap helpers of utils.py (docs/conventions.md).
 
 Every expected value is worked out here, independently of utils.py: literal arrays computed by
 hand, brute-force all-pairs distances over coordinate lists, or scipy's distance transform.

@@ -1,0 +1,181 @@
+"""Stand-in ISLES 2018 zips: CT perfusion cases with small stroke lesions.
+
+The two zips of the challenge, `ISLES2018_Training.zip` and `ISLES2018_Testing.zip`, with their
+layout: `TRAINING/case_<N>/SMIR.Brain.XX.O.<MOD>.<ID>/SMIR.Brain.XX.O.<MOD>.<ID>.nii` for MOD in
+CT, CT_4DPWI, CT_CBF, CT_CBV, CT_MTT, CT_Tmax and OT (the lesion mask, absent from TESTING), and
+an AppleDouble file for each under `__MACOSX/`. Each case is 256 x 256 pixels of 0.78 to 0.98 mm
+over 2 to 22 slices of 5 to 10 mm, a head with a few small lesions (a main one and satellites,
+well under 1% of the voxels, some slices without lesion) with raised Tmax and MTT and lowered
+CBF and CBV, inside a penumbra of moderately raised Tmax and MTT that is not labelled.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+
+from preprocess.reproducible_archives import Member, ZipPlan, nifti_bytes
+from preprocess.synthetic_shapes import (
+    Array,
+    irregular_ellipsoid,
+    patient_rng,
+    quantise,
+    random_field,
+    rotate,
+    soft_membership,
+    unrotate,
+    voxel_axes,
+)
+
+ZIPS = ("ISLES2018_Training.zip", "ISLES2018_Testing.zip")
+
+# An AppleDouble `._` file as macOS puts under __MACOSX/: header and an empty Finder Info entry.
+APPLEDOUBLE = struct.pack(
+    ">II16sHIII32s", 0x00051607, 0x00020000, b"Mac OS X        ", 1, 9, 38, 32, bytes(32)
+)
+
+ISLES_CASES = {"quick": (16, 4), "full": (94, 62)}  # (training, testing)
+# Slices per case: the quick size stays in the lower part of the real range (about 8 on average,
+# so that its 16 cases give a small network enough slices to learn from within a few epochs).
+ISLES_SLICES = {
+    "quick": ((2, 4, 6, 8, 10, 12), (0.05, 0.15, 0.2, 0.25, 0.2, 0.15)),
+    "full": (
+        (2, 4, 6, 8, 10, 12, 16, 18, 22),
+        (0.22, 0.2, 0.14, 0.14, 0.06, 0.06, 0.06, 0.06, 0.06),
+    ),
+}
+ISLES_FOV_MM = (200.0, 210.0, 220.0, 230.0, 240.0, 250.0)  # 256 pixels: 0.78 to 0.98 mm
+ISLES_THICKNESS_MM = (5.0, 5.0, 8.0, 10.0)  # 5 mm twice as likely
+ISLES_MAX_SLAB_MM = 120.0
+# Folder order inside a case (alphabetical, as listed); IDs increase in this order.
+ISLES_MODALITIES = ("CT", "CT_4DPWI", "CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax", "OT")
+ISLES_ID_BASE = {"TRAINING": 345560, "TESTING": 371000}
+ISLES_PWI_CURVES = ((0.0, 1.2, 1.8, 0.9), (0.0, 0.3, 0.9, 1.4))  # bolus: healthy, lesion
+
+
+def _isles_case(rng: np.random.Generator, size: str) -> tuple[dict[str, Array], tuple]:
+    """The seven volumes of one ISLES case, and its voxel size (X Y Z in mm)."""
+    choices, weights = ISLES_SLICES[size]
+    n_slices = int(rng.choice(choices, p=weights))
+    thickness = [t for t in ISLES_THICKNESS_MM if t * n_slices <= ISLES_MAX_SLAB_MM]
+    dz = float(thickness[int(rng.integers(len(thickness)))])
+    dxy = float(rng.choice(ISLES_FOV_MM)) / 256
+    shape, zooms = (256, 256, n_slices), (dxy, dxy, dz)
+    axes = voxel_axes(shape, zooms)
+    x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+
+    # Head: brain ellipse in a skull ring; the slab sits somewhere around the brain's middle.
+    cx, cy, angle = rng.uniform(-6, 6), rng.uniform(-6, 6), rng.uniform(-0.15, 0.15)
+    u, v = rotate(x - cx, y - cy, angle)  # (X, Y, 1)
+    offset = rng.uniform(-15, 15)
+    zb = z + offset  # height above the brain's centre (1, 1, Z)
+    scale = np.sqrt(np.clip(1 - (zb / 85.0) ** 2, 0.12, 1.0))
+    a_lr, a_ap = rng.uniform(62, 70), rng.uniform(78, 88)
+    rb = (u / (a_lr * scale)) ** 2 + (v / (a_ap * scale)) ** 2  # (X, Y, Z)
+    brain = rb < 1
+    skull = ((u / (a_lr * scale + 7)) ** 2 + (v / (a_ap * scale + 7)) ** 2 < 1) & ~brain
+    field = random_field(rng, (x, y, z), (60.0, 160.0))
+    gyri = random_field(rng, (x, y, z), (12.0, 25.0))
+    grey = (brain & (rb > 0.62 + 0.15 * gyri)).astype(float)
+    vx, vy, vz = rng.uniform(5, 9), rng.uniform(-2, 6), rng.uniform(0, 15)
+    rvx, rvy = rng.uniform(3, 6), rng.uniform(14, 22)
+    vent = ((np.abs(u) - vx) / rvx) ** 2 + ((v - vy) / rvy) ** 2 + ((zb - vz) / 25.0) ** 2 < 1
+
+    # Lesions: a main one over a run of slices, and satellites over one or two slices.
+    lesion = np.zeros(shape, bool)
+    core = np.zeros(shape)  # soft lesion membership
+    halo = np.zeros(shape)  # soft penumbra membership (not labelled)
+    n_main = int(rng.integers(max(1, n_slices // 4), max(1, 2 * n_slices // 3) + 1))
+    z0 = int(rng.integers(0, n_slices - n_main + 1))
+    zc = float(axes[2][z0] + (n_main - 1) / 2 * dz)
+    s_c = math.sqrt(min(max(1 - ((zc + offset) / 85.0) ** 2, 0.12), 1.0))
+    phi, r_n = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.55)
+    main_u, main_v = r_n * math.cos(phi) * a_lr * s_c, r_n * math.sin(phi) * a_ap * s_c
+    main_radius = (rng.uniform(7, 13), rng.uniform(7, 13))
+    blobs = [((main_u, main_v, zc), (*main_radius, n_main * dz / 2))]
+    for _ in range(int(rng.integers(1, 5))):
+        r_sat = rng.uniform(2.5, 5.0)
+        dist = max(main_radius) + r_sat + rng.uniform(3, 15)
+        theta = rng.uniform(0, 2 * np.pi)
+        k = int(np.clip(z0 + rng.integers(-1, n_main + 1), 0, n_slices - 1))
+        span = int(rng.integers(1, 3))
+        sat_z = float(axes[2][k]) + (span - 1) * dz / 2 * rng.choice((-1, 1))
+        sat_u, sat_v = main_u + dist * math.cos(theta), main_v + dist * math.sin(theta)
+        blobs.append(((sat_u, sat_v, sat_z), (r_sat, r_sat * rng.uniform(0.7, 1.3), span * dz / 2)))
+    for (bu, bv, bz), radii in blobs:
+        gx, gy = unrotate(bu, bv, angle)
+        centre = (cx + gx, cy + gy, bz)
+        # The box reaches 1.9 radii: the penumbra reaches 1.85.
+        box, q = irregular_ellipsoid(rng, axes, centre, radii, reach=1.9)
+        lesion[box] |= q < 1
+        np.maximum(core[box], soft_membership(q), out=core[box])
+        np.maximum(halo[box], soft_membership(q, edge=2.3), out=halo[box])
+    inside = brain & ~vent & (rb < 0.85)
+    lesion &= inside
+    core *= inside
+    halo *= (1 - core) * inside
+    severity = rng.uniform(0.8, 1.2)
+
+    def noise(sd: float) -> Array:
+        return sd * rng.standard_normal(shape, dtype=np.float32)
+
+    ct = np.where(brain, 28 + 9 * grey + 2 * field - 20 * vent - 7 * core + noise(3.0), -1024.0)
+    ct = np.where(skull, 1100 + 250 * field + noise(50.0), ct)
+    tissue = (1 + 0.15 * field) * (1 - 0.9 * vent)
+    cbf = (20 + 32 * grey) * tissue * (1 - 0.75 * core) * (1 - 0.3 * halo) + noise(3.0)
+    cbv = (16 + 20 * grey) * tissue * (1 - 0.6 * core) * (1 + 0.1 * halo) + noise(2.0)
+    mtt = (4.2 + 0.8 * (1 - grey) + 0.5 * field) * (1 - 0.9 * vent)
+    mtt = mtt + 6.5 * severity * core + 2.5 * halo + noise(0.45)
+    tmax = (0.9 + 0.4 * (1 - grey) + 0.4 * field) * (1 - 0.9 * vent)
+    tmax = tmax + 9.0 * severity * core + 4.5 * halo + noise(0.5)
+    healthy, delayed = ISLES_PWI_CURVES
+    pwi = np.clip(ct, -1024, 3071)[..., None] + np.maximum(cbv, 0)[..., None] * (
+        np.multiply.outer(1 - core, healthy) + np.multiply.outer(core, delayed)
+    )
+    volumes = {
+        "CT": np.round(ct).astype(np.int32),
+        "CT_4DPWI": np.round(pwi).astype(np.int16),
+        "CT_CBF": np.round(np.where(brain, np.clip(cbf, 0, None), 0)).astype(np.uint16),
+        "CT_CBV": np.round(np.where(brain, np.clip(cbv, 0, None), 0)).astype(np.uint16),
+        "CT_MTT": quantise(np.where(brain, np.clip(mtt, 0, None), 0), 1 / 16, np.float64),
+        "CT_Tmax": quantise(np.where(brain, np.clip(tmax, 0, None), 0), 1 / 16, np.float64),
+        "OT": lesion.astype(np.uint8),
+    }
+    return volumes, zooms
+
+
+def _isles_members(seed: int, size: str, top: str, number: int) -> list[Member]:
+    """The members of case `number` of the ISLES `TRAINING/` or `TESTING/` zip."""
+    split = 0 if top == "TRAINING" else 1
+    volumes, zooms = _isles_case(patient_rng(seed, "isles", split, number), size)
+    members = []
+    for index, modality in enumerate(ISLES_MODALITIES):
+        if modality == "OT" and top == "TESTING":
+            continue
+        stem = f"SMIR.Brain.XX.O.{modality}.{ISLES_ID_BASE[top] + 7 * (number - 1) + index}"
+        folder = f"case_{number}/{stem}"
+        volume = volumes[modality]
+        frame_zooms = (*zooms, 1.0) if volume.ndim == 4 else zooms
+        members.append((f"{top}/{folder}/{stem}.nii", nifti_bytes(volume, frame_zooms)))
+        members.append((f"__MACOSX/{top}/{folder}/._{stem}.nii", APPLEDOUBLE))
+    return members
+
+
+def isles_zips(seed: int, size: str) -> Iterator[ZipPlan]:
+    """The training and the testing zip: their names, member functions and case numbers.
+
+    Args:
+        seed: the generator's seed.
+        size: "quick" or "full", the cohort size (ISLES_CASES).
+
+    Returns:
+        One plan per zip, training first.
+    """
+    training, testing = ZIPS
+    n_training, n_testing = ISLES_CASES[size]
+    yield training, partial(_isles_members, seed, size, "TRAINING"), range(1, n_training + 1)
+    yield testing, partial(_isles_members, seed, size, "TESTING"), range(1, n_testing + 1)

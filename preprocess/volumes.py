@@ -1,0 +1,352 @@
+"""The source volumes of the slicers: finding their files, loading and checking them.
+
+Each volume to slice (a patient for ISLES and WMH, a cardiac frame for ACDC) is one NIfTI file
+per modality and one label file. Here they are found on disk (`require_dir`, `require_file`,
+`subfolders`), loaded (`load_nifti`), checked (readable NIfTI, 3D, one grid for every file of a
+volume, finite voxels, a non-constant image, integer label values in the dataset's classes),
+normalised to [0, 1] over the whole 3D volume (min-max, never per slice), and resized in-plane
+(images linearly, labels by nearest neighbour, the in-plane spacing scaled by old size / new
+size). Bad input raises `SliceError` with the file named.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from skimage.transform import resize
+
+Spacing3D = tuple[float, float, float]
+
+
+class SliceError(Exception):
+    """The source data cannot be sliced; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One 3D volume to slice.
+
+    Attributes:
+        vid: volume id, the prefix of its slice stems (`case_4`, `100`, `patient001_01`).
+        images: one NIfTI file per modality, in the dataset's modality order.
+        label: the NIfTI file of the label volume.
+    """
+
+    vid: str
+    images: tuple[Path, ...]
+    label: Path
+
+
+# Patient id -> its volumes (one for ISLES and WMH, one per frame for ACDC).
+Patients = dict[str, list[Volume]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding files
+# ---------------------------------------------------------------------------------------------
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders `case_2` before `case_10`."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return `path` if it is a folder, else raise SliceError saying what was expected there."""
+    if not path.is_dir():
+        raise SliceError(f"{path}: folder not found (expected {what})")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return `path` if it is a file, else raise SliceError naming it and what it should hold."""
+    if not path.is_file():
+        raise SliceError(f"{path}: file not found (expected {what})")
+    return path
+
+
+def subfolders(folder: Path, pattern: str) -> list[Path]:
+    """Sub-folders of `folder` whose whole name matches `pattern`, in natural order."""
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(pattern, p.name)]
+    return sorted(found, key=lambda p: natural_key(p.name))
+
+
+def patient_folders(source: Path, inner: str, pattern: str, dataset: str, shown: str) -> list[Path]:
+    """The patient folders of a source given in either of its two forms: the unpacked zip
+    (holding `inner/`, e.g. `TRAINING/`) or, as the original makefiles pass it, `inner/`
+    itself (holding the patient folders directly).
+
+    Args:
+        source: the folder given as `--source_dir`.
+        inner: the zip's top folder of patients (`TRAINING`, `training`).
+        pattern: the regex of a patient folder's whole name.
+        dataset: the dataset's name, for messages.
+        shown: a patient folder's name as messages show it (`case_<N>`).
+
+    Returns:
+        The patient folders, in natural order.
+
+    Raises:
+        SliceError: neither form, or both at once.
+    """
+    nested = source / inner
+    direct = subfolders(source, pattern)
+    if nested.is_dir():
+        if direct:
+            raise SliceError(
+                f"{source}: holds both {inner}/ and patient folders ({direct[0].name}); expected "
+                f"one form: the unpacked zip ({inner}/{shown}/) or its {inner}/ folder "
+                f"({shown}/ directly)"
+            )
+        return subfolders(nested, pattern)
+    if not direct:
+        raise SliceError(
+            f"{nested}: folder not found (expected {inner}/{shown}/ folders of {dataset}, or "
+            f"{shown}/ folders directly in {source})"
+        )
+    return direct
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and checking volumes
+# ---------------------------------------------------------------------------------------------
+
+
+def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D, np.ndarray]:
+    """Load a 3D NIfTI volume.
+
+    Args:
+        path: the `.nii` or `.nii.gz` file.
+
+    Returns:
+        The `X Y Z` voxel array (its stored dtype, scaled when the header says so), the voxel
+        spacing (dx, dy, dz) in mm, and the 4 x 4 voxel-to-world affine (nibabel's best one:
+        sform, else qform, else the spacing alone). Trailing axes of length one (`X Y Z 1`) are
+        dropped.
+
+    Raises:
+        SliceError: the file is not a readable NIfTI, not 3D, or has a bad spacing.
+    """
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+        zooms = tuple(float(z) for z in image.header.get_zooms())
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as error:  # nibabel, gzip and numpy raise many kinds on corrupt files
+        raise SliceError(
+            f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})"
+        ) from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise SliceError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    spacing = zooms[:3]
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise SliceError(f"{path}: expected three positive voxel sizes, got {zooms}")
+    return data, spacing, affine
+
+
+# Two files of one volume are on one grid when their voxel sizes agree to these tolerances (mm;
+# nibabel stores them as float32) and their affines to AFFINE_ATOL mm in every entry.
+SPACING_RTOL, SPACING_ATOL = 1e-4, 1e-5
+AFFINE_ATOL = 1e-3
+
+
+def _affine(affine: np.ndarray) -> str:
+    """The three top rows of an affine, `[[0.9, 0, 0, -115], ...]`, for messages."""
+    return "[" + ", ".join(_values(row) for row in affine[:3]) + "]"
+
+
+def check_same_grid(
+    path: Path,
+    spacing: Spacing3D,
+    affine: np.ndarray,
+    reference: Path,
+    reference_spacing: Spacing3D,
+    reference_affine: np.ndarray,
+) -> None:
+    """Check that a modality or label file lies on the grid of the volume's first modality.
+
+    The spacings must agree within a relative tolerance of 1e-4 plus 1e-5 mm (float32 headers
+    of one grid agree far better; a real difference, such as 0.9 against 0.94 mm, is refused),
+    and every entry of the affines within 1e-3 mm (the same voxels in the same place).
+
+    Args:
+        path: the file checked.
+        spacing: its voxel spacing (dx, dy, dz) in mm.
+        affine: its 4 x 4 voxel-to-world affine.
+        reference: the volume's first modality.
+        reference_spacing: the spacing of `reference`.
+        reference_affine: the affine of `reference`.
+
+    Raises:
+        SliceError: the spacings or the affines differ, naming both files and both values.
+    """
+    if not np.allclose(spacing, reference_spacing, rtol=SPACING_RTOL, atol=SPACING_ATOL):
+        raise SliceError(
+            f"{path}: voxel spacing {_values(np.array(spacing))} mm differs from {reference} "
+            f"{_values(np.array(reference_spacing))} mm; expected every modality and the label "
+            "of a volume on one grid"
+        )
+    if not np.allclose(affine, reference_affine, rtol=0, atol=AFFINE_ATOL):
+        gap = float(np.nanmax(np.abs(affine - reference_affine)))
+        raise SliceError(
+            f"{path}: affine {_affine(affine)} differs from {reference} "
+            f"{_affine(reference_affine)} (by up to {gap:.4g} mm, more than {AFFINE_ATOL:g}); "
+            "expected every modality and the label of a volume on one grid"
+        )
+
+
+def check_finite(data: np.ndarray, path: Path) -> None:
+    """Raise SliceError when a volume holds NaN or infinite voxels."""
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n_nan = int(np.isnan(data).sum())
+        n_inf = int(np.isinf(data).sum())
+        raise SliceError(
+            f"{path}: {n_nan} NaN and {n_inf} infinite voxels; expected finite values only"
+        )
+
+
+def normalise(data: np.ndarray, path: Path) -> np.ndarray:
+    """Min-max normalise a whole volume to [0, 1] (float64, same shape).
+
+    Raises:
+        SliceError: NaN / infinite voxels, or a constant volume (nothing to normalise).
+    """
+    check_finite(data, path)
+    volume = data.astype(np.float64)
+    low, high = volume.min(), volume.max()
+    if high == low:
+        raise SliceError(
+            f"{path}: constant volume (every voxel is {low:g}); expected varying intensities "
+            "to normalise to [0, 1]"
+        )
+    return (volume - low) / (high - low)
+
+
+def _values(values: np.ndarray) -> str:
+    """`[3, 0.5]`: numbers as short as they go, for messages."""
+    return "[" + ", ".join(f"{v:g}" for v in values.tolist()) + "]"
+
+
+def to_classes(
+    data: np.ndarray, path: Path, classes: Sequence[int], label_map: Iterable[tuple[int, int]]
+) -> np.ndarray:
+    """Check a label volume and map it to class indices.
+
+    Args:
+        data: `X Y Z` label volume, any numeric dtype.
+        classes: the values allowed in the file.
+        label_map: (value, class) pairs for values that change; others keep their value.
+
+    Returns:
+        `X Y Z` uint8 class indices.
+
+    Raises:
+        SliceError: non-finite or non-integer values, or values outside `classes`.
+    """
+    check_finite(data, path)
+    if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.round(data)):
+        odd = np.unique(data[data != np.round(data)])[:5]
+        raise SliceError(
+            f"{path}: label values must be integers (class indices {sorted(classes)}), "
+            f"found {_values(odd)}"
+        )
+    values = np.unique(data)
+    outside = values[~np.isin(values, classes)]
+    if outside.size:
+        raise SliceError(
+            f"{path}: label values {_values(outside[:10])} outside the dataset's classes "
+            f"{sorted(classes)}"
+        )
+    table = np.arange(max(classes) + 1, dtype=np.uint8)
+    for value, target in label_map:
+        table[value] = target
+    return table[data.astype(np.int64)]
+
+
+def resize_images(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize each slice of an `X Y Z` volume to `H W` by linear interpolation -> `H W Z`."""
+    if volume.shape[:2] == tuple(shape):
+        return volume
+    slices = [
+        resize(volume[:, :, z], shape, order=1, preserve_range=True, anti_aliasing=False)
+        for z in range(volume.shape[2])
+    ]
+    return np.clip(np.stack(slices, axis=-1), 0, 1)  # no overshoot outside [0, 1]
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize each slice of an `X Y Z` class volume to `H W` by nearest neighbour -> `H W Z`."""
+    if labels.shape[:2] == tuple(shape):
+        return labels
+    slices = [
+        resize(labels[:, :, z], shape, order=0, preserve_range=True, anti_aliasing=False)
+        for z in range(labels.shape[2])
+    ]
+    return np.rint(np.stack(slices, axis=-1)).astype(np.uint8)
+
+
+def resized_spacing(spacing: Spacing3D, old: tuple[int, ...], new: tuple[int, int]) -> Spacing3D:
+    """In-plane voxel size after resizing `old` (X, Y, ...) to `new` (H, W): dx x X / H."""
+    dx, dy, dz = spacing
+    return (dx * old[0] / new[0], dy * old[1] / new[1], dz)
+
+
+def load_volume(
+    volume: Volume,
+    classes: Sequence[int],
+    label_map: Iterable[tuple[int, int]],
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, Spacing3D]:
+    """Load, check, normalise and resize one volume.
+
+    Args:
+        volume: the modality files and the label file.
+        classes: the label values allowed in the label file.
+        label_map: (value, class) pairs for label values that change (see `to_classes`).
+        shape: the in-plane size (H, W) of the output.
+
+    Returns:
+        images `C H W Z` float32 in [0, 1], labels `H W Z` uint8 class indices, and the spacing
+        (dx, dy, dz) in mm after the resize.
+
+    Raises:
+        SliceError: unreadable file, shapes, spacings or affines that disagree between the
+            modalities and the label (see `check_same_grid`), NaN / inf, constant image, bad
+            labels.
+    """
+    images: list[np.ndarray] = []
+    reference = volume.images[0]
+    spacing: Spacing3D = (1.0, 1.0, 1.0)  # the first modality's, set below
+    affine = np.eye(4)
+    for path in volume.images:
+        data, file_spacing, file_affine = load_nifti(path)
+        if images:
+            if data.shape != images[0].shape:
+                raise SliceError(
+                    f"{path}: shape {data.shape} differs from {reference} {images[0].shape}; "
+                    "expected every modality of a volume on one grid"
+                )
+            check_same_grid(path, file_spacing, file_affine, reference, spacing, affine)
+        else:
+            spacing, affine = file_spacing, file_affine
+        images.append(normalise(data, path))
+    labels, label_spacing, label_affine = load_nifti(volume.label)
+    if labels.shape != images[0].shape:
+        raise SliceError(
+            f"{volume.label}: label shape {labels.shape} differs from {reference} "
+            f"{images[0].shape}; expected the label on the image grid"
+        )
+    check_same_grid(volume.label, label_spacing, label_affine, reference, spacing, affine)
+    labels = to_classes(labels, volume.label, classes, label_map)
+
+    old_shape = images[0].shape
+    stack = np.stack([resize_images(image, shape) for image in images])  # C H W Z
+    labels = resize_labels(labels, shape)  # H W Z
+    return stack.astype(np.float32), labels, resized_spacing(spacing, old_shape, shape)
