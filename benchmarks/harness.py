@@ -130,18 +130,6 @@ def machine_name() -> str:
     return name
 
 
-def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    """Median wall time of `repeat` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved_seconds(
     first: Callable[[], object], second: Callable[[], object], repeat: int, warmup: int = 2
 ) -> tuple[float, float]:
