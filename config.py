@@ -306,6 +306,27 @@ def parse_folders(text: str) -> list[list[FolderSpec]]:
     return specs
 
 
+def folders_meaning(
+    losses: list[list[tuple[str, dict, float]]], folders: list[list[FolderSpec]]
+) -> list[tuple]:
+    """What `--folders` means, whichever convention wrote it: per loader, the input, the ground
+    truth of the metrics and each loss's target, as (folder, transform name, one-hot) triples.
+    `[in, gt, dist]` (short) and `[in, gt]+[gt, dist]` (original) mean the same."""
+
+    def triple(spec: FolderSpec | None) -> tuple | None:
+        return None if spec is None else (spec.folder, spec.transform.__name__, spec.is_hot)
+
+    if len(folders) == 1 and len(losses) > 1:
+        folders = folders * len(losses)
+    if len(losses) == 1 and len(folders) > 1:
+        losses = losses * len(folders)
+    meaning = []
+    for i, (row, loss_list) in enumerate(zip(folders, losses, strict=False)):
+        inputs, gt, targets = split_folders(row, len(loss_list), i)
+        meaning.append((triple(inputs), triple(gt), [triple(t) for t in targets]))
+    return meaning
+
+
 def check_idc(loss: str, idc: object, n_class: int) -> None:
     """A loss's `idc`: distinct class indices of the `n_class` classes (negative ones count
     from the end, as in Python indexing).
@@ -407,15 +428,6 @@ def check_config(args: argparse.Namespace) -> Config:
     for loss_list in losses:
         for name, kwargs, _ in loss_list:
             check_idc(name, kwargs.get("idc"), args.n_class)
-    try:  # built once here: a loss may read a file (the adjacency graph) and warn
-        loss_fns = [
-            CompoundLoss([get_loss(n, **k) for n, k, _ in loss_list], [n for n, _, _ in loss_list])
-            for loss_list in losses
-        ]
-    except ValueError as error:
-        raise ConfigError(f"--losses: {error}") from None
-    if not -n_train <= args.val_loader_id < n_train:
-        raise ConfigError(f"--val_loader_id {args.val_loader_id} outside the {n_train} loaders")
     params = parse_literal(args.scheduler_params, "--scheduler_params")
     if not isinstance(params, dict):
         raise ConfigError(f"--scheduler_params must be a dict, got {params!r}")
@@ -423,6 +435,27 @@ def check_config(args: argparse.Namespace) -> Config:
         scheduler = get_scheduler(args.scheduler, params)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    skip_zero = not getattr(scheduler, "reads_losses", False)
+    try:  # built once here: a loss may read a file (the adjacency graph) and warn
+        loss_fns = [
+            CompoundLoss(
+                [get_loss(n, **k) for n, k, _ in loss_list],
+                [n for n, _, _ in loss_list],
+                skip_zero=skip_zero,
+            )
+            for loss_list in losses
+        ]
+    except ValueError as error:
+        raise ConfigError(f"--losses: {error}") from None
+    if args.scheduler == "DummyScheduler" and any(
+        all(w == 0 for _, _, w in loss_list) for loss_list in losses
+    ):
+        raise ConfigError(
+            "--losses: every weight of a loader is 0 and --scheduler DummyScheduler keeps them "
+            "so: nothing would be trained; give a loss a positive weight"
+        )
+    if not -n_train <= args.val_loader_id < n_train:
+        raise ConfigError(f"--val_loader_id {args.val_loader_id} outside the {n_train} loaders")
     inputs, ground_truth, targets = (list(column) for column in zip(*split, strict=True))
     for compound, specs in zip(loss_fns, targets, strict=True):
         for fn, name, spec in zip(compound.losses, compound.names, specs, strict=True):
@@ -454,10 +487,7 @@ def canonical_args(values: Mapping[str, object]) -> dict[str, object]:
     (`--dataset=data/ISLES/` and `data/ISLES` are the same folder)."""
     out = dict(values)
     out["losses"] = parse_losses(str(values["losses"]))
-    out["folders"] = [
-        [(spec.folder, spec.transform.__name__, spec.is_hot) for spec in row]
-        for row in parse_folders(str(values["folders"]))
-    ]
+    out["folders"] = folders_meaning(out["losses"], parse_folders(str(values["folders"])))
     for name in ("net_params", "scheduler_params"):
         out[name] = parse_literal(str(values[name]), f"--{name}")
     for name in ("workdir", "weights", "adjacency_graph"):

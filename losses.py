@@ -459,17 +459,22 @@ class CompoundLoss:
 
     A term whose weight is 0 is not computed at all (nnU-Net's compound losses do the same): a
     loss alone needs no zero-weight companion, and a term a scheduler has switched off costs
-    nothing. Its raw value is logged as NaN.
+    nothing. Its raw value is logged as NaN. A scheduler that sets a weight from the term's raw
+    value (the adjacency weight controller) needs every term: `skip_zero=False` computes them
+    all, the zero-weight ones adding 0 to the sum.
 
     Args:
         losses: the loss objects, in order.
         names: their names, for logs and messages.
+        skip_zero: skip the terms of weight 0.
     """
 
-    def __init__(self, losses: Sequence[_IdcLoss], names: Sequence[str]) -> None:
+    def __init__(
+        self, losses: Sequence[_IdcLoss], names: Sequence[str], skip_zero: bool = True
+    ) -> None:
         if len(losses) != len(names):
             raise ValueError(f"CompoundLoss: {len(losses)} losses but {len(names)} names")
-        self.losses, self.names = list(losses), list(names)
+        self.losses, self.names, self.skip_zero = list(losses), list(names), skip_zero
 
     def __len__(self) -> int:
         return len(self.losses)
@@ -499,7 +504,7 @@ class CompoundLoss:
                 f"{len(weights)} weights; expected one target and one weight per loss"
             )
         values = [
-            fn(probs, target) if weight != 0 else None
+            fn(probs, target) if weight != 0 or not self.skip_zero else None
             for fn, target, weight in zip(self.losses, targets, weights, strict=True)
         ]
         terms = [w * v for w, v in zip(weights, values, strict=True) if v is not None]

@@ -30,6 +30,7 @@ from torch import nn
 
 from atomic import atomic_write, write_text_atomic
 from distributed import Context
+from ranking import nan_mean_std
 from runfolder import csv_columns
 
 ROOT = Path(__file__).resolve().parent
@@ -141,7 +142,7 @@ def write_csv(
     for name, array in history.items():
         if array.ndim != 3 or len(array) != epochs:
             continue
-        per = np.nanmean(array, axis=1)  # epoch x (class, loss term or count)
+        per = nan_mean_std(array, axis=1)[0]  # epoch x (class, loss term or count)
         header += csv_columns(name, per.shape[1], loss_names)
         for e in range(epochs):
             rows[e] += [f"{v:.6g}" for v in per[e]]

@@ -113,6 +113,7 @@ class LambdaController(DummyScheduler):
     """
 
     handles_nan = True  # the training restarts a NaN epoch with the lowered weights
+    reads_losses = True  # it scales the penalty from its raw value: never skip a zero weight
 
     def __init__(
         self,

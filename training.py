@@ -35,6 +35,7 @@ from dataloader import DEVICE_TRANSFORMS, FolderSpec, ShardedBatchSampler, group
 from distributed import Context
 from losses import CompoundLoss
 from metrics import dice_coef
+from ranking import nan_mean_std
 from runwriter import save_predictions
 
 NAN_RETRIES = 3
@@ -323,7 +324,7 @@ def summarise(
     dices = np.concatenate([r.dices for r in records]) if records else np.zeros((0, K))
     bounds = np.cumsum([0, *sizes])
     per_loader = [
-        np.nanmean(loss_log[a:b, :n], 0).tolist()
+        nan_mean_std(loss_log[a:b, :n], 0)[0].tolist()  # NaN for a term skipped all epoch
         for a, b, n in zip(bounds[:-1], bounds[1:], n_losses, strict=True)
     ]
     volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))

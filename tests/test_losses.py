@@ -355,3 +355,26 @@ def test_validation_survives_python_optimise_flag():
         [sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True, cwd="."
     )
     assert out.stdout.strip() == "refused"
+
+
+def test_compound_loss_skips_zero_weights_and_logs_them_as_nan():
+    from losses import CompoundLoss, GeneralizedDice, SurfaceLoss
+
+    probs = torch.softmax(torch.randn(2, 2, 8, 8), dim=1)
+    labels = torch.nn.functional.one_hot(torch.randint(0, 2, (2, 8, 8)), 2).movedim(-1, 1)
+    dist = torch.randn(2, 2, 8, 8)
+    gdl, surface = GeneralizedDice(idc=[0, 1]), SurfaceLoss(idc=[1])
+    compound = CompoundLoss([gdl, surface], ["GeneralizedDice", "SurfaceLoss"])
+    total, values = compound(probs, [labels, dist], [1.0, 0.01])
+    expected = 1.0 * gdl(probs, labels) + 0.01 * surface(probs, dist)
+    assert torch.allclose(total, expected, rtol=0, atol=0)  # same terms, same order
+    total, values = compound(probs, [labels, dist], [0.0, 0.5])
+    assert values[0] is None and torch.equal(total, 0.5 * surface(probs, dist))
+    raw = compound.raw(values)
+    assert math.isnan(raw[0]) and raw[1] == pytest.approx(float(surface(probs, dist)))
+    assert compound(probs, [labels, dist], [0.0, 0.0]) == (None, [None, None])
+    kept = CompoundLoss([gdl, surface], ["a", "b"], skip_zero=False)
+    _, values = kept(probs, [labels, dist], [0.0, 0.5])
+    assert values[0] is not None
+    with pytest.raises(ValueError, match="one target and one weight per loss"):
+        compound(probs, [labels], [1.0, 1.0])

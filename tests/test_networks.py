@@ -152,7 +152,8 @@ def test_unet_parameter_count_by_hand() -> None:
 
 
 def _unet_count_from_description(nin: int, nout: int, nG: int, dims: int) -> int:
-    """Parameter count of the UNet written from the layer list of the brief, for any width."""
+    """Parameter count of the UNet written from its layer list (nG=64, three stride-2
+    downsamplings, BatchNorm + PReLU blocks, residual bridge), for any width."""
     k = 3**dims  # weights of one 3x3 (x3) kernel
 
     def cb(a: int, b: int) -> int:  # conv (no bias) + BatchNorm + PReLU

@@ -1,0 +1,111 @@
+"""config.py: the literal parser's `+`, the two --folders conventions, targets of each loss."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import (
+    ConfigError,
+    check_config,
+    check_target,
+    folders_meaning,
+    get_args,
+    parse_folders,
+    parse_literal,
+    parse_losses,
+    split_folders,
+)
+from dataloader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
+
+IN = FolderSpec("in_npy", tensor_transform, False)
+GT = FolderSpec("gt_npy", gt_transform, True)
+DIST = FolderSpec("gt_npy", dist_map_transform, False)
+B_DATA = "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)]"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("[1]+[2]", [1, 2]), ("[1]+[2]+[3]", [1, 2, 3]), ("[[1]+[2], [3]]", [[1, 2], [3]])],
+)
+def test_plus_joins_list_literals(text, expected):
+    assert parse_literal(text, "--x") == expected
+
+
+@pytest.mark.parametrize("text", ["[1]+2", "[1]+(2,)", "1+2", "'a'+'b'", "[1]-[2]"])
+def test_plus_between_anything_else_is_refused(text):
+    with pytest.raises(ConfigError, match="--x"):
+        parse_literal(text, "--x")
+
+
+def test_the_original_folders_line_parses_into_the_original_convention():
+    targets = "[('gt_npy', gt_transform, True), ('gt_npy', dist_map_transform, False)]"
+    folders = parse_folders(f"{B_DATA}+{targets}")
+    assert folders == [[IN, GT, GT, DIST]]
+    assert split_folders(folders[0], 2, 0) == (IN, GT, [GT, DIST])  # 2 losses: input, gt, 2
+
+
+def test_the_short_convention_takes_the_first_one_hot_loss_folder_as_ground_truth():
+    assert split_folders([IN, GT, DIST], 2, 0) == (IN, GT, [GT, DIST])
+    assert split_folders([IN, DIST], 1, 0) == (IN, None, [DIST])  # unlabelled: no Dice
+
+
+def test_a_count_fitting_neither_convention_is_refused():
+    with pytest.raises(ConfigError, match="1 loss.*4 folder.*\\(3, as the original\\).*\\(2\\)"):
+        split_folders([IN, GT, GT, DIST], 1, 0)
+
+
+def test_the_original_ground_truth_must_be_one_hot():
+    with pytest.raises(ConfigError, match="ground-truth folder 'gt_npy' of loader 0.*one-hot"):
+        split_folders([IN, DIST, GT], 1, 0)
+
+
+@pytest.mark.parametrize(
+    "kind, spec, ok",
+    [("one-hot", GT, True), ("one-hot", DIST, False), ("distance map", DIST, True),
+     ("distance map", GT, False), (None, GT, True), (None, DIST, True)],
+)  # fmt: skip
+def test_each_loss_gets_the_kind_of_target_it_takes(kind, spec, ok):
+    if ok:
+        check_target("X", kind, spec)
+    else:
+        with pytest.raises(ConfigError, match=f"X takes a {kind} target"):
+            check_target("X", kind, spec)
+
+
+def test_both_conventions_mean_the_same_for_a_resume():
+    losses = parse_losses(
+        "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
+    )
+    short = parse_folders(f"{B_DATA[:-1]}, ('gt_npy', dist_map_transform, False)]")
+    original = parse_folders(
+        f"{B_DATA}+[('gt_npy', gt_transform, True), ('gt_npy', dist_map_transform, False)]"
+    )
+    assert folders_meaning(losses, short) == folders_meaning(losses, original)
+    swapped = "[('gt_npy', dist_map_transform, False), ('gt_npy', gt_transform, True)]"
+    other = parse_folders(f"{B_DATA}+{swapped}")  # the targets in another order
+    assert folders_meaning(losses, other) != folders_meaning(losses, original)
+
+
+def _args(*extra: str):
+    return get_args(["--dataset", "d", "--workdir", "w", "--network", "Dimwit", "--n_class", "2",
+                     *extra])  # fmt: skip
+
+
+def test_all_zero_weights_without_a_scheduler_are_refused():
+    args = _args("--losses", "[('GeneralizedDice', {'idc': [0, 1]}, 0)]",
+                 "--folders", f"{B_DATA}+[('gt_npy', gt_transform, True)]")  # fmt: skip
+    with pytest.raises(ConfigError, match="every weight of a loader is 0"):
+        check_config(args)
+
+
+def test_zero_weights_are_computed_for_the_adjacency_weight_controller(tmp_path):
+    graph = tmp_path / "graph.csv"
+    graph.write_text("4;0\n0;4\n")  # classes 0 and 1 never touch: a forbidden pair
+    losses = (f"[('CrossEntropy', {{'idc': [0, 1]}}, 1), "
+              f"('NonAdjacencyLoss', {{'idc': [0, 1], 'graph': '{graph}'}}, 0)]")  # fmt: skip
+    folders = f"{B_DATA}+[('gt_npy', gt_transform, True), ('gt_npy', gt_transform, True)]"
+    plain = check_config(_args("--losses", losses, "--folders", folders))
+    assert plain.loss_fns[0].skip_zero
+    controlled = check_config(_args("--losses", losses, "--folders", folders,
+                                    "--scheduler", "LambdaController"))  # fmt: skip
+    assert not controlled.loss_fns[0].skip_zero
