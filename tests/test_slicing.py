@@ -1031,7 +1031,9 @@ def start_and_signal(command: list[str], signum: int, to_worker: bool, tmp: Path
 
 @pytest.fixture(scope="module")
 def slow_wmh_src(tmp_path_factory) -> Path:
-    return make_slow_wmh(tmp_path_factory.mktemp("slow") / "WMH", patients=6, shape=(64, 64, 120))
+    # 24 patients: slicing them takes long enough (several seconds, more on a loaded machine)
+    # for the signal to arrive while the pool works; the tests end at the signal.
+    return make_slow_wmh(tmp_path_factory.mktemp("slow") / "WMH", patients=24, shape=(64, 64, 120))
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
