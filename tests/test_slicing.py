@@ -1008,7 +1008,14 @@ def start_and_signal(command: list[str], signum: int, to_worker: bool, tmp: Path
         The finished process and the worker pids.
     """
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # Ctrl-C as at a terminal: a shell running the tests in the background (`&`) ignores
+        # SIGINT, the slicer would inherit that, and Python then installs no handler for it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
