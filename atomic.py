@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -66,3 +67,12 @@ def disk_full_message(error: OSError, folder: str | Path) -> str:
         f"no space left on device while writing {where} ({why}: {error.strerror}); free some "
         "space and run again: nothing unfinished was put in place"
     )
+
+
+def remove_path(path: Path, ignore_errors: bool = False) -> None:
+    """Remove a file, a link (not what it points to) or a folder tree, if present: how the
+    tools clear their own `<product>_tmp`."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=ignore_errors)

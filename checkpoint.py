@@ -1,7 +1,7 @@
 """Checkpoints of a run folder: reading best.pt / last.pt safely, and resuming only what was run.
 
 - `load_weights` (`--weights`) accepts a best.pt or last.pt of main.py, or a plain state dict
-  (`torch.save(net.state_dict(), path)`, a DistributedDataParallel `module.` prefix included),
+  (a network's `state_dict()` saved alone; a DistributedDataParallel `module.` prefix is removed),
   and refuses, with the file named, an empty or truncated file, a file that is not a checkpoint,
   a tensor or list, and another network's weights (naming the keys or shapes that differ).
 - `read_last` (`--resume`) refuses the same, and a best.pt given in place of last.pt.

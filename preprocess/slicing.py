@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from atomic import remove_path
 from console import ArgumentParser
 from preprocess.slices import (
     OUTPUT_FOLDERS,
@@ -176,10 +177,7 @@ def _check_dest(dest: Path) -> None:
 
 def _remove_tmp(tmp: Path) -> None:
     """Remove the slicer's own `DEST_tmp` (a folder, or a stray file or link of that name)."""
-    if tmp.is_symlink() or tmp.is_file():
-        tmp.unlink()
-    elif tmp.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp, ignore_errors=True)
 
 
 def _write_json(data: dict, path: Path) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atomic import DISK_FULL  # noqa: E402
+from atomic import DISK_FULL, remove_path  # noqa: E402
 
 CHUNK = 1 << 20
 
@@ -220,14 +220,6 @@ def _corrupt(member: Member, error: BaseException) -> str:
     )
 
 
-def _remove(path: Path) -> None:
-    """Remove a file, link or folder tree if present."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
 def _fill(members: Sequence[Member], new: Path, tmp: Path, needed: int) -> None:
     """Extract every member below `new` (inside the work folder `tmp`).
 
@@ -294,7 +286,7 @@ def unpack(zips: Sequence[str | Path], dest: str | Path, drop: Sequence[str] = (
     new = tmp / dest.name
     old = tmp / (dest.name + ".replaced")
     try:
-        _remove(tmp)  # left by an interrupted run
+        remove_path(tmp)  # left by an interrupted run
     except OSError as error:
         raise UnpackError(f"{tmp}: cannot remove this earlier work folder ({error})") from None
     try:
