@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from atomic import DISK_FULL
-from preprocess.volumes import SliceError, Volume, load_volume
+from preprocess.volumes import Geometry, SliceError, Volume, load_volume
 from utils import class2one_hot, one_hot2dist
 
 # The folders of a split besides the one png folder per modality.
@@ -50,6 +50,8 @@ class SliceSettings:
         label_map: (source value, class) pairs for values that change.
         shape: in-plane size (H, W) of the slices.
         seed: seed of the augmentation.
+        geometry: the axis sliced along and each modality's normalisation (default: the last
+            axis, min-max to [0, 1]).
     """
 
     modalities: tuple[str, ...]
@@ -58,6 +60,7 @@ class SliceSettings:
     label_map: tuple[tuple[int, int], ...]
     shape: tuple[int, int]
     seed: int
+    geometry: Geometry = Geometry()
 
 
 @dataclass(frozen=True)
@@ -190,20 +193,45 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def png_windows(images: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The intensity window shown in each modality's png: `C x 2` (low, high).
+
+    Modalities in [0, 1] (min-max, the default, or nnU-Net's `rgb_to_0_1`) show [0, 1]; the
+    others (z-scored, CT, not normalised) their volume's range.
+
+    Args:
+        images: `C H W Z`, a normalised volume.
+        geometry: its normalisations.
+    """
+    norms = geometry.norms or (None,) * len(images)
+    windows = np.zeros((len(images), 2))
+    for c, norm in enumerate(norms):
+        if norm is None or norm[0] in ("minmax", "rescale_to_0_1", "rgb_to_0_1"):
+            windows[c] = 0, 1
+        else:
+            low, high = float(images[c].min()), float(images[c].max())
+            windows[c] = low, max(high, low + 1e-8)
+    return windows
+
+
 def _write_slice(
     split_dir: Path,
     stem: str,
     modalities: Sequence[str],
+    windows: np.ndarray,
     image: np.ndarray,
     label: np.ndarray,
     distmap: np.ndarray,
 ) -> None:
-    """Write one slice: image `C H W` float32, label `H W` uint8, distmap `K H W` float32.
+    """Write one slice: image `C H W` float32, label `H W` uint8, distmap `K H W` float32; each
+    modality's png shows its `windows` row (low, high) as 0 .. 255.
 
     Raises:
         SliceError: the disk is full, naming the file that could not be written.
     """
-    pngs = np.rint(image.astype(np.float64) * 255).astype(np.uint8)  # C H W
+    low, high = windows[:, 0, None, None], windows[:, 1, None, None]
+    shown = np.clip((image.astype(np.float64) - low) / (high - low), 0, 1)
+    pngs = np.rint(shown * 255).astype(np.uint8)  # C H W
     for name, png in zip(modalities, pngs, strict=True):
         write_bytes(split_dir / name / f"{stem}.png", _png_bytes(png))
     write_bytes(split_dir / "gt" / f"{stem}.png", _png_bytes(label))
@@ -237,8 +265,11 @@ def slice_volume(
         SliceError: bad input, or a full disk.
     """
     images, labels, spacing = load_volume(
-        volume, settings.classes, settings.label_map, settings.shape
+        volume, settings.classes, settings.label_map, settings.shape, settings.geometry
     )  # C H W Z, H W Z
+    if labels is None:
+        raise SliceError(f"{volume.vid}: no label file; expected one for every sliced volume")
+    windows = png_windows(images, settings.geometry)
     one_hot = class2one_hot(torch.from_numpy(labels[None]), settings.n_classes)[0]  # K H W Z
     distmap = one_hot2dist(one_hot, resolution=spacing, dtype=np.float32)  # K H W Z
     dx, dy, dz = spacing
@@ -257,7 +288,7 @@ def slice_volume(
                 image, label, dist = (apply_transform(a, transform) for a in outputs)
                 if transform[0] % 2:
                     slice_spacing = [dy, dx, dz]
-            _write_slice(split_dir, stem, settings.modalities, image, label, dist)
+            _write_slice(split_dir, stem, settings.modalities, windows, image, label, dist)
             result.spacing[stem] = slice_spacing
 
 

@@ -54,7 +54,7 @@ from preprocess.slices import (
     write_bytes,
     writing,
 )
-from preprocess.volumes import Patients, SliceError, Volume, natural_key
+from preprocess.volumes import Geometry, Patients, SliceError, Volume, natural_key
 from preprocess.worker_pool import default_workers, run_jobs
 
 # Re-exported: `slice_dataset` raises SliceError, and a Dataset's `find_patients` returns Volumes.
@@ -83,6 +83,11 @@ class Dataset:
         label_map: (source value, class) pairs for values that change (WMH: 2 -> 0).
         default_retain: number of patients kept for validation by default.
         retain_aliases: extra spellings of `--retain` on the command line.
+        split: (patients, retain, seed) -> (train ids, val ids, entries for split.json); None:
+            the seeded split of `split_patients`.
+        plan: (patients, train ids) -> (the slicing geometry, extra JSON files to write as
+            {name: content}), for datasets whose slicing depends on the training set (nnU-Net's
+            CT normalisation); None: the default geometry and no extra file.
     """
 
     name: str
@@ -93,6 +98,8 @@ class Dataset:
     label_map: tuple[tuple[int, int], ...] = ()
     default_retain: int = 10
     retain_aliases: tuple[str, ...] = ()
+    split: Callable[[Patients, int, int], tuple[list[str], list[str], dict]] | None = None
+    plan: Callable[[Patients, list[str]], tuple[Geometry, dict[str, object]]] | None = None
 
 
 SPLITS = ("train", "val")
@@ -242,7 +249,14 @@ def slice_dataset(
         patients = dataset.find_patients(source)
         if not patients:
             raise SliceError(f"{source}: no {dataset.name} patient found; the folder is empty")
-        train, val = split_patients(patients, retain, seed)
+        split_entries: dict = {}
+        if dataset.split is None:
+            train, val = split_patients(patients, retain, seed)
+        else:
+            train, val, split_entries = dataset.split(patients, retain, seed)
+        geometry, extra_files = Geometry(), {}
+        if dataset.plan is not None:
+            geometry, extra_files = dataset.plan(patients, train)
 
         jobs = []
         for split, ids, copies in (("train", train, n_augment), ("val", val, 0)):
@@ -259,6 +273,7 @@ def slice_dataset(
             dataset.label_map,
             shape,
             seed,
+            geometry,
         )
         n_workers = min(workers, len(jobs))
         desc = f"slicing {dataset.name}"
@@ -272,14 +287,17 @@ def slice_dataset(
         for split in SPLITS:
             _write_json(spacing[split], tmp / split / "spacing.json")
         _write_json(spacing_3d, tmp / "spacing_3d.json")
+        for name, content in extra_files.items():
+            write_bytes(tmp / name, (json.dumps(content, indent=1) + "\n").encode())
         split_info = {
             "dataset": dataset.name,
             "seed": seed,
-            "retain": retain,
+            "retain": len(val) if dataset.split else retain,
             "n_augment": n_augment,
             "shape": list(shape),
             "train": train,
             "val": val,
+            **split_entries,
         }
         _write_json(split_info, tmp / "split.json")
 

@@ -1,7 +1,7 @@
-"""Generate stand-in ISLES 2018, WMH 2017 and ACDC 2017 zips with the real archive layouts.
+"""Generate stand-in ISLES 2018, WMH 2017 and ACDC 2017 zips, and nnU-Net and MSD dataset folders.
 
-Usage: python preprocess/synthetic.py --dataset {isles,wmh,acdc} --dest DIR [--seed 0]
-       [--size quick|full]
+Usage: python preprocess/synthetic.py --dataset {isles,wmh,acdc,nnunet,msd} --dest DIR
+       [--seed 0] [--size quick|full]
 
 The real datasets need registration and are never downloaded by the pipeline. This generator
 writes zips under the real names, with the real folder layouts, file names, voxel dtypes, label
@@ -21,6 +21,12 @@ smooth intensity fields and noise, with the structures to segment visible in the
   bright fat and a bright descending aorta that a weak model may take for a ventricle
   (synthetic_acdc.py).
 
+`--dataset nnunet` and `--dataset msd` write folders, not zips: one stand-in cohort (an organ
+with lesions and a vessel beside it, in a CT-like and a T2-like channel, 16 training and 4 test
+cases of anisotropic voxels) in the nnU-Net v2 raw layout (`DEST/Dataset990_StandIn/`) or in the
+Medical Segmentation Decathlon layout (`DEST/Task990_StandIn/`), with the same voxels in both
+(synthetic_nnunet.py). They have one size only: `--size quick` (the default) is all they accept.
+
 `--size quick` gives small cohorts for the quick start and the tests (ISLES 16 training and 4
 testing cases of 2 to 12 slices, WMH 4 patients per site with fewer slices, ACDC 12 patients);
 `--size full` gives the real cohort sizes (ISLES 94 + 62 cases, WMH 3 x 20, ACDC 100) for
@@ -34,7 +40,8 @@ and no file name (reproducible_archives.py). All stored values are quantised (in
 on a 1/16 or 1/4 grid), so last-bit differences in floating-point maths between machines almost
 never reach the bytes. The deflate streams are zlib's: a Python built on zlib-ng compresses
 differently, and its zips then fail the md5 check of lineage/*-synthetic.lineage although their
-contents are the same. Each zip is written to `NAME.tmp` and renamed only when complete.
+contents are the same. Each zip is written to `NAME.tmp` and renamed only when complete (each
+nnU-Net or MSD folder to `NAME_tmp`).
 """
 
 from __future__ import annotations
@@ -52,11 +59,21 @@ if __package__ in (None, ""):  # run as a script: make the repository's modules 
 
 import numpy as np  # noqa: E402
 
-from preprocess import synthetic_acdc, synthetic_isles, synthetic_wmh  # noqa: E402
+from preprocess import (  # noqa: E402
+    synthetic_acdc,
+    synthetic_isles,
+    synthetic_nnunet,
+    synthetic_wmh,
+)
 from preprocess.reproducible_archives import ZipPlan, members_in_order, write_zip  # noqa: E402
 
-DATASETS = ("isles", "wmh", "acdc")
+DATASETS = ("isles", "wmh", "acdc")  # written as zips
 SIZES = ("quick", "full")
+# Written as one dataset folder each, in the folder given; one size only (quick).
+FOLDERS: dict[str, Callable[[Path, int], Path]] = {
+    "nnunet": synthetic_nnunet.write_nnunet,
+    "msd": synthetic_nnunet.write_msd,
+}
 
 # Zip names per dataset, in the order they are written and listed in the lineage files.
 ZIP_NAMES = {
@@ -113,24 +130,44 @@ def _seed(text: str) -> int:
     return value
 
 
+def _print_folder(folder: Path) -> None:
+    """One line for a written dataset folder: its path, file count and size."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    print(f"{folder}/: {len(files)} files, {size / 2**20:.1f} MiB")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: generate one dataset's zips and print their paths and sizes."""
+    """Command-line entry: generate one dataset's zips (or folder) and print paths and sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset")
-    parser.add_argument("--dest", required=True, type=Path, help="folder for the zips")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        choices=(*DATASETS, *FOLDERS),
+        help="which dataset: zips for isles, wmh, acdc; a folder DEST/Dataset990_StandIn for "
+        "nnunet (nnU-Net v2 raw layout), DEST/Task990_StandIn for msd (Decathlon layout)",
+    )
+    parser.add_argument("--dest", required=True, type=Path, help="folder for the zips or folder")
     parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--size", choices=SIZES, default="quick", help="cohort size (default quick)"
+        "--size",
+        choices=SIZES,
+        default="quick",
+        help="cohort size (default quick); nnunet and msd have one size and accept only quick",
     )
     args = parser.parse_args(argv)
+    if args.dataset in FOLDERS and args.size != "quick":
+        parser.error(f"--size {args.size}: --dataset {args.dataset} has one size, quick")
     start = time.perf_counter()
     try:
-        paths = generate(args.dataset, args.dest, args.seed, args.size)
+        if args.dataset in FOLDERS:
+            _print_folder(FOLDERS[args.dataset](args.dest, args.seed))
+        else:
+            for path in generate(args.dataset, args.dest, args.seed, args.size):
+                print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for path in paths:
-        print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
     print(f"generated {args.size} {args.dataset} (seed {args.seed}) in "
           f"{time.perf_counter() - start:.1f} s")  # fmt: skip
     return 0

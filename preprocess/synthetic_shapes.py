@@ -17,7 +17,7 @@ import numpy as np
 
 Array = np.ndarray
 
-DATASET_KEY = {"isles": 1, "wmh": 2, "acdc": 3}  # part of every seed
+DATASET_KEY = {"isles": 1, "wmh": 2, "acdc": 3, "nnunet": 4}  # part of every seed
 
 
 def patient_rng(seed: int, dataset: str, *key: int) -> np.random.Generator:
@@ -25,7 +25,7 @@ def patient_rng(seed: int, dataset: str, *key: int) -> np.random.Generator:
 
     Args:
         seed: the generator's seed.
-        dataset: "isles", "wmh" or "acdc".
+        dataset: a key of DATASET_KEY ("isles", "wmh", "acdc" or "nnunet").
         *key: the patient's key (its number, and for ISLES its split).
 
     Returns:

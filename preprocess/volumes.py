@@ -33,13 +33,27 @@ class Volume:
 
     Attributes:
         vid: volume id, the prefix of its slice stems (`case_4`, `100`, `patient001_01`).
-        images: one NIfTI file per modality, in the dataset's modality order.
-        label: the NIfTI file of the label volume.
+        images: one NIfTI file per modality, in the dataset's modality order; or, with
+            `four_d`, one file holding every modality along its last axis (the Decathlon's form).
+        label: the NIfTI file of the label volume; None for an unlabelled (test) volume.
+        four_d: whether `images` is one 4D file.
     """
 
     vid: str
     images: tuple[Path, ...]
-    label: Path
+    label: Path | None
+    four_d: bool = False
+
+
+# How a volume's voxels become slices, beyond the defaults (see `load_volume`):
+#   axis: the source axis sliced along (None: the last one);
+#   norms: per modality, its normalisation (None: min-max to [0, 1], see `normalise_channel`).
+@dataclass(frozen=True)
+class Geometry:
+    """The slicing axis and the per-modality normalisation of a dataset (picklable)."""
+
+    axis: int | None = None
+    norms: tuple[tuple, ...] | None = None
 
 
 # Patient id -> its volumes (one for ISLES and WMH, one per frame for ACDC).
@@ -117,17 +131,19 @@ def patient_folders(source: Path, inner: str, pattern: str, dataset: str, shown:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D, np.ndarray]:
-    """Load a 3D NIfTI volume.
+def load_nifti(path: Path, channels: int | None = None) -> tuple[np.ndarray, Spacing3D, np.ndarray]:
+    """Load a 3D NIfTI volume (or, with `channels`, a 4D one holding that many).
 
     Args:
         path: the `.nii` or `.nii.gz` file.
+        channels: None: a 3D volume is expected. A number C: a 4D `X Y Z C` volume (or a 3D one
+            when C is 1), returned as `C X Y Z`.
 
     Returns:
-        The `X Y Z` voxel array (its stored dtype, scaled when the header says so), the voxel
-        spacing (dx, dy, dz) in mm, and the 4 x 4 voxel-to-world affine (nibabel's best one:
-        sform, else qform, else the spacing alone). Trailing axes of length one (`X Y Z 1`) are
-        dropped.
+        The `X Y Z` (or `C X Y Z`) voxel array (its stored dtype, scaled when the header says
+        so), the voxel spacing (dx, dy, dz) in mm, and the 4 x 4 voxel-to-world affine
+        (nibabel's best one: sform, else qform, else the spacing alone). For a 3D volume,
+        trailing axes of length one (`X Y Z 1`) are dropped.
 
     Raises:
         SliceError: the file is not a readable NIfTI, not 3D, or has a bad spacing.
@@ -141,10 +157,21 @@ def load_nifti(path: Path) -> tuple[np.ndarray, Spacing3D, np.ndarray]:
         raise SliceError(
             f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})"
         ) from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise SliceError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if channels is not None:
+        if data.ndim == 3 and channels == 1:
+            data = data[..., None]
+        if data.ndim != 4 or data.shape[-1] != channels:
+            raise SliceError(
+                f"{path}: shape {data.shape} holds "
+                f"{data.shape[-1] if data.ndim == 4 else 'no'} channels along its fourth axis; "
+                f"expected {channels} (the modalities declared in dataset.json)"
+            )
+        data = np.moveaxis(data, -1, 0)
+    else:
+        while data.ndim > 3 and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise SliceError(f"{path}: expected a 3D volume, got shape {data.shape}")
     spacing = zooms[:3]
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise SliceError(f"{path}: expected three positive voxel sizes, got {zooms}")
@@ -229,6 +256,38 @@ def normalise(data: np.ndarray, path: Path) -> np.ndarray:
     return (volume - low) / (high - low)
 
 
+def normalise_channel(data: np.ndarray, path: Path, norm: tuple | None) -> np.ndarray:
+    """Normalise one modality of a volume (float64, same shape).
+
+    Args:
+        data: the voxels.
+        path: the file, named in messages.
+        norm: None or ("minmax",) or ("rescale_to_0_1",): min-max to [0, 1] (`normalise`);
+            ("zscore",): (x - mean) / std over the volume; ("ct", low, high, mean, std): clipped
+            to [low, high] then (x - mean) / std with the training set's figures; ("nonorm",):
+            unchanged; ("rgb_to_0_1",): x / 255. A standard deviation below 1e-8 counts as 1e-8,
+            as in nnU-Net.
+
+    Raises:
+        SliceError: NaN / infinite voxels, or a constant volume for min-max.
+    """
+    kind = "minmax" if norm is None else norm[0]
+    if kind in ("minmax", "rescale_to_0_1"):
+        return normalise(data, path)
+    check_finite(data, path)
+    volume = data.astype(np.float64)
+    if kind == "zscore":
+        return (volume - volume.mean()) / max(float(volume.std()), 1e-8)
+    if kind == "ct":
+        _, low, high, mean, std = norm
+        return (np.clip(volume, low, high) - mean) / max(std, 1e-8)
+    if kind == "rgb_to_0_1":
+        return volume / 255.0
+    if kind == "nonorm":
+        return volume
+    raise ValueError(f"unknown normalisation {norm!r}")
+
+
 def _values(values: np.ndarray) -> str:
     """`[3, 0.5]`: numbers as short as they go, for messages."""
     return "[" + ", ".join(f"{v:g}" for v in values.tolist()) + "]"
@@ -278,11 +337,16 @@ def resize_images(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         resize(volume[:, :, z], shape, order=1, preserve_range=True, anti_aliasing=False)
         for z in range(volume.shape[2])
     ]
-    return np.clip(np.stack(slices, axis=-1), 0, 1)  # no overshoot outside [0, 1]
+    # No rounding overshoot outside the volume's range ([0, 1] when min-max normalised).
+    return np.clip(np.stack(slices, axis=-1), volume.min(), volume.max())
 
 
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize each slice of an `X Y Z` class volume to `H W` by nearest neighbour -> `H W Z`."""
+def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resize each slice of an `X Y Z` class volume to `H W` by nearest neighbour -> `H W Z`.
+
+    Resizing back to the original size undoes it exactly when `H W` is at least `X Y` on each
+    axis (every original voxel has its own nearest resized one); a smaller `H W` loses detail.
+    """
     if labels.shape[:2] == tuple(shape):
         return labels
     slices = [
@@ -298,31 +362,21 @@ def resized_spacing(spacing: Spacing3D, old: tuple[int, ...], new: tuple[int, in
     return (dx * old[0] / new[0], dy * old[1] / new[1], dz)
 
 
-def load_volume(
-    volume: Volume,
-    classes: Sequence[int],
-    label_map: Iterable[tuple[int, int]],
-    shape: tuple[int, int],
-) -> tuple[np.ndarray, np.ndarray, Spacing3D]:
-    """Load, check, normalise and resize one volume.
+def slice_order(axis: int | None) -> tuple[int, int, int]:
+    """The transposition putting the sliced axis last, the in-plane axes in their order."""
+    if axis is None:
+        return (0, 1, 2)
+    return (*(a for a in range(3) if a != axis), axis)
 
-    Args:
-        volume: the modality files and the label file.
-        classes: the label values allowed in the label file.
-        label_map: (value, class) pairs for label values that change (see `to_classes`).
-        shape: the in-plane size (H, W) of the output.
 
-    Returns:
-        images `C H W Z` float32 in [0, 1], labels `H W Z` uint8 class indices, and the spacing
-        (dx, dy, dz) in mm after the resize.
-
-    Raises:
-        SliceError: unreadable file, shapes, spacings or affines that disagree between the
-            modalities and the label (see `check_same_grid`), NaN / inf, constant image, bad
-            labels.
-    """
-    images: list[np.ndarray] = []
+def load_images(volume: Volume, n_channels: int) -> tuple[list, Spacing3D, np.ndarray, list]:
+    """The modalities of a volume (`X Y Z` each), their spacing and affine, and the file of
+    each; the first is the one the others were checked against (one grid for a volume)."""
     reference = volume.images[0]
+    if volume.four_d:
+        data, spacing, affine = load_nifti(reference, channels=n_channels)
+        return list(data), spacing, affine, [reference] * n_channels
+    images: list[np.ndarray] = []
     spacing: Spacing3D = (1.0, 1.0, 1.0)  # the first modality's, set below
     affine = np.eye(4)
     for path in volume.images:
@@ -336,17 +390,58 @@ def load_volume(
             check_same_grid(path, file_spacing, file_affine, reference, spacing, affine)
         else:
             spacing, affine = file_spacing, file_affine
-        images.append(normalise(data, path))
-    labels, label_spacing, label_affine = load_nifti(volume.label)
-    if labels.shape != images[0].shape:
-        raise SliceError(
-            f"{volume.label}: label shape {labels.shape} differs from {reference} "
-            f"{images[0].shape}; expected the label on the image grid"
-        )
-    check_same_grid(volume.label, label_spacing, label_affine, reference, spacing, affine)
-    labels = to_classes(labels, volume.label, classes, label_map)
+        images.append(data)
+    return images, spacing, affine, list(volume.images)
 
+
+def load_volume(
+    volume: Volume,
+    classes: Sequence[int],
+    label_map: Iterable[tuple[int, int]],
+    shape: tuple[int, int],
+    geometry: Geometry = Geometry(),
+) -> tuple[np.ndarray, np.ndarray | None, Spacing3D]:
+    """Load, check, normalise, orient and resize one volume.
+
+    Args:
+        volume: the modality files and the label file.
+        classes: the label values allowed in the label file.
+        label_map: (value, class) pairs for label values that change (see `to_classes`).
+        shape: the in-plane size (H, W) of the output.
+        geometry: the axis sliced along (moved last; default: the last one) and each modality's
+            normalisation (default: min-max to [0, 1]).
+
+    Returns:
+        images `C H W Z` float32 (in [0, 1] when min-max normalised), labels `H W Z` uint8 class
+        indices (None for a volume without labels), and the spacing (dx, dy, dz) in mm after
+        the transposition and the resize.
+
+    Raises:
+        SliceError: unreadable file, shapes, spacings or affines that disagree between the
+            modalities and the label (see `check_same_grid`), NaN / inf, constant image, bad
+            labels, or a 4D file whose channel count is not the modalities'.
+    """
+    n_channels = len(geometry.norms) if geometry.norms is not None else len(volume.images)
+    raw, spacing, affine, paths = load_images(volume, n_channels)
+    reference = paths[0]
+    norms = geometry.norms or (None,) * len(raw)
+    images = [normalise_channel(*item) for item in zip(raw, paths, norms, strict=True)]
+    labels = None
+    if volume.label is not None:
+        labels, label_spacing, label_affine = load_nifti(volume.label)
+        if labels.shape != images[0].shape:
+            raise SliceError(
+                f"{volume.label}: label shape {labels.shape} differs from {reference} "
+                f"{images[0].shape}; expected the label on the image grid"
+            )
+        check_same_grid(volume.label, label_spacing, label_affine, reference, spacing, affine)
+        labels = to_classes(labels, volume.label, classes, label_map)
+
+    order = slice_order(geometry.axis)
+    images = [image.transpose(order) for image in images]
+    spacing = tuple(spacing[a] for a in order)
     old_shape = images[0].shape
     stack = np.stack([resize_images(image, shape) for image in images])  # C H W Z
-    labels = resize_labels(labels, shape)  # H W Z
+    if labels is not None:
+        labels = resize_labels(labels.transpose(order), shape)  # H W Z
     return stack.astype(np.float32), labels, resized_spacing(spacing, old_shape, shape)

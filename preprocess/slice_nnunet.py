@@ -1,0 +1,217 @@
+"""Slice an nnU-Net v2 or Medical Segmentation Decathlon dataset into 2D training data.
+
+Usage: python preprocess/slice_nnunet.py --source_dir DATASET --dest_dir DIR [--fold 0]
+       [--retain N] [--seed 0] [--axis auto|0|1|2] [--shape 256 256] [--n_augment 0]
+       [--workers N]
+
+The source is a dataset folder holding `dataset.json` in either layout (preprocess/nnunet_format.py
+says which forms are read). Its labelled cases are split into training and validation: by fold
+`--fold` of its `splits_final.json` when it has one, else by the seeded shuffle of the other
+slicers (`--retain` cases for validation, by default a fifth of them). Then, as nnU-Net's 2D
+configuration does (Isensee et al., Nature Methods 2021):
+
+- the slices are taken along the axis of coarsest spacing: the largest median voxel size of the
+  training cases (`--axis auto`; a tie goes to the last of the tied axes, so an isotropic dataset
+  is sliced along its last axis as the other slicers do); `--axis 0|1|2` forces one;
+- each channel is normalised as nnU-Net chooses from its name (`CT`: clipped to the training
+  set's foreground 0.5 and 99.5 percentiles and z-scored with its foreground mean and standard
+  deviation, from every foreground voxel of a case or, above 10^8 / cases voxels, a seeded
+  sample; `noNorm`, `rescale_to_0_1`, `rgb_to_0_1`; anything else: z-scored per volume);
+- the in-plane axes keep their order; slices are resized to `--shape` (images linearly, labels by
+  nearest neighbour, the in-plane spacing scaled), the 3D distance maps computed on the resized
+  volume, and everything written as the other slicers write it (preprocess/slicing.py), one png
+  folder per channel (its name in lower case), the labels as class indices: the position of
+  their value among dataset.json's labels, sorted by value.
+
+`source.json`, beside `split.json`, records what the predictions need to be written back in the
+source geometry (predict.py): the dataset folder, its layout, channels and their normalisation,
+the labels, the axis sliced and the slice shape. Test images (`imagesTs`) are not sliced: predict.py
+reads them from the source.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's modules importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from preprocess.nnunet_format import DatasetDescription, DatasetError, read_dataset  # noqa: E402
+from preprocess.slices import OUTPUT_FOLDERS  # noqa: E402
+from preprocess.slicing import Dataset, build_parser, slice_dataset, split_patients  # noqa: E402
+from preprocess.volumes import (  # noqa: E402
+    Geometry,
+    Patients,
+    SliceError,
+    Volume,
+    load_images,
+    load_nifti,
+    natural_key,
+)
+
+# nnU-Net's budget of foreground voxels for the CT statistics, shared among the training cases.
+CT_VOXELS = 10**8
+CT_PERCENTILES = (0.5, 99.5)
+
+
+def png_folders(channels: tuple[str, ...]) -> tuple[str, ...]:
+    """One png folder name per channel: its name in lower case, letters, digits and `_` only;
+    followed by its number when two would be equal or one is an output folder (`gt`)."""
+    slugs = [re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "channel" for name in channels]
+    return tuple(
+        f"{slug}{c}" if slugs.count(slug) > 1 or slug in OUTPUT_FOLDERS else slug
+        for c, slug in enumerate(slugs)
+    )
+
+
+def choose_axis(description: DatasetDescription) -> int:
+    """The axis of coarsest median spacing over the training cases (ties: the last of them)."""
+    spacings = []
+    for case in description.training:
+        try:
+            zooms = nib.load(str(case.images[0])).header.get_zooms()[:3]
+        except Exception as error:  # nibabel raises many kinds on a corrupt header
+            raise SliceError(f"{case.images[0]}: not a readable NIfTI file ({error})") from None
+        spacings.append([float(z) for z in zooms])
+    median = np.median(np.array(spacings), axis=0)
+    return int(np.flatnonzero(np.isclose(median, median.max(), rtol=1e-3))[-1])
+
+
+def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple:
+    """nnU-Net's CT normalisation of one channel from the foreground of the training volumes.
+
+    Returns:
+        ("ct", 0.5th percentile, 99.5th percentile, mean, standard deviation) of the voxels
+        whose label is not background (0), over every training volume.
+
+    Raises:
+        SliceError: unreadable files, or no foreground voxel in any training volume.
+    """
+    per_case = CT_VOXELS // max(len(volumes), 1)
+    samples = []
+    for number, volume in enumerate(volumes):
+        images, _, _, paths = load_images(volume, n_channels)
+        labels = load_nifti(volume.label)[0]
+        if labels.shape != images[channel].shape:
+            raise SliceError(
+                f"{volume.label}: label shape {labels.shape} differs from {paths[channel]} "
+                f"{images[channel].shape}; expected the label on the image grid"
+            )
+        voxels = np.asarray(images[channel][labels != 0], dtype=np.float64)
+        if voxels.size > per_case:
+            voxels = np.random.default_rng(number).choice(voxels, per_case, replace=False)
+        samples.append(voxels)
+    voxels = np.concatenate(samples)
+    if not voxels.size or not np.isfinite(voxels).all():
+        raise SliceError(
+            f"{volumes[0].images[0].parent}: no finite foreground voxel in the training cases; "
+            "the CT normalisation needs labelled foreground"
+        )
+    low, high = (float(v) for v in np.percentile(voxels, CT_PERCENTILES))
+    return ("ct", low, high, float(voxels.mean()), float(voxels.std()))
+
+
+def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
+    """The `Dataset` of an nnU-Net v2 or MSD folder, read from its dataset.json.
+
+    Raises:
+        DatasetError: see `nnunet_format.read_dataset`; a fold not in splits_final.json; an axis
+            other than auto, 0, 1 or 2.
+    """
+    description = read_dataset(source)
+    if axis not in ("auto", "0", "1", "2"):
+        raise SliceError(f"--axis {axis}: expected auto, 0, 1 or 2")
+    values = description.values
+    patients = {
+        case.cid: [Volume(case.cid, case.images, case.label, case.four_d)]
+        for case in description.training
+    }
+    n_channels = len(description.channels)
+
+    def split(found: Patients, retain: int, seed: int) -> tuple[list, list, dict]:
+        if description.folds is None:
+            train, val = split_patients(found, retain, seed)
+            return train, val, {}
+        if not 0 <= fold < len(description.folds):
+            raise DatasetError(
+                f"{source / 'splits_final.json'}: no fold {fold}; it holds folds 0 .. "
+                f"{len(description.folds) - 1}"
+            )
+        train, val = description.folds[fold]
+        return sorted(train, key=natural_key), sorted(val, key=natural_key), {"fold": fold}
+
+    def plan(found: Patients, train: list[str]) -> tuple[Geometry, dict[str, object]]:
+        chosen = choose_axis(description) if axis == "auto" else int(axis)
+        norms = []
+        for channel, scheme in enumerate(description.schemes):
+            if scheme == "ct":
+                volumes = [found[cid][0] for cid in train]
+                norms.append(ct_statistics(volumes, channel, n_channels))
+            else:
+                norms.append((scheme,))
+        geometry = Geometry(chosen, tuple(norms))
+        record = {
+            "dataset": str(description.root.resolve()),
+            "name": description.name,
+            "layout": description.layout,
+            "channels": list(description.channels),
+            "normalisation": [list(n) for n in norms],
+            "labels": {name: value for name, value in description.labels},
+            "axis": chosen,
+            "test": [case.cid for case in description.test],
+        }
+        return geometry, {"source.json": record}
+
+    return Dataset(
+        name=description.name,
+        modalities=png_folders(description.channels),
+        classes=values,
+        n_classes=len(values),
+        find_patients=lambda _: patients,
+        label_map=tuple((v, i) for i, v in enumerate(values) if v != i),
+        default_retain=max(1, round(len(patients) / 5)),
+        split=split,
+        plan=plan,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
+    probe = build_parser(
+        Dataset("", (), (0,), 1, lambda _: {}, default_retain=0), __doc__.splitlines()[0]
+    )
+    probe.add_argument("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
+    probe.add_argument(
+        "--axis", default="auto", help="axis sliced along: auto (coarsest spacing), 0, 1 or 2"
+    )
+    args = probe.parse_args(argv)
+    try:
+        dataset = nnunet_dataset(Path(args.source_dir), args.fold, args.axis)
+        retain = args.retain or dataset.default_retain
+        dest = slice_dataset(
+            dataset,
+            args.source_dir,
+            args.dest_dir,
+            retain=retain,
+            seed=args.seed,
+            n_augment=args.n_augment,
+            shape=args.shape,
+            workers=args.workers,
+        )
+    except SliceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing written at {args.dest_dir}", file=sys.stderr)
+        return 130
+    print(f"sliced {dataset.name} into {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
