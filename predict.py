@@ -1,0 +1,272 @@
+"""Predict 3D NIfTI label volumes in the source geometry from a trained network.
+
+Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--cpu] [--batch_size 32]
+
+For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.json` and
+`split.json`) and a training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`:
+
+- `<case><ending>`: one label volume per validation case (split.json) and per test case
+  (imagesTs), in the source geometry: each case is read from the source dataset and prepared as
+  the slicer prepared it (the same normalisation, axis and slice shape), the network's classes
+  are resized back to the source in-plane size (nearest neighbour), the axes put back in their
+  order, and the class indices turned into dataset.json's label values; the file keeps the
+  source image's affine and header (uint8 or uint16 voxels, no scaling), so it opens on the
+  image in ITK-SNAP or 3D Slicer;
+- `metrics.csv`: 3D Dice, HD and HD95 (mm) per validation case and class, computed from the
+  written files against the source label files, in the source spacing (metrics.py; HD and HD95
+  as medpy's, an empty class in both 0, in one of them the volume's diagonal);
+- `predictions.json`: the run, its best epoch, the cases and the files.
+
+Everything is written into `DIR_tmp` and moved to `DIR` when complete. Errors are one line:
+`error: <message>`, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from atomic import remove_path
+from checkpoint import CheckpointError, fit_state, model_state, read_checkpoint
+from config import parse_literal
+from console import ArgumentParser
+from metrics import hd_hd95
+from networks import get_network
+from preprocess.nnunet_format import Case, read_dataset
+from preprocess.volumes import (
+    Geometry,
+    SliceError,
+    Volume,
+    load_nifti,
+    load_volume,
+    resize_labels,
+    slice_order,
+)
+
+
+class PredictError(Exception):
+    """The run, the sliced data or the source cannot give predictions; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Undoing the slicing
+# ---------------------------------------------------------------------------------------------
+
+
+def to_source_grid(
+    classes: np.ndarray, source_shape: Sequence[int], axis: int, values: Sequence[int]
+) -> np.ndarray:
+    """Class indices of the slices (`H W Z`, Z along the sliced axis) -> label values on the
+    source grid.
+
+    Args:
+        classes: `H W Z` class indices, as the slicer's gt_npy slices stacked in order.
+        source_shape: the source volume's shape (X, Y, Z).
+        axis: the source axis that was sliced.
+        values: the label value of each class index (dataset.json's labels, by value).
+
+    Returns:
+        The source-shaped label volume (uint8, or uint16 for values above 255). Exact for
+        the slicer's own labels when the slice shape is at least the source's in-plane size.
+    """
+    order = slice_order(axis)
+    in_plane = tuple(int(source_shape[a]) for a in order[:2])
+    if classes.shape[2] != source_shape[order[2]]:
+        raise PredictError(
+            f"{classes.shape[2]} slices for a source of {source_shape[order[2]]} along axis {axis}"
+        )
+    resized = resize_labels(classes.astype(np.uint8), in_plane)
+    volume = np.transpose(resized, np.argsort(order))
+    table = np.asarray(values, dtype=np.uint16 if max(values) > 255 else np.uint8)
+    return table[volume]
+
+
+def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
+    """Write a label volume with the affine and header of its source image.
+
+    Args:
+        volume: `X Y Z` label values on the source grid.
+        reference: the source image (its first channel file, or the Decathlon's 4D file).
+        dest: the NIfTI file to write (`.nii.gz` or `.nii`).
+    """
+    image = nib.load(str(reference))
+    header = image.header.copy()
+    header.set_data_dtype(volume.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    out = nib.Nifti1Image(volume, image.affine, header)
+    out.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
+    out.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
+    out.header.set_xyzt_units(*image.header.get_xyzt_units())
+    nib.save(out, str(dest))
+    return dest
+
+
+def source_shape(case: Case) -> tuple[int, int, int]:
+    """The 3D shape of a case's images, from the header of its first file."""
+    shape = nib.load(str(case.images[0])).shape
+    return tuple(int(s) for s in shape[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+
+
+def load_network(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The network of `run/best.pt`, rebuilt from the arguments recorded in it.
+
+    Raises:
+        PredictError: no best.pt, or one that does not rebuild.
+    """
+    path = run / "best.pt"
+    if not path.is_file():
+        raise PredictError(f"{path}: file not found (expected the best weights of a training)")
+    try:
+        best = read_checkpoint(path, "--run")
+        state = model_state(best, path, "--run")
+        args = best["args"]
+        params = parse_literal(args.get("net_params", "{}"), "net_params")
+        net = get_network(best["network"], best["n_in"], best["n_class"], **params)
+        fit_state(net, state, path, "--run")
+    except (CheckpointError, KeyError, TypeError) as error:
+        raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
+    if getattr(net, "dimensions", 2) != 2:
+        raise PredictError(f"{path}: a {net.dimensions}D network; predictions need a 2D one")
+    return net.to(device).eval(), best
+
+
+@torch.no_grad()
+def predict_volume(
+    net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
+) -> np.ndarray:
+    """Class indices `H W Z` of a prepared `C H W Z` volume, slice by slice."""
+    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # Z C H W
+    classes = []
+    for start in range(0, len(slices), batch_size):
+        logits = net(slices[start : start + batch_size].to(device))
+        classes.append(logits.float().argmax(dim=1).cpu())
+    return torch.cat(classes).numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics from the written files
+# ---------------------------------------------------------------------------------------------
+
+
+def case_metrics(prediction: Path, label: Path, labels: dict[str, int]) -> list[dict]:
+    """3D Dice, HD and HD95 (mm) per class of one written prediction against its label file."""
+    pred, spacing, _ = load_nifti(prediction)
+    truth = load_nifti(label)[0]
+    rows = []
+    for name, value in labels.items():
+        p, t = pred == value, truth == value
+        dice = (2 * float((p & t).sum()) + 1e-8) / (float(p.sum() + t.sum()) + 1e-8)
+        hd, hd95 = hd_hd95(p, t, voxelspacing=spacing)
+        rows.append({"class": name, "value": value, "dice": dice, "hd": hd, "hd95": hd95})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise PredictError(f"{path}: file not found (expected a folder sliced by slice_nnunet.py)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PredictError(f"{path}: not valid JSON ({error})") from None
+
+
+def predict(run: Path, sliced: Path, dest: Path, device: torch.device, batch_size: int) -> Path:
+    """Write the predictions of `run` for the validation and test cases of `sliced` into `dest`.
+
+    Raises:
+        PredictError, SliceError: see the module docstring.
+    """
+    source = _read_json(sliced / "source.json")
+    split = _read_json(sliced / "split.json")
+    description = read_dataset(source["dataset"])
+    values = list(source["labels"].values())
+    geometry = Geometry(int(source["axis"]), tuple(tuple(n) for n in source["normalisation"]))
+    label_map = tuple((v, i) for i, v in enumerate(values) if v != i)
+    shape = tuple(split["shape"])
+    cases = {c.cid: c for c in (*description.training, *description.test)}
+    wanted = [*split["val"], *source["test"]]
+    missing = [cid for cid in wanted if cid not in cases]
+    if missing:
+        raise PredictError(f"{source['dataset']}: cases {missing[:5]} of {sliced} are gone")
+    net, best = load_network(run, device)
+    ending = ".nii.gz" if str(cases[wanted[0]].images[0]).endswith(".gz") else ".nii"
+
+    tmp = dest.with_name(dest.name + "_tmp")
+    remove_path(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rows, files = [], {}
+        for cid in wanted:
+            case = cases[cid]
+            volume = Volume(cid, case.images, None, case.four_d)
+            images, _, _ = load_volume(volume, values, label_map, shape, geometry)
+            classes = predict_volume(net, images, device, batch_size)
+            labels = to_source_grid(classes, source_shape(case), geometry.axis, values)
+            path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
+            files[cid] = path.name
+            if cid in split["val"]:
+                for row in case_metrics(path, case.label, source["labels"]):
+                    rows.append({"case": cid, **row})
+        with open(tmp / "metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["case", "class", "value", "dice", "hd", "hd95"])
+            writer.writeheader()
+            writer.writerows(rows)
+        record = {
+            "run": str(run),
+            "best_epoch": best.get("epoch"),
+            "dataset": source["dataset"],
+            "validation": split["val"],
+            "test": source["test"],
+            "files": files,
+        }
+        (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        tmp.replace(dest)
+    except BaseException:
+        remove_path(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    parser: argparse.ArgumentParser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
+    parser.add_argument("--sliced", required=True, type=Path, help="the slice_nnunet.py output")
+    parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
+    parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
+    parser.add_argument("--batch_size", type=int, default=32, help="slices per forward pass")
+    args = parser.parse_args(argv)
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if use_cuda else "cpu")
+    try:
+        dest = predict(args.run, args.sliced, args.dest, device, max(args.batch_size, 1))
+    except (PredictError, SliceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"predictions of {args.run} written to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
