@@ -4,7 +4,7 @@
 #   make -f acdc.make                   real data: acdc.zip of lineage/acdc.lineage in data/
 #   make -f acdc.make DATA=synthetic    the same chain on generated stand-in data
 
-DATASET := acdc
+DATA_NAME := acdc
 RAW := ACDC
 ZIPS := acdc.zip
 DROP := '*_4d.nii.gz'

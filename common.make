@@ -1,17 +1,21 @@
 # common.make: every recipe of the pipeline, written once.
 #
 # Included by the project Makefile (the interpreter and the virtual environment only) and by
-# isles.make, wmh.make (through twoclass.make) and acdc.make, which set the dataset's variables
-# and training list first:
+# isles.make, wmh.make (through twoclass.make), acdc.make and dataset.make, which set the
+# dataset's variables and training list first:
 #
-#   DATASET       lower-case name: the sliced data (data/isles) and the results (results/isles)
+#   DATA_NAME     the dataset's name: the sliced data (data/isles) and the results (results/isles)
 #   RAW           name of the unpacked folder (data/ISLES)
-#   ZIPS          the zips, by their real names; DROP: what unpacking leaves out (fnmatch)
+#   ZIPS          the zips, by their real names; DROP: what unpacking leaves out (fnmatch). A
+#                 dataset without zips (dataset.make) sets ROOT, SUFFIX, LINEAGE and UNPACKED (what
+#                 the slices are made from) and its rule instead, and SOURCE_DIR (the slicer's input)
 #   SLICER        preprocess/slice_<dataset>.py; RETAIN: validation patients; SLICE_OPT
 #   K MODALITIES METRIC_AXIS G_RGX TRAIN_OPT  passed to main.py
 #   TRN           the trainings built by default; EXTRA_TRN: buildable on request
 #   <run>_LOSSES <run>_FOLDERS <run>_OPT      each training's --losses, --folders, other flags
 #   CURVES BOXPLOTS REPORT_METRICS            the plots (metric names) and the report's metrics
+#   PRODUCTS REPORT_OPT   products made from the trainings (their rules in the dataset makefile),
+#                         listed in the report with REPORT_OPT and packed in the archive
 #
 # Every product is built under a temporary name (<target>_tmp, or by the tools themselves) and
 # moved into place when complete, and .DELETE_ON_ERROR removes a file whose recipe failed: an
@@ -49,7 +53,7 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(VENV)/bin/python -m pip install --quiet -r requirements-test.txt
 	touch $@
 
-ifdef DATASET
+ifdef DATA_NAME
 # ---------------------------------------------------------------------------------------------
 # The dataset pipeline
 # ---------------------------------------------------------------------------------------------
@@ -78,26 +82,29 @@ TRAIN_FLAGS ?=
 TRAIN_PY := $(if $(filter-out 1,$(NPROC)),$(PY) $(CFLAGS) -m torch.distributed.run \
 	--nproc_per_node=$(NPROC) $(TORCHRUN_ARGS),$(PY) $(CFLAGS))
 
+ifdef ZIPS
 # Real data: the zips in data/. DATA=synthetic: generated stand-in zips, and every product in
 # folders of their own, so that stand-in results are never mistaken for real ones.
 # DATA=synthetic-full: the stand-in cohort at the real sizes, trained with the real settings.
 ifneq ($(filter synthetic synthetic-full,$(DATA)),)
 SUFFIX := -$(DATA)
-ROOT := data/$(DATASET)-$(DATA)
-LINEAGE := lineage/$(DATASET)-$(DATA).lineage
+ROOT := data/$(DATA_NAME)-$(DATA)
+LINEAGE := lineage/$(DATA_NAME)-$(DATA).lineage
 SYNTHETIC_SIZE := $(if $(filter synthetic,$(DATA)),quick,full)
 else ifeq ($(DATA),)
 SUFFIX :=
 ROOT := data
-LINEAGE := lineage/$(DATASET).lineage
+LINEAGE := lineage/$(DATA_NAME).lineage
 else
 $(error DATA=$(DATA) is not known: leave DATA unset for the real zips in data/, or use DATA=synthetic (quick) or DATA=synthetic-full (real sizes))
 endif
 
 ZIP_PATHS := $(addprefix $(ROOT)/,$(ZIPS))
 UNPACKED := $(ROOT)/$(RAW)
-SLICED := $(ROOT)/$(DATASET)
-RESULTS := results/$(DATASET)$(SUFFIX)
+endif
+SOURCE_DIR ?= $(UNPACKED)
+SLICED := $(ROOT)/$(DATA_NAME)
+RESULTS := results/$(DATA_NAME)$(SUFFIX)
 TRN_DIRS := $(addprefix $(RESULTS)/,$(TRN))
 EXTRA_DIRS := $(addprefix $(RESULTS)/,$(EXTRA_TRN))
 CURVE_FILES := $(addprefix $(RESULTS)/,$(addsuffix .png,$(CURVES)))
@@ -106,13 +113,13 @@ PLOT_FILES := $(CURVE_FILES) $(BOX_FILES)
 REPORT := $(RESULTS)/report.md
 # The adjacency graph of the training labels (Ganaye et al., MICCAI 2018), for the datasets that
 # use it (TRAIN_DEPS = $(GRAPH)); kept beside the sliced data, not in it.
-GRAPH := $(ROOT)/$(DATASET)_adjacency/graph.csv
+GRAPH := $(ROOT)/$(DATA_NAME)_adjacency/graph.csv
 
 REPO := $(shell basename "$$(git rev-parse --show-toplevel 2>/dev/null || pwd)")
 DATE := $(shell date +%y%m%d)
 HASH := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 HOST := $(shell hostname 2>/dev/null || uname -n)
-PACK := archives/$(REPO)-$(DATE)-$(HASH)-$(HOST)-$(DATASET)$(SUFFIX).tar.gz
+PACK := archives/$(REPO)-$(DATE)-$(HASH)-$(HOST)-$(DATA_NAME)$(SUFFIX).tar.gz
 GZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
 # The stdlib-only steps (lineage, unpack) need no virtual environment.
 LITE_PY := $(if $(PY_DEPS),$(PY_BOOT),$(PY))
@@ -127,10 +134,11 @@ plot: $(PLOT_FILES)
 report: $(REPORT)
 pack: $(PACK)
 
+ifdef ZIPS
 # Zips: generated (DATA=synthetic), or the user's; a missing real zip stops here with where to
 # get it and the synthetic alternative.
 ifdef SYNTHETIC_SIZE
-GENERATE = $(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATASET) --dest $(ROOT) --seed 0 \
+GENERATE = $(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATA_NAME) --dest $(ROOT) --seed 0 \
 	--size $(SYNTHETIC_SIZE)
 $(ZIP_PATHS) &: | $(PY_DEPS)
 	$(GENERATE)
@@ -152,10 +160,11 @@ endif
 	$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
 	$(LITE_PY) preprocess/unpack.py $(ZIP_PATHS) --dest $@ --drop $(DROP)
 	touch $@
+endif
 
 # Slice 3D volumes into 2D png/npy with 3D distance maps; the slicer works in $@_tmp.
 $(SLICED): $(UNPACKED) | $(PY_DEPS)
-	$(PY) $(CFLAGS) $(SLICER) --source_dir $< --dest_dir $@ --retain $(RETAIN) --seed $(SEED) \
+	$(PY) $(CFLAGS) $(SLICER) --source_dir $(SOURCE_DIR) --dest_dir $@ --retain $(RETAIN) --seed $(SEED) \
 		--n_augment $(N_AUGMENT) $(SLICE_OPT)
 	touch $@
 
@@ -183,22 +192,22 @@ $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 # plot every term, val_adjacency its forbidden pair count.
 $(CURVE_FILES): $(RESULTS)/%.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py curves --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
-		--classes $(METRIC_AXIS) --title "$(DATASET)$(SUFFIX): $*"
+		--classes $(METRIC_AXIS) --title "$(DATA_NAME)$(SUFFIX): $*"
 
 $(BOX_FILES): $(RESULTS)/%_boxplot.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py box --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
-		--classes $(METRIC_AXIS) --title "$(DATASET)$(SUFFIX): $* at the best epoch"
+		--classes $(METRIC_AXIS) --title "$(DATA_NAME)$(SUFFIX): $* at the best epoch"
 
 # The report: printed, and written as Markdown and HTML with the plots and provenance.
-$(REPORT): $(TRN_DIRS) $(PLOT_FILES) | $(PY_DEPS)
+$(REPORT): $(TRN_DIRS) $(PLOT_FILES) $(PRODUCTS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) report.py --folders $(TRN_DIRS) --metrics $(REPORT_METRICS) \
-		--columns $(METRIC_AXIS) --dest $@ --html --plots $(PLOT_FILES) \
-		--title "$(DATASET)$(SUFFIX): $(words $(TRN)) trainings, $(NET), $(EPC) epochs"
+		--columns $(METRIC_AXIS) --dest $@ --html --plots $(PLOT_FILES) $(REPORT_OPT) \
+		--title "$(DATA_NAME)$(SUFFIX): $(words $(TRN)) trainings, $(NET), $(EPC) epochs"
 
 # The archive: repo-date-hash-host-dataset, read-only. A _tmp left by a failed pack (a full disk)
 # is removed first, read-only or not.
 # last.pt (the optimizer state for --resume) is left out: best.pt holds the trained weights.
-$(PACK): $(TRN_DIRS) $(PLOT_FILES) $(REPORT) $(REPORT:.md=.html)
+$(PACK): $(TRN_DIRS) $(PLOT_FILES) $(PRODUCTS) $(REPORT) $(REPORT:.md=.html)
 	mkdir -p $(@D)
 	rm -f $@_tmp
 	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp

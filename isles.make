@@ -6,7 +6,7 @@
 #   make -f isles.make DATA=synthetic   the quick start on generated stand-in data
 #   make -f isles.make NET=Dimwit EPC=5 DEBUG=--debug    a fast dry run of the whole chain
 
-DATASET := isles
+DATA_NAME := isles
 RAW := ISLES
 ZIPS := ISLES2018_Training.zip ISLES2018_Testing.zip
 DROP := __MACOSX '*CT_4DPWI*'

@@ -43,6 +43,7 @@ checks, `runfolder.load_metric` and `runfolder.check_comparable`):
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ import numpy as np
 from atomic import write_text_atomic
 from console import ArgumentParser
 from ranking import best_index, epoch_scores, nan_mean_std, per_sample
-from report_page import Table, build_page, render_html, render_markdown
+from report_page import Block, Table, build_page, render_html, render_markdown
 from runfolder import (
     Mode,
     better,
@@ -396,6 +397,65 @@ def describe(runs: Sequence[RunSummary], per_class: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Predictions written back in the source geometry (predict.py)
+
+
+def read_prediction_metrics(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+    """A predict.py folder's metrics.csv: class name -> metric (dice, hd, hd95) -> per-case values.
+
+    Raises:
+        OSError: no metrics.csv. ValueError: a row that is not a number where one is expected.
+    """
+    path = Path(folder) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (--predictions expects predict.py output)")
+    values: dict[str, dict[str, list[float]]] = {}
+    with open(path, newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                entry = values.setdefault(row["class"], {"dice": [], "hd": [], "hd95": []})
+                for metric, found in entry.items():
+                    found.append(float(row[metric]))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{path}:{number}: not a predict.py metrics row ({error})"
+                ) from None
+    return {name: {m: np.array(v) for m, v in metrics.items()} for name, metrics in values.items()}
+
+
+def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
+    """The report's section on the NIfTI predictions: per run (the folder's name) and foreground
+    class, 3D Dice, HD and HD95 as mean ± std over the validation cases."""
+    if not folders:
+        return []
+    tables = {Path(f).name: read_prediction_metrics(Path(f)) for f in folders}
+    classes = [c for c in next(iter(tables.values())) if c != "background"]
+    header = ["run"] + [f"{m} {c}" for c in classes for m in ("Dice", "HD", "HD95")]
+    rows, cases = [], 0
+    for run, table in tables.items():
+        row = [run]
+        for name in classes:
+            for metric in ("dice", "hd", "hd95"):
+                found = table.get(name, {}).get(metric, np.array([]))
+                cases = max(cases, len(found))
+                row.append(f"{_fmt(found.mean())} +- {_fmt(found.std())}" if len(found) else "-")
+        rows.append(row)
+    bold = [[False] * len(header) for _ in rows]
+    text = (
+        f"Each training's best.pt predicted the {cases} validation cases again from the source "
+        "images, and the predictions were written back in the source geometry (NIfTI files in "
+        "predictions/<run>/, with the test cases'). 3D Dice, HD and HD95 (mm) of each "
+        "foreground class, computed from these files in the source spacing: mean ± std over "
+        "the cases."
+    )
+    return [
+        Block("h2", "Predictions in the source geometry"),
+        Block("p", text),
+        Block("table", table=Table(header, rows, bold)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 # Files
 
 
@@ -406,6 +466,7 @@ def write_report(
     plots: Sequence[str | Path] = (),
     html_page: bool = False,
     per_class: bool = False,
+    predictions: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Write the Markdown page (and its HTML twin, same base name, `.html`).
 
@@ -416,6 +477,7 @@ def write_report(
         plots: image files to embed; each must exist.
         html_page: also write the HTML page.
         per_class: one table column per class.
+        predictions: predict.py output folders, one per run, summarised after the table.
 
     Returns:
         The files written.
@@ -431,7 +493,8 @@ def write_report(
         if not Path(plot).is_file():
             raise FileNotFoundError(f"plot file {plot} does not exist (--plots)")
     description, table = describe(runs, per_class), build_table(runs, per_class)
-    blocks = build_page(runs, title, plots, dest.parent, description, table)
+    extra = prediction_blocks(predictions)
+    blocks = build_page(runs, title, plots, dest.parent, description, table, extra)
     pages = {dest: render_markdown(blocks)}
     if html_page:
         pages[dest.with_suffix(".html")] = render_html(blocks)
@@ -467,6 +530,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--html", action="store_true", help="also write the page as .html")
     parser.add_argument("--plots", nargs="*", default=[], help="images to embed in the page")
     parser.add_argument("--title", default=None, help="page title")
+    parser.add_argument(
+        "--predictions",
+        nargs="*",
+        default=[],
+        help="predict.py output folders (NIfTI predictions and their metrics.csv), summarised",
+    )
     return parser
 
 
@@ -491,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in run.notes:
                 print(f"note: {run.label}: {note}")
         if args.dest is not None:
-            written = write_report(runs, args.dest, title, args.plots, args.html, args.per_class)
+            written = write_report(
+                runs, args.dest, title, args.plots, args.html, args.per_class, args.predictions
+            )
             print("wrote " + ", ".join(map(str, written)))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

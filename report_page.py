@@ -108,6 +108,7 @@ def build_page(
     page_dir: str | Path,
     description: str,
     table: Table,
+    extra: Sequence[Block] = (),
 ) -> list[Block]:
     """The report page as blocks.
 
@@ -118,6 +119,7 @@ def build_page(
         page_dir: the folder the page is written to.
         description: the paragraph saying what the table cells are (`report.describe`).
         table: the table of the runs (`report.build_table`).
+        extra: blocks placed after the table (the predictions' section).
 
     Returns:
         The blocks, in page order.
@@ -132,6 +134,7 @@ def build_page(
             Block("p", f"Unfinished runs (fewer epochs than planned): {', '.join(unfinished)}.")
         )
     blocks.append(Block("table", table=table))
+    blocks.extend(extra)
     if plots:
         blocks.append(Block("h2", "Plots"))
         for plot in plots:

@@ -1,7 +1,7 @@
 # twoclass.make: what isles.make and wmh.make share, the two-class experiments of the boundary-loss
 # paper (Kervadec et al., MIDL 2019): the training settings, the quick-start sizes, the plots,
 # and the trainings, written as the original makefiles write them (`--folders`: the input, the
-# ground truth of the metrics, then one folder per loss). The dataset makefile sets DATASET,
+# ground truth of the metrics, then one folder per loss). The dataset makefile sets DATA_NAME,
 # RAW, ZIPS, DROP, SLICER, MODALITIES, G_RGX and RETAIN, then includes this file.
 
 K := 2

@@ -5,7 +5,7 @@
 #   make -f wmh.make                    real data: the three zips of lineage/wmh.lineage in data/
 #   make -f wmh.make DATA=synthetic     the same chain on generated stand-in data
 
-DATASET := wmh
+DATA_NAME := wmh
 RAW := WMH
 ZIPS := Amsterdam_GE3T.zip Singapore.zip Utrecht.zip
 DROP := orig 3DT1.nii.gz

@@ -28,6 +28,7 @@ name (`zscore`, `T2`, `FLAIR`, ...) z-scores each volume on its own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -259,6 +260,8 @@ def _folds(root: Path, training: tuple[Case, ...]) -> tuple | None:
             raise DatasetError(f"{path}: fold {number} is not {{'train': [...], 'val': [...]}}")
         train, val = fold["train"], fold["val"]
         for ids in (train, val):
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise DatasetError(f"{path}: fold {number} must list case ids, got {ids!r}")
             unknown = sorted(str(i) for i in ids if i not in known)
             if unknown:
                 raise DatasetError(f"{path}: fold {number} names unknown cases {unknown[:5]}")
@@ -356,7 +359,10 @@ def _read_msd(root: Path, spec: dict, path: Path) -> DatasetDescription:
         cases.append(Case(cid, (image,), label, four_d=True))
     _check_count(spec, "numTraining", len(cases), path, "training entries")
     test, seen_test = [], set()
-    for entry in spec.get("test", []) or []:
+    entries = spec.get("test") or []
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: the test list must be a list of image paths, got {entries!r}")
+    for entry in entries:
         image = _msd_file(root, entry, path, "test image")
         cid = _case_id(image)
         if cid in seen_test:
@@ -394,3 +400,45 @@ def read_dataset(root: str | Path) -> DatasetDescription:
     if "modality" in spec and "channel_names" not in spec:
         return _read_msd(root, spec, path)
     raise DatasetError(f"{path}: needs channel_names (nnU-Net v2) or modality (MSD); {SUPPORTED}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: the dataset's variables for dataset.make
+# ---------------------------------------------------------------------------------------------
+
+
+def make_variables(description: DatasetDescription) -> str:
+    """The Make variables dataset.make derives from a dataset: K (classes), MODALITIES (channels),
+    ALL_IDC and FG_IDC (class indices, all and foreground, as `0, 1, 2`), METRIC_AXIS (foreground
+    class indices, space-separated) and the counts of cases."""
+    k = len(description.labels)
+    return "\n".join(
+        [
+            f"# {description.name} ({description.layout}), read from its dataset.json",
+            f"K := {k}",
+            f"MODALITIES := {len(description.channels)}",
+            f"ALL_IDC := {', '.join(map(str, range(k)))}",
+            f"FG_IDC := {', '.join(map(str, range(1, k)))}",
+            f"METRIC_AXIS := {' '.join(map(str, range(1, k)))}",
+            f"N_TRAINING := {len(description.training)}",
+            f"N_TEST := {len(description.test)}",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a dataset's Make variables; 1 with one `error:` line when it cannot be read."""
+    parser = argparse.ArgumentParser(description="The Make variables of an nnU-Net/MSD dataset")
+    parser.add_argument("dataset", type=Path, help="the dataset folder (holding dataset.json)")
+    args = parser.parse_args(argv)
+    try:
+        print(make_variables(read_dataset(args.dataset)), end="")
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

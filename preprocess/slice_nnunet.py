@@ -49,6 +49,7 @@ from preprocess.volumes import (  # noqa: E402
     Patients,
     SliceError,
     Volume,
+    check_finite,
     load_images,
     load_nifti,
     natural_key,
@@ -90,7 +91,8 @@ def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple
         whose label is not background (0), over every training volume.
 
     Raises:
-        SliceError: unreadable files, or no foreground voxel in any training volume.
+        SliceError: unreadable files, NaN / infinite voxels in the channel, or no foreground
+            voxel in any training volume.
     """
     per_case = CT_VOXELS // max(len(volumes), 1)
     samples = []
@@ -102,14 +104,15 @@ def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple
                 f"{volume.label}: label shape {labels.shape} differs from {paths[channel]} "
                 f"{images[channel].shape}; expected the label on the image grid"
             )
+        check_finite(images[channel], paths[channel])  # names the file, not the folder
         voxels = np.asarray(images[channel][labels != 0], dtype=np.float64)
         if voxels.size > per_case:
             voxels = np.random.default_rng(number).choice(voxels, per_case, replace=False)
         samples.append(voxels)
     voxels = np.concatenate(samples)
-    if not voxels.size or not np.isfinite(voxels).all():
+    if not voxels.size:
         raise SliceError(
-            f"{volumes[0].images[0].parent}: no finite foreground voxel in the training cases; "
+            f"{volumes[0].images[0].parent}: no foreground voxel in the training cases; "
             "the CT normalisation needs labelled foreground"
         )
     low, high = (float(v) for v in np.percentile(voxels, CT_PERCENTILES))
@@ -135,6 +138,11 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
 
     def split(found: Patients, retain: int, seed: int) -> tuple[list, list, dict]:
         if description.folds is None:
+            if fold != 0:
+                raise DatasetError(
+                    f"--fold {fold}: {source} has no splits_final.json, so no folds; its split "
+                    "is seeded (--seed, --retain)"
+                )
             train, val = split_patients(found, retain, seed)
             return train, val, {}
         if not 0 <= fold < len(description.folds):

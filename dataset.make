@@ -1,0 +1,148 @@
+# dataset.make: any nnU-Net v2 or Medical Segmentation Decathlon dataset through the same chain,
+# with the predictions written back as NIfTI in the source geometry. The dataset's variables and
+# trainings only; the recipes are in common.make.
+#
+#   make -f dataset.make DATASET=path/to/Dataset004_Hippocampus    a dataset folder (dataset.json)
+#   make -f dataset.make DATA=synthetic       the generated stand-in, in nnU-Net v2's layout
+#   make -f dataset.make DATA=synthetic-msd   the same cohort in the Decathlon's layout
+#
+# Steps: lineage (pin the files on first use, check them first on every later run; REPIN=1 pins
+# them again) -> slices along the coarsest axis -> trainings -> plots -> predictions (NIfTI, in
+# results/<name>/predictions/<training>/) -> report -> archive. Results in results/<name>/ (the
+# dataset folder's name), sliced data in data/sliced/<name>/. FOLD=N (N > 0) trains on fold N of
+# the dataset's splits_final.json, in results/<name>-foldN/ and data/sliced-foldN/.
+
+ifeq ($(DATA),synthetic)
+DATASET ?= data/nnunet-synthetic/Dataset990_StandIn
+LINEAGE := lineage/nnunet-synthetic.lineage
+GENERATE = $(PY) $(CFLAGS) preprocess/synthetic.py --dataset nnunet --dest $(dir $(DATASET))
+else ifeq ($(DATA),synthetic-msd)
+DATASET ?= data/msd-synthetic/Task990_StandIn
+LINEAGE := lineage/msd-synthetic.lineage
+GENERATE = $(PY) $(CFLAGS) preprocess/synthetic.py --dataset msd --dest $(dir $(DATASET))
+else ifneq ($(DATA),)
+$(error DATA=$(DATA) is not known: leave DATA unset and give DATASET=path/to/dataset, or use DATA=synthetic (the stand-in, nnU-Net v2 layout) or DATA=synthetic-msd (its Decathlon copy))
+else ifeq ($(DATASET),)
+$(error DATASET=path/to/dataset is needed: a folder holding the dataset.json of an nnU-Net v2 dataset or a Decathlon task (or DATA=synthetic for the stand-in))
+endif
+
+DATASET := $(patsubst %/,%,$(DATASET))
+DATA_NAME := $(notdir $(DATASET))
+LINEAGE ?= lineage/$(DATA_NAME).lineage
+FOLD ?= 0
+SUFFIX := $(if $(filter-out 0,$(FOLD)),-fold$(FOLD))
+ROOT := data/sliced$(SUFFIX)
+SLICER := preprocess/slice_nnunet.py
+SOURCE_DIR := $(DATASET)
+# RETAIN=0: a fifth of the cases for validation (without splits_final.json).
+RETAIN ?= 0
+G_RGX := (.+_\d+)_\d+
+
+# The lineage check runs on every make (FORCE); its stamp changes only when the pinned files do.
+CHECKED := data/sliced/$(DATA_NAME).checked
+UNPACKED := $(CHECKED)
+VARS := data/sliced/$(DATA_NAME).mk
+
+# K, MODALITIES, ALL_IDC, FG_IDC, METRIC_AXIS from dataset.json, once its files are checked
+# (made by the rule below, then Make reads this file again).
+include $(VARS)
+
+ifeq ($(DATA),)
+EPC ?= 100
+else
+# Sized for a 2-core CPU: slices at 64 x 64, a UNet of width 8, 10 epochs at a rate of 5e-3.
+SLICE_OPT = --shape 64 64
+EPC ?= 10
+BS ?= 8
+LR ?= 5e-3
+NET_PARAMS ?= $(if $(filter UNet,$(NET)),{'nG': 8},{})
+endif
+SLICE_OPT += --fold $(FOLD)
+
+# The trainings, from the number of labels K.
+B_DATA = [('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)]
+GT := ('gt_npy', gt_transform, True)
+ALL = {'idc': [$(ALL_IDC)]}
+FG = {'idc': [$(FG_IDC)]}
+GDL = ('GeneralizedDice', $(ALL), 1)
+STEAL = --scheduler StealWeight --scheduler_params "{'to_steal': 0.01}"
+
+DEFINED := ce gdl gdl_surface_steal gdl_3d_surface_steal boundary
+ce_LOSSES = [('CrossEntropy', $(ALL), 1)]
+ce_FOLDERS = $(B_DATA)+[$(GT)]
+gdl_LOSSES = [$(GDL)]
+gdl_FOLDERS = $(B_DATA)+[$(GT)]
+# The boundary loss on the foreground classes, its weight raised by the steal schedule.
+gdl_surface_steal_LOSSES = [$(GDL), ('SurfaceLoss', $(FG), 0.01)]
+gdl_surface_steal_FOLDERS = $(B_DATA)+[$(GT), ('gt_npy', dist_map_transform, False)]
+gdl_surface_steal_OPT = $(STEAL)
+gdl_3d_surface_steal_LOSSES = $(gdl_surface_steal_LOSSES)
+gdl_3d_surface_steal_FOLDERS = $(B_DATA)+[$(GT), ('3d_distmap', raw_npy_transform, False)]
+gdl_3d_surface_steal_OPT = $(STEAL)
+# The boundary loss alone on every class, as the original's ACDC training.
+boundary_LOSSES = [('BoundaryLoss', $(ALL), 1)]
+boundary_FOLDERS = $(B_DATA)+[('gt_npy', dist_map_transform, False)]
+
+TRAIN_OPT = --use_spacing --compute_3d_dice --in_memory --schedule
+CURVES := tra_loss val_loss val_dice val_3d_dsc val_3d_hd95
+BOXPLOTS := val_3d_dsc
+REPORT_METRICS := val_dice val_3d_dsc val_3d_hausdorff val_3d_hd95
+
+ifneq ($(filter-out 1 2,$(K)),)
+# Three classes or more: the adjacency constraint (Ganaye et al., MICCAI 2018), its graph
+# extracted from the training labels; every training counts its forbidden adjacencies.
+DEFINED += ce_adj boundary_adj
+ADJ_LOSS = ('NonAdjacencyLoss', {'idc': [$(ALL_IDC)], 'graph': '$(GRAPH)'}, 1)
+LAMBDA = --scheduler LambdaController --scheduler_params "{'reference': 0}"
+ce_adj_LOSSES = [('CrossEntropy', $(ALL), 1), $(ADJ_LOSS)]
+ce_adj_FOLDERS = $(B_DATA)+[$(GT), $(GT)]
+ce_adj_OPT = $(LAMBDA)
+boundary_adj_LOSSES = [('BoundaryLoss', $(ALL), 1), $(ADJ_LOSS)]
+boundary_adj_FOLDERS = $(B_DATA)+[('gt_npy', dist_map_transform, False), $(GT)]
+boundary_adj_OPT = $(LAMBDA)
+TRAIN_OPT += --adjacency_graph $(GRAPH)
+TRAIN_DEPS = $(GRAPH)
+CURVES += val_adjacency
+REPORT_METRICS += val_adjacency
+endif
+
+# TRAININGS chooses among the defined trainings (default: all of them).
+TRAININGS ?= $(DEFINED)
+UNKNOWN := $(filter-out $(DEFINED),$(TRAININGS))
+ifneq ($(and $(K),$(UNKNOWN)),)
+$(error TRAININGS: $(UNKNOWN) not defined for $(DATA_NAME) (K=$(K)); defined: $(DEFINED))
+endif
+TRN := $(TRAININGS)
+
+PREDICTIONS = $(addprefix $(RESULTS)/predictions/,$(TRN))
+PRODUCTS = $(PREDICTIONS)
+REPORT_OPT = --predictions $(PREDICTIONS)
+
+include common.make
+
+# The rules of this dataset, after common.make (their targets use its paths).
+.PHONY: FORCE predict lineage
+FORCE:
+lineage: $(CHECKED)
+
+ifeq ($(DATA),)
+$(CHECKED): FORCE | $(PY_DEPS)
+	$(PY) $(CFLAGS) preprocess/dataset_lineage.py $(DATASET) $(LINEAGE) --stamp $@ $(if $(REPIN),--repin)
+else
+# The stand-in: generated when missing or when it fails its pinned md5 sums (it is deterministic).
+$(CHECKED): FORCE | $(PY_DEPS)
+	@$(PY) $(CFLAGS) preprocess/dataset_lineage.py --status $(DATASET) $(LINEAGE) || { \
+		echo "$(DATASET): missing or not as pinned in $(LINEAGE): generating it (preprocess/synthetic.py)"; \
+		$(GENERATE); }
+	$(PY) $(CFLAGS) preprocess/dataset_lineage.py $(DATASET) $(LINEAGE) --stamp $@
+endif
+
+$(VARS): $(CHECKED) | $(PY_DEPS)
+	$(PY) $(CFLAGS) preprocess/nnunet_format.py $(DATASET) > $@_tmp
+	mv $@_tmp $@
+
+# Predictions: each training's best.pt -> one NIfTI per validation and test case.
+predict: $(PREDICTIONS)
+
+$(RESULTS)/predictions/%: $(RESULTS)/% $(SLICED) | $(PY_DEPS)
+	$(PY) $(CFLAGS) predict.py --run $< --sliced $(SLICED) --dest $@

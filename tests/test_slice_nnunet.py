@@ -1,0 +1,645 @@
+"""Tests for the slicing of nnU-Net v2 and Decathlon datasets (preprocess/slice_nnunet.py).
+
+The stand-in cohort (preprocess/synthetic_nnunet.py) is written once per module in both layouts
+and sliced through the command line at 64 x 64; the small datasets of the bad-input, label,
+fold and voxel-value tests (a few cases of 8 x 6 x 5 voxels) are written here with nibabel. The
+expected outputs are worked out here from the source files with plain numpy: the foreground
+statistics of the CT channel over the training cases of split.json, the per-volume z-score of
+the T2 channel, the slice axis and the resized spacing. The bad-input runs go two at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from preprocess.nnunet_format import MSD, NNUNET, DatasetError, read_dataset
+from preprocess.synthetic_nnunet import write_msd, write_nnunet
+from tests.cli import assert_clean_error, run_script
+
+SCRIPT = "preprocess/slice_nnunet.py"
+SHAPE = (64, 64)
+TINY = (8, 6, 5)  # voxels of the hand-made cases
+TINY_ZOOMS = (1.0, 2.5, 1.5)  # mm: the coarsest axis is the middle one, as in the stand-in
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def slice_cli(source: Path, dest: Path, *args: object) -> subprocess.CompletedProcess:
+    """Run the slicer's command line on `source` into `dest`."""
+    return run_script(SCRIPT, "--source_dir", source, "--dest_dir", dest, *args)
+
+
+def sliced(source: Path, dest: Path, *args: object) -> Path:
+    """Slice and check that the run succeeded; returns `dest`."""
+    proc = slice_cli(source, dest, *args)
+    assert proc.returncode == 0, proc.stderr
+    return dest
+
+
+def read_json(path: Path) -> object:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json(path: Path, content: object) -> None:
+    path.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+
+
+def load(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj)
+
+
+def zooms(path: Path) -> tuple[float, float, float]:
+    return tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
+
+
+def save_nii(path: Path, data: np.ndarray, spacing=TINY_ZOOMS, affine=None) -> Path:
+    """Write `data` with its dtype and a diagonal affine of `spacing` (mm), unless given one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if affine is None:
+        affine = np.diag([*spacing[:3], 1.0])
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`: relative POSIX path -> content."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def slice_stems(split_dir: Path, case: str) -> list[str]:
+    """The in_npy stems of one case in a split folder, in slice order."""
+    return sorted(p.stem for p in (split_dir / "in_npy").glob(f"{case}_00_*.npy"))
+
+
+# ------------------------------------------------------------------------------ small datasets
+
+
+def tiny_case(number: int, values=(1,)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(CT int16, T2 int16, labels uint8) of one hand-made case: a box of each label value."""
+    rng = np.random.default_rng(number)
+    ct = rng.integers(-200, 300, TINY).astype(np.int16)
+    t2 = rng.integers(0, 800, TINY).astype(np.int16)
+    labels = np.zeros(TINY, np.uint8)
+    labels[1:6, 1:5, 1:4] = values[0]
+    for value in values[1:]:
+        labels[2 + number % 3 : 7, 2:4, 2:5] = value
+    return ct, t2, labels
+
+
+def make_nnunet(
+    root: Path,
+    n_cases: int = 3,
+    labels: dict | None = None,
+    values=(1,),
+    **extra: object,
+) -> Path:
+    """An nnU-Net v2 raw dataset of `n_cases` hand-made cases, channels CT and T2."""
+    spec = {
+        "channel_names": {"0": "CT", "1": "T2"},
+        "labels": labels or {"background": 0, "a": 1},
+        "numTraining": n_cases,
+        "file_ending": ".nii.gz",
+        **extra,
+    }
+    root.mkdir(parents=True)
+    write_json(root / "dataset.json", spec)
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    for number in range(1, n_cases + 1):
+        ct, t2, label = tiny_case(number, values)
+        save_nii(root / "imagesTr" / f"case_{number:03d}_0000.nii.gz", ct)
+        save_nii(root / "imagesTr" / f"case_{number:03d}_0001.nii.gz", t2)
+        save_nii(root / "labelsTr" / f"case_{number:03d}.nii.gz", label)
+    return root
+
+
+def make_msd(root: Path, n_cases: int = 3, **extra: object) -> Path:
+    """A Decathlon task of `n_cases` hand-made cases, one 4D image (CT, T2) per case."""
+    names = [f"case_{n:03d}" for n in range(1, n_cases + 1)]
+    spec = {
+        "modality": {"0": "CT", "1": "T2"},
+        "labels": {"0": "background", "1": "a"},
+        "numTraining": n_cases,
+        "training": [
+            {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+            for name in names
+        ],
+        "test": [],
+        **extra,
+    }
+    root.mkdir(parents=True)
+    write_json(root / "dataset.json", spec)
+    for number, name in enumerate(names, 1):
+        ct, t2, label = tiny_case(number)
+        save_nii(root / "imagesTr" / f"{name}.nii.gz", np.stack([ct, t2], axis=-1))
+        save_nii(root / "labelsTr" / f"{name}.nii.gz", label)
+    return root
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    """Change entries of a JSON object file in place."""
+    content = read_json(path)
+    content.update(changes)
+    write_json(path, content)
+
+
+FIVE_FOLDS = [
+    {"train": ["case_002", "case_003"], "val": ["case_001"]},
+    {"train": ["case_003", "case_001"], "val": ["case_002"]},
+    {"train": ["case_001", "case_002"], "val": ["case_003"]},
+    {"train": ["case_002", "case_001"], "val": ["case_003"]},
+    {"train": ["case_003"], "val": ["case_001", "case_002"]},
+]
+
+
+# ------------------------------------------------------------------------------ bad input
+#
+# Each builder writes a bad dataset under `folder` and returns (source, extra arguments, what the
+# error line must name).
+
+
+def bad_missing_json(folder: Path):
+    root = make_nnunet(folder / "ds")
+    (root / "dataset.json").unlink()
+    return root, [], [f"{root / 'dataset.json'}: file not found", "supported:"]
+
+
+def bad_invalid_json(folder: Path):
+    root = make_nnunet(folder / "ds")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "CT"},', encoding="utf-8")
+    return root, [], [f"{root / 'dataset.json'}: not valid JSON", "line 1"]
+
+
+def bad_json_not_object(folder: Path):
+    root = make_nnunet(folder / "ds")
+    write_json(root / "dataset.json", [{"channel_names": {"0": "CT"}}])
+    return root, [], [f"{root / 'dataset.json'}: expected a JSON object"]
+
+
+def bad_json_no_channels(folder: Path):
+    root = make_nnunet(folder / "ds")
+    spec = read_json(root / "dataset.json")
+    del spec["channel_names"]
+    write_json(root / "dataset.json", spec)
+    return root, [], [f"{root / 'dataset.json'}: needs channel_names (nnU-Net v2) or modality"]
+
+
+def bad_missing_channel(folder: Path):
+    root = make_nnunet(folder / "ds")
+    missing = root / "imagesTr" / "case_002_0001.nii.gz"
+    missing.unlink()
+    return root, [], [f"{missing}: file not found", "channel 1 of case case_002"]
+
+
+def bad_label_shape(folder: Path):
+    root = make_nnunet(folder / "ds")
+    label = root / "labelsTr" / "case_003.nii.gz"
+    save_nii(label, np.zeros((8, 6, 4), np.uint8))
+    return root, [], [f"{label}: label shape (8, 6, 4) differs", "expected the label on the image"]
+
+
+def bad_label_affine(folder: Path):
+    root = make_nnunet(folder / "ds")
+    label = root / "labelsTr" / "case_001.nii.gz"
+    affine = np.diag([*TINY_ZOOMS, 1.0])
+    affine[:3, 3] = (5.0, 0.0, 0.0)  # the same voxels, 5 mm away
+    save_nii(label, tiny_case(1)[2], affine=affine)
+    return root, [], [f"{label}: affine", "differs from", "on one grid"]
+
+
+def bad_undeclared_label(folder: Path):
+    root = make_nnunet(folder / "ds")
+    label = root / "labelsTr" / "case_002.nii.gz"
+    save_nii(label, tiny_case(2, values=(1, 7))[2])
+    return root, [], [f"{label}: label values [7] outside the dataset's classes [0, 1]"]
+
+
+def bad_msd_channel_count(folder: Path):
+    root = make_msd(folder / "ds")
+    image = root / "imagesTr" / "case_002.nii.gz"
+    ct, t2, _ = tiny_case(2)
+    save_nii(image, np.stack([ct, t2, t2], axis=-1))
+    return root, [], [f"{image}: shape (8, 6, 5, 3) holds 3 channels", "expected 2"]
+
+
+def bad_nan_ct_training(folder: Path):
+    """NaN in the CT foreground of a training case: met by the CT statistics first."""
+    root = make_nnunet(folder / "ds")
+    write_json(root / "splits_final.json", FIVE_FOLDS)  # fold 0 trains on case_002, case_003
+    image = root / "imagesTr" / "case_002_0000.nii.gz"
+    ct = tiny_case(2)[0].astype(np.float32)
+    ct[3, 3, 2] = np.nan  # inside the label box
+    save_nii(image, ct)
+    return root, [], [f"{image}: 1 NaN and 0 infinite voxels", "finite values only"]
+
+
+def bad_nan_t2_validation(folder: Path):
+    root = make_nnunet(folder / "ds")
+    write_json(root / "splits_final.json", FIVE_FOLDS)  # fold 0 validates on case_001
+    image = root / "imagesTr" / "case_001_0001.nii.gz"
+    t2 = tiny_case(1)[1].astype(np.float32)
+    t2[0, 0, 0] = t2[7, 5, 4] = np.nan
+    save_nii(image, t2)
+    return root, [], [f"{image}: 2 NaN and 0 infinite voxels"]
+
+
+def bad_msd_empty_training(folder: Path):
+    root = make_msd(folder / "ds")
+    edit_json(root / "dataset.json", training=[], numTraining=0)
+    return root, [], [f"{root / 'dataset.json'}: the training list is empty"]
+
+
+def bad_nnunet_no_training(folder: Path):
+    root = make_nnunet(folder / "ds", n_cases=0)
+    return root, [], [f"{root / 'imagesTr'}: no training case", "_0000.nii.gz"]
+
+
+def bad_msd_listed_twice(folder: Path):
+    root = make_msd(folder / "ds")
+    spec = read_json(root / "dataset.json")
+    training = [*spec["training"], spec["training"][1]]
+    edit_json(root / "dataset.json", training=training, numTraining=len(training))
+    return root, [], [f"{root / 'dataset.json'}: case case_002 is listed twice", "entries 1 and 3"]
+
+
+def bad_region_labels(folder: Path):
+    root = make_nnunet(folder / "ds", labels={"background": 0, "whole": [1, 2]})
+    return (
+        root,
+        [],
+        [
+            f"{root / 'dataset.json'}: label 'whole' is the region [1, 2]",
+            "region-based labels are not supported",
+            "one integer per label",
+            "supported: nnU-Net v2 raw datasets",
+        ],
+    )
+
+
+def bad_png_ending(folder: Path):
+    root = make_nnunet(folder / "ds", file_ending=".png")
+    return (
+        root,
+        [],
+        [
+            f"{root / 'dataset.json'}: file_ending '.png' is not supported",
+            "only NIfTI (.nii.gz, .nii)",
+        ],
+    )
+
+
+def bad_splits_unknown_case(folder: Path):
+    root = make_nnunet(folder / "ds")
+    path = root / "splits_final.json"
+    write_json(path, [{"train": ["case_001", "case_002"], "val": ["case_009"]}])
+    return root, [], [f"{path}: fold 0 names unknown cases ['case_009']"]
+
+
+def bad_fold_out_of_range(folder: Path):
+    root = make_nnunet(folder / "ds")
+    path = root / "splits_final.json"
+    write_json(path, FIVE_FOLDS)
+    return root, ["--fold", "7"], [f"{path}: no fold 7", "folds 0 .. 4"]
+
+
+def bad_axis(folder: Path):
+    return make_nnunet(folder / "ds"), ["--axis", "3"], ["--axis 3: expected auto, 0, 1 or 2"]
+
+
+BAD_INPUTS = {
+    "missing dataset.json": bad_missing_json,
+    "invalid JSON": bad_invalid_json,
+    "JSON not an object": bad_json_not_object,
+    "neither channel_names nor modality": bad_json_no_channels,
+    "missing channel": bad_missing_channel,
+    "label shape": bad_label_shape,
+    "label affine": bad_label_affine,
+    "undeclared label value": bad_undeclared_label,
+    "MSD channel count": bad_msd_channel_count,
+    "NaN in CT foreground of a training case": bad_nan_ct_training,
+    "NaN in T2 of a validation case": bad_nan_t2_validation,
+    "empty MSD training list": bad_msd_empty_training,
+    "no nnU-Net training case": bad_nnunet_no_training,
+    "MSD case listed twice": bad_msd_listed_twice,
+    "region-based labels": bad_region_labels,
+    "png file ending": bad_png_ending,
+    "splits_final.json unknown case": bad_splits_unknown_case,
+    "fold out of range": bad_fold_out_of_range,
+    "unknown axis": bad_axis,
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory) -> dict[str, tuple]:
+    """Every bad dataset sliced through the command line, two runs at a time.
+
+    Returns:
+        name -> (finished process, destination folder, what the error must name).
+    """
+    prepared = {}
+    for number, (name, build) in enumerate(BAD_INPUTS.items()):
+        folder = tmp_path_factory.mktemp(f"bad{number:02d}")
+        source, args, needles = build(folder)
+        prepared[name] = (source, folder / "out", args, needles)
+
+    def run(item):
+        source, dest, args, _ = item
+        return slice_cli(source, dest, "--shape", *SHAPE, "--workers", 1, *args)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = dict(zip(prepared, pool.map(run, prepared.values()), strict=True))
+    return {name: (procs[name], dest, needles) for name, (_, dest, _, needles) in prepared.items()}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_cli_bad_input_one_error_line_nothing_written(name, bad_runs):
+    proc, dest, needles = bad_runs[name]
+    assert proc.returncode == 1, proc.stderr
+    assert_clean_error(proc, *needles)
+    assert not dest.exists() and not dest.with_name(dest.name + "_tmp").exists()
+    assert not any(dest.parent.glob("out*"))
+
+
+def test_read_dataset_refusals(tmp_path):
+    """Forms refused by the reader itself, each naming the file and what is supported."""
+    root = make_nnunet(tmp_path / "regions", labels={"background": 0, "whole": [1, 2]})
+    with pytest.raises(DatasetError, match="region-based labels are not supported") as error:
+        read_dataset(root)
+    assert str(root / "dataset.json") in str(error.value)
+
+    root = make_nnunet(tmp_path / "order", regions_class_order=[1, 2])
+    with pytest.raises(DatasetError, match="region-based labels are not supported"):
+        read_dataset(root)
+
+    root = make_nnunet(tmp_path / "png", file_ending=".png")
+    with pytest.raises(DatasetError, match=r"file_ending '\.png' is not supported: only NIfTI"):
+        read_dataset(root)
+
+    root = make_nnunet(tmp_path / "listed", dataset={"case_001": {}})
+    with pytest.raises(DatasetError, match="explicit 'dataset' file list is not supported"):
+        read_dataset(root)
+
+    root = make_nnunet(tmp_path / "count", numTraining=4)
+    with pytest.raises(DatasetError, match="numTraining is 4 but 3 training cases were found"):
+        read_dataset(root)
+
+    root = make_nnunet(tmp_path / "orphan")
+    (root / "imagesTr" / "case_003_0000.nii.gz").unlink()
+    (root / "imagesTr" / "case_003_0001.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="labels without images") as error:
+        read_dataset(root)
+    assert str(root / "labelsTr" / "case_003.nii.gz") in str(error.value)
+
+    root = make_nnunet(tmp_path / "extra")
+    save_nii(root / "imagesTr" / "case_001_0002.nii.gz", tiny_case(1)[0])
+    with pytest.raises(DatasetError, match="channel 2 of case case_001, but dataset.json"):
+        read_dataset(root)
+
+    root = make_msd(tmp_path / "msd_both")
+    edit_json(root / "dataset.json", channel_names={"0": "CT", "1": "T2"})
+    with pytest.raises(DatasetError, match="needs channel_names"):
+        read_dataset(root)
+
+    with pytest.raises(DatasetError, match="folder not found"):
+        read_dataset(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "folds",
+    [
+        [{"train": 5, "val": ["case_001"]}],
+        [{"train": ["case_002", ["case_003"]], "val": ["case_001"]}],
+        [{"train": "case_002", "val": ["case_001"]}],
+        {"train": ["case_002"], "val": ["case_001"]},
+        [{"train": ["case_002", "case_001"], "val": ["case_001"]}],
+        [{"train": [], "val": ["case_001"]}],
+    ],
+)
+def test_read_dataset_refuses_malformed_splits(folds, tmp_path):
+    root = make_nnunet(tmp_path / "ds")
+    write_json(root / "splits_final.json", folds)
+    with pytest.raises(DatasetError) as error:
+        read_dataset(root)
+    assert str(root / "splits_final.json") in str(error.value)
+
+
+def test_read_dataset_refuses_malformed_msd_test_list(tmp_path):
+    root = make_msd(tmp_path / "ds", test=5)
+    with pytest.raises(DatasetError, match="test") as error:
+        read_dataset(root)
+    assert str(root / "dataset.json") in str(error.value)
+
+
+# ------------------------------------------------------------------------------ the stand-in
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> dict[str, Path]:
+    """The stand-in cohort of seed 0 in both layouts."""
+    dest = tmp_path_factory.mktemp("standin")
+    return {"nnunet": write_nnunet(dest), "msd": write_msd(dest)}
+
+
+@pytest.fixture(scope="module")
+def nnunet_out(standin, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("nnunet_out") / "out"
+    return sliced(standin["nnunet"], dest, "--shape", *SHAPE, "--workers", 2)
+
+
+@pytest.fixture(scope="module")
+def msd_out(standin, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("msd_out") / "out"
+    return sliced(standin["msd"], dest, "--shape", *SHAPE, "--workers", 2)
+
+
+def test_standin_description(standin):
+    nnunet, msd = read_dataset(standin["nnunet"]), read_dataset(standin["msd"])
+    assert (nnunet.layout, msd.layout) == (NNUNET, MSD)
+    for description in (nnunet, msd):
+        assert description.channels == ("CT", "T2")
+        assert description.schemes == ("ct", "zscore")
+        assert description.labels == (("background", 0), ("organ", 1), ("lesion", 2), ("vessel", 3))
+        assert [c.cid for c in description.training] == [f"standin_{n:03d}" for n in range(1, 17)]
+        assert [c.cid for c in description.test] == [f"standin_{n:03d}" for n in range(101, 105)]
+        assert description.folds is None
+    assert all(len(c.images) == 2 and not c.four_d for c in nnunet.training)
+    assert all(len(c.images) == 1 and c.four_d for c in msd.training)
+
+
+def test_msd_copy_slices_like_the_nnunet_copy(standin, nnunet_out, msd_out):
+    nnunet, msd = files_of(nnunet_out), files_of(msd_out)
+    assert sorted(nnunet) == sorted(msd)
+    assert len(nnunet) > 100
+    special = {"source.json", "split.json"}
+    differing = [name for name in nnunet if name not in special and nnunet[name] != msd[name]]
+    assert not differing, differing[:10]
+
+    sources = [read_json(nnunet_out / "source.json"), read_json(msd_out / "source.json")]
+    assert sources[0]["dataset"] == str(standin["nnunet"].resolve())
+    assert sources[1]["dataset"] == str(standin["msd"].resolve())
+    assert [s["name"] for s in sources] == ["Dataset990_StandIn", "Task990_StandIn"]
+    assert [s["layout"] for s in sources] == [NNUNET, MSD]
+    for source in sources:
+        for key in ("dataset", "name", "layout"):
+            del source[key]
+    assert sources[0] == sources[1]
+
+    splits = [read_json(nnunet_out / "split.json"), read_json(msd_out / "split.json")]
+    assert [s.pop("dataset") for s in splits] == ["Dataset990_StandIn", "Task990_StandIn"]
+    assert splits[0] == splits[1]
+
+
+def test_standin_slices_along_its_coarsest_axis(standin, nnunet_out):
+    source = read_json(nnunet_out / "source.json")
+    split = read_json(nnunet_out / "split.json")
+    assert source["axis"] == 1
+    assert source["channels"] == ["CT", "T2"]
+    assert source["labels"] == {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}
+    assert source["test"] == [f"standin_{n:03d}" for n in range(101, 105)]
+    assert split["shape"] == list(SHAPE) and len(split["val"]) == 3 and "fold" not in split
+    assert sorted(split["train"] + split["val"]) == [f"standin_{n:03d}" for n in range(1, 17)]
+
+    spacing_3d = read_json(nnunet_out / "spacing_3d.json")
+    assert sorted(spacing_3d) == sorted(split["train"] + split["val"])
+    for case in split["train"] + split["val"]:
+        image = standin["nnunet"] / "imagesTr" / f"{case}_0000.nii.gz"
+        (X, Y, Z), (dx, dy, dz) = load(image).shape, zooms(image)
+        assert spacing_3d[case] == pytest.approx([dx * X / 64, dz * Z / 64, dy], rel=1e-9)
+    for case in split["val"]:
+        Y = load(standin["nnunet"] / "labelsTr" / f"{case}.nii.gz").shape[1]
+        assert slice_stems(nnunet_out / "val", case) == [f"{case}_00_{y:04d}" for y in range(Y)]
+        spacing = read_json(nnunet_out / "val" / "spacing.json")
+        assert all(spacing[f"{case}_00_{y:04d}"] == spacing_3d[case] for y in range(Y))
+        gt = np.load(nnunet_out / "val" / "gt_npy" / f"{case}_00_0000.npy")
+        assert gt.shape == SHAPE and gt.dtype == np.uint8
+        image = np.load(nnunet_out / "val" / "in_npy" / f"{case}_00_0000.npy")
+        assert image.shape == (2, *SHAPE) and image.dtype == np.float32
+    # one png folder per channel, named after it in lower case
+    assert sorted(p.name for p in (nnunet_out / "val").iterdir()) == [
+        "3d_distmap", "ct", "gt", "gt_npy", "in_npy", "spacing.json", "t2",
+    ]  # fmt: skip
+
+
+def test_axis_2_slices_along_the_last_axis(standin, tmp_path):
+    dest = sliced(
+        standin["nnunet"], tmp_path / "out", "--shape", *SHAPE, "--workers", 2, "--axis", 2
+    )
+    assert read_json(dest / "source.json")["axis"] == 2
+    split = read_json(dest / "split.json")
+    spacing_3d = read_json(dest / "spacing_3d.json")
+    for case in split["val"]:
+        label = standin["nnunet"] / "labelsTr" / f"{case}.nii.gz"
+        (X, Y, Z), (dx, dy, dz) = load(label).shape, zooms(label)
+        assert slice_stems(dest / "val", case) == [f"{case}_00_{z:04d}" for z in range(Z)]
+        assert spacing_3d[case] == pytest.approx([dx * X / 64, dy * Y / 64, dz], rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+
+def foreground_statistics(root: Path, cases: list[str]) -> tuple[float, float, float, float]:
+    """0.5 and 99.5 percentiles, mean and std of the CT foreground voxels (label != 0)."""
+    voxels = []
+    for case in cases:
+        ct = load(root / "imagesTr" / f"{case}_0000.nii.gz").astype(np.float64)
+        label = load(root / "labelsTr" / f"{case}.nii.gz")
+        voxels.append(ct[label != 0])
+    voxels = np.concatenate(voxels)
+    low, high = np.percentile(voxels, [0.5, 99.5])
+    return float(low), float(high), float(voxels.mean()), float(voxels.std())
+
+
+def test_ct_statistics_are_the_training_foreground(standin, nnunet_out):
+    split = read_json(nnunet_out / "split.json")
+    low, high, mean, std = foreground_statistics(standin["nnunet"], split["train"])
+    norms = read_json(nnunet_out / "source.json")["normalisation"]
+    assert norms[0][0] == "ct"
+    assert norms[0][1:] == pytest.approx([low, high, mean, std], rel=1e-12)
+    assert norms[1] == ["zscore"]
+    # the validation cases are left out: with them the figures differ
+    everything = foreground_statistics(standin["nnunet"], split["train"] + split["val"])
+    assert everything[2:] != pytest.approx([mean, std], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ a small dataset
+#
+# Three hand-made cases with non-consecutive labels {0, 1, 5} and a splits_final.json, sliced by
+# fold 1 at their in-plane size (X, Z): nothing is resized, so the slices can be compared with
+# the source voxels directly.
+
+TINY_LABELS = {"background": 0, "a": 1, "b": 5}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(the dataset, its slices)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    root = make_nnunet(folder / "ds", n_cases=3, labels=TINY_LABELS, values=(1, 5))
+    write_json(root / "splits_final.json", FIVE_FOLDS)
+    X, _, Z = TINY
+    return root, sliced(root, folder / "out", "--fold", 1, "--shape", X, Z, "--workers", 1)
+
+
+def test_splits_final_fold_is_used_exactly(tiny):
+    _, dest = tiny
+    split = read_json(dest / "split.json")
+    assert split["fold"] == 1
+    assert split["train"] == sorted(FIVE_FOLDS[1]["train"]) == ["case_001", "case_003"]
+    assert split["val"] == sorted(FIVE_FOLDS[1]["val"]) == ["case_002"]
+    assert split["retain"] == 1
+    for name in ("train", "val"):
+        cases = {p.stem.split("_00_")[0] for p in (dest / name / "in_npy").iterdir()}
+        assert cases == set(split[name])
+
+
+def test_non_consecutive_label_values_become_class_indices(tiny):
+    root, dest = tiny
+    source = read_json(dest / "source.json")
+    assert source["labels"] == TINY_LABELS and source["axis"] == 1
+    X, Y, Z = TINY
+    found = set()
+    for split in ("train", "val"):
+        for stem in sorted(p.stem for p in (dest / split / "gt_npy").iterdir()):
+            case, y = re.fullmatch(r"(case_\d+)_00_(\d+)", stem).groups()
+            label = load(root / "labelsTr" / f"{case}.nii.gz")[:, int(y), :]
+            gt = np.load(dest / split / "gt_npy" / f"{stem}.npy")
+            assert gt.dtype == np.uint8
+            np.testing.assert_array_equal(gt, np.select([label == 1, label == 5], [1, 2], 0))
+            found |= set(np.unique(gt).tolist())
+            assert np.load(dest / split / "3d_distmap" / f"{stem}.npy").shape == (3, X, Z)
+    assert found == {0, 1, 2}
+
+
+def test_unresized_slices_are_normalised_as_nnunet_does(tiny):
+    root, dest = tiny
+    split = read_json(dest / "split.json")
+    low, high, mean, std = foreground_statistics(root, split["train"])
+    norms = read_json(dest / "source.json")["normalisation"]
+    assert norms == [["ct", *norms[0][1:]], ["zscore"]]
+    assert norms[0][1:] == pytest.approx([low, high, mean, std], rel=1e-12)
+
+    (case,) = split["val"]
+    ct = load(root / "imagesTr" / f"{case}_0000.nii.gz").astype(np.float64)
+    t2 = load(root / "imagesTr" / f"{case}_0001.nii.gz").astype(np.float64)
+    ct_norm = (np.clip(ct, low, high) - mean) / std
+    t2_norm = (t2 - t2.mean()) / t2.std()
+    X, Y, Z = TINY
+    assert slice_stems(dest / "val", case) == [f"{case}_00_{y:04d}" for y in range(Y)]
+    for y in range(Y):  # slices along axis 1: the source's [:, y, :]
+        image = np.load(dest / "val" / "in_npy" / f"{case}_00_{y:04d}.npy")
+        assert image.shape == (2, X, Z) and image.dtype == np.float32
+        np.testing.assert_allclose(image[0], ct_norm[:, y, :], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(image[1], t2_norm[:, y, :], rtol=1e-6, atol=1e-5)
+    dx, dy, dz = zooms(root / "labelsTr" / f"{case}.nii.gz")
+    assert read_json(dest / "spacing_3d.json")[case] == pytest.approx([dx, dz, dy], rel=1e-9)
