@@ -208,6 +208,12 @@ def predict(run: Path, sliced: Path, dest: Path, device: torch.device, batch_siz
     if missing:
         raise PredictError(f"{source['dataset']}: cases {missing[:5]} of {sliced} are gone")
     net, best = load_network(run, device)
+    channels, classes = len(source["channels"]), len(values)
+    if (best["n_in"], best["n_class"]) != (channels, classes):
+        raise PredictError(
+            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
+            f"classes, but {sliced} has {channels} channels and {classes} classes"
+        )
     ending = ".nii.gz" if str(cases[wanted[0]].images[0]).endswith(".gz") else ".nii"
 
     tmp = dest.with_name(dest.name + "_tmp")
