@@ -50,10 +50,11 @@ include $(VARS)
 ifeq ($(DATA),)
 EPC ?= 100
 else
-# Sized for a 2-core CPU: slices at 64 x 64, a UNet of width 8, 10 epochs at a rate of 5e-3.
+# Sized for a 2-core CPU: slices at 64 x 64, a UNet of width 8, 10 epochs of batches of 4 at a
+# learning rate of 5e-3.
 SLICE_OPT = --shape 64 64
 EPC ?= 10
-BS ?= 8
+BS ?= 4
 LR ?= 5e-3
 NET_PARAMS ?= $(if $(filter UNet,$(NET)),{'nG': 8},{})
 endif

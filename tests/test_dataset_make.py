@@ -1,0 +1,105 @@
+"""dataset.make end to end, in a temporary copy of the repository, on the nnU-Net stand-in.
+
+`make -f dataset.make DATA=synthetic` with two of its trainings, a tiny network and one epoch
+builds every product: the lineage check, the slices, the adjacency graph (four classes), the
+trainings, the plots, the NIfTI predictions in the source geometry, the report with their
+metrics and the archive holding them; a second `make` builds nothing. On a user's dataset
+(DATASET=...), the first run pins its files and a later change stops `make` with the file named
+before anything is rebuilt. The interpreter running the tests is passed as CC.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from preprocess.synthetic_nnunet import write_nnunet
+from tests.cli import assert_clean_error
+from tests.test_pipeline import copy_repository, products
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU Make")
+
+FAST = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", f"CC={sys.executable}"]
+RUNS = ["gdl", "boundary_adj"]
+NAME = "Dataset990_StandIn"
+
+
+def make(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    run = subprocess.run(
+        ["make", "-f", "dataset.make", *FAST, *args],
+        cwd=repo, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if check and run.returncode != 0:
+        pytest.fail(f"make failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    repo = copy_repository(tmp_path_factory.mktemp("repo-dataset"))
+    return repo, make(repo, "DATA=synthetic", f"TRAININGS={' '.join(RUNS)}")
+
+
+def test_chain_builds_every_product_with_nifti_predictions(built):
+    repo, first = built
+    dataset = repo / "data" / "nnunet-synthetic" / NAME
+    sliced = repo / "data" / "sliced" / NAME
+    assert (sliced / "source.json").is_file() and (sliced / "split.json").is_file()
+    assert (repo / "data" / "sliced" / f"{NAME}_adjacency" / "graph.csv").is_file()
+    results = repo / "results" / NAME
+    for run in RUNS:
+        assert (results / run / "best.pt").is_file()
+        predictions = results / "predictions" / run
+        for cid in ("standin_101", "standin_102", "standin_103", "standin_104"):
+            written = nib.load(str(predictions / f"{cid}.nii.gz"))
+            image = nib.load(str(dataset / "imagesTs" / f"{cid}_0000.nii.gz"))
+            assert written.shape == image.shape and np.array_equal(written.affine, image.affine)
+        assert (predictions / "metrics.csv").is_file()
+    report = (results / "report.md").read_text()
+    assert "Predictions in the source geometry" in report
+    assert "Dice lesion" in report and "val_adjacency" in report
+    (archive,) = (repo / "archives").glob(f"*-{NAME}.tar.gz")
+    listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
+    assert f"results/{NAME}/predictions/gdl/standin_101.nii.gz" in listing.stdout
+    assert f"results/{NAME}/report.html" in listing.stdout
+    assert "pinned" not in first.stdout  # the stand-in's lineage is committed: checked only
+    assert "57 files match lineage/nnunet-synthetic.lineage" in first.stdout
+    assert not list(repo.rglob("*_tmp"))
+
+
+def test_second_make_builds_nothing(built):
+    repo, _ = built
+    before = products(repo)
+    second = make(repo, "DATA=synthetic", f"TRAININGS={' '.join(RUNS)}")
+    assert "Nothing to be done for 'all'" in second.stdout, second.stdout
+    assert "57 files match" in second.stdout  # the lineage is checked on every run
+    assert products(repo) == before
+
+
+def test_unknown_training_and_missing_dataset_are_refused(built):
+    repo, _ = built
+    unknown = make(repo, "DATA=synthetic", "TRAININGS=gdl ce_adjj", check=False)
+    assert unknown.returncode != 0
+    assert "TRAININGS: ce_adjj not defined for Dataset990_StandIn (K=4)" in unknown.stderr
+    assert "boundary_adj" in unknown.stderr  # the defined ones are listed
+    missing = make(repo, check=False)
+    assert missing.returncode != 0 and "DATASET=path/to/dataset is needed" in missing.stderr
+
+
+def test_own_dataset_is_pinned_then_a_change_stops_before_any_rebuild(tmp_path):
+    repo = copy_repository(tmp_path / "repo")
+    dataset = write_nnunet(tmp_path / "mine")
+    first = make(repo, f"DATASET={dataset}", "lineage")
+    assert f"pinned 57 files of {dataset} in lineage/{NAME}.lineage" in first.stdout
+    assert (repo / "lineage" / f"{NAME}.lineage").is_file()
+    label = dataset / "labelsTr" / "standin_005.nii.gz"
+    label.write_bytes(label.read_bytes()[::-1])
+    changed = make(repo, f"DATASET={dataset}", "slice", check=False)
+    assert_clean_error(changed, f"{label}: changed since it was pinned", "REPIN=1")
+    assert not (repo / "data" / "sliced" / NAME).exists()  # nothing was built from it
