@@ -68,7 +68,7 @@ def test_chain_builds_every_product_with_nifti_predictions(built):
     listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
     assert f"results/{NAME}/predictions/gdl/standin_101.nii.gz" in listing.stdout
     assert f"results/{NAME}/report.html" in listing.stdout
-    assert "pinned" not in first.stdout  # the stand-in's lineage is committed: checked only
+    assert "pinned 57 files" not in first.stdout  # the stand-in's lineage is committed
     assert "57 files match lineage/nnunet-synthetic.lineage" in first.stdout
     assert not list(repo.rglob("*_tmp"))
 
