@@ -9,7 +9,8 @@
 #   ZIPS          the zips, by their real names; DROP: what unpacking leaves out (fnmatch). A
 #                 dataset without zips (dataset.make) sets ROOT, SUFFIX, LINEAGE and UNPACKED (what
 #                 the slices are made from) and its rule instead, and SOURCE_DIR (the slicer's input)
-#   SLICER        preprocess/slice_<dataset>.py; RETAIN: validation patients; SLICE_OPT
+#   SLICER        preprocess/slice_<dataset>.py; RETAIN: validation patients; SLICER_ARGS: its
+#                 arguments set by the dataset makefile; SLICE_OPT: the user's, after them
 #   K MODALITIES METRIC_AXIS G_RGX TRAIN_OPT  passed to main.py
 #   TRN           the trainings built by default; EXTRA_TRN: buildable on request
 #   <run>_LOSSES <run>_FOLDERS <run>_OPT      each training's --losses, --folders, other flags
@@ -101,8 +102,8 @@ endif
 
 ZIP_PATHS := $(addprefix $(ROOT)/,$(ZIPS))
 UNPACKED := $(ROOT)/$(RAW)
+SOURCE_DIR := $(UNPACKED)
 endif
-SOURCE_DIR ?= $(UNPACKED)
 SLICED := $(ROOT)/$(DATA_NAME)
 RESULTS := results/$(DATA_NAME)$(SUFFIX)
 TRN_DIRS := $(addprefix $(RESULTS)/,$(TRN))
@@ -165,7 +166,7 @@ endif
 # Slice 3D volumes into 2D png/npy with 3D distance maps; the slicer works in $@_tmp.
 $(SLICED): $(UNPACKED) | $(PY_DEPS)
 	$(PY) $(CFLAGS) $(SLICER) --source_dir $(SOURCE_DIR) --dest_dir $@ --retain $(RETAIN) --seed $(SEED) \
-		--n_augment $(N_AUGMENT) $(SLICE_OPT)
+		--n_augment $(N_AUGMENT) $(SLICER_ARGS) $(SLICE_OPT)
 	touch $@
 
 # Class adjacencies of the training split's ground-truth slices (2D neighbourhoods, as the 2D

@@ -26,7 +26,10 @@ else ifeq ($(DATASET),)
 $(error DATASET=path/to/dataset is needed: a folder holding the dataset.json of an nnU-Net v2 dataset or a Decathlon task (or DATA=synthetic for the stand-in))
 endif
 
-DATASET := $(patsubst %/,%,$(DATASET))
+ifneq ($(words $(DATASET)),1)
+$(error DATASET="$(DATASET)": a path with spaces cannot go through Make; move or link the dataset to a path without them)
+endif
+override DATASET := $(patsubst %/,%,$(DATASET))
 DATA_NAME := $(notdir $(DATASET))
 LINEAGE ?= lineage/$(DATA_NAME).lineage
 FOLD ?= 0
@@ -47,18 +50,19 @@ VARS := data/sliced/$(DATA_NAME).mk
 # (made by the rule below, then Make reads this file again).
 include $(VARS)
 
+# The slicer's own arguments; SLICE_OPT (the user's) comes after them and wins.
+SLICER_ARGS := --fold $(FOLD)
 ifeq ($(DATA),)
 EPC ?= 100
 else
 # Sized for a 2-core CPU: slices at 64 x 64, a UNet of width 8, 10 epochs of batches of 4 at a
 # learning rate of 5e-3.
-SLICE_OPT = --shape 64 64
+SLICER_ARGS += --shape 64 64
 EPC ?= 10
 BS ?= 4
 LR ?= 5e-3
 NET_PARAMS ?= $(if $(filter UNet,$(NET)),{'nG': 8},{})
 endif
-SLICE_OPT += --fold $(FOLD)
 
 # The trainings, from the number of labels K.
 B_DATA = [('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)]
@@ -146,4 +150,4 @@ $(VARS): $(CHECKED) | $(PY_DEPS)
 predict: $(PREDICTIONS)
 
 $(RESULTS)/predictions/%: $(RESULTS)/% $(SLICED) | $(PY_DEPS)
-	$(PY) $(CFLAGS) predict.py --run $< --sliced $(SLICED) --dest $@
+	$(PY) $(CFLAGS) predict.py --run $< --sliced $(SLICED) --source $(DATASET) --dest $@

@@ -1,6 +1,7 @@
 """Predict 3D NIfTI label volumes in the source geometry from a trained network.
 
-Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--cpu] [--batch_size 32]
+Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--source DATASET] [--cpu]
+       [--batch_size 32]
 
 For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.json` and
 `split.json`) and a training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`:
@@ -10,13 +11,14 @@ For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.js
   the slicer prepared it (the same normalisation, axis and slice shape), the network's classes
   are resized back to the source in-plane size (nearest neighbour), the axes put back in their
   order, and the class indices turned into dataset.json's label values; the file keeps the
-  source image's affine and header (uint8 or uint16 voxels, no scaling), so it opens on the
-  image in ITK-SNAP or 3D Slicer;
+  source image's affine and header (uint8 voxels, no scaling, no display window, no intent), so
+  it opens on the image in ITK-SNAP or 3D Slicer;
 - `metrics.csv`: 3D Dice, HD and HD95 (mm) per validation case and class, computed from the
   written files against the source label files, in the source spacing (metrics.py; HD and HD95
   as medpy's, an empty class in both 0, in one of them the volume's diagonal);
 - `predictions.json`: the run, its best epoch, the cases and the files.
 
+The source dataset is the one named in `source.json`, or `--source` (the same data, moved).
 Everything is written into `DIR_tmp` and moved to `DIR` when complete. Errors are one line:
 `error: <message>`, exit status 1.
 """
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from atomic import remove_path
+from atomic import DISK_FULL, disk_full_message, remove_path
 from checkpoint import CheckpointError, fit_state, model_state, read_checkpoint
 from config import parse_literal
 from console import ArgumentParser
@@ -75,8 +76,8 @@ def to_source_grid(
         values: the label value of each class index (dataset.json's labels, by value).
 
     Returns:
-        The source-shaped label volume (uint8, or uint16 for values above 255). Exact for
-        the slicer's own labels when the slice shape is at least the source's in-plane size.
+        The source-shaped label volume (uint8: label values are at most 255). Exact for the
+        slicer's own labels when the slice shape is at least the source's in-plane size.
     """
     order = slice_order(axis)
     in_plane = tuple(int(source_shape[a]) for a in order[:2])
@@ -86,8 +87,7 @@ def to_source_grid(
         )
     resized = resize_labels(classes.astype(np.uint8), in_plane)
     volume = np.transpose(resized, np.argsort(order))
-    table = np.asarray(values, dtype=np.uint16 if max(values) > 255 else np.uint8)
-    return table[volume]
+    return np.asarray(values, dtype=np.uint8)[volume]
 
 
 def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
@@ -102,6 +102,8 @@ def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
     header = image.header.copy()
     header.set_data_dtype(volume.dtype)
     header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")  # a Decathlon 4D image may say "vector"
+    header["cal_min"], header["cal_max"] = 0, int(volume.max())  # not the image's window
     out = nib.Nifti1Image(volume, image.affine, header)
     out.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
     out.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
@@ -189,24 +191,54 @@ def _read_json(path: Path) -> dict:
         raise PredictError(f"{path}: not valid JSON ({error})") from None
 
 
-def predict(run: Path, sliced: Path, dest: Path, device: torch.device, batch_size: int) -> Path:
+def predict(
+    run: Path,
+    sliced: Path,
+    dest: Path,
+    device: torch.device,
+    batch_size: int,
+    dataset: Path | None = None,
+) -> Path:
     """Write the predictions of `run` for the validation and test cases of `sliced` into `dest`.
+
+    Args:
+        run: the training's folder (best.pt).
+        sliced: the slice_nnunet.py output.
+        dest: the output folder, replaced when complete.
+        device: where the network runs.
+        batch_size: slices per forward pass.
+        dataset: the source dataset folder (None: the one named in source.json).
 
     Raises:
         PredictError, SliceError: see the module docstring.
     """
     source = _read_json(sliced / "source.json")
     split = _read_json(sliced / "split.json")
-    description = read_dataset(source["dataset"])
-    values = list(source["labels"].values())
-    geometry = Geometry(int(source["axis"]), tuple(tuple(n) for n in source["normalisation"]))
+    try:
+        description = read_dataset(dataset or source["dataset"])
+        values = list(source["labels"].values())
+        norms = tuple(tuple(n) for n in source["normalisation"])
+        geometry = Geometry(int(source["axis"]), norms)
+        shape = tuple(int(n) for n in split["shape"])
+        val, test = list(split["val"]), list(source["test"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise PredictError(
+            f"{sliced}: source.json or split.json is not as slice_nnunet.py writes it ({error!r})"
+        ) from None
     label_map = tuple((v, i) for i, v in enumerate(values) if v != i)
-    shape = tuple(split["shape"])
-    cases = {c.cid: c for c in (*description.training, *description.test)}
-    wanted = [*split["val"], *source["test"]]
-    missing = [cid for cid in wanted if cid not in cases]
+    training = {c.cid: c for c in description.training}
+    testing = {c.cid: c for c in description.test}
+    both = sorted(set(training) & set(testing))
+    if both:
+        raise PredictError(
+            f"{description.root}: case {both[0]} is both a training and a test case; their "
+            "predictions would have the same file name"
+        )
+    missing = [cid for cid in val if cid not in training] + [c for c in test if c not in testing]
     if missing:
-        raise PredictError(f"{source['dataset']}: cases {missing[:5]} of {sliced} are gone")
+        raise PredictError(f"{description.root}: cases {missing[:5]} of {sliced} are gone")
+    cases = {**{cid: training[cid] for cid in val}, **{cid: testing[cid] for cid in test}}
+    wanted = [*val, *test]
     net, best = load_network(run, device)
     channels, classes = len(source["channels"]), len(values)
     if (best["n_in"], best["n_class"]) != (channels, classes):
@@ -229,7 +261,7 @@ def predict(run: Path, sliced: Path, dest: Path, device: torch.device, batch_siz
             labels = to_source_grid(classes, source_shape(case), geometry.axis, values)
             path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
             files[cid] = path.name
-            if cid in split["val"]:
+            if case.label is not None:
                 for row in case_metrics(path, case.label, source["labels"]):
                     rows.append({"case": cid, **row})
         with open(tmp / "metrics.csv", "w", newline="") as handle:
@@ -239,15 +271,24 @@ def predict(run: Path, sliced: Path, dest: Path, device: torch.device, batch_siz
         record = {
             "run": str(run),
             "best_epoch": best.get("epoch"),
-            "dataset": source["dataset"],
-            "validation": split["val"],
-            "test": source["test"],
+            "dataset": str(description.root),
+            "validation": val,
+            "test": test,
             "files": files,
         }
         (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+        old = dest.with_name(dest.name + "_old")
+        remove_path(old, ignore_errors=True)
         if dest.is_dir():
-            shutil.rmtree(dest)
+            dest.replace(old)  # the earlier predictions go only once the new ones are in place
         tmp.replace(dest)
+        remove_path(old, ignore_errors=True)
+    except OSError as error:
+        remove_path(tmp, ignore_errors=True)
+        if error.errno in DISK_FULL:
+            raise PredictError(disk_full_message(error, dest.parent)) from None
+        where = error.filename or dest
+        raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
     except BaseException:
         remove_path(tmp, ignore_errors=True)
         raise
@@ -260,13 +301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
     parser.add_argument("--sliced", required=True, type=Path, help="the slice_nnunet.py output")
     parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="the dataset folder (default: source.json's)"
+    )
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
     parser.add_argument("--batch_size", type=int, default=32, help="slices per forward pass")
     args = parser.parse_args(argv)
     use_cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if use_cuda else "cpu")
     try:
-        dest = predict(args.run, args.sliced, args.dest, device, max(args.batch_size, 1))
+        dest = predict(
+            args.run, args.sliced, args.dest, device, max(args.batch_size, 1), args.source
+        )
     except (PredictError, SliceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

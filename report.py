@@ -400,8 +400,11 @@ def describe(runs: Sequence[RunSummary], per_class: bool) -> str:
 # Predictions written back in the source geometry (predict.py)
 
 
-def read_prediction_metrics(folder: Path) -> dict[str, dict[str, np.ndarray]]:
-    """A predict.py folder's metrics.csv: class name -> metric (dice, hd, hd95) -> per-case values.
+METRICS_CSV = ("case", "class", "value", "dice", "hd", "hd95")
+
+
+def read_prediction_metrics(folder: Path) -> list[dict]:
+    """A predict.py folder's metrics.csv: one row per case and class, numbers as floats.
 
     Raises:
         OSError: no metrics.csv. ValueError: a row that is not a number where one is expected.
@@ -409,50 +412,70 @@ def read_prediction_metrics(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (--predictions expects predict.py output)")
-    values: dict[str, dict[str, list[float]]] = {}
+    rows = []
     with open(path, newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):
             try:
-                entry = values.setdefault(row["class"], {"dice": [], "hd": [], "hd95": []})
-                for metric, found in entry.items():
-                    found.append(float(row[metric]))
+                numbers = {key: float(row[key]) for key in ("value", "dice", "hd", "hd95")}
+                rows.append({"case": row["case"], "class": row["class"], **numbers})
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(
-                    f"{path}:{number}: not a predict.py metrics row ({error})"
+                    f"{path}:{number}: not a predict.py metrics row ({error!r})"
                 ) from None
-    return {name: {m: np.array(v) for m, v in metrics.items()} for name, metrics in values.items()}
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{_fmt(float(np.mean(values)))} +- {_fmt(float(np.std(values)))}" if values else "-"
 
 
 def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
-    """The report's section on the NIfTI predictions: per run (the folder's name) and foreground
-    class, 3D Dice, HD and HD95 as mean ± std over the validation cases."""
+    """The report's section on the NIfTI predictions (predict.py): per run (the folder's name)
+    and foreground class (label value not 0), 3D Dice, HD and HD95 as mean ± std over the
+    validation cases; then, per foreground class, Dice and HD95 of every case and run."""
     if not folders:
         return []
-    tables = {Path(f).name: read_prediction_metrics(Path(f)) for f in folders}
-    classes = [c for c in next(iter(tables.values())) if c != "background"]
+    found = {Path(f).name: read_prediction_metrics(Path(f)) for f in folders}
+    classes = list(dict.fromkeys(r["class"] for rows in found.values() for r in rows if r["value"]))
+    cases = sorted({r["case"] for rows in found.values() for r in rows})
+
+    def values(run: str, name: str, metric: str, case: str | None = None) -> list[float]:
+        return [
+            r[metric]
+            for r in found[run]
+            if r["class"] == name and (case is None or r["case"] == case)
+        ]
+
     header = ["run"] + [f"{m} {c}" for c in classes for m in ("Dice", "HD", "HD95")]
-    rows, cases = [], 0
-    for run, table in tables.items():
-        row = [run]
-        for name in classes:
-            for metric in ("dice", "hd", "hd95"):
-                found = table.get(name, {}).get(metric, np.array([]))
-                cases = max(cases, len(found))
-                row.append(f"{_fmt(found.mean())} +- {_fmt(found.std())}" if len(found) else "-")
-        rows.append(row)
-    bold = [[False] * len(header) for _ in rows]
+    rows = [
+        [run, *(_mean_std(values(run, c, m)) for c in classes for m in ("dice", "hd", "hd95"))]
+        for run in found
+    ]
     text = (
-        f"Each training's best.pt predicted the {cases} validation cases again from the source "
-        "images, and the predictions were written back in the source geometry (NIfTI files in "
-        "predictions/<run>/, with the test cases'). 3D Dice, HD and HD95 (mm) of each "
-        "foreground class, computed from these files in the source spacing: mean ± std over "
-        "the cases."
+        f"Each training's best.pt predicted the {len(cases)} validation cases again from the "
+        "source images, and the predictions were written back in the source geometry (NIfTI "
+        "files in predictions/<run>/, with the test cases'). 3D Dice, HD and HD95 (mm) of each "
+        "foreground class, computed from these files in the source spacing: mean +- std over "
+        "the cases, then each case (Dice / HD95), as in predictions/<run>/metrics.csv."
     )
-    return [
+    blocks = [
         Block("h2", "Predictions in the source geometry"),
         Block("p", text),
-        Block("table", table=Table(header, rows, bold)),
+        Block("table", table=Table(header, rows, [[False] * len(header) for _ in rows])),
     ]
+    for name in classes:
+        per_case = []
+        for case in cases:
+            cells = []
+            for run in found:
+                dice, hd95 = values(run, name, "dice", case), values(run, name, "hd95", case)
+                cells.append(f"{_fmt(dice[0])} / {_fmt(hd95[0])}" if dice else "-")
+            per_case.append([case, *cells])
+        header = ["case", *found]
+        blocks.append(Block("h3", f"{name}: Dice / HD95 (mm) per case"))
+        bold = [[False] * len(header) for _ in per_case]
+        blocks.append(Block("table", table=Table(header, per_case, bold)))
+    return blocks
 
 
 # ---------------------------------------------------------------------------------------------

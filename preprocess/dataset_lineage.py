@@ -14,9 +14,10 @@ of the training and test cases.
   with its name and what to do: restore the data, or pin it again knowingly (`--repin`, or
   `REPIN=1` with make), which also rebuilds everything made from it.
 
-`--stamp FILE` writes the md5 of LINEAGE into FILE when it differs from what FILE holds, and
-leaves FILE untouched otherwise: Make rebuilds the slices when the pinned data changes, and not
-when the check merely ran again. `--status` prints nothing: the exit status alone tells.
+`--stamp FILE` writes the md5 of the sums LINEAGE pins into FILE when it differs from what FILE
+holds, and leaves FILE untouched otherwise: Make rebuilds the slices when the pinned data
+changes, and not when the check merely ran again. `--status` prints nothing: the exit status
+alone tells.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
 
 
 def present_files(dataset: Path) -> set[str]:
-    """The files in the dataset's image and label folders and its top-level JSON files."""
-    found = {p.name for p in dataset.glob("*.json") if p.is_file()}
+    """The files in the dataset's image and label folders, dataset.json and splits_final.json
+    (other files beside them, such as a README or notes, are not read and not checked)."""
+    found = {n for n in ("dataset.json", "splits_final.json") if (dataset / n).is_file()}
     for folder in FOLDERS:
         if (dataset / folder).is_dir():
             found |= {
@@ -101,8 +103,11 @@ def check(dataset: Path, lineage_path: Path) -> int:
 
 
 def write_stamp(stamp: Path, lineage: Path) -> None:
-    """Write the md5 of `lineage` into `stamp`, only when `stamp` holds another value."""
-    digest = hashlib.md5(lineage.read_bytes()).hexdigest() + "\n"
+    """Write the md5 of the sums `lineage` pins into `stamp`, only when `stamp` holds another
+    value: its comments (the path the dataset was pinned from) do not count."""
+    sums = read_lineage(lineage).sums
+    listing = "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
+    digest = hashlib.md5(listing.encode()).hexdigest() + "\n"
     if not stamp.is_file() or stamp.read_text() != digest:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(stamp, digest)

@@ -12,12 +12,13 @@ Both layouts are described by a `dataset.json` at the dataset's root:
   nnU-Net's format grew: `modality` (`{"0": "FLAIR", ...}`), `labels` as integer -> name
   (`{"0": "background", "1": "edema"}`), a `training` list of `{"image": "./imagesTr/x.nii.gz",
   "label": "./labelsTr/x.nii.gz"}` and a `test` list of image paths; each image is one 4D NIfTI
-  holding the channels along its last axis (3D when there is one channel).
+  holding the channels along its last axis (3D when there is one channel). A `splits_final.json`
+  beside it (nnU-Net's folds of the same cases) is used as for nnU-Net.
 
 Supported: NIfTI files (`.nii.gz`, `.nii`) and one integer per label. Region-based labels
-(nnU-Net's lists of integers with `regions_class_order`), other file endings and nnU-Net's
-explicit `dataset` file list are refused with a message saying what is supported. Every error is
-a `DatasetError` naming the file and what was expected.
+(nnU-Net's lists of integers with `regions_class_order`), nnU-Net's `ignore` label, other file
+endings and nnU-Net's explicit `dataset` file list are refused with a message saying what is
+supported. Every error is a `DatasetError` naming the file and what was expected.
 
 Channel normalisation follows nnU-Net's choice from the channel's name (case-insensitive, its
 `map_channel_name_to_normalization`): `CT` clips to the training set's foreground 0.5 and 99.5
@@ -174,6 +175,12 @@ def _check_labels(pairs: list[tuple[str, object]], path: Path) -> tuple[tuple[st
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
             raise DatasetError(
                 f"{path}: label {name!r} has the value {value!r}; expected an integer in 0 .. 255"
+            )
+    for name, _ in pairs:
+        if str(name).lower() == "ignore":
+            raise DatasetError(
+                f"{path}: label {name!r} is nnU-Net's ignore label (for sparse annotations), which "
+                f"is not supported: every voxel must be labelled ({SUPPORTED})"
             )
     values = [value for _, value in pairs]
     twice = sorted(v for v, n in Counter(values).items() if n > 1)
@@ -370,8 +377,9 @@ def _read_msd(root: Path, spec: dict, path: Path) -> DatasetDescription:
         seen_test.add(cid)
         test.append(Case(cid, (image,), None, four_d=True))
     training = tuple(sorted(cases, key=lambda c: c.cid))
+    test_cases = tuple(sorted(test, key=lambda c: c.cid))
     return DatasetDescription(
-        root, MSD, channels, labels, training, tuple(sorted(test, key=lambda c: c.cid)), None
+        root, MSD, channels, labels, training, test_cases, _folds(root, training)
     )
 
 

@@ -83,6 +83,40 @@ def choose_axis(description: DatasetDescription) -> int:
     return int(np.flatnonzero(np.isclose(median, median.max(), rtol=1e-3))[-1])
 
 
+def check_test_images(description: DatasetDescription) -> None:
+    """Check the headers of the test images (imagesTs), which are read only by predict.py after
+    the trainings: readable, 3D per channel (or 4D with every channel), one shape per case.
+
+    Raises:
+        SliceError: naming the file and what was expected.
+    """
+    n_channels = len(description.channels)
+    for case in description.test:
+        shapes = []
+        for path in case.images:
+            try:
+                shape = tuple(int(n) for n in nib.load(str(path)).shape)
+            except Exception as error:  # nibabel raises many kinds on a corrupt header
+                raise SliceError(f"{path}: not a readable NIfTI file ({error})") from None
+            if case.four_d and n_channels > 1:
+                if len(shape) != 4 or shape[3] != n_channels:
+                    raise SliceError(
+                        f"{path}: test image of shape {shape}; expected X Y Z {n_channels} (the "
+                        "modalities declared in dataset.json)"
+                    )
+                shape = shape[:3]
+            while len(shape) > 3 and shape[-1] == 1:
+                shape = shape[:-1]
+            if len(shape) != 3:
+                raise SliceError(f"{path}: test image of shape {shape}; expected a 3D volume")
+            shapes.append(shape)
+        if len(set(shapes)) > 1:
+            raise SliceError(
+                f"{case.images[-1]}: shape {shapes[-1]} differs from {case.images[0]} {shapes[0]}; "
+                "expected every channel of a case on one grid"
+            )
+
+
 def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple:
     """nnU-Net's CT normalisation of one channel from the foreground of the training volumes.
 
@@ -154,6 +188,7 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
         return sorted(train, key=natural_key), sorted(val, key=natural_key), {"fold": fold}
 
     def plan(found: Patients, train: list[str]) -> tuple[Geometry, dict[str, object]]:
+        check_test_images(description)
         chosen = choose_axis(description) if axis == "auto" else int(axis)
         norms = []
         for channel, scheme in enumerate(description.schemes):

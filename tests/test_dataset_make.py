@@ -95,9 +95,12 @@ def test_unknown_training_and_missing_dataset_are_refused(built):
 def test_own_dataset_is_pinned_then_a_change_stops_before_any_rebuild(tmp_path):
     repo = copy_repository(tmp_path / "repo")
     dataset = write_nnunet(tmp_path / "mine")
-    first = make(repo, f"DATASET={dataset}", "lineage")
+    first = make(repo, f"DATASET={dataset}/", "lineage")  # a trailing slash, as tab completes
     assert f"pinned 57 files of {dataset} in lineage/{NAME}.lineage" in first.stdout
     assert (repo / "lineage" / f"{NAME}.lineage").is_file()
+    planned = make(repo, f"DATASET={dataset}", "SLICE_OPT=--axis 2", "-n", "slice")
+    assert "preprocess/slice_nnunet.py" in planned.stdout
+    assert "--fold 0 --axis 2" in planned.stdout  # the user's SLICE_OPT keeps the fold
     label = dataset / "labelsTr" / "standin_005.nii.gz"
     label.write_bytes(label.read_bytes()[::-1])
     changed = make(repo, f"DATASET={dataset}", "slice", check=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -148,3 +149,21 @@ def test_predict_names_what_is_missing(sliced, tmp_path):
     mismatch = run_script(ROOT / "predict.py", "--run", wrong, "--sliced", dest, "--dest", out)
     assert_clean_error(mismatch, "a network for 3 channels", "has 2 channels")
     assert not out.exists() and not (tmp_path / "out_tmp").exists()
+
+
+def test_predict_reads_a_moved_dataset_from_source(sliced, tmp_path):
+    """source.json names the folder the data was sliced from; --source gives where it is now."""
+    dataset, dest = sliced["nnunet"]
+    moved = Path(shutil.copytree(dest, tmp_path / "sliced"))
+    record = json.loads((moved / "source.json").read_text())
+    record["dataset"] = str(tmp_path / "gone" / dataset.name)
+    (moved / "source.json").write_text(json.dumps(record))
+    run = tmp_path / "run"
+    save_best(run, "Dimwit", 2, 4)
+    out = tmp_path / "out"
+    lost = run_script(ROOT / "predict.py", "--run", run, "--sliced", moved, "--dest", out)
+    assert_clean_error(lost, f"{tmp_path / 'gone' / dataset.name}: folder not found")
+    found = run_script(ROOT / "predict.py", "--run", run, "--sliced", moved, "--dest", out,
+                       "--source", dataset, "--cpu")  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert len(list(out.glob("*.nii.gz"))) == 7  # 3 validation and 4 test cases

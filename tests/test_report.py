@@ -519,3 +519,49 @@ def test_runs_of_the_same_data_written_differently_are_ranked(tmp_path: Path) ->
     table = build_table(summarise(runs, ["val_dice"]))
     assert [row[0] for row in table.rows] == ["a", "b", "c"]
     assert table.bold == [[False, False, True]] * 3  # the same numbers: a tie
+
+
+def _metrics_csv(folder: Path, rows: list[tuple]) -> Path:
+    folder.mkdir(parents=True)
+    lines = ["case,class,value,dice,hd,hd95"] + [",".join(map(str, row)) for row in rows]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_predictions_section_summarises_and_lists_every_case(tmp_path: Path) -> None:
+    """predict.py's metrics.csv: mean +- std per run and foreground class (value not 0, whatever
+    its name), then Dice / HD95 per case; written into both pages."""
+    from report import prediction_blocks
+
+    a = _metrics_csv(tmp_path / "predictions" / "a", [
+        ("c1", "bg", 0, 0.99, 1.0, 1.0), ("c1", "organ", 1, 0.8, 4.0, 2.0),
+        ("c2", "bg", 0, 0.98, 1.0, 1.0), ("c2", "organ", 1, 0.6, 8.0, 6.0),
+    ])  # fmt: skip
+    b = _metrics_csv(tmp_path / "predictions" / "b", [
+        ("c1", "bg", 0, 0.99, 1.0, 1.0), ("c1", "organ", 1, 0.9, 2.0, 1.0),
+        ("c2", "bg", 0, 0.99, 1.0, 1.0), ("c2", "organ", 1, 0.7, 3.0, 2.5),
+    ])  # fmt: skip
+    blocks = prediction_blocks([a, b])
+    summary = next(b.table for b in blocks if b.kind == "table")
+    assert summary.header == ["run", "Dice organ", "HD organ", "HD95 organ"]  # no "bg"
+    assert summary.rows[0] == ["a", "0.7000 +- 0.1000", "6.0000 +- 2.0000", "4.0000 +- 2.0000"]
+    per_case = [b.table for b in blocks if b.kind == "table"][1]
+    assert per_case.header == ["case", "a", "b"]
+    assert per_case.rows == [["c1", "0.8000 / 2.0000", "0.9000 / 1.0000"],
+                             ["c2", "0.6000 / 6.0000", "0.7000 / 2.5000"]]  # fmt: skip
+    run = make_run(tmp_path, "run", {"val_dice": dice_array()})
+    pages = write_report(summarise([run], ["val_dice"]), tmp_path / "r.md", html_page=True,
+                         predictions=[a, b])  # fmt: skip
+    for page in pages:
+        assert "Predictions in the source geometry" in page.read_text()
+        assert "organ: Dice / HD95 (mm) per case" in page.read_text()
+
+
+def test_predictions_section_refuses_a_foreign_csv(tmp_path: Path) -> None:
+    from report import prediction_blocks
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("case,class,value,dice,hd,hd95\nc1,organ,1,high,1,1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'metrics.csv'}:2")):
+        prediction_blocks([folder])

@@ -317,6 +317,24 @@ def bad_axis(folder: Path):
     return make_nnunet(folder / "ds"), ["--axis", "3"], ["--axis 3: expected auto, 0, 1 or 2"]
 
 
+def bad_ignore_label(folder: Path):
+    root = make_nnunet(folder / "ds", labels={"background": 0, "a": 1, "ignore": 2})
+    return root, [], [f"{root / 'dataset.json'}: label 'ignore' is nnU-Net's ignore label"]
+
+
+def bad_fold_without_splits(folder: Path):
+    root = make_nnunet(folder / "ds")
+    return root, ["--fold", "1"], [f"--fold 1: {root} has no splits_final.json"]
+
+
+def bad_test_image_channels(folder: Path):
+    """A test image with a channel too many is found when slicing, not after the trainings."""
+    root = make_msd(folder / "ds", test=["./imagesTs/case_101.nii.gz"])
+    ct, t2, _ = tiny_case(101)
+    image = save_nii(root / "imagesTs" / "case_101.nii.gz", np.stack([ct, t2, t2], axis=-1))
+    return root, [], [f"{image}: test image of shape (8, 6, 5, 3); expected X Y Z 2"]
+
+
 BAD_INPUTS = {
     "missing dataset.json": bad_missing_json,
     "invalid JSON": bad_invalid_json,
@@ -337,6 +355,9 @@ BAD_INPUTS = {
     "splits_final.json unknown case": bad_splits_unknown_case,
     "fold out of range": bad_fold_out_of_range,
     "unknown axis": bad_axis,
+    "ignore label": bad_ignore_label,
+    "fold without splits_final.json": bad_fold_without_splits,
+    "test image channel count": bad_test_image_channels,
 }
 
 
@@ -432,6 +453,14 @@ def test_read_dataset_refuses_malformed_splits(folds, tmp_path):
     with pytest.raises(DatasetError) as error:
         read_dataset(root)
     assert str(root / "splits_final.json") in str(error.value)
+
+
+def test_msd_task_with_splits_final_uses_its_folds(tmp_path):
+    root = make_msd(tmp_path / "ds")
+    write_json(root / "splits_final.json", FIVE_FOLDS)
+    description = read_dataset(root)
+    assert description.folds[1] == (("case_001", "case_003"), ("case_002",))
+    assert root / "splits_final.json" in description.files()
 
 
 def test_read_dataset_refuses_malformed_msd_test_list(tmp_path):
