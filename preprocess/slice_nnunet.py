@@ -31,6 +31,7 @@ reads them from the source.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from preprocess.nnunet_format import DatasetDescription, DatasetError, read_dataset  # noqa: E402
 from preprocess.slices import OUTPUT_FOLDERS  # noqa: E402
-from preprocess.slicing import Dataset, build_parser, slice_dataset, split_patients  # noqa: E402
+from preprocess.slicing import Dataset, run_cli, split_patients  # noqa: E402
 from preprocess.volumes import (  # noqa: E402
     Geometry,
     Patients,
@@ -223,37 +224,23 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
-    probe = build_parser(
-        Dataset("", (), (0,), 1, lambda _: {}, default_retain=0), __doc__.splitlines()[0]
-    )
-    probe.add_argument("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
-    probe.add_argument(
+def _own_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
+    parser.add_argument(
         "--axis", default="auto", help="axis sliced along: auto (coarsest spacing), 0, 1 or 2"
     )
-    args = probe.parse_args(argv)
-    try:
-        dataset = nnunet_dataset(Path(args.source_dir), args.fold, args.axis)
-        retain = args.retain or dataset.default_retain
-        dest = slice_dataset(
-            dataset,
-            args.source_dir,
-            args.dest_dir,
-            retain=retain,
-            seed=args.seed,
-            n_augment=args.n_augment,
-            shape=args.shape,
-            workers=args.workers,
-        )
-    except SliceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: nothing written at {args.dest_dir}", file=sys.stderr)
-        return 130
-    print(f"sliced {dataset.name} into {dest}")
-    return 0
+
+
+def _build(args: argparse.Namespace) -> tuple[Dataset, int]:
+    dataset = nnunet_dataset(Path(args.source_dir), args.fold, args.axis)
+    return dataset, args.retain or dataset.default_retain
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
+    # `--retain 0` (the default here): a fifth of the cases, known once dataset.json is read.
+    template = Dataset("", (), (0,), 1, lambda _: {}, default_retain=0)
+    return run_cli(template, __doc__.splitlines()[0], argv, _own_flags, _build)
 
 
 if __name__ == "__main__":

@@ -352,15 +352,37 @@ def build_parser(dataset: Dataset, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_cli(dataset: Dataset, description: str, argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and slice; `error: <message>` and status 1 on bad input."""
-    args = build_parser(dataset, description).parse_args(argv)
+def run_cli(
+    dataset: Dataset,
+    description: str,
+    argv: Sequence[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    build: Callable[[argparse.Namespace], tuple[Dataset, int]] | None = None,
+) -> int:
+    """Parse the command line and slice; `error: <message>` and status 1 on bad input.
+
+    Args:
+        dataset: the dataset (its defaults shape the command line).
+        description: the command line's description.
+        argv: the arguments (None: sys.argv).
+        add_arguments: adds a slicer's own flags to the parser.
+        build: parsed arguments -> (the dataset, patients kept for validation), for a dataset
+            known only once its source is read (SliceError on bad input); None: `dataset` and
+            `--retain`.
+    """
+    parser = build_parser(dataset, description)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
     try:
+        retain = args.retain
+        if build is not None:
+            dataset, retain = build(args)
         dest = slice_dataset(
             dataset,
             args.source_dir,
             args.dest_dir,
-            retain=args.retain,
+            retain=retain,
             seed=args.seed,
             n_augment=args.n_augment,
             shape=args.shape,
