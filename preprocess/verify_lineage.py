@@ -27,6 +27,13 @@ from pathlib import Path
 LINE = re.compile(r"^(?P<md5>[0-9a-f]{32}) [ *](?P<name>\S.*)$")
 
 
+# The stand-ins of dataset.make, by lineage name: the make command that generates them.
+STAND_INS = {
+    "nnunet-synthetic": "dataset.make DATA=synthetic",
+    "msd-synthetic": "dataset.make DATA=synthetic-msd",
+}
+
+
 class LineageError(Exception):
     """A dataset file is missing or does not match its lineage."""
 
@@ -102,11 +109,13 @@ def _how_to_replace(lineage: Lineage, path: Path) -> str:
     notes = lineage.notes
     if "generate" in notes:
         dataset = lineage.path.name.split(".")[0]
-        make = dataset.replace("-synthetic-full", ".make DATA=synthetic-full")
-        make = make.replace("-synthetic", ".make DATA=synthetic")
+        make = STAND_INS.get(dataset)
+        if make is None:
+            make = dataset.replace("-synthetic-full", ".make DATA=synthetic-full")
+            make = make.replace("-synthetic", ".make DATA=synthetic")
         return (
             f"Delete {path} and generate it again: {notes['generate']} (make -f {make} does it "
-            "for you). A freshly generated zip that still fails was compressed by another zlib "
+            "for you). A freshly generated file that still fails was compressed by another zlib "
             "(zlib-ng): see preprocess/synthetic.py."
         )
     source = notes.get("source", "the dataset's source")
