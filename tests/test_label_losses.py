@@ -1,0 +1,141 @@
+"""The label-input boundary loss and its compound with a region loss (label_losses.py).
+
+The reference is the precomputed-map path of the pipeline: `utils.one_hot2dist` (scipy / edt on
+the CPU, per sample) then `losses.SurfaceLoss`. The label-input loss must give the same value and
+the same gradients on the same batch, 2D and 3D, with anisotropic and per-sample spacing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from label_losses import LabelBoundaryLoss, RegionBoundaryLoss
+from losses import GeneralizedDice, SurfaceLoss
+from utils import one_hot2dist
+
+
+def batch(shape: tuple[int, ...], K: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `B K *shape` and labels `B *shape` holding blobs of every class."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape[0], K, *shape[1:], generator=generator)
+    labels = torch.zeros(shape, dtype=torch.long)
+    for b in range(shape[0]):
+        for k in range(1, K):
+            corner = [int(torch.randint(0, n - 3, (1,), generator=generator)) for n in shape[1:]]
+            labels[(b, *(slice(c, c + 3 + k) for c in corner))] = k
+    return logits, labels
+
+
+def reference(logits, labels, idc, spacing_per_sample):
+    """Value and gradient of the precomputed-map path: one_hot2dist per sample on the CPU."""
+    logits = logits.clone().requires_grad_(True)
+    K = logits.shape[1]
+    one_hot = F.one_hot(labels, K).movedim(-1, 1).numpy()
+    maps = np.stack(
+        [
+            one_hot2dist(one_hot[b], resolution=spacing_per_sample[b], dtype=np.float32)
+            for b in range(len(one_hot))
+        ]
+    )
+    value = SurfaceLoss(idc=idc)(F.softmax(logits, 1), torch.from_numpy(maps))
+    value.backward()
+    return value.detach(), logits.grad
+
+
+@pytest.mark.parametrize(
+    "shape, K, idc, spacing",
+    [
+        ((3, 24, 20), 2, [1], (0.9, 1.7)),
+        ((2, 12, 10, 6), 3, [0, 1, 2], (0.8, 1.1, 3.0)),
+        ((2, 16, 16), 4, [1, 3], None),
+    ],
+    ids=["2D K=2 anisotropic", "3D K=3 anisotropic", "2D K=4 unit"],
+)
+def test_value_and_gradients_equal_the_precomputed_map_path(shape, K, idc, spacing):
+    logits, labels = batch(shape, K)
+    per_sample = [spacing] * shape[0]
+    expected, expected_grad = reference(logits, labels, idc, per_sample)
+    logits = logits.clone().requires_grad_(True)
+    value = LabelBoundaryLoss(idc)(logits, labels, spacing)
+    value.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(logits.grad, expected_grad, rtol=1e-5, atol=1e-8)
+
+
+def test_per_sample_spacing_and_probabilities():
+    logits, labels = batch((3, 20, 18), 2, seed=1)
+    spacing = torch.tensor([[1.0, 1.0], [0.5, 2.0], [3.0, 0.7]])
+    expected, _ = reference(logits, labels, [1], spacing.tolist())
+    probs = F.softmax(logits, 1)
+    value = LabelBoundaryLoss([1], from_logits=False)(probs, labels, spacing)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    default = LabelBoundaryLoss([1], spacing=(0.5, 2.0))  # the constructor's spacing
+    assert default(logits[1:2], labels[1:2]).item() == pytest.approx(
+        reference(logits[1:2], labels[1:2], [1], [(0.5, 2.0)])[0].item(), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "labels, spacing, message",
+    [
+        (torch.full((2, 8, 8), 2), None, "labels: values from 2 to 2, outside the 2 classes"),
+        (torch.full((2, 8, 8), -1), None, "labels: values from -1 to -1"),
+        (torch.zeros(2, 8, 8), None, "labels: expected integer class indices, got torch.float32"),
+        (torch.zeros(2, 8, 7, dtype=torch.long), None, "labels: shape (2, 8, 7) does not match"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, 1.0, 1.0), "spacing: spacing must have 2"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, -1.0), "spacing: spacing values must be"),
+    ],
+    ids=["above K", "negative", "float", "shape", "spacing length", "spacing value"],
+)
+def test_bad_input_names_the_argument_and_the_value(labels, spacing, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        LabelBoundaryLoss([1])(torch.zeros(2, 2, 8, 8), labels, spacing)
+
+
+def test_region_boundary_loss_is_the_weighted_sum():
+    logits, labels = batch((2, 16, 16), 3, seed=2)
+    loss = RegionBoundaryLoss("gdl", alpha=0.25)
+    one_hot = F.one_hot(labels, 3).movedim(-1, 1)
+    region = GeneralizedDice(idc=[0, 1, 2])(F.softmax(logits, 1), one_hot)
+    boundary = LabelBoundaryLoss([1, 2])(logits, labels)
+    assert loss(logits, labels).item() == pytest.approx((region + 0.25 * boundary).item(), 1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule, after_three",
+    [("steal", [0.97, 0.04]), ("add", [1.0, 0.04]), ("constant", [1.0, 0.01])],
+)
+def test_schedules_move_the_weights_once_per_step(schedule, after_three):
+    loss = RegionBoundaryLoss("dice", schedule=schedule, alpha=0.01, step_size=0.01)
+    for _ in range(3):
+        loss.step()
+    assert loss.weights == pytest.approx(after_three) and loss.epoch == 3
+
+
+def test_steal_floors_the_region_weight_and_state_resumes():
+    loss = RegionBoundaryLoss("ce", alpha=0.0, step_size=0.5)
+    for _ in range(3):
+        loss.step()
+    assert loss.weights == pytest.approx([0.1, 1.5])  # max(0.1, 1 - 1.5)
+    resumed = RegionBoundaryLoss("ce", alpha=0.0, step_size=0.5)
+    resumed.load_state_dict(loss.state_dict())
+    loss.step()
+    resumed.step()
+    assert resumed.state_dict() == loss.state_dict() == {"weights": [0.1, 2.0], "epoch": 4}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"region": "focal"}, "region: expected one of gdl, dice, ce, got 'focal'"),
+        ({"schedule": "cosine"}, "schedule: expected one of steal, add, constant"),
+        ({"alpha": -1.0}, "alpha: expected a finite number >= 0, got -1.0"),
+        ({"boundary_idc": "1"}, "boundary_idc: expected a list of class indices"),
+    ],
+)
+def test_region_boundary_loss_refuses_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RegionBoundaryLoss(**kwargs)
