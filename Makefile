@@ -1,6 +1,6 @@
 # Project housekeeping: install, test, lint, bench, clean.
 # The dataset pipelines live in isles.make, wmh.make and acdc.make.
-.PHONY: install test lint format bench clean distclean
+.PHONY: install test test-keras-tf lint format bench clean distclean
 
 .DEFAULT_GOAL := test
 # The interpreter (PY: .venv/bin/python, or CC=/path/to/python) and the .venv rule.
@@ -19,6 +19,18 @@ format: $(PY_TEST_DEPS)
 test: lint
 	$(PY) -m pytest -q
 
+# keras_loss.py under Keras' TensorFlow backend: the checks make test runs under the torch and JAX
+# backends, in a virtual environment of its own (.venv-tf, 3.4 GB with TensorFlow and torch).
+VENV_TF := .venv-tf
+test-keras-tf: $(VENV_TF)/.installed
+	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q \
+		-p no:cacheprovider tests/keras_backend_checks.py
+
+$(VENV_TF)/.installed: requirements-tf.txt requirements-test.txt requirements.txt
+	$(PY_BOOT) -m venv $(VENV_TF)
+	$(VENV_TF)/bin/python -m pip install --quiet -r requirements-tf.txt
+	touch $@
+
 bench: $(PY_TEST_DEPS)
 	$(PY) benchmarks/run.py
 
@@ -27,4 +39,4 @@ clean:
 	find . -path ./.venv -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV_TF)

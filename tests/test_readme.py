@@ -3,24 +3,58 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
+import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_python_examples_run():
+def python_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README.md has no python example"
-    for block in blocks:
-        namespace: dict = {}
-        exec(compile(block, str(README), "exec"), namespace)
-    # The example ends with a backward pass through both losses.
-    assert namespace["loss"].requires_grad
-    assert namespace["dist"].shape == (1, 2, 64, 64)
+    return blocks
+
+
+def run_block(block: str) -> dict:
+    namespace: dict = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_readme_torch_examples_run():
+    """Every torch example runs as written, and ends where it says."""
+    torch_blocks = [b for b in python_blocks() if "import keras" not in b]
+    assert len(torch_blocks) == 3
+    label_input, loop, precomputed = (run_block(b) for b in torch_blocks)
+    assert label_input["loss"].requires_grad and label_input["logits"].grad is not None
+    criterion = loop["criterion"]
+    assert criterion.epoch == 3 and abs(criterion.alpha - 0.04) < 1e-12
+    assert loop["checkpoint"]["loss"] == {"weights": criterion.weights, "epoch": 3}
+    # The precomputed-map example ends with a backward pass through both losses.
+    assert precomputed["loss"].requires_grad
+    assert precomputed["dist"].shape == (1, 2, 64, 64)
+
+
+def test_readme_keras_example_trains_with_the_schedule():
+    """The Keras example, in a process of its own (Keras picks its backend at import)."""
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("keras not installed (test extras, Python >= 3.11)")
+    (block,) = [b for b in python_blocks() if "import keras" in b]
+    expected = "[0.02, 0.03, 0.04]"
+    check = f"{block}\nimport math\nfound = history.history['alpha']\n"
+    check += f"assert all(map(math.isclose, found, {expected})), found\n"
+    run = subprocess.run(
+        [sys.executable, "-c", check], cwd=README.parent, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "KERAS_BACKEND": "torch"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def test_readme_two_commands_are_valid_make_invocations():
