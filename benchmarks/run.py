@@ -15,6 +15,7 @@ from benchmarks import (  # noqa: E402
     bench_adjacency,
     bench_core,
     bench_device,
+    bench_label_loss,
     bench_slicing,
     bench_training,
 )
@@ -25,6 +26,7 @@ BENCHES = {
     **bench_adjacency.BENCHES,
     **bench_slicing.BENCHES,
     **bench_device.BENCHES,
+    **bench_label_loss.BENCHES,
     **bench_training.BENCHES,
 }
 

@@ -20,8 +20,9 @@ import torch
 from medpy.metric.binary import hd as medpy_hd
 from medpy.metric.binary import hd95 as medpy_hd95
 
-from benchmarks import bench_device, bench_training, harness
+from benchmarks import bench_device, bench_label_loss, bench_training, harness
 from benchmarks.harness import Figure, merge, not_yet_measured, render, write
+from label_losses import LabelBoundaryLoss
 from metrics import hd_hd95_torch
 from utils import one_hot2dist
 
@@ -207,11 +208,23 @@ def test_hausdorff_pair_is_the_core_bench_pair():
     assert gt.any() and (pred & ~gt).any()
 
 
+def test_walkthrough_baseline_gives_the_label_loss_value():
+    """The label-input loss bench compares equal things: the walkthrough's per-sample scipy
+    maps and our device maps give the same loss on the bench's kind of batch."""
+    seg = bench_device.lesion_batch(batch=3, size=48, empty=(1,), seed=5)
+    labels = torch.from_numpy(seg[:, 1].astype(np.int64))
+    logits = torch.randn(3, 2, 48, 48, generator=torch.Generator().manual_seed(1))
+    ours = LabelBoundaryLoss([1], spacing=bench_device.SPACING_2D)(logits, labels).item()
+    theirs = bench_label_loss.walkthrough_loss(logits, labels).item()
+    assert ours == pytest.approx(theirs, rel=bench_label_loss.TOLERANCE)
+
+
 def test_device_figures_without_cuda_are_not_yet_measured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for bench in (
         bench_device.distance_map_batch_device,
         bench_device.hausdorff_3d_device,
+        bench_label_loss.label_loss_device,
         bench_training.isles_chain,
     ):
         result = bench()
