@@ -5,11 +5,12 @@ original boundary-loss code does. Most training loops (plain torch, MONAI's, nnU
 loss `(logits B K H W [D], integer labels B H W [D])` instead. The classes here take exactly that:
 
 - `LabelBoundaryLoss`: the boundary loss (Kervadec et al., MIDL 2019) from the labels. The signed
-  maps are computed on the labels' device by the exact separable transform of
-  `distance_torch.one_hot2dist_torch`, never interpolated, with the original's conventions (the
-  maps `utils.one_hot2dist` gives: negative inside, one pixel subtracted inside, per-sample
-  spacing), then `losses.SurfaceLoss` is applied: value and gradients equal the precomputed-map
-  path on the same batch.
+  maps are computed on the labels' device, exactly, never interpolated: on an accelerator by the
+  separable transform of `distance_torch.one_hot2dist_torch`, on the CPU by the faster C++/scipy
+  transforms of `utils` (the dispatcher `utils.distance_maps`), both with the original's
+  conventions (the maps `utils.one_hot2dist` gives: negative inside, one pixel subtracted
+  inside, per-sample spacing); then `losses.SurfaceLoss` is applied: value and gradients equal
+  the precomputed-map path on the same batch.
 - `RegionBoundaryLoss`: a region loss (GDL, Dice or CE, from `losses.py`) plus the boundary term,
   its weight alpha moved once per epoch by `step()` with the original's schedules: `steal`
   (`scheduler.StealWeight`: the region weight falls by `step_size`, floored at 0.1, alpha rises
@@ -31,6 +32,7 @@ from torch import Tensor
 from distance_torch import one_hot2dist_torch
 from losses import CrossEntropy, DiceLoss, GeneralizedDice, SurfaceLoss
 from scheduler import AddWeightLoss, DummyScheduler, StealWeight
+from utils import distance_maps
 
 SpacingLike = Sequence[float] | Tensor | None
 
@@ -68,6 +70,29 @@ def check_inputs(inputs: Tensor, labels: Tensor) -> int:
             f"labels: values from {low} to {high}, outside the {K} classes 0..{K - 1} of inputs"
         )
     return K
+
+
+def check_spacing(spacing: SpacingLike, labels: Tensor) -> Tensor | None:
+    """`spacing` as a `B x ndim` float64 tensor (None stays None), checked against the labels.
+
+    Raises:
+        ValueError: naming `spacing` and its value: not one value per spatial axis (or one row
+            per sample), or a value that is not finite and positive.
+    """
+    if spacing is None:
+        return None
+    B, ndim = labels.shape[0], labels.dim() - 1
+    values = torch.as_tensor(spacing, dtype=torch.float64).cpu()
+    if values.dim() == 1 and values.numel() == ndim:
+        values = values.expand(B, ndim)
+    if tuple(values.shape) != (B, ndim):
+        raise ValueError(
+            f"spacing: expected {ndim} values (one per spatial axis) or a {B} x {ndim} tensor, "
+            f"got {values.tolist()}"
+        )
+    if not bool(torch.all(torch.isfinite(values) & (values > 0))):
+        raise ValueError(f"spacing: values must be finite and positive, got {values.tolist()}")
+    return values
 
 
 def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
@@ -110,14 +135,15 @@ class LabelBoundaryLoss:
         return f"LabelBoundaryLoss(idc={self.idc}, from_logits={self.from_logits})"
 
     def distance_maps(self, labels: Tensor, K: int, spacing: SpacingLike = None) -> Tensor:
-        """The signed maps `B K *xyz` (float32, labels' device) of integer labels."""
+        """The signed maps `B K *xyz` (float32, labels' device) of integer labels: the exact
+        torch transform on an accelerator, the CPU transforms of `utils` (faster there) on the
+        CPU (`utils.distance_maps`); both give the maps of `utils.one_hot2dist`."""
         one_hot = F.one_hot(labels.long(), K).movedim(-1, 1)
-        spacing = self.spacing if spacing is None else spacing
-        try:
-            with torch.no_grad():
-                return one_hot2dist_torch(one_hot, spacing, spacing_offset=self.spacing_offset)
-        except ValueError as error:
-            raise ValueError(f"spacing: {error}") from None
+        spacing = check_spacing(self.spacing if spacing is None else spacing, labels)
+        with torch.no_grad():
+            if self.spacing_offset:
+                return one_hot2dist_torch(one_hot, spacing, spacing_offset=True)
+            return distance_maps(one_hot, spacing).to(labels.device)
 
     def probabilities(self, inputs: Tensor) -> Tensor:
         """softmax over the classes of logits (float32), or the probabilities as given."""

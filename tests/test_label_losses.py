@@ -85,8 +85,8 @@ def test_per_sample_spacing_and_probabilities():
         (torch.full((2, 8, 8), -1), None, "labels: values from -1 to -1"),
         (torch.zeros(2, 8, 8), None, "labels: expected integer class indices, got torch.float32"),
         (torch.zeros(2, 8, 7, dtype=torch.long), None, "labels: shape (2, 8, 7) does not match"),
-        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, 1.0, 1.0), "spacing: spacing must have 2"),
-        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, -1.0), "spacing: spacing values must be"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, 1.0, 1.0), "spacing: expected 2 values"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, -1.0), "spacing: values must be finite"),
     ],
     ids=["above K", "negative", "float", "shape", "spacing length", "spacing value"],
 )
@@ -139,3 +139,24 @@ def test_steal_floors_the_region_weight_and_state_resumes():
 def test_region_boundary_loss_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RegionBoundaryLoss(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_maps_come_from_the_torch_transform_with_the_same_result():
+    logits, labels = batch((2, 12, 10, 6), 3, seed=6)
+    spacing = (0.8, 1.1, 3.0)
+    expected, expected_grad = reference(logits, labels, [1, 2], [spacing] * 2)
+    logits = logits.cuda().requires_grad_(True)
+    value = LabelBoundaryLoss([1, 2])(logits, labels.cuda(), spacing)
+    value.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(logits.grad.cpu(), expected_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_spacing_offset_uses_the_smallest_spacing_inside():
+    logits, labels = batch((2, 16, 12), 2, seed=7)
+    one_hot = F.one_hot(labels, 2).movedim(-1, 1).numpy()
+    maps = np.stack([one_hot2dist(s, (0.5, 2.0), np.float32, spacing_offset=True) for s in one_hot])
+    expected = SurfaceLoss(idc=[1])(F.softmax(logits, 1), torch.from_numpy(maps)).item()
+    value = LabelBoundaryLoss([1], spacing_offset=True)(logits, labels, (0.5, 2.0)).item()
+    assert value == pytest.approx(expected, rel=1e-5)
