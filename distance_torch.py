@@ -36,8 +36,13 @@ MAX_CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**25}
 SpacingLike = Sequence[float] | Tensor | None
 
 
-def _batch_spacing(spacing: SpacingLike, batch: int, ndim: int, device, dtype) -> Tensor:
-    """`B ndim` spacing tensor from None, one sequence for all, or a `B ndim` tensor."""
+def batch_spacing(spacing: SpacingLike, batch: int, ndim: int, device, dtype) -> Tensor:
+    """`B ndim` spacing tensor from None, one sequence for all, or a `B ndim` tensor.
+
+    Raises:
+        ValueError: naming `spacing` and its values: not one value per spatial axis (or one row
+            per sample), or a value that is not finite and positive.
+    """
     if spacing is None:
         return torch.ones(batch, ndim, device=device, dtype=dtype)
     spacing = torch.as_tensor(spacing, dtype=dtype).to(device)
@@ -46,7 +51,7 @@ def _batch_spacing(spacing: SpacingLike, batch: int, ndim: int, device, dtype) -
     if spacing.shape != (batch, ndim):
         raise ValueError(
             f"spacing must have {ndim} values (one per spatial axis) or shape ({batch}, {ndim}), "
-            f"got shape {tuple(spacing.shape)}"
+            f"got {spacing.tolist()} (shape {tuple(spacing.shape)})"
         )
     if not bool(torch.all(torch.isfinite(spacing) & (spacing > 0))):
         raise ValueError(f"spacing values must be finite and positive, got {spacing.tolist()}")
@@ -102,7 +107,7 @@ def distance_to(
     if not 1 <= ndim <= mask.ndim - 1:
         raise ValueError(f"mask of shape {tuple(mask.shape)} cannot have {ndim} spatial axes")
     B = mask.shape[0]
-    spacing = _batch_spacing(spacing, B, ndim, mask.device, dtype)
+    spacing = batch_spacing(spacing, B, ndim, mask.device, dtype)
     first = mask.ndim - ndim
     axes = sorted(range(first, mask.ndim), key=lambda a: -mask.shape[a])  # longest first
 
@@ -171,7 +176,7 @@ def one_hot2dist_torch(
             f"shape {tuple(seg.shape)}, dtype {seg.dtype}"
         )
     ndim = len(xyz)
-    spacing = _batch_spacing(spacing, B, ndim, seg.device, dtype)
+    spacing = batch_spacing(spacing, B, ndim, seg.device, dtype)
     offset = spacing.amin(1) if spacing_offset else torch.ones(B, device=seg.device, dtype=dtype)
     offset = offset.view(B, 1, *[1] * ndim)
 
@@ -207,7 +212,7 @@ def one_hot2hd_dist_torch(seg: Tensor, spacing: SpacingLike = None) -> Tensor:
         raise ValueError(f"seg must be B x K x spatial, got shape {tuple(seg.shape)}")
     B, K, *xyz = seg.shape
     masks = seg.bool()
-    spacing = _batch_spacing(spacing, B, len(xyz), seg.device, torch.float32)
+    spacing = batch_spacing(spacing, B, len(xyz), seg.device, torch.float32)
     res = torch.where(masks, distance_to(~masks, spacing, len(xyz)), 0)
     for b, k in masks.flatten(2).all(-1).nonzero().tolist():
         res[b, k] = _virtual_point_distance(xyz, spacing[b])

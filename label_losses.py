@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distance_torch import one_hot2dist_torch
+from distance_torch import batch_spacing, one_hot2dist_torch
 from losses import CrossEntropy, DiceLoss, GeneralizedDice, SurfaceLoss
 from scheduler import AddWeightLoss, DummyScheduler, StealWeight
 from utils import distance_maps
@@ -73,26 +73,11 @@ def check_inputs(inputs: Tensor, labels: Tensor) -> int:
 
 
 def check_spacing(spacing: SpacingLike, labels: Tensor) -> Tensor | None:
-    """`spacing` as a `B x ndim` float64 tensor (None stays None), checked against the labels.
-
-    Raises:
-        ValueError: naming `spacing` and its value: not one value per spatial axis (or one row
-            per sample), or a value that is not finite and positive.
-    """
+    """`spacing` as a `B x ndim` float64 tensor on the CPU (None stays None), checked against
+    the labels (`distance_torch.batch_spacing`: a ValueError names it and its values)."""
     if spacing is None:
         return None
-    B, ndim = labels.shape[0], labels.dim() - 1
-    values = torch.as_tensor(spacing, dtype=torch.float64).cpu()
-    if values.dim() == 1 and values.numel() == ndim:
-        values = values.expand(B, ndim)
-    if tuple(values.shape) != (B, ndim):
-        raise ValueError(
-            f"spacing: expected {ndim} values (one per spatial axis) or a {B} x {ndim} tensor, "
-            f"got {values.tolist()}"
-        )
-    if not bool(torch.all(torch.isfinite(values) & (values > 0))):
-        raise ValueError(f"spacing: values must be finite and positive, got {values.tolist()}")
-    return values
+    return batch_spacing(spacing, labels.shape[0], labels.dim() - 1, "cpu", torch.float64)
 
 
 def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:

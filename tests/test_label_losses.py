@@ -85,8 +85,8 @@ def test_per_sample_spacing_and_probabilities():
         (torch.full((2, 8, 8), -1), None, "labels: values from -1 to -1"),
         (torch.zeros(2, 8, 8), None, "labels: expected integer class indices, got torch.float32"),
         (torch.zeros(2, 8, 7, dtype=torch.long), None, "labels: shape (2, 8, 7) does not match"),
-        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, 1.0, 1.0), "spacing: expected 2 values"),
-        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, -1.0), "spacing: values must be finite"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, 1.0, 1.0), "spacing must have 2 values"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), (1.0, -1.0), "spacing values must be finite"),
     ],
     ids=["above K", "negative", "float", "shape", "spacing length", "spacing value"],
 )
