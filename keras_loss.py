@@ -15,7 +15,8 @@ values. Keras' own convention is channels last, so every tensor here is `B *spat
   as the original.
 - `RegionBoundaryLoss(region, ...)`: `weights[0] * region + weights[1] * boundary`, `y_true` from
   `boundary_targets`; the weights are `keras.Variable`s that `AlphaScheduler` moves after each
-  epoch with the original's schedules (`steal`, `add`, `constant`, as `scheduler.py`).
+  epoch with the original's schedules (`steal`, `add`, `constant`, as `scheduler.py`); its
+  config holds the weights, so a model saved mid-schedule loads with them.
 
 The contributed port of the original repository (`keras_loss.py` there) computed its maps with
 scipy through `tf.py_function` on the whole `H W K` array (TensorFlow and Keras 2 only); these
@@ -82,6 +83,8 @@ def dist_maps(
             f"spacing: expected {ndim} values, or one such list per sample, got "
             f"{np.asarray(spacing).tolist()}"
         )
+    if not np.all(np.isfinite(per_sample) & (per_sample > 0)):
+        raise ValueError(f"spacing: values must be finite and positive, got {per_sample.tolist()}")
     pairs = zip(one_hot, per_sample, strict=True)
     maps = [one_hot2dist(sample, resolution=r, dtype=np.float32) for sample, r in pairs]
     return np.moveaxis(np.stack(maps), 1, -1)
@@ -112,9 +115,12 @@ def _classes(tensor, idc: Sequence[int] | None):
 def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
     if idc is None:
         return None
-    if isinstance(idc, str) or not idc or not all(isinstance(i, int) and i >= 0 for i in idc):
+    integers = (int, np.integer)
+    if isinstance(idc, str) or not len(idc) or not all(isinstance(i, integers) for i in idc):
         raise ValueError(f"{what}: expected a list of class indices, got {idc!r}")
-    return list(idc)
+    if min(idc) < 0:
+        raise ValueError(f"{what}: expected class indices >= 0, got {list(idc)}")
+    return [int(i) for i in idc]
 
 
 def surface_loss(y_true, y_pred, idc: Sequence[int] | None = None):
@@ -145,6 +151,16 @@ def _torch_dist_maps(one_hot):
     return one_hot2dist_torch(channels_first).movedim(1, -1).detach()
 
 
+def _channels_last() -> None:
+    """Refuse Keras' channels-first setting: every tensor here is `B *spatial K`."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            f"keras.config.image_data_format() is {keras.config.image_data_format()!r}: these "
+            "losses take channels-last tensors (B *spatial K); set it to 'channels_last'"
+        )
+
+
+@keras.saving.register_keras_serializable(package="boundary_loss")
 class SurfaceLoss(keras.losses.Loss):
     """The boundary loss: `y_true` signed maps (`dist_maps`), `y_pred` probabilities.
 
@@ -152,12 +168,14 @@ class SurfaceLoss(keras.losses.Loss):
         idc: the classes supervised (None: all; for two classes the paper uses [1]).
         from_labels: `y_true` is the one-hot labels and the maps are computed inside the loss
             (torch backend only: the exact transform on the device; unit spacing).
+        **kwargs: those of `keras.losses.Loss` (`name`, `reduction`, `dtype`).
     """
 
     def __init__(
-        self, idc: Sequence[int] | None = None, from_labels: bool = False, name="surface_loss"
-    ):
-        super().__init__(name=name)
+        self, idc: Sequence[int] | None = None, from_labels: bool = False, **kwargs
+    ) -> None:
+        super().__init__(**{"name": "surface_loss", **kwargs})
+        _channels_last()
         self.idc = _check_idc(idc, "idc")
         if from_labels and keras.backend.backend() != "torch":
             raise ValueError(
@@ -172,23 +190,26 @@ class SurfaceLoss(keras.losses.Loss):
         return surface_loss(y_true, y_pred, self.idc)
 
     def get_config(self) -> dict:
-        return {"idc": self.idc, "from_labels": self.from_labels, "name": self.name}
+        return {**super().get_config(), "idc": self.idc, "from_labels": self.from_labels}
 
 
+@keras.saving.register_keras_serializable(package="boundary_loss")
 class GeneralizedDiceLoss(keras.losses.Loss):
     """The generalised Dice loss: `y_true` one-hot labels, `y_pred` probabilities."""
 
-    def __init__(self, idc: Sequence[int] | None = None, name="generalized_dice_loss"):
-        super().__init__(name=name)
+    def __init__(self, idc: Sequence[int] | None = None, **kwargs) -> None:
+        super().__init__(**{"name": "generalized_dice_loss", **kwargs})
+        _channels_last()
         self.idc = _check_idc(idc, "idc")
 
     def call(self, y_true, y_pred):
         return generalized_dice_loss(y_true, y_pred, self.idc)
 
     def get_config(self) -> dict:
-        return {"idc": self.idc, "name": self.name}
+        return {**super().get_config(), "idc": self.idc}
 
 
+@keras.saving.register_keras_serializable(package="boundary_loss")
 class RegionBoundaryLoss(keras.losses.Loss):
     """`weights[0] * GDL + weights[1] * boundary loss`, `y_true` from `boundary_targets`.
 
@@ -196,6 +217,9 @@ class RegionBoundaryLoss(keras.losses.Loss):
         region_idc: classes of the generalised Dice loss (None: all).
         boundary_idc: classes of the boundary loss (None: all but 0).
         alpha: the boundary weight at the start (the paper: 0.01).
+        weights: both weights, [region, alpha], instead (a saved loss's config holds them, so
+            a model saved mid-schedule resumes with its weights).
+        **kwargs: those of `keras.losses.Loss`.
     """
 
     def __init__(
@@ -203,23 +227,41 @@ class RegionBoundaryLoss(keras.losses.Loss):
         region_idc: Sequence[int] | None = None,
         boundary_idc: Sequence[int] | None = None,
         alpha: float = 0.01,
-        name="region_boundary_loss",
-    ):
-        super().__init__(name=name)
+        weights: Sequence[float] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**{"name": "region_boundary_loss", **kwargs})
+        _channels_last()
         self.region_idc = _check_idc(region_idc, "region_idc")
         self.boundary_idc = _check_idc(boundary_idc, "boundary_idc")
+        current = [1.0, float(alpha)] if weights is None else [float(w) for w in weights]
+        if len(current) != 2 or not all(0 <= w < float("inf") for w in current):
+            raise ValueError(f"weights: expected two finite numbers >= 0, got {current}")
         # The weights as Python floats (exact schedules), and as a variable the loss reads.
-        self.current = [1.0, float(alpha)]
+        self.current = current
         self.weights = keras.Variable(self.current, trainable=False, name="loss_weights")
 
     def call(self, y_true, y_pred):
         K = y_pred.shape[-1]
+        if y_true.shape[-1] != 2 * K:
+            raise ValueError(
+                f"y_true: {y_true.shape[-1]} channels for {K} classes; expected {2 * K}, the "
+                "one-hot labels then their maps, as boundary_targets() gives them"
+            )
         one_hot, maps = y_true[..., :K], y_true[..., K:]
         boundary_idc = self.boundary_idc if self.boundary_idc is not None else list(range(1, K))
         region = generalized_dice_loss(one_hot, y_pred, self.region_idc)
         boundary = surface_loss(maps, y_pred, boundary_idc)
         weights = ops.convert_to_tensor(self.weights)
         return weights[0] * region + weights[1] * boundary
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "region_idc": self.region_idc,
+            "boundary_idc": self.boundary_idc,
+            "weights": list(self.current),
+        }
 
 
 class AlphaScheduler(keras.callbacks.Callback):
@@ -248,11 +290,12 @@ class AlphaScheduler(keras.callbacks.Callback):
         return [region, alpha]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["alpha"] = self.loss.current[1]  # the weight this epoch trained with
         weights = self.next_weights(self.loss.current)
         self.loss.current = weights
         self.loss.weights.assign(np.asarray(weights, dtype="float32"))
         if keras.backend.backend() == "jax" and self.model is not None:
-            # JAX compiles the loss's weights in as constants: compile the step again.
+            # JAX compiles the loss's weights in as constants: compile its steps again.
             self.model.make_train_function(force=True)
-        if logs is not None:
-            logs["alpha"] = weights[1]
+            self.model.make_test_function(force=True)

@@ -9,8 +9,8 @@ loss `(logits B K H W [D], integer labels B H W [D])` instead. The classes here 
   separable transform of `distance_torch.one_hot2dist_torch`, on the CPU by the faster C++/scipy
   transforms of `utils` (the dispatcher `utils.distance_maps`), both with the original's
   conventions (the maps `utils.one_hot2dist` gives: negative inside, one pixel subtracted
-  inside, per-sample spacing); then `losses.SurfaceLoss` is applied: value and gradients equal
-  the precomputed-map path on the same batch.
+  inside, per-sample spacing); then `losses.SurfaceLoss`'s mean(p * d): value and gradients
+  equal the precomputed-map path on the same batch.
 - `RegionBoundaryLoss`: a region loss (GDL, Dice or CE, from `losses.py`) plus the boundary term,
   its weight alpha moved once per epoch by `step()` with the original's schedules: `steal`
   (`scheduler.StealWeight`: the region weight falls by `step_size`, floored at 0.1, alpha rises
@@ -24,15 +24,17 @@ length) raises ValueError naming the argument and the value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Real
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from distance_torch import batch_spacing, one_hot2dist_torch
-from losses import CrossEntropy, DiceLoss, GeneralizedDice, SurfaceLoss
+from losses import CrossEntropy, DiceLoss, GeneralizedDice
 from scheduler import AddWeightLoss, DummyScheduler, StealWeight
-from utils import distance_maps
+from utils import check_simplex, distance_maps
 
 SpacingLike = Sequence[float] | Tensor | None
 
@@ -57,6 +59,13 @@ def check_inputs(inputs: Tensor, labels: Tensor) -> int:
     if not torch.is_tensor(labels) or labels.dtype.is_floating_point or labels.dtype.is_complex:
         dtype = labels.dtype if torch.is_tensor(labels) else type(labels).__name__
         raise ValueError(f"labels: expected integer class indices, got {dtype}")
+    if labels.device != inputs.device:
+        raise ValueError(
+            f"labels: on {labels.device}, but inputs are on {inputs.device}; move both to one "
+            "device"
+        )
+    if labels.numel() == 0:
+        raise ValueError(f"labels: empty, shape {tuple(labels.shape)}")
     expected = (inputs.shape[0], *inputs.shape[2:])
     if tuple(labels.shape) != expected:
         raise ValueError(
@@ -83,9 +92,18 @@ def check_spacing(spacing: SpacingLike, labels: Tensor) -> Tensor | None:
 def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
     if idc is None:
         return None
-    if isinstance(idc, str) or not all(isinstance(i, int) and i >= 0 for i in idc) or not idc:
-        raise ValueError(f"{what}: expected a list of class indices, got {idc!r}")
-    return list(idc)
+    integers = (int, np.integer)
+    valid = not isinstance(idc, str) and len(idc) > 0
+    if not valid or not all(isinstance(i, integers) and i >= 0 for i in idc):
+        raise ValueError(f"{what}: expected a list of class indices >= 0, got {idc!r}")
+    return [int(i) for i in idc]
+
+
+def boundary_term(probs: Tensor, dist: Tensor, idc: Sequence[int]) -> Tensor:
+    """`losses.SurfaceLoss`'s value, mean(p * d) over the classes `idc`, in float32, without
+    its guard against labels given as maps: the maps here are computed, and can hold only 0s and
+    1s (a class whose every pixel touches another, at unit spacing)."""
+    return (probs[:, idc].float() * dist[:, idc].float()).mean()
 
 
 class LabelBoundaryLoss:
@@ -139,8 +157,9 @@ class LabelBoundaryLoss:
         idc = self.idc if self.idc is not None else list(range(K))
         if max(idc) >= K:
             raise ValueError(f"idc: {idc} outside the {K} classes of inputs")
-        dist = self.distance_maps(labels, K, spacing)
-        return SurfaceLoss(idc=idc)(self.probabilities(inputs), dist)
+        probs = self.probabilities(inputs)
+        check_simplex(probs, "inputs (probabilities)")
+        return boundary_term(probs, self.distance_maps(labels, K, spacing), idc)
 
 
 class RegionBoundaryLoss:
@@ -177,7 +196,7 @@ class RegionBoundaryLoss:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
         for name, value in (("alpha", alpha), ("step_size", step_size)):
-            if not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            if not isinstance(value, Real) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         self.region_name, self.schedule = region, schedule
         self.region_idc = _check_idc(region_idc, "region_idc")
@@ -207,6 +226,8 @@ class RegionBoundaryLoss:
 
     def __call__(self, inputs: Tensor, labels: Tensor, spacing: SpacingLike = None) -> Tensor:
         K = check_inputs(inputs, labels)
+        if K < 2:
+            raise ValueError(f"inputs: {K} class; the boundary term needs 2 classes or more")
         region_idc = self.region_idc if self.region_idc is not None else list(range(K))
         boundary_idc = self.boundary_idc if self.boundary_idc is not None else list(range(1, K))
         if max(region_idc + boundary_idc) >= K:
@@ -214,8 +235,9 @@ class RegionBoundaryLoss:
         probs = self.boundary.probabilities(inputs)
         one_hot = F.one_hot(labels.long(), K).movedim(-1, 1)
         region = REGION_LOSSES[self.region_name](idc=region_idc)(probs, one_hot)
-        dist = self.boundary.distance_maps(labels, K, spacing)
-        boundary = SurfaceLoss(idc=boundary_idc)(probs, dist)
+        boundary = boundary_term(
+            probs, self.boundary.distance_maps(labels, K, spacing), boundary_idc
+        )
         return self.weights[0] * region + self.weights[1] * boundary
 
     def step(self) -> None:

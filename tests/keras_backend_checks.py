@@ -87,14 +87,42 @@ def test_alpha_scheduler_moves_the_weights_inside_fit():
     loss = kl.RegionBoundaryLoss(alpha=0.5)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
     scheduler = kl.AlphaScheduler(loss, "steal", 0.25)
-    history = model.fit(x, targets, epochs=3, batch_size=4, callbacks=[scheduler], verbose=0)
-    assert history.history["alpha"] == pytest.approx([0.75, 1.0, 1.25])
+    history = model.fit(x, targets, epochs=3, batch_size=4, callbacks=[scheduler], verbose=0,
+                        validation_data=(x, targets))  # fmt: skip
+    assert history.history["alpha"] == pytest.approx([0.5, 0.75, 1.0])  # the epoch's own
+    assert loss.current == pytest.approx([0.25, 1.25])  # for the next epoch
     pred = model.predict(x, verbose=0)
     region = float(np.mean(ops.convert_to_numpy(kl.generalized_dice_loss(targets[..., :2], pred))))
     boundary = float(np.mean(ops.convert_to_numpy(kl.surface_loss(targets[..., 2:], pred, [1]))))
     expected = [1.0 * region + 0.5 * boundary, 0.75 * region + 0.75 * boundary,
                 0.5 * region + 1.0 * boundary]  # fmt: skip
     assert history.history["loss"] == pytest.approx(expected, rel=1e-4)
+    assert history.history["val_loss"] == pytest.approx(expected, rel=1e-4)  # validation too
+    final = 0.25 * region + 1.25 * boundary
+    assert model.evaluate(x, targets, verbose=0) == pytest.approx(final, rel=1e-4)
+
+
+def test_losses_round_trip_through_their_config_and_a_saved_model(tmp_path):
+    """A model saved mid-schedule loads with its loss and the loss's current weights."""
+    for loss in (kl.SurfaceLoss([1]), kl.GeneralizedDiceLoss([0, 1], reduction="sum")):
+        again = type(loss).from_config(loss.get_config())
+        assert again.get_config() == loss.get_config()
+    loss = kl.RegionBoundaryLoss(boundary_idc=[1], alpha=0.2)
+    loss.current = [0.7, 0.5]
+    layers = [keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 1, activation="softmax")]
+    model = keras.Sequential(layers)
+    model.compile(optimizer="sgd", loss=loss)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.loss, kl.RegionBoundaryLoss)
+    assert loaded.loss.current == [0.7, 0.5] and loaded.loss.boundary_idc == [1]
+
+
+def test_compound_names_a_y_true_without_its_maps():
+    labels, probs = inputs((2, 8, 8), 2, seed=6)
+    one_hot = np.eye(2, dtype=np.float32)[labels]
+    with pytest.raises(ValueError, match="y_true: 2 channels for 2 classes; expected 4"):
+        kl.RegionBoundaryLoss()(one_hot, probs)
 
 
 def test_maps_inside_the_loss_where_the_backend_allows():
@@ -115,8 +143,9 @@ def test_maps_inside_the_loss_where_the_backend_allows():
         (np.full((2, 8, 8), 2), None, "labels: values from 2 to 2, outside the 2 classes"),
         (np.zeros((2, 8, 8)), None, "labels: expected integer class indices, got float64"),
         (np.zeros((2, 8, 8), dtype=int), (1.0, 1.0, 1.0), "spacing: expected 2 values"),
+        (np.zeros((2, 8, 8), dtype=int), (1.0, -1.0), "spacing: values must be finite"),
     ],
-    ids=["out of range", "float", "spacing length"],
+    ids=["out of range", "float", "spacing length", "spacing value"],
 )
 def test_bad_input_names_the_argument_and_the_value(labels, spacing, message):
     with pytest.raises(ValueError, match=message):

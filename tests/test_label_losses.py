@@ -160,3 +160,32 @@ def test_spacing_offset_uses_the_smallest_spacing_inside():
     expected = SurfaceLoss(idc=[1])(F.softmax(logits, 1), torch.from_numpy(maps)).item()
     value = LabelBoundaryLoss([1], spacing_offset=True)(logits, labels, (0.5, 2.0)).item()
     assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_maps_of_only_zeros_and_ones_are_accepted():
+    """One-pixel stripes: every pixel touches the other class, so at unit spacing the maps hold
+    only 0 and 1, which a check for labels passed as maps must not refuse."""
+    labels = (torch.arange(8)[None, :, None] % 2).expand(2, 8, 6).contiguous()
+    logits = torch.randn(2, 2, 8, 6)
+    one_hot = F.one_hot(labels, 2).movedim(-1, 1).numpy()
+    maps = torch.from_numpy(np.stack([one_hot2dist(s, dtype=np.float32) for s in one_hot]))
+    assert set(maps.unique().tolist()) == {0.0, 1.0}
+    expected = (F.softmax(logits, 1) * maps).mean().item()  # SurfaceLoss would refuse the maps
+    assert LabelBoundaryLoss([0, 1])(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_numpy_indices_and_weights_are_accepted_and_odd_input_refused():
+    logits, labels = batch((2, 12, 12), 3, seed=8)
+    loss = RegionBoundaryLoss("gdl", boundary_idc=np.array([1, 2]), alpha=np.float32(0.5))
+    assert loss.boundary_idc == [1, 2] and loss.alpha == 0.5
+    assert torch.isfinite(loss(logits, labels))
+    with pytest.raises(ValueError, match="labels: empty"):
+        LabelBoundaryLoss()(torch.zeros(0, 2, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="inputs: 1 class"):
+        RegionBoundaryLoss()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_labels_on_another_device_are_named():
+    with pytest.raises(ValueError, match="labels: on cpu, but inputs are on cuda"):
+        LabelBoundaryLoss()(torch.zeros(1, 2, 4, 4, device="cuda"), torch.zeros(1, 4, 4).long())

@@ -47,7 +47,7 @@ def test_readme_keras_example_trains_with_the_schedule():
     if importlib.util.find_spec("keras") is None:
         pytest.skip("keras not installed (test extras, Python >= 3.11)")
     (block,) = [b for b in python_blocks() if "import keras" in b]
-    expected = "[0.02, 0.03, 0.04]"
+    expected = "[0.01, 0.02, 0.03]"
     check = f"{block}\nimport math\nfound = history.history['alpha']\n"
     check += f"assert all(map(math.isclose, found, {expected})), found\n"
     run = subprocess.run(
