@@ -38,6 +38,8 @@ A_DATA := [('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True)]
 GT := ('gt_npy', gt_transform, True)
 
 TRN := ce diceloss boundary ce_adj boundary_adj
+# The training every other one is compared with, patient by patient, in the report.
+BASELINE ?= ce
 ce_LOSSES = [('CrossEntropy', $(ALL_K), 1)]
 ce_FOLDERS = $(A_DATA)+[$(GT)]
 diceloss_LOSSES = [('DiceLoss', $(ALL_K), 1)]

@@ -106,8 +106,19 @@ SOURCE_DIR := $(UNPACKED)
 endif
 SLICED := $(ROOT)/$(DATA_NAME)
 RESULTS := results/$(DATA_NAME)$(SUFFIX)
-TRN_DIRS := $(addprefix $(RESULTS)/,$(TRN))
-EXTRA_DIRS := $(addprefix $(RESULTS)/,$(EXTRA_TRN))
+# SEEDS="0 1 2": each training once per seed, in <training>-seed<N>/ (buildable one by one and
+# resumable as the others); the report aggregates over seeds and the curves show their spread.
+RUNS := $(if $(SEEDS),$(foreach t,$(TRN),$(addprefix $(t)-seed,$(SEEDS))),$(TRN))
+TRN_DIRS := $(addprefix $(RESULTS)/,$(RUNS))
+EXTRA_DIRS := $(addprefix $(RESULTS)/,$(EXTRA_TRN) \
+	$(if $(SEEDS),$(foreach t,$(EXTRA_TRN),$(addprefix $(t)-seed,$(SEEDS)))))
+# A run's training and seed: gdl-seed2 -> gdl and 2; gdl -> gdl and $(SEED).
+training = $(firstword $(subst -seed, ,$(1)))
+run_seed = $(if $(findstring -seed,$(1)),$(lastword $(subst -seed, ,$(1))),$(SEED))
+# The report compares every training with BASELINE (set by the dataset makefile), patient by
+# patient; PICTURES: contours and GIFs of the predictions.
+PICTURES := $(RESULTS)/pictures
+PATIENT_CSV := $(RESULTS)/per_patient.csv
 CURVE_FILES := $(addprefix $(RESULTS)/,$(addsuffix .png,$(CURVES)))
 BOX_FILES := $(addprefix $(RESULTS)/,$(addsuffix _boxplot.png,$(BOXPLOTS)))
 PLOT_FILES := $(CURVE_FILES) $(BOX_FILES)
@@ -181,9 +192,10 @@ $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	$(TRAIN_PY) main.py --dataset $(SLICED) --workdir $@_tmp --network $(NET) \
 		--net_params "$(NET_PARAMS)" --n_class $(K) --modalities $(MODALITIES) \
 		--metric_axis $(METRIC_AXIS) --grp_regex '$(G_RGX)' --n_epoch $(EPC) --batch_size $(BS) \
-		--l_rate $(LR) --seed $(SEED) --workers $(WORKERS) --threads $(THREADS) \
+		--l_rate $(LR) --seed $(call run_seed,$*) --workers $(WORKERS) --threads $(THREADS) \
 		$(TRAIN_OPT) $(TRAIN_FLAGS) \
-		--losses "$($*_LOSSES)" --folders "$($*_FOLDERS)" $($*_OPT) \
+		--losses "$($(call training,$*)_LOSSES)" --folders "$($(call training,$*)_FOLDERS)" \
+		$($(call training,$*)_OPT) \
 		$(if $(and $(RESUME),$(wildcard $@_tmp/last.pt)),--resume) $(DEBUG)
 	rm -rf $@
 	mv $@_tmp $@
@@ -200,22 +212,29 @@ $(BOX_FILES): $(RESULTS)/%_boxplot.png: $(TRN_DIRS) | $(PY_DEPS)
 		--classes $(METRIC_AXIS) --title "$(DATA_NAME)$(SUFFIX): $* at the best epoch"
 
 # The report: printed, and written as Markdown and HTML with the plots and provenance.
-$(REPORT): $(TRN_DIRS) $(PLOT_FILES) $(PRODUCTS) | $(PY_DEPS)
+# Pictures of the predictions: best, median and worst patients, and GIFs over the epochs.
+$(PICTURES): $(TRN_DIRS) | $(PY_DEPS)
+	$(PY) $(CFLAGS) pictures.py --folders $(TRN_DIRS) --dest $@ --classes $(METRIC_AXIS)
+	touch $@
+
+$(REPORT): $(TRN_DIRS) $(PLOT_FILES) $(PICTURES) $(PRODUCTS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) report.py --folders $(TRN_DIRS) --metrics $(REPORT_METRICS) \
 		--columns $(METRIC_AXIS) --dest $@ --html --plots $(PLOT_FILES) $(REPORT_OPT) \
+		--patients --pictures $(PICTURES) $(if $(filter $(BASELINE),$(TRN)),--baseline $(BASELINE)) \
 		--title "$(DATA_NAME)$(SUFFIX): $(words $(TRN)) trainings, $(NET), $(EPC) epochs"
 
 # The archive: repo-date-hash-host-dataset, read-only. A _tmp left by a failed pack (a full disk)
 # is removed first, read-only or not.
 # last.pt (the optimizer state for --resume) is left out: best.pt holds the trained weights.
-$(PACK): $(TRN_DIRS) $(PLOT_FILES) $(PRODUCTS) $(REPORT) $(REPORT:.md=.html)
+$(PACK): $(TRN_DIRS) $(PLOT_FILES) $(PICTURES) $(PRODUCTS) $(REPORT) $(REPORT:.md=.html) \
+		$(PATIENT_CSV)
 	mkdir -p $(@D)
 	rm -f $@_tmp
 	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp
 	chmod a-w $@_tmp
 	mv $@_tmp $@
 
-$(REPORT:.md=.html): $(REPORT)
+$(REPORT:.md=.html) $(PATIENT_CSV): $(REPORT)
 
 clean-results:
 	rm -rf $(RESULTS)

@@ -118,8 +118,10 @@ ifneq ($(and $(K),$(UNKNOWN)),)
 $(error TRAININGS: $(UNKNOWN) not defined for $(DATA_NAME) (K=$(K)); defined: $(DEFINED))
 endif
 TRN := $(TRAININGS)
+# The training every other one is compared with, patient by patient, in the report.
+BASELINE ?= gdl
 
-PREDICTIONS = $(addprefix $(RESULTS)/predictions/,$(TRN))
+PREDICTIONS = $(addprefix $(RESULTS)/predictions/,$(RUNS))
 PRODUCTS = $(PREDICTIONS)
 REPORT_OPT = --predictions $(PREDICTIONS)
 

@@ -43,7 +43,6 @@ checks, `runfolder.load_metric` and `runfolder.check_comparable`):
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,14 @@ import numpy as np
 from atomic import write_text_atomic
 from console import ArgumentParser
 from ranking import best_index, epoch_scores, nan_mean_std, per_sample
-from report_page import Block, Table, build_page, render_html, render_markdown
+from report_page import Table, build_page, render_html, render_markdown
+from report_sections import (
+    comparison_blocks,
+    patient_blocks,
+    picture_blocks,
+    prediction_blocks,
+    seed_blocks,
+)
 from runfolder import (
     Mode,
     better,
@@ -397,88 +403,6 @@ def describe(runs: Sequence[RunSummary], per_class: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Predictions written back in the source geometry (predict.py)
-
-
-METRICS_CSV = ("case", "class", "value", "dice", "hd", "hd95")
-
-
-def read_prediction_metrics(folder: Path) -> list[dict]:
-    """A predict.py folder's metrics.csv: one row per case and class, numbers as floats.
-
-    Raises:
-        OSError: no metrics.csv. ValueError: a row that is not a number where one is expected.
-    """
-    path = Path(folder) / "metrics.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (--predictions expects predict.py output)")
-    rows = []
-    with open(path, newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            try:
-                numbers = {key: float(row[key]) for key in ("value", "dice", "hd", "hd95")}
-                rows.append({"case": row["case"], "class": row["class"], **numbers})
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(
-                    f"{path}:{number}: not a predict.py metrics row ({error!r})"
-                ) from None
-    return rows
-
-
-def _mean_std(values: list[float]) -> str:
-    return f"{_fmt(float(np.mean(values)))} +- {_fmt(float(np.std(values)))}" if values else "-"
-
-
-def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
-    """The report's section on the NIfTI predictions (predict.py): per run (the folder's name)
-    and foreground class (label value not 0), 3D Dice, HD and HD95 as mean ± std over the
-    validation cases; then, per foreground class, Dice and HD95 of every case and run."""
-    if not folders:
-        return []
-    found = {Path(f).name: read_prediction_metrics(Path(f)) for f in folders}
-    classes = list(dict.fromkeys(r["class"] for rows in found.values() for r in rows if r["value"]))
-    cases = sorted({r["case"] for rows in found.values() for r in rows})
-
-    def values(run: str, name: str, metric: str, case: str | None = None) -> list[float]:
-        return [
-            r[metric]
-            for r in found[run]
-            if r["class"] == name and (case is None or r["case"] == case)
-        ]
-
-    header = ["run"] + [f"{m} {c}" for c in classes for m in ("Dice", "HD", "HD95")]
-    rows = [
-        [run, *(_mean_std(values(run, c, m)) for c in classes for m in ("dice", "hd", "hd95"))]
-        for run in found
-    ]
-    text = (
-        f"Each training's best.pt predicted the {len(cases)} validation cases again from the "
-        "source images, and the predictions were written back in the source geometry (NIfTI "
-        "files in predictions/<run>/, with the test cases'). 3D Dice, HD and HD95 (mm) of each "
-        "foreground class, computed from these files in the source spacing: mean +- std over "
-        "the cases, then each case (Dice / HD95), as in predictions/<run>/metrics.csv."
-    )
-    blocks = [
-        Block("h2", "Predictions in the source geometry"),
-        Block("p", text),
-        Block("table", table=Table(header, rows, [[False] * len(header) for _ in rows])),
-    ]
-    for name in classes:
-        per_case = []
-        for case in cases:
-            cells = []
-            for run in found:
-                dice, hd95 = values(run, name, "dice", case), values(run, name, "hd95", case)
-                cells.append(f"{_fmt(dice[0])} / {_fmt(hd95[0])}" if dice else "-")
-            per_case.append([case, *cells])
-        header = ["case", *found]
-        blocks.append(Block("h3", f"{name}: Dice / HD95 (mm) per case"))
-        bold = [[False] * len(header) for _ in per_case]
-        blocks.append(Block("table", table=Table(header, per_case, bold)))
-    return blocks
-
-
-# ---------------------------------------------------------------------------------------------
 # Files
 
 
@@ -490,6 +414,9 @@ def write_report(
     html_page: bool = False,
     per_class: bool = False,
     predictions: Sequence[str | Path] = (),
+    patient_columns: Sequence[int] | None = None,
+    baseline: str | None = None,
+    pictures: str | Path | None = None,
 ) -> list[Path]:
     """Write the Markdown page (and its HTML twin, same base name, `.html`).
 
@@ -501,6 +428,12 @@ def write_report(
         html_page: also write the HTML page.
         per_class: one table column per class.
         predictions: predict.py output folders, one per run, summarised after the table.
+        patient_columns: classes of the per-patient table (3D metrics at each checkpoint, also
+            written as `per_patient.csv` beside `dest`), and of the paired comparisons; None:
+            neither.
+        baseline: a training to compare every other one with, patient by patient (and seed by
+            seed): bootstrap confidence interval and Wilcoxon test (paired.py); None: none.
+        pictures: a pictures.py output folder to show; None: none.
 
     Returns:
         The files written.
@@ -516,7 +449,17 @@ def write_report(
         if not Path(plot).is_file():
             raise FileNotFoundError(f"plot file {plot} does not exist (--plots)")
     description, table = describe(runs, per_class), build_table(runs, per_class)
-    extra = prediction_blocks(predictions)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    folders = [run.folder for run in runs]
+    metrics = list(runs[0].metrics) if runs else []
+    extra = seed_blocks(runs, metrics)
+    if baseline is not None:
+        extra += comparison_blocks(folders, baseline, patient_columns or [1], metrics)
+    if patient_columns is not None:
+        extra += patient_blocks(folders, patient_columns, dest.parent / "per_patient.csv")
+    if pictures is not None:
+        extra += picture_blocks(Path(pictures), dest.parent)
+    extra += prediction_blocks(predictions)
     blocks = build_page(runs, title, plots, dest.parent, description, table, extra)
     pages = {dest: render_markdown(blocks)}
     if html_page:
@@ -559,6 +502,15 @@ def get_parser() -> argparse.ArgumentParser:
         default=[],
         help="predict.py output folders (NIfTI predictions and their metrics.csv), summarised",
     )
+    parser.add_argument(
+        "--patients",
+        action="store_true",
+        help="a per-patient table of the 3D metrics (also per_patient.csv beside --dest)",
+    )
+    parser.add_argument(
+        "--baseline", default=None, help="compare every training with this one, per patient"
+    )
+    parser.add_argument("--pictures", type=Path, default=None, help="a pictures.py folder")
     return parser
 
 
@@ -583,9 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in run.notes:
                 print(f"note: {run.label}: {note}")
         if args.dest is not None:
+            columns = args.columns or [1]
             written = write_report(
-                runs, args.dest, title, args.plots, args.html, args.per_class, args.predictions
-            )
+                runs, args.dest, title, args.plots, args.html, args.per_class, args.predictions,
+                columns if args.patients or args.baseline else None, args.baseline, args.pictures,
+            )  # fmt: skip
             print("wrote " + ", ".join(map(str, written)))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

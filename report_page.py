@@ -210,8 +210,32 @@ _CSS = (
     "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
     "table{border-collapse:collapse}th,td{border:1px solid #999;padding:.3em .6em;"
     "text-align:left}code,pre{background:#f4f4f4}pre{padding:.5em;overflow-x:auto}"
-    "img{max-width:100%}"
+    "img{max-width:100%}th{cursor:pointer}"
 )
+
+# Inline, no library: a click on a column title sorts the table by it (numbers by value, the first
+# number of a cell such as "0.91 / 3.2 / 1.1"), a second click reverses. Once the page has loaded,
+# the body records how many of its images decoded (data-images="decoded/total").
+_SCRIPT = """
+document.querySelectorAll('table').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var rows = Array.from(table.rows).slice(1), up = th.dataset.up !== '1';
+      var key = function (r) { var t = r.cells[col].textContent, n = parseFloat(t);
+                               return isNaN(n) ? t : n; };
+      rows.sort(function (a, b) { var x = key(a), y = key(b);
+        return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); });
+      th.dataset.up = up ? '1' : '0';
+      rows.forEach(function (r) { table.tBodies[0].appendChild(r); });
+    });
+  });
+});
+window.addEventListener('load', function () {
+  var images = Array.from(document.images);
+  var decoded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.dataset.images = decoded.length + '/' + images.length;
+});
+"""
 
 
 def render_html(blocks: Sequence[Block]) -> str:
@@ -260,5 +284,6 @@ def render_html(blocks: Sequence[Block]) -> str:
                 ]
                 out.append("<tr>" + "".join(cells) + "</tr>")
             out.append("</table>")
+    out.append(f"<script>{_SCRIPT}</script>")
     out.append("</body>\n</html>\n")
     return "\n".join(out)

@@ -21,6 +21,8 @@ EPC ?= 100
 endif
 
 TRN := gdl gdl_surface_steal gdl_3d_surface_steal gdl_hausdorff_w
+# The training every other one is compared with, patient by patient, in the report.
+BASELINE ?= gdl
 EXTRA_TRN := gdl_surface_w surface hausdorff
 
 CURVES := tra_loss val_loss val_dice tra_dice val_3d_hausdorff val_3d_hd95

@@ -531,7 +531,7 @@ def _metrics_csv(folder: Path, rows: list[tuple]) -> Path:
 def test_predictions_section_summarises_and_lists_every_case(tmp_path: Path) -> None:
     """predict.py's metrics.csv: mean +- std per run and foreground class (value not 0, whatever
     its name), then Dice / HD95 per case; written into both pages."""
-    from report import prediction_blocks
+    from report_sections import prediction_blocks
 
     a = _metrics_csv(tmp_path / "predictions" / "a", [
         ("c1", "bg", 0, 0.99, 1.0, 1.0), ("c1", "organ", 1, 0.8, 4.0, 2.0),
@@ -558,7 +558,7 @@ def test_predictions_section_summarises_and_lists_every_case(tmp_path: Path) -> 
 
 
 def test_predictions_section_refuses_a_foreign_csv(tmp_path: Path) -> None:
-    from report import prediction_blocks
+    from report_sections import prediction_blocks
 
     folder = tmp_path / "p"
     folder.mkdir()

@@ -1,0 +1,250 @@
+"""The report's sections beyond the table of means: seeds, per-patient values, paired comparisons
+against a baseline training, pictures, and the predictions written back by predict.py.
+
+Each function returns blocks of `report_page` (the same blocks give the Markdown and the HTML
+page). Runs of one training repeated with several seeds are folders named `<training>-seed<N>`
+(`SEEDS` in the makefiles); `training_of` and `seed_of` read those names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import patients
+from paired import METHOD, compare
+from report_page import Block, Table
+
+SEED = re.compile(r"^(?P<training>.+)-seed(?P<seed>\d+)$")
+
+
+def training_of(name: str) -> str:
+    """`gdl-seed2` -> `gdl`; a name without a seed is its own training."""
+    match = SEED.match(name)
+    return match["training"] if match else name
+
+
+def seed_of(name: str) -> int | None:
+    """`gdl-seed2` -> 2; None without a seed."""
+    match = SEED.match(name)
+    return int(match["seed"]) if match else None
+
+
+def _fmt(value: float) -> str:
+    return "nan" if np.isnan(value) else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> Block:
+    return Block("table", table=Table(header, rows, [[False] * len(header) for _ in rows]))
+
+
+def groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """Training -> its run names, in the order given."""
+    found: dict[str, list[str]] = {}
+    for name in names:
+        found.setdefault(training_of(name), []).append(name)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_blocks(runs: Sequence, metrics: Sequence[str]) -> list[Block]:
+    """Mean and spread over seeds of each training's per-run means (when runs have seeds)."""
+    if not any(seed_of(run.label) is not None for run in runs):
+        return []
+    by_name = {run.label: run for run in runs}
+    header = ["training", "seeds", *metrics]
+    rows = []
+    for training, names in groups([run.label for run in runs]).items():
+        cells = []
+        for metric in metrics:
+            means = np.array([by_name[n].metrics[metric].mean for n in names], dtype=float)
+            spread = f" (min {_fmt(np.nanmin(means))}, max {_fmt(np.nanmax(means))})"
+            cells.append(f"{_fmt(np.nanmean(means))} +- {_fmt(np.nanstd(means))}{spread}")
+        rows.append([training, str(len(names)), *cells])
+    text = (
+        "Over seeds: for each training, the mean and standard deviation over its seeds of the "
+        "per-run means of the table above (each at that run's best epoch), with the smallest and "
+        "largest of them."
+    )
+    return [Block("h2", "Over seeds"), Block("p", text), _table(header, rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per patient
+# ---------------------------------------------------------------------------------------------
+
+
+def patient_blocks(folders: Sequence[Path], columns: Sequence[int], csv_dest: Path) -> list[Block]:
+    """Each validation patient's 3D Dice / HD / HD95 per run, at the epoch of best.pt; written to
+    `csv_dest` too."""
+    names, values = patients.table(list(folders), columns)
+    patients.write_csv(names, values, csv_dest)
+    header, rows = patients.rows(names, values)
+    text = (
+        f"Each validation patient's 3D Dice, HD and HD95 (mm), the mean over classes "
+        f"{list(columns)}, at the epoch of each run's best.pt (best_epoch.txt); also in "
+        f"{csv_dest.name}. Click a column title to sort the HTML table."
+    )
+    return [Block("h2", "Per patient"), Block("p", text), _table(header, rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons
+# ---------------------------------------------------------------------------------------------
+
+
+def comparison_blocks(
+    folders: Sequence[Path], baseline: str, columns: Sequence[int], metrics: Sequence[str]
+) -> list[Block]:
+    """Every training against `baseline`, per 3D metric: paired over patients (and seeds)."""
+    by_name = {Path(f).name: Path(f) for f in folders}
+    trainings = groups(list(by_name))
+    if baseline not in trainings:
+        raise ValueError(f"--baseline {baseline}: no such training among {', '.join(trainings)}")
+    metrics = [m for m in metrics if m in patients.METRICS_3D]
+    sentences, rows = [], []
+    for training, names in trainings.items():
+        if training == baseline:
+            continue
+        seeds = {seed_of(n): n for n in names}
+        base = {seed_of(n): n for n in trainings[baseline]}
+        common = [s for s in seeds if s in base]
+        if not common:
+            raise ValueError(f"{training} and {baseline} share no seed to pair")
+        for metric in metrics:
+            ours = np.stack([patients.at_checkpoint(by_name[seeds[s]], metric, columns)
+                             for s in common])  # fmt: skip
+            theirs = np.stack([patients.at_checkpoint(by_name[base[s]], metric, columns)
+                               for s in common])  # fmt: skip
+            result = compare(ours, theirs, run=training, baseline=baseline, metric=metric,
+                             higher_is_better=metric == "val_3d_dsc")  # fmt: skip
+            sentences.append(result.sentence)
+            p = "-" if result.p_value is None else f"{result.p_value:.3g}"
+            rows.append([training, metric, str(result.n_patients), str(result.n_seeds),
+                         f"{result.mean_difference:+.4f}",
+                         f"{result.ci_low:+.4f} to {result.ci_high:+.4f}", p])  # fmt: skip
+    header = ["training", "metric", "patients", "seeds", "mean difference", "95% CI", "Wilcoxon p"]
+    return [
+        Block("h2", f"Against {baseline}: did it help?"),
+        *(Block("p", s) for s in sentences),
+        _table(header, rows),
+        Block("p", METHOD),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------------------------
+
+
+def picture_blocks(folder: Path, page_dir: Path) -> list[Block]:
+    """The pictures and GIFs of pictures.py, by their pictures.json."""
+    record = json.loads((Path(folder) / "pictures.json").read_text())
+
+    def rel(name: str) -> str:
+        return Path(os.path.relpath(Path(folder).resolve() / name, page_dir.resolve())).as_posix()
+
+    blocks = [
+        Block("h2", "Pictures"),
+        Block(
+            "p",
+            "Validation patients chosen by 3D Dice at each run's best epoch (best, median, "
+            "worst): the slice with the largest ground truth and the slice with the most errors, "
+            "ground truth solid, predictions dashed, one column per run.",
+        ),
+    ]
+    for picture in record["pictures"]:
+        text = f"{picture['patient']} ({'; '.join(picture['roles'])})"
+        blocks.append(Block("img", text=text, path=rel(picture["file"])))
+    blocks.append(
+        Block("p", "The prediction of the largest slice over the epochs, one frame per epoch.")
+    )
+    for gif in record["gifs"]:
+        text = f"{gif['run']}, {gif['slice']} ({gif['role']}), {gif['epochs']} epochs"
+        blocks.append(Block("img", text=text, path=rel(gif["file"])))
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions written back in the source geometry (predict.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def read_prediction_metrics(folder: Path) -> list[dict]:
+    """A predict.py folder's metrics.csv: one row per case and class, numbers as floats.
+
+    Raises:
+        OSError: no metrics.csv. ValueError: a row that is not a number where one is expected.
+    """
+    path = Path(folder) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (--predictions expects predict.py output)")
+    rows = []
+    with open(path, newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                numbers = {key: float(row[key]) for key in ("value", "dice", "hd", "hd95")}
+                rows.append({"case": row["case"], "class": row["class"], **numbers})
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{path}:{number}: not a predict.py metrics row ({error!r})"
+                ) from None
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{_fmt(float(np.mean(values)))} +- {_fmt(float(np.std(values)))}" if values else "-"
+
+
+def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
+    """The section on the NIfTI predictions (predict.py): per run (the folder's name) and
+    foreground class (label value not 0), 3D Dice, HD and HD95 as mean ± std over the validation
+    cases; then, per foreground class, Dice and HD95 of every case and run."""
+    if not folders:
+        return []
+    found = {Path(f).name: read_prediction_metrics(Path(f)) for f in folders}
+    classes = list(dict.fromkeys(r["class"] for rows in found.values() for r in rows if r["value"]))
+    cases = sorted({r["case"] for rows in found.values() for r in rows})
+
+    def values(run: str, name: str, metric: str, case: str | None = None) -> list[float]:
+        return [
+            r[metric]
+            for r in found[run]
+            if r["class"] == name and (case is None or r["case"] == case)
+        ]
+
+    header = ["run"] + [f"{m} {c}" for c in classes for m in ("Dice", "HD", "HD95")]
+    rows = [
+        [run, *(_mean_std(values(run, c, m)) for c in classes for m in ("dice", "hd", "hd95"))]
+        for run in found
+    ]
+    text = (
+        f"Each training's best.pt predicted the {len(cases)} validation cases again from the "
+        "source images, and the predictions were written back in the source geometry (NIfTI "
+        "files in predictions/<run>/, with the test cases'). 3D Dice, HD and HD95 (mm) of each "
+        "foreground class, computed from these files in the source spacing: mean +- std over "
+        "the cases, then each case (Dice / HD95), as in predictions/<run>/metrics.csv."
+    )
+    blocks = [Block("h2", "Predictions in the source geometry"), Block("p", text)]
+    blocks.append(_table(header, rows))
+    for name in classes:
+        per_case = []
+        for case in cases:
+            cells = []
+            for run in found:
+                dice, hd95 = values(run, name, "dice", case), values(run, name, "hd95", case)
+                cells.append(f"{_fmt(dice[0])} / {_fmt(hd95[0])}" if dice else "-")
+            per_case.append([case, *cells])
+        blocks.append(Block("h3", f"{name}: Dice / HD95 (mm) per case"))
+        blocks.append(_table(["case", *found], per_case))
+    return blocks
