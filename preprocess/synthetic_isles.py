@@ -55,6 +55,85 @@ ISLES_MAX_SLAB_MM = 120.0
 ISLES_MODALITIES = ("CT", "CT_4DPWI", "CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax", "OT")
 ISLES_ID_BASE = {"TRAINING": 345560, "TESTING": 371000}
 ISLES_PWI_CURVES = ((0.0, 1.2, 1.8, 0.9), (0.0, 0.3, 0.9, 1.4))  # bolus: healthy, lesion
+# Lesion geometry: each slice is sampled this many times through-plane, and a voxel is labelled
+# when the lesion fills half of it (the partial volume of thick slices); the lesion of a case is
+# kept under ISLES_MAX_LESION of its voxels (shrunk in-plane and drawn again when over).
+ISLES_SUBSLICES = 4
+ISLES_MAX_LESION = 0.0045
+ISLES_SATELLITES = (2, 6)  # small lesions besides the main one
+# Per case: the lesion's contrast (1: the full drop or rise of the core), then each map's share
+# of it (a lesion can be plain in Tmax and barely there in CBV); the noise scale over the base
+# standard deviations; the amplitude of the smooth multiplicative bias field of each map.
+ISLES_CONTRAST = (0.25, 0.8)
+ISLES_MAP_SHARE = (0.15, 1.0)
+ISLES_NOISE = (1.5, 3.0)
+ISLES_BIAS = (0.08, 0.25)
+
+
+def _mottle(rng: np.random.Generator, shape: tuple[int, ...], cell: int) -> Array:
+    """Blotchy noise of about unit standard deviation: a coarse normal grid, bilinear in-plane.
+
+    Args:
+        shape: the volume's shape (X, Y, Z).
+        cell: the coarse grid's spacing in pixels.
+
+    Returns:
+        The noise, float32, shaped `shape`.
+    """
+    nx, ny, nz = shape
+    out = rng.standard_normal((nx // cell + 2, ny // cell + 2, nz), dtype=np.float32)
+    for axis, n in ((0, nx), (1, ny)):
+        t = (np.arange(n) + 0.5) / cell
+        i = t.astype(int)
+        f = (t - i).astype(np.float32).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
+        out = np.take(out, i, axis=axis) * (1 - f) + np.take(out, i + 1, axis=axis) * f
+    return out * np.float32(1.5)  # bilinear mixing keeps about 2/3 of the standard deviation
+
+
+def _soft_edge(q: Array) -> Array:
+    """In-plane partial volume of a lesion: 1 for q <= 0.5, one half at its boundary, 0 from 1.5."""
+    return np.clip(1.5 - q, 0.0, 1.0)
+
+
+def _lesion_maps(
+    rng: np.random.Generator,
+    axes: tuple[Array, ...],
+    dz: float,
+    blobs: list[tuple[tuple[float, float, float], tuple[float, float, float]]],
+    frame: tuple[float, float, float],
+) -> tuple[Array, Array, Array]:
+    """The label, the core and the penumbra memberships of lesion blobs, with partial volume.
+
+    Args:
+        axes: the volume's voxel coordinates (mm).
+        dz: the slice thickness (mm).
+        blobs: ((u, v, z) centre in the head's frame, (ru, rv, rz) radii), in mm.
+        frame: the head's centre and in-plane rotation (cx, cy, angle).
+
+    Returns:
+        The label (where the lesion fills at least half of a voxel), the lesion membership and
+        the penumbra's (not labelled), each averaged over ISLES_SUBSLICES samples per slice.
+    """
+    nx, ny, nz = len(axes[0]), len(axes[1]), len(axes[2])
+    sub = ISLES_SUBSLICES
+    offsets = dz * ((np.arange(sub) + 0.5) / sub - 0.5)
+    fine = (axes[0], axes[1], (axes[2][:, None] + offsets[None, :]).ravel())
+    inside = np.zeros((nx, ny, nz * sub))
+    core = np.zeros((nx, ny, nz * sub))
+    halo = np.zeros((nx, ny, nz * sub))
+    cx, cy, angle = frame
+    for (bu, bv, bz), radii in blobs:
+        gx, gy = unrotate(bu, bv, angle)
+        # The box reaches 1.9 radii: the penumbra reaches 1.6.
+        box, q = irregular_ellipsoid(rng, fine, (cx + gx, cy + gy, bz), radii, reach=1.9)
+        np.maximum(inside[box], q < 1, out=inside[box])
+        np.maximum(core[box], _soft_edge(q), out=core[box])
+        np.maximum(halo[box], soft_membership(q, edge=2.3), out=halo[box])
+
+    def thick(values: Array) -> Array:
+        return values.reshape(nx, ny, nz, sub).mean(axis=3)
+
+    return thick(inside) >= 0.5, thick(core), thick(halo)
 
 
 def _isles_case(rng: np.random.Generator, size: str) -> tuple[dict[str, Array], tuple]:
@@ -84,54 +163,64 @@ def _isles_case(rng: np.random.Generator, size: str) -> tuple[dict[str, Array], 
     vx, vy, vz = rng.uniform(5, 9), rng.uniform(-2, 6), rng.uniform(0, 15)
     rvx, rvy = rng.uniform(3, 6), rng.uniform(14, 22)
     vent = ((np.abs(u) - vx) / rvx) ** 2 + ((v - vy) / rvy) ** 2 + ((zb - vz) / 25.0) ** 2 < 1
+    inside = brain & ~vent & (rb < 0.85)
 
-    # Lesions: a main one over a run of slices, and satellites over one or two slices.
-    lesion = np.zeros(shape, bool)
-    core = np.zeros(shape)  # soft lesion membership
-    halo = np.zeros(shape)  # soft penumbra membership (not labelled)
+    # Lesions: a small main one over a run of slices, and satellites over one or two slices,
+    # their centres anywhere through-plane (partial volume).
     n_main = int(rng.integers(max(1, n_slices // 4), max(1, 2 * n_slices // 3) + 1))
     z0 = int(rng.integers(0, n_slices - n_main + 1))
     zc = float(axes[2][z0] + (n_main - 1) / 2 * dz)
     s_c = math.sqrt(min(max(1 - ((zc + offset) / 85.0) ** 2, 0.12), 1.0))
     phi, r_n = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.55)
     main_u, main_v = r_n * math.cos(phi) * a_lr * s_c, r_n * math.sin(phi) * a_ap * s_c
-    main_radius = (rng.uniform(7, 13), rng.uniform(7, 13))
+    main_radius = (rng.uniform(4, 10), rng.uniform(4, 10))
     blobs = [((main_u, main_v, zc), (*main_radius, n_main * dz / 2))]
-    for _ in range(int(rng.integers(1, 5))):
-        r_sat = rng.uniform(2.5, 5.0)
-        dist = max(main_radius) + r_sat + rng.uniform(3, 15)
+    for _ in range(int(rng.integers(ISLES_SATELLITES[0], ISLES_SATELLITES[1] + 1))):
+        r_sat = rng.uniform(1.8, 4.0)
+        dist = max(main_radius) + r_sat + rng.uniform(2, 20)
         theta = rng.uniform(0, 2 * np.pi)
         k = int(np.clip(z0 + rng.integers(-1, n_main + 1), 0, n_slices - 1))
-        span = int(rng.integers(1, 3))
-        sat_z = float(axes[2][k]) + (span - 1) * dz / 2 * rng.choice((-1, 1))
+        sat_z = float(axes[2][k]) + rng.uniform(-0.3, 0.3) * dz
         sat_u, sat_v = main_u + dist * math.cos(theta), main_v + dist * math.sin(theta)
-        blobs.append(((sat_u, sat_v, sat_z), (r_sat, r_sat * rng.uniform(0.7, 1.3), span * dz / 2)))
-    for (bu, bv, bz), radii in blobs:
-        gx, gy = unrotate(bu, bv, angle)
-        centre = (cx + gx, cy + gy, bz)
-        # The box reaches 1.9 radii: the penumbra reaches 1.85.
-        box, q = irregular_ellipsoid(rng, axes, centre, radii, reach=1.9)
-        lesion[box] |= q < 1
-        np.maximum(core[box], soft_membership(q), out=core[box])
-        np.maximum(halo[box], soft_membership(q, edge=2.3), out=halo[box])
-    inside = brain & ~vent & (rb < 0.85)
-    lesion &= inside
+        radii = (r_sat, r_sat * rng.uniform(0.7, 1.3), rng.uniform(0.5, 1.0) * dz)
+        blobs.append(((sat_u, sat_v, sat_z), radii))
+    shrink = 1.0
+    while True:
+        drawn = [(c, (ru * shrink, rv * shrink, rz)) for c, (ru, rv, rz) in blobs]
+        lesion, core, halo = _lesion_maps(rng, axes, dz, drawn, (cx, cy, angle))
+        lesion &= inside
+        if lesion.mean() <= ISLES_MAX_LESION:
+            break
+        shrink *= 0.85
     core *= inside
     halo *= (1 - core) * inside
-    severity = rng.uniform(0.8, 1.2)
+
+    # Contrast: the core's drop (CBF, CBV, CT) and rise (MTT, Tmax) over the penumbra's, each map
+    # its own share of the case's contrast; the penumbra raises MTT and Tmax in core and ring.
+    contrast = rng.uniform(*ISLES_CONTRAST)
+    c_ct, c_cbf, c_cbv, c_mtt, c_tmax = contrast * rng.uniform(*ISLES_MAP_SHARE, size=5)
+    penumbra = rng.uniform(0.5, 1.0) * (core + halo)
+    noise_scale = rng.uniform(*ISLES_NOISE)
 
     def noise(sd: float) -> Array:
-        return sd * rng.standard_normal(shape, dtype=np.float32)
+        white = rng.standard_normal(shape, dtype=np.float32)
+        return sd * noise_scale * (0.6 * white + 0.8 * _mottle(rng, shape, 3))
 
-    ct = np.where(brain, 28 + 9 * grey + 2 * field - 20 * vent - 7 * core + noise(3.0), -1024.0)
+    def bias() -> Array:
+        return 1 + rng.uniform(*ISLES_BIAS) * random_field(rng, (x, y, z), (150.0, 400.0))
+
+    ct = 28 + 9 * grey + 2 * field + 4 * random_field(rng, (x, y, z), (150.0, 400.0))
+    ct = np.where(brain, ct - 20 * vent - 7 * c_ct * core + noise(3.0), -1024.0)
     ct = np.where(skull, 1100 + 250 * field + noise(50.0), ct)
     tissue = (1 + 0.15 * field) * (1 - 0.9 * vent)
-    cbf = (20 + 32 * grey) * tissue * (1 - 0.75 * core) * (1 - 0.3 * halo) + noise(3.0)
-    cbv = (16 + 20 * grey) * tissue * (1 - 0.6 * core) * (1 + 0.1 * halo) + noise(2.0)
+    cbf = (20 + 32 * grey) * tissue * (1 - 0.75 * c_cbf * core) * (1 - 0.3 * halo)
+    cbf = cbf * bias() + noise(3.0)
+    cbv = (16 + 20 * grey) * tissue * (1 - 0.6 * c_cbv * core) * (1 + 0.1 * halo)
+    cbv = cbv * bias() + noise(2.0)
     mtt = (4.2 + 0.8 * (1 - grey) + 0.5 * field) * (1 - 0.9 * vent)
-    mtt = mtt + 6.5 * severity * core + 2.5 * halo + noise(0.45)
+    mtt = (mtt + 2.5 * penumbra + 4.0 * c_mtt * core) * bias() + noise(0.45)
     tmax = (0.9 + 0.4 * (1 - grey) + 0.4 * field) * (1 - 0.9 * vent)
-    tmax = tmax + 9.0 * severity * core + 4.5 * halo + noise(0.5)
+    tmax = (tmax + 4.5 * penumbra + 4.5 * c_tmax * core) * bias() + noise(0.5)
     healthy, delayed = ISLES_PWI_CURVES
     pwi = np.clip(ct, -1024, 3071)[..., None] + np.maximum(cbv, 0)[..., None] * (
         np.multiply.outer(1 - core, healthy) + np.multiply.outer(core, delayed)
