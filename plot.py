@@ -59,6 +59,8 @@ from runfolder import (
     read_args,
     resolve_columns,
     run_data,
+    seed_of,
+    training_of,
 )
 
 CURVE_SIZE = (8.0, 5.0)  # inches; at DPI, an 800 x 500 image
@@ -273,6 +275,9 @@ def plot_curves(
     fig = Figure(figsize=CURVE_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     curves = []
+    if any(seed_of(name) is not None for name in names):
+        _seed_curves(ax, names, loaded, filename, mode, curves)
+        loaded, names = [], []
     for name, (data, chosen) in zip(names, loaded, strict=True):
         epochs = np.arange(data.shape[0])  # E
         for column in chosen:
@@ -310,6 +315,40 @@ def plot_curves(
     ax.legend(fontsize="small")
     _save(fig, dest)
     return curves
+
+
+def _seed_curves(ax, names, loaded, filename, mode, curves) -> None:
+    """Runs repeated over seeds (`<training>-seed<N>`): per training, the mean over its seeds of
+    the per-seed mean curves, with the band from the lowest to the highest seed."""
+    trainings: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        trainings.setdefault(training_of(name), []).append(i)
+    for training, members in trainings.items():
+        for column in loaded[members[0]][1]:
+            per_seed = [nan_mean_std(loaded[i][0][:, :, column], axis=1)[0] for i in members]
+            length = max(len(c) for c in per_seed)
+            stack = np.full((len(per_seed), length), np.nan)
+            for row, curve in zip(stack, per_seed, strict=True):
+                row[: len(curve)] = curve
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(stack, axis=0)
+                low, high = np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
+            best = best_index(mean, mode)
+            label = f"{training} ({len(members)} seeds)"
+            if len(loaded[members[0]][1]) > 1:
+                label += f" ({column_name(filename, column)})"
+            value = float("nan") if best is None else float(mean[best])
+            legend = (
+                f"{label}: no finite value"
+                if best is None
+                else (f"{label}: best {value:.4f} at epoch {best}")
+            )
+            epochs = np.arange(length)
+            (line,) = ax.plot(epochs, mean, label=legend, linewidth=1.5)
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            if best is not None:
+                ax.axvline(best, color=line.get_color(), linestyle=":", linewidth=1)
+            curves.append(Curve(label, legend, column, mean, high - low, best, value))
 
 
 def box_size(n_boxes: int) -> tuple[float, float]:

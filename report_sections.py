@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,20 +19,7 @@ import numpy as np
 import patients
 from paired import METHOD, compare
 from report_page import Block, Table
-
-SEED = re.compile(r"^(?P<training>.+)-seed(?P<seed>\d+)$")
-
-
-def training_of(name: str) -> str:
-    """`gdl-seed2` -> `gdl`; a name without a seed is its own training."""
-    match = SEED.match(name)
-    return match["training"] if match else name
-
-
-def seed_of(name: str) -> int | None:
-    """`gdl-seed2` -> 2; None without a seed."""
-    match = SEED.match(name)
-    return int(match["seed"]) if match else None
+from runfolder import seed_of, training_of
 
 
 def _fmt(value: float) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -588,3 +589,20 @@ def check_comparable(runs: Sequence[RunData]) -> None:
                     f"runs {ref.folder} and {run.folder} have different class counts ({name}.npy "
                     f"has {ref.classes[name]} and {size} classes on its last axis): {advice}"
                 )
+
+
+# Runs of one training repeated with several seeds (SEEDS in the makefiles) are named
+# `<training>-seed<N>`.
+SEED_SUFFIX = re.compile(r"^(?P<training>.+)-seed(?P<seed>\d+)$")
+
+
+def training_of(name: str) -> str:
+    """`gdl-seed2` -> `gdl`; a name without a seed is its own training."""
+    match = SEED_SUFFIX.match(name)
+    return match["training"] if match else name
+
+
+def seed_of(name: str) -> int | None:
+    """`gdl-seed2` -> 2; None without a seed."""
+    match = SEED_SUFFIX.match(name)
+    return int(match["seed"]) if match else None
