@@ -146,6 +146,9 @@ def epoch_gif(run: Path, stem: str, dest: Path) -> Path:
 def make_pictures(runs: list[Path], dest: Path, classes: list[int]) -> dict:
     """Write the pictures and GIFs into `dest` (built in `dest`_tmp); returns pictures.json."""
     names = patient_names(runs[0])
+    for run in runs[1:]:  # every run's predictions are there, of the same patients
+        if patient_names(run) != names:
+            raise ValueError(f"{run}: other validation patients than {runs[0]}")
     chosen = {run.name: choose(names, at_checkpoint(run, "val_3d_dsc", classes)) for run in runs}
     tmp = dest.with_name(dest.name + "_tmp")
     remove_path(tmp, ignore_errors=True)
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         record = make_pictures(args.folders, args.dest, args.classes)
+    except FileNotFoundError as error:
+        where = error.filename or ""
+        print(f"error: {where}{': ' if where else ''}{error.strerror or error}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

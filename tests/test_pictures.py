@@ -1,0 +1,148 @@
+"""The report's pictures, per-patient table and seed aggregation (pictures.py, patients.py,
+report_sections.py), on hand-made run folders whose every value is known.
+
+A run folder here holds what main.py writes and these tools read: args.json (the data and the
+patient regex), the per-epoch predictions `iter<NNN>/val/*.png`, `best_epoch/`, `best_epoch.txt`
+and the 3D arrays; the sliced data holds `val/in_npy` and `val/gt_npy`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import patients
+import pictures
+from report import summarise, write_report
+from tests.cli import assert_clean_error, run_script
+
+EPOCHS, SIZE, PATIENTS = 4, 16, ("p1", "p2", "p3")
+REGEX = r"(p\d+)_\d+"
+
+
+def make_data(root: Path) -> Path:
+    """Sliced data: three patients of three 16 x 16 slices, a square lesion (class 1)."""
+    for folder in ("in_npy", "gt_npy"):
+        (root / "val" / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for p, patient in enumerate(PATIENTS):
+        for z in range(3):
+            gt = np.zeros((SIZE, SIZE), np.uint8)
+            gt[4 : 6 + 2 * z + p, 5:11] = 1
+            image = (gt + rng.normal(0, 0.3, gt.shape))[None].astype(np.float32)
+            np.save(root / "val" / "in_npy" / f"{patient}_{z:04d}.npy", image)
+            np.save(root / "val" / "gt_npy" / f"{patient}_{z:04d}.npy", gt)
+    return root
+
+
+def make_run(root: Path, data: Path, name: str, shift: int) -> Path:
+    """A run whose prediction is the ground truth shifted by `shift` rows; 3D Dice chosen so
+    that p1 is the best patient, p2 the median and p3 the worst."""
+    run = root / name
+    for epoch in range(EPOCHS):
+        (run / f"iter{epoch:03d}" / "val").mkdir(parents=True)
+    for stem in (p.stem for p in (data / "val" / "gt_npy").glob("*.npy")):
+        gt = np.load(data / "val" / "gt_npy" / f"{stem}.npy")
+        for epoch in range(EPOCHS):
+            pred = np.roll(gt, shift + EPOCHS - 1 - epoch, axis=0)
+            Image.fromarray(pred).save(run / f"iter{epoch:03d}" / "val" / f"{stem}.png")
+    shutil.copytree(run / f"iter{EPOCHS - 1:03d}", run / "best_epoch")
+    (run / "best_epoch.txt").write_text(f"{EPOCHS - 1}\n")
+    args = {"dataset": str(data), "grp_regex": REGEX, "n_epoch": EPOCHS}
+    (run / "args.json").write_text(json.dumps(args))
+    dice = np.zeros((EPOCHS, 3, 2), np.float32)
+    dice[:, :, 1] = [0.9 - 0.1 * shift, 0.7 - 0.1 * shift, 0.5 - 0.1 * shift]  # p1 > p2 > p3
+    dice[:, :, 0] = 1.0
+    np.save(run / "val_3d_dsc.npy", dice)
+    np.save(run / "val_3d_hausdorff.npy", np.full((EPOCHS, 3, 2), 2.0 + shift, np.float32))
+    np.save(run / "val_3d_hd95.npy", np.full((EPOCHS, 3, 2), 1.0 + shift, np.float32))
+    np.save(run / "val_dice.npy", np.full((EPOCHS, 9, 2), 0.8, np.float32))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    data = make_data(tmp_path / "data")
+    return [make_run(tmp_path / "results", data, "gdl", 0), make_run(tmp_path / "results", data,
+            "gdl_surface_steal", 1)]  # fmt: skip
+
+
+def test_patient_names_and_values_at_the_checkpoint(runs):
+    assert patients.patient_names(runs[0]) == list(PATIENTS)
+    names, values = patients.table(runs, [1])
+    dice = np.load(runs[1] / "val_3d_dsc.npy")[EPOCHS - 1, :, 1]
+    np.testing.assert_array_equal(values["gdl_surface_steal"]["val_3d_dsc"], dice)
+    header, rows = patients.rows(names, values)
+    assert header[1] == "gdl: Dice / HD / HD95"
+    assert rows[2] == ["p3", "0.5000 / 2.0000 / 1.0000", "0.4000 / 3.0000 / 2.0000"]
+
+
+def test_pictures_and_gifs(runs, tmp_path):
+    dest = tmp_path / "pictures"
+    proc = run_script("pictures.py", "--folders", *runs, "--dest", dest, "--classes", "1")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((dest / "pictures.json").read_text())
+    assert record["chosen"]["gdl"] == {"best": "p1", "median": "p2", "worst": "p3"}
+    assert {p["patient"] for p in record["pictures"]} == set(PATIENTS)
+    for picture in record["pictures"]:
+        with Image.open(dest / picture["file"]) as image:
+            # two rows of slices, one column per run, 300 x 300 pixels each
+            assert image.size == (2 * 300, 2 * 300)
+    assert len(record["gifs"]) == 3 * len(runs)
+    for gif in record["gifs"]:
+        with Image.open(dest / gif["file"]) as image:
+            assert image.n_frames == EPOCHS  # one frame per epoch
+            assert image.size == (2 * SIZE, 2 * (SIZE + 4))
+    assert not (tmp_path / "pictures_tmp").exists()
+
+
+def test_pictures_name_a_run_without_predictions(runs, tmp_path):
+    shutil.rmtree(runs[1] / "best_epoch")
+    proc = run_script("pictures.py", "--folders", *runs, "--dest", tmp_path / "pictures")
+    assert_clean_error(proc, f"{runs[1] / 'best_epoch' / 'val'}: folder not found")
+    assert not (tmp_path / "pictures").exists() and not (tmp_path / "pictures_tmp").exists()
+
+
+def test_report_holds_the_table_the_csv_the_comparison_and_the_pictures(runs, tmp_path):
+    pictures.make_pictures(runs, tmp_path / "pictures", [1])
+    summaries = summarise(runs, ["val_3d_dsc", "val_3d_hd95"], [1])
+    pages = write_report(summaries, tmp_path / "report" / "report.md", html_page=True,
+                         patient_columns=[1], baseline="gdl",
+                         pictures=tmp_path / "pictures")  # fmt: skip
+    html = pages[1].read_text()
+    for needle in ("Per patient", "Against gdl: did it help?", "No detectable difference",
+                   "Wilcoxon", "percentile bootstrap", "patient_p1.png", "gdl_p1.gif"):  # fmt: skip
+        assert needle in html, needle
+    with open(tmp_path / "report" / "per_patient.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 * len(runs)
+    for row in rows:
+        run = runs[0] if row["run"] == "gdl" else runs[1]
+        i = PATIENTS.index(row["patient"])
+        for metric in patients.METRICS_3D:
+            expected = np.load(run / f"{metric}.npy")[EPOCHS - 1, i, 1]
+            assert float(row[metric]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_seeds_are_aggregated(runs, tmp_path):
+    seeded = []
+    for run in runs:
+        for seed in (0, 1):
+            copy = shutil.copytree(run, tmp_path / "seeded" / f"{run.name}-seed{seed}")
+            seeded.append(Path(copy))
+    dice = np.load(seeded[1] / "val_3d_dsc.npy")
+    dice[:, :, 1] -= 0.2
+    np.save(seeded[1] / "val_3d_dsc.npy", dice)  # gdl-seed1 is 0.2 lower everywhere
+    summaries = summarise(seeded, ["val_3d_dsc"], [1])
+    pages = write_report(summaries, tmp_path / "r" / "report.md", patient_columns=[1],
+                         baseline="gdl")  # fmt: skip
+    text = pages[0].read_text()
+    # gdl: per-run means 0.7 and 0.5 -> 0.6 +- 0.1 over its 2 seeds
+    assert "| gdl | 2 | 0.6000 +- 0.1000 (min 0.5000, max 0.7000) |" in text
+    assert "with 3 patients and 2 seeds" in text
