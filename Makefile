@@ -1,6 +1,6 @@
 # Project housekeeping: install, test, lint, bench, clean.
 # The dataset pipelines live in isles.make, wmh.make and acdc.make.
-.PHONY: install test test-keras-tf lint format bench clean distclean
+.PHONY: install test test-keras-tf chromium lint format bench clean distclean
 
 .DEFAULT_GOAL := test
 # The interpreter (PY: .venv/bin/python, or CC=/path/to/python) and the .venv rule.
@@ -30,6 +30,11 @@ $(VENV_TF)/.installed: requirements-tf.txt requirements-test.txt requirements.tx
 	$(PY_BOOT) -m venv $(VENV_TF)
 	$(VENV_TF)/bin/python -m pip install --quiet -r requirements-tf.txt
 	touch $@
+
+# Headless Chromium from Debian's packages, for the test that opens a report in a real browser
+# (tests/test_pipeline.py runs it whenever chromium is on the PATH). Needs root.
+chromium:
+	command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
 
 bench: $(PY_TEST_DEPS)
 	$(PY) benchmarks/run.py

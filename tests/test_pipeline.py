@@ -129,6 +129,11 @@ def test_chain_builds_every_product(built):
     listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
     assert f"results/{dataset}-synthetic/report.md" in listing.stdout
     assert "last.pt" not in listing.stdout
+    # The pictures, the per-patient table and the comparison with the baseline training.
+    assert f"results/{dataset}-synthetic/per_patient.csv" in listing.stdout
+    assert f"results/{dataset}-synthetic/pictures/pictures.json" in listing.stdout
+    baseline = spec["runs"][0]
+    assert f"Against {baseline}: did it help?" in report and "Per patient" in report
     # The report was printed too.
     assert "best value of the column" in first.stdout
     assert not list(repo.rglob("*_tmp"))
@@ -221,3 +226,44 @@ def test_nproc_trains_with_torchrun_and_train_flags(built):
     timing = json.loads((results / run / "timing.json").read_text())
     assert timing and all(t["processes"] == 2 for t in timing)
     assert (results / run / "best.pt").is_file() and not (results / f"{run}_tmp").exists()
+
+
+def test_seeds_train_each_training_per_seed_and_the_report_aggregates(built):
+    """SEEDS="0 1": <training>-seed<N> folders trained with that seed; the report has the
+    aggregate over seeds and pairs the comparisons seed by seed."""
+    dataset, repo, _ = built
+    if dataset != "isles":
+        pytest.skip("one dataset is enough for the seeds")
+    make(repo, dataset, "SEEDS=0 1")
+    results = repo / "results" / f"{dataset}-synthetic"
+    for training in DATASETS[dataset]["runs"]:
+        for seed in (0, 1):
+            args = json.loads((results / f"{training}-seed{seed}" / "args.json").read_text())
+            assert args["seed"] == seed
+    report = (results / "report.md").read_text()
+    assert "## Over seeds" in report and "| gdl | 2 |" in report
+    assert "patients and 2 seeds" in report
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (make chromium)")
+def test_report_of_the_archive_opens_in_a_browser(built, tmp_path):
+    """The archive, extracted elsewhere, holds a report whose every image decodes in Chromium
+    (the page records decoded/total images once loaded) and whose tables are there."""
+    dataset, repo, _ = built
+    (archive,) = (repo / "archives").glob(f"*-{dataset}-synthetic.tar.gz")
+    subprocess.run(["tar", "xzf", archive, "-C", tmp_path], check=True)
+    page = tmp_path / "results" / f"{dataset}-synthetic" / "report.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]  # fmt: skip
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    images = dom.count("<img ")
+    assert images > 10  # plots, pictures and GIFs
+    assert f'data-images="{images}/{images}"' in dom, dom[:500]
+    assert dom.count("<table") >= 3  # the runs, the comparison, the patients
