@@ -11,9 +11,10 @@ preprocess/slice_<dataset>.py), including the parts the recipes drop after unpac
 on the real data. The images are simple but learnable: a head or a thorax on a dark background,
 smooth intensity fields and noise, with the structures to segment visible in them:
 
-- ISLES 2018: a few small stroke lesions (a main one and satellites, well under 1% of the voxels,
-  some slices without lesion) with raised Tmax and MTT and lowered CBF and CBV, inside a
-  penumbra of moderately raised Tmax and MTT that is not labelled (synthetic_isles.py);
+- ISLES 2018: several small stroke lesions (a main one and satellites, under 0.5% of the voxels,
+  some slices without lesion) with raised Tmax and MTT and lowered CBF and CBV, faint (contrast
+  drawn per case and per map, noise, a bias field, partial volume at their edges), inside a
+  penumbra of raised Tmax and MTT that is not labelled (synthetic_isles.py);
 - WMH 2017: periventricular caps and punctate deep lesions, bright in FLAIR and slightly dark in
   T1, and sometimes an "other pathology" blob (label 2), dark in both (synthetic_wmh.py);
 - ACDC 2017: a bright left-ventricle cavity ringed by a darker myocardium, with the bright right

@@ -1,12 +1,25 @@
-"""Stand-in ISLES 2018 zips: CT perfusion cases with small stroke lesions.
+"""Stand-in ISLES 2018 zips: CT perfusion cases with small, faint stroke lesions.
 
 The two zips of the challenge, `ISLES2018_Training.zip` and `ISLES2018_Testing.zip`, with their
 layout: `TRAINING/case_<N>/SMIR.Brain.XX.O.<MOD>.<ID>/SMIR.Brain.XX.O.<MOD>.<ID>.nii` for MOD in
 CT, CT_4DPWI, CT_CBF, CT_CBV, CT_MTT, CT_Tmax and OT (the lesion mask, absent from TESTING), and
 an AppleDouble file for each under `__MACOSX/`. Each case is 256 x 256 pixels of 0.78 to 0.98 mm
-over 2 to 22 slices of 5 to 10 mm, a head with a few small lesions (a main one and satellites,
-well under 1% of the voxels, some slices without lesion) with raised Tmax and MTT and lowered
-CBF and CBV, inside a penumbra of moderately raised Tmax and MTT that is not labelled.
+over 2 to 22 slices of 5 to 10 mm, a head with several small lesions: a main one of 4 to 10 mm
+in-plane radius over a run of slices and 2 to 6 satellites of 1.8 to 4 mm, under 0.5% of the
+case's voxels in all, some slices without lesion. They are hard to segment in the ways real stroke
+lesions are:
+
+- low contrast that varies between cases: each case draws how strongly its lesion lowers CBF, CBV
+  and CT and raises MTT and Tmax, and each map its own share of that, so that a lesion can be
+  plain in one map and barely there in another;
+- a penumbra that is not labelled, raising Tmax and MTT over the lesion and a ring around it, so
+  that the lesion stands out from it by its lowered CBF and CBV and a further rise of Tmax and
+  MTT only;
+- noise, white and blotchy (correlated over a few pixels), at a level drawn per case, and a smooth
+  multiplicative bias field of its own in each perfusion map;
+- partial volume: lesion edges fade over about two pixels in-plane, and each slice is the average
+  of four thinner ones, so that lesions cut by a thick slice are faint in it; a voxel is labelled
+  where the lesion fills at least half of it.
 """
 
 from __future__ import annotations
@@ -64,9 +77,9 @@ ISLES_SATELLITES = (2, 6)  # small lesions besides the main one
 # Per case: the lesion's contrast (1: the full drop or rise of the core), then each map's share
 # of it (a lesion can be plain in Tmax and barely there in CBV); the noise scale over the base
 # standard deviations; the amplitude of the smooth multiplicative bias field of each map.
-ISLES_CONTRAST = (0.25, 0.8)
+ISLES_CONTRAST = (0.15, 0.6)
 ISLES_MAP_SHARE = (0.15, 1.0)
-ISLES_NOISE = (1.5, 3.0)
+ISLES_NOISE = (2.0, 3.5)
 ISLES_BIAS = (0.08, 0.25)
 
 
