@@ -76,3 +76,14 @@ def remove_path(path: Path, ignore_errors: bool = False) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Put a complete folder `tmp` in place of `dest`: the earlier `dest` is moved aside first
+    and removed only once `tmp` has its name, so a failure in between loses neither."""
+    old = dest.with_name(dest.name + "_old")
+    remove_path(old, ignore_errors=True)
+    if dest.exists():
+        dest.replace(old)
+    tmp.replace(dest)
+    remove_path(old, ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy.ndimage import binary_erosion  # noqa: E402
 
-from atomic import remove_path  # noqa: E402
+from atomic import remove_path, replace_folder  # noqa: E402
 from console import ArgumentParser  # noqa: E402
 from patients import at_checkpoint, patient_names, validation_stems  # noqa: E402
 from runfolder import read_json  # noqa: E402
@@ -169,9 +168,7 @@ def make_pictures(runs: list[Path], dest: Path, classes: list[int]) -> dict:
                      "role": f"{role} of {runs[0].name}", "epochs": epochs_of(run)}
                 )  # fmt: skip
         (tmp / "pictures.json").write_text(json.dumps(record, indent=1) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.replace(dest)
+        replace_folder(tmp, dest)
     except BaseException:
         remove_path(tmp, ignore_errors=True)
         raise

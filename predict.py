@@ -36,7 +36,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from atomic import DISK_FULL, disk_full_message, remove_path
+from atomic import DISK_FULL, disk_full_message, remove_path, replace_folder
 from checkpoint import CheckpointError, fit_state, model_state, read_checkpoint
 from config import parse_literal
 from console import ArgumentParser
@@ -277,12 +277,7 @@ def predict(
             "files": files,
         }
         (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
-        old = dest.with_name(dest.name + "_old")
-        remove_path(old, ignore_errors=True)
-        if dest.is_dir():
-            dest.replace(old)  # the earlier predictions go only once the new ones are in place
-        tmp.replace(dest)
-        remove_path(old, ignore_errors=True)
+        replace_folder(tmp, dest)  # the earlier predictions go once the new ones are in place
     except OSError as error:
         remove_path(tmp, ignore_errors=True)
         if error.errno in DISK_FULL:
