@@ -120,8 +120,14 @@ def comparison_blocks(
                          f"{result.mean_difference:+.4f}",
                          f"{result.ci_low:+.4f} to {result.ci_high:+.4f}", p])  # fmt: skip
     header = ["training", "metric", "patients", "seeds", "mean difference", "95% CI", "Wilcoxon p"]
+    where = (
+        f"Each run's per-patient values at the epoch of its best.pt (best_epoch.txt, chosen by "
+        f"3D Dice), classes {list(columns)}; the table above shows each metric at its own best "
+        "epoch."
+    )
     return [
         Block("h2", f"Against {baseline}: did it help?"),
+        Block("p", where),
         *(Block("p", s) for s in sentences),
         _table(header, rows),
         Block("p", METHOD),
