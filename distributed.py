@@ -87,6 +87,12 @@ def setup(cpu: bool) -> tuple[Context, torch.device]:
     return Context(rank, world_size, local_rank), device
 
 
-def teardown(context: Context) -> None:
+def teardown(context: Context, finished: bool = False) -> None:
+    """Leave the process group. After a finished run, every process first waits for the others
+    (a barrier): a process that destroyed the group while another was still closing its
+    connections made that one abort at exit (gloo: "terminate called without an active
+    exception"). After an error there is no barrier: the others may never come."""
     if context.active and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -380,8 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finished = False
     try:
         run(args, argv, context, device)
+        finished = True
     except (ConfigError, DataError, TrainingError, CheckpointError, ValueError) as error:
         print(f"error: {worker_message(error)}", file=sys.stderr)  # ValueError: input checks
         return 1
@@ -391,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {disk_full_message(error, args.workdir)}", file=sys.stderr)
         return 1
     finally:
-        teardown(context)
+        teardown(context, finished)
     return 0
 
 
