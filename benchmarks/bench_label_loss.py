@@ -137,6 +137,7 @@ def port_maps(one_hot: np.ndarray) -> np.ndarray:
 def keras_loss_batch() -> Figure:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
+        import keras
         from keras import ops
 
         import keras_loss as kl
@@ -167,7 +168,7 @@ def keras_loss_batch() -> Figure:
         repeat=10,
         target_ratio=None,
         same_values=False,
-        notes=f"Keras {__import__('keras').__version__}, {os.environ['KERAS_BACKEND']} backend, "
+        notes=f"Keras {keras.__version__}, {os.environ['KERAS_BACKEND']} backend, "
         "CPU; both compute their maps from the labels every batch. Values differ by design: the "
         "port's maps treat the class axis as a third spatial axis (and all classes), ours are "
         "the original's per-class maps of class 1.",
