@@ -1,17 +1,21 @@
-"""Atomic file writes: a product is either complete or absent, never half-written.
+"""Atomic writes: a product, file or folder, is either complete or absent, never half-written.
 
 Make takes a file that exists as finished, so every output of the pipeline is written to a
 temporary file in the same folder and renamed into place (an atomic rename on POSIX) once
-complete.
+complete; every output folder is built aside and put in place whole (`staged_folder`), and only
+ever in place of the same tool's earlier output.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -78,12 +82,180 @@ def remove_path(path: Path, ignore_errors: bool = False) -> None:
         shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
-def replace_folder(tmp: Path, dest: Path) -> None:
-    """Put a complete folder `tmp` in place of `dest`: the earlier `dest` is moved aside first
-    and removed only once `tmp` has its name, so a failure in between loses neither."""
-    old = dest.with_name(dest.name + "_old")
-    remove_path(old, ignore_errors=True)
+# ---------------------------------------------------------------------------------------------
+# Folders: built aside, put in place whole, and only ever in place of the tool's own output
+# ---------------------------------------------------------------------------------------------
+#
+# Every tool that writes a folder (the slicers, unpack.py, predict.py, pictures.py, the stand-in
+# generator) goes through `staged_folder`:
+#
+# - `DEST` is replaced only when it is missing, an empty folder, or an earlier output of the same
+#   tool: a folder holding the marker file `.written_by.json` that names the tool (or, for
+#   outputs made before the marker existed, the tool's own record file, such as a slicer's
+#   `split.json`). Anything else there (a dataset, a run folder, a user's notes) is refused
+#   before any work, and again just before the swap.
+# - The new folder is built in `DEST_tmp/DEST`, and the earlier one is moved aside into
+#   `DEST_tmp` too: nothing else beside `DEST` is created, read or removed. `DEST_tmp` is the
+#   tool's own only when it carries the same marker (left by an interrupted run) or is empty; a
+#   user's folder of that name is refused.
+# - `DEST_tmp` is locked (flock) while the tool works: a second process writing the same `DEST`
+#   stops at once with a message instead of deleting the first one's work.
+
+MARKER = ".written_by.json"
+
+
+class FolderError(Exception):
+    """A folder cannot be written or replaced safely; the message names it and says why."""
+
+
+def mark_folder(folder: Path, tool: str) -> None:
+    """Mark `folder` as written by `tool`: `staged_folder` may replace it later."""
+    (folder / MARKER).write_text(json.dumps({"tool": tool}) + "\n")
+
+
+def written_by(folder: Path) -> str | None:
+    """The tool named by `folder`'s marker, or None (no marker, or not a readable one)."""
+    try:
+        tool = json.loads((folder / MARKER).read_text()).get("tool")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tool if isinstance(tool, str) else None
+
+
+def is_own_output(folder: Path, tool: str, legacy: Sequence[str] = ()) -> bool:
+    """Whether `folder` is an earlier output of `tool`: its marker names the tool, or it has no
+    marker and holds one of `legacy`, the record files of outputs made before the marker."""
+    if (folder / MARKER).exists():
+        return written_by(folder) == tool
+    return any((folder / name).is_file() for name in legacy)
+
+
+def check_replaceable(dest: Path, tool: str, flag: str, legacy: Sequence[str] = ()) -> None:
+    """Refuse a `dest` that `tool` may not replace: see the rules above.
+
+    Raises:
+        FolderError: `dest` is a file or a link, or a non-empty folder that is not an earlier
+            output of `tool`.
+    """
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise FolderError(
+            f"{flag} {dest}: exists and is not a folder; expected a new name or an earlier "
+            f"output of {tool}, which is replaced"
+        )
+    if dest.is_dir() and not is_own_output(dest, tool, legacy) and any(dest.iterdir()):
+        records = "".join(f", nor {name}" for name in legacy)
+        raise FolderError(
+            f"{flag} {dest}: a non-empty folder that {tool} did not write (no {MARKER} naming "
+            f"it{records}); it is not replaced: move it away or choose another {flag}"
+        )
+
+
+def _claim_stage(stage: Path, tool: str, flag: str, dest: Path) -> int:
+    """Create or take over `stage`, locked; returns the open, locked folder descriptor."""
+    for _ in range(10):
+        try:
+            stage.mkdir(parents=True)
+        except FileExistsError:
+            if stage.is_symlink() or not stage.is_dir():
+                raise FolderError(
+                    f"{flag} {dest}: {stage} exists and is not a folder of {tool}; it is where "
+                    f"{tool} builds {dest.name}: move it away, then run again"
+                ) from None
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderError(
+                f"{flag} {dest}: another process is writing it right now (in {stage}); wait for "
+                "it to finish, then run again if needed"
+            ) from None
+        try:
+            same = os.stat(stage).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # removed by the process that held it: start again
+            os.close(fd)
+            continue
+        if written_by(stage) == tool or not any(stage.iterdir()):
+            for entry in stage.iterdir():  # what an interrupted run of the tool left
+                remove_path(entry)
+            mark_folder(stage, tool)
+            return fd
+        os.close(fd)
+        raise FolderError(
+            f"{flag} {dest}: {stage} is a non-empty folder without {MARKER} naming {tool}, so not "
+            f"its work folder; it is not removed: move it away, then run again"
+        )
+    raise FolderError(f"{flag} {dest}: {stage} keeps being replaced by other processes")
+
+
+@contextmanager
+def staged_folder(
+    dest: str | Path, tool: str, flag: str = "--dest", legacy: Sequence[str] = ()
+) -> Iterator[Path]:
+    """Build a folder aside and put it in place of `dest` when the block completes.
+
+    Yields the empty folder to fill (`DEST_tmp/DEST`, already marked as `tool`'s). When the
+    block ends without an exception, `dest` is checked again, the earlier `dest` is moved into
+    `DEST_tmp`, the new folder takes its name, and `DEST_tmp` is removed with the earlier one; on
+    an exception (Ctrl-C included) `DEST_tmp` is removed and `dest` left as it was.
+
+    Args:
+        dest: the folder to write.
+        tool: the tool's name, written in the marker and shown in messages.
+        flag: how the user named `dest` (the command-line flag), for messages.
+        legacy: record files that mark an earlier output made before the marker existed.
+
+    Raises:
+        FolderError: `dest` or `DEST_tmp` is not the tool's to replace, or another process is
+            writing `dest` (see the rules above).
+    """
+    dest = Path(dest)
+    if dest.name in ("", ".", ".."):
+        dest = dest.resolve()
+    check_replaceable(dest, tool, flag, legacy)
+    stage = dest.with_name(dest.name + "_tmp")
+    try:
+        fd = _claim_stage(stage, tool, flag, dest)
+    except OSError as error:
+        raise FolderError(_folder_error(error, flag, dest, stage)) from None
+    try:
+        build = stage / dest.name
+        try:
+            build.mkdir()
+            mark_folder(build, tool)
+        except OSError as error:
+            raise FolderError(_folder_error(error, flag, dest, stage)) from None
+        yield build
+        check_replaceable(dest, tool, flag, legacy)  # again: something may have come meanwhile
+        try:
+            _swap(build, dest, stage / (dest.name + ".replaced"))
+        except OSError as error:
+            raise FolderError(_folder_error(error, flag, dest, stage)) from None
+    finally:
+        remove_path(stage, ignore_errors=True)
+        os.close(fd)  # the lock goes with the descriptor
+
+
+def _swap(build: Path, dest: Path, old: Path) -> None:
+    """Put `build` in place of `dest`, the earlier `dest` moved to `old` first (and put back if
+    the second rename fails)."""
     if dest.exists():
-        dest.replace(old)
-    tmp.replace(dest)
-    remove_path(old, ignore_errors=True)
+        dest.rename(old)
+    try:
+        build.rename(dest)
+    except BaseException:
+        if old.exists() and not dest.exists():
+            old.rename(dest)
+        raise
+
+
+def _folder_error(error: OSError, flag: str, dest: Path, stage: Path) -> str:
+    """One line for a failed step of `staged_folder` itself (a full disk said as such)."""
+    if error.errno in DISK_FULL:
+        return disk_full_message(error, stage)
+    return (
+        f"{flag} {dest}: cannot be written through {stage} ({error.strerror or error}); "
+        f"{dest} was left as it was"
+    )

@@ -25,13 +25,15 @@ Steps 1-3 are in `volumes.py`, steps 4-5 in `slices.py`, the process pool in `wo
 this module holds the dataset level and the command line.
 
 Patients are split into train/val by a seeded shuffle (`split.json`) and sliced in parallel.
-Everything is written into `DEST_tmp` and moved to `DEST` only when complete. `DEST_tmp` is the
-slicer's own: it is removed on any error (bad input, a worker killed, a full disk, Ctrl-C), and it
-is the only thing removed then, so a failed or interrupted run leaves no folder Make would take as
-finished and never deletes anything else. `DEST` itself is only replaced when it is an earlier
-output of the slicer (it holds `split.json`) or an empty folder; anything else there is refused
-before any work. Bad input raises `SliceError` with the file named; the command line prints
-`error: <message>` and exits with status 1.
+Everything is written into `DEST_tmp/DEST` and moved to `DEST` only when complete
+(`atomic.staged_folder`). `DEST_tmp` is the slicer's own, locked while it works (a second slicer
+writing the same `DEST` stops with a message): it is removed on any error (bad input, a worker
+killed, a full disk, Ctrl-C), and it is the only thing removed then, so a failed or interrupted
+run leaves no folder Make would take as finished and never deletes anything else. `DEST` itself is
+only replaced when it is an earlier output of a slicer (marked by `.written_by.json`, or holding
+`split.json`) or an empty folder; anything else there, or a `DEST_tmp` that is not the slicer's,
+is refused before any work. Bad input raises `SliceError` with the file named; the command line
+prints `error: <message>` and exits with status 1.
 """
 
 from __future__ import annotations
@@ -39,13 +41,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomic import remove_path
+from atomic import FolderError, check_replaceable, staged_folder
 from console import ArgumentParser
 from preprocess.slices import (
     OUTPUT_FOLDERS,
@@ -56,6 +57,10 @@ from preprocess.slices import (
 )
 from preprocess.volumes import Geometry, Patients, SliceError, Volume, natural_key
 from preprocess.worker_pool import default_workers, run_jobs
+
+# The name in the marker of a sliced folder (any slicer may replace another's output), and the
+# record file of the slicers' outputs made before the marker existed.
+TOOL, LEGACY = "slicer", ("split.json",)
 
 # Re-exported: `slice_dataset` raises SliceError, and a Dataset's `find_patients` returns Volumes.
 __all__ = [
@@ -162,29 +167,19 @@ def _check_paths(source: Path, dest: Path, tmp: Path) -> None:
 
 
 def _check_dest(dest: Path) -> None:
-    """Refuse to replace a `dest` that is not an earlier output of the slicer.
+    """Refuse to replace a `dest` that is not an earlier output of a slicer.
 
-    A missing `dest`, an empty folder, or a folder holding `split.json` (written last by the
-    slicer) may be replaced; anything else might be someone's work and is left alone.
+    A missing `dest`, an empty folder, or a folder marked as a slicer's (`atomic.MARKER`, or
+    `split.json` for outputs made before the marker) may be replaced; anything else might be
+    someone's work and is left alone.
 
     Raises:
-        SliceError: `dest` is a file, a link, or a non-empty folder without `split.json`.
+        SliceError: `dest` is a file, a link, or a non-empty folder that is not a slicer's.
     """
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise SliceError(
-            f"--dest_dir {dest}: exists and is not a folder; expected a new name or an earlier "
-            "output of this slicer, which is replaced"
-        )
-    if dest.is_dir() and not (dest / "split.json").is_file() and any(dest.iterdir()):
-        raise SliceError(
-            f"--dest_dir {dest}: a non-empty folder without split.json, so not an earlier output "
-            "of this slicer; it is not replaced: move it away or choose another --dest_dir"
-        )
-
-
-def _remove_tmp(tmp: Path) -> None:
-    """Remove the slicer's own `DEST_tmp` (a folder, or a stray file or link of that name)."""
-    remove_path(tmp, ignore_errors=True)
+    try:
+        check_replaceable(dest, TOOL, "--dest_dir", LEGACY)
+    except FolderError as error:
+        raise SliceError(str(error)) from None
 
 
 def _write_json(data: dict, path: Path) -> None:
@@ -215,8 +210,8 @@ def slice_dataset(
         dataset: how the dataset is found and labelled.
         source_dir: the unpacked dataset, in one of the forms its `find_patients` accepts
             (the unpacked zips, or the folder holding the patient folders directly).
-        dest_dir: the output folder: a new name, an empty folder, or an earlier output of the
-            slicer (it holds `split.json`), which is replaced once the new one is complete.
+        dest_dir: the output folder: a new name, an empty folder, or an earlier output of a
+            slicer, which is replaced once the new one is complete.
         retain: patients kept for validation (None: the dataset's default).
         seed: seed of the split and of the augmentation.
         n_augment: augmented copies of each training slice.
@@ -245,71 +240,82 @@ def slice_dataset(
     _check_paths(source, dest, tmp)
     _check_dest(dest)
     try:
-        _remove_tmp(tmp)  # left by an interrupted run
-        patients = dataset.find_patients(source)
-        if not patients:
-            raise SliceError(f"{source}: no {dataset.name} patient found; the folder is empty")
-        split_entries: dict = {}
-        if dataset.split is None:
-            train, val = split_patients(patients, retain, seed)
-        else:
-            train, val, split_entries = dataset.split(patients, retain, seed)
-        geometry, extra_files = Geometry(), {}
-        if dataset.plan is not None:
-            geometry, extra_files = dataset.plan(patients, train)
-
-        jobs = []
-        for split, ids, copies in (("train", train, n_augment), ("val", val, 0)):
-            split_dir = tmp / split
-            for folder in (*dataset.modalities, *OUTPUT_FOLDERS):
-                with writing(split_dir / folder):
-                    (split_dir / folder).mkdir(parents=True)
-            jobs += [PatientJob(p, tuple(patients[p]), split, split_dir, copies) for p in ids]
-
-        settings = SliceSettings(
-            dataset.modalities,
-            dataset.classes,
-            dataset.n_classes,
-            dataset.label_map,
-            shape,
-            seed,
-            geometry,
-        )
-        n_workers = min(workers, len(jobs))
-        desc = f"slicing {dataset.name}"
-        results = run_jobs(jobs, settings, n_workers, desc, progress, dest)
-
-        spacing = {split: {} for split in SPLITS}
-        spacing_3d = {}
-        for result in results:
-            spacing[result.split].update(result.spacing)
-            spacing_3d.update(result.spacing_3d)
-        for split in SPLITS:
-            _write_json(spacing[split], tmp / split / "spacing.json")
-        _write_json(spacing_3d, tmp / "spacing_3d.json")
-        for name, content in extra_files.items():
-            write_bytes(tmp / name, (json.dumps(content, indent=1) + "\n").encode())
-        split_info = {
-            "dataset": dataset.name,
-            "seed": seed,
-            "retain": len(val) if dataset.split else retain,
-            "n_augment": n_augment,
-            "shape": list(shape),
-            "train": train,
-            "val": val,
-            **split_entries,
-        }
-        _write_json(split_info, tmp / "split.json")
-
-        _check_dest(dest)  # again: something may have been put there meanwhile
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        with writing(dest):
-            tmp.replace(dest)
-    except BaseException:
-        _remove_tmp(tmp)
-        raise
+        with staged_folder(dest, TOOL, "--dest_dir", LEGACY) as build:
+            _slice_into(
+                build, dataset, source, dest, retain, seed, n_augment, shape, workers, progress
+            )
+    except FolderError as error:
+        raise SliceError(str(error)) from None
     return dest
+
+
+def _slice_into(
+    build: Path,
+    dataset: Dataset,
+    source: Path,
+    dest: Path,
+    retain: int,
+    seed: int,
+    n_augment: int,
+    shape: tuple[int, ...],
+    workers: int,
+    progress: bool,
+) -> None:
+    """Slice every patient of `source` into the empty folder `build` (see `slice_dataset`)."""
+    patients = dataset.find_patients(source)
+    if not patients:
+        raise SliceError(f"{source}: no {dataset.name} patient found; the folder is empty")
+    split_entries: dict = {}
+    if dataset.split is None:
+        train, val = split_patients(patients, retain, seed)
+    else:
+        train, val, split_entries = dataset.split(patients, retain, seed)
+    geometry, extra_files = Geometry(), {}
+    if dataset.plan is not None:
+        geometry, extra_files = dataset.plan(patients, train)
+
+    jobs = []
+    for split, ids, copies in (("train", train, n_augment), ("val", val, 0)):
+        split_dir = build / split
+        for folder in (*dataset.modalities, *OUTPUT_FOLDERS):
+            with writing(split_dir / folder):
+                (split_dir / folder).mkdir(parents=True)
+        jobs += [PatientJob(p, tuple(patients[p]), split, split_dir, copies) for p in ids]
+
+    settings = SliceSettings(
+        dataset.modalities,
+        dataset.classes,
+        dataset.n_classes,
+        dataset.label_map,
+        shape,
+        seed,
+        geometry,
+    )
+    n_workers = min(workers, len(jobs))
+    desc = f"slicing {dataset.name}"
+    results = run_jobs(jobs, settings, n_workers, desc, progress, dest)
+
+    spacing = {split: {} for split in SPLITS}
+    spacing_3d = {}
+    for result in results:
+        spacing[result.split].update(result.spacing)
+        spacing_3d.update(result.spacing_3d)
+    for split in SPLITS:
+        _write_json(spacing[split], build / split / "spacing.json")
+    _write_json(spacing_3d, build / "spacing_3d.json")
+    for name, content in extra_files.items():
+        write_bytes(build / name, (json.dumps(content, indent=1) + "\n").encode())
+    split_info = {
+        "dataset": dataset.name,
+        "seed": seed,
+        "retain": len(val) if dataset.split else retain,
+        "n_augment": n_augment,
+        "shape": list(shape),
+        "train": train,
+        "val": val,
+        **split_entries,
+    }
+    _write_json(split_info, build / "split.json")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ Usage: python preprocess/unpack.py ZIP [ZIP ...] --dest DIR [--drop PATTERN ...]
   mismatch, a cut member) stops with the zip and the member named: the zip is corrupt and must be
   deleted and downloaded (or generated) again. A full disk stops with the file being written
   named and the space the unpacked files need.
-- Extraction goes to `DIR_tmp`, moved to `DIR` only once every zip is complete; on any error
-  `DIR_tmp` is removed and nothing else is touched, so an interrupted run never leaves a `DIR`
-  that Make would take as finished, and an existing `DIR` stays as it was. On success an
-  existing `DIR` is replaced (`make -B`): it is first moved into `DIR_tmp`, the new tree moved
-  into place, then `DIR_tmp` removed. Only an earlier output of this tool is ever replaced (it
-  holds `.unpacked.json`, the list of its zips); any other non-empty `DIR` is refused before
-  anything is written: a tool removes only what it created.
+- Extraction goes to `DIR_tmp/DIR`, moved to `DIR` only once every zip is complete
+  (`atomic.staged_folder`); on any error `DIR_tmp` is removed and nothing else is touched, so an
+  interrupted run never leaves a `DIR` that Make would take as finished, and an existing `DIR`
+  stays as it was. On success an existing `DIR` is replaced (`make -B`): it is first moved into
+  `DIR_tmp`, the new tree moved into place, then `DIR_tmp` removed. Only an earlier output of
+  this tool is ever replaced (marked by `.written_by.json`; `.unpacked.json` lists its zips); any
+  other non-empty `DIR`, or a `DIR_tmp` that is not this tool's, is refused before anything is
+  written: a tool removes only what it created.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import errno
 import fnmatch
 import json
 import lzma
-import shutil
 import stat
 import sys
 import zipfile
@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atomic import DISK_FULL, remove_path  # noqa: E402
+from atomic import DISK_FULL, FolderError, check_replaceable, staged_folder  # noqa: E402
 
 CHUNK = 1 << 20
 
@@ -52,9 +52,11 @@ CHUNK = 1 << 20
 CORRUPT_ERRORS = (zlib.error, zipfile.BadZipFile, EOFError, lzma.LZMAError, OSError)
 
 
-# Written last into every unpacked folder: the zips it came from. A folder holding it is an
-# earlier output of this tool, which may be replaced; any other non-empty folder is refused.
+# Written last into every unpacked folder: the zips it came from. The folder is marked as this
+# tool's output (atomic.staged_folder), which may be replaced; so is one holding only this
+# record, from before the marker existed; any other non-empty folder is refused.
 MARKER = ".unpacked.json"
+TOOL = "unpack.py"
 
 
 class UnpackError(Exception):
@@ -225,7 +227,7 @@ def _fill(members: Sequence[Member], new: Path, tmp: Path, needed: int) -> None:
 
     Args:
         members: the checked members, zip by zip.
-        new: the folder to fill, created here.
+        new: the (empty) folder to fill.
         tmp: the work folder, named in messages.
         needed: the size of the unpacked files, in bytes, for a full disk's message.
 
@@ -235,10 +237,6 @@ def _fill(members: Sequence[Member], new: Path, tmp: Path, needed: int) -> None:
     by_zip: dict[Path, list[Member]] = {}
     for member in members:
         by_zip.setdefault(member.zip_path, []).append(member)
-    try:
-        new.mkdir(parents=True)
-    except OSError as error:
-        raise UnpackError(f"{new}: cannot create the work folder ({error})") from None
     for zip_path, chosen in by_zip.items():
         try:
             archive = zipfile.ZipFile(zip_path)
@@ -273,43 +271,31 @@ def unpack(zips: Sequence[str | Path], dest: str | Path, drop: Sequence[str] = (
             `dest` is not a folder, or the disk is full (or another write error).
     """
     dest = Path(dest)
+    if dest.name in ("", ".", ".."):
+        dest = dest.resolve()
     tmp = dest.with_name(dest.name + "_tmp")
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise UnpackError(f"--dest {dest}: exists and is not a folder; expected a folder to fill")
-    if dest.is_dir() and not (dest / MARKER).is_file() and any(dest.iterdir()):
-        raise UnpackError(
-            f"--dest {dest}: a non-empty folder without {MARKER}, so not an earlier output of "
-            "unpack.py; it is not replaced: move it away or choose another --dest"
-        )
+    try:
+        check_replaceable(dest, TOOL, "--dest", (MARKER,))
+    except FolderError as error:
+        raise UnpackError(str(error)) from None
     members = _read_members([Path(z) for z in zips], drop)
     needed = sum(m.info.file_size for m in members if not m.info.is_dir())
-    new = tmp / dest.name
-    old = tmp / (dest.name + ".replaced")
     try:
-        remove_path(tmp)  # left by an interrupted run
+        with staged_folder(dest, TOOL, "--dest", (MARKER,)) as new:
+            _fill(members, new, tmp, needed)
+            try:  # what was unpacked
+                (new / MARKER).write_text(json.dumps([str(z) for z in zips]) + "\n")
+            except OSError as error:
+                raise UnpackError(
+                    _write_error(error, new / MARKER, "(the record)", tmp, 0)
+                ) from None
+    except FolderError as error:
+        raise UnpackError(str(error)) from None
     except OSError as error:
-        raise UnpackError(f"{tmp}: cannot remove this earlier work folder ({error})") from None
-    try:
-        _fill(members, new, tmp, needed)
-        try:  # what was unpacked, and the mark of an output this tool may replace later
-            (new / MARKER).write_text(json.dumps([str(z) for z in zips]) + "\n")
-        except OSError as error:
-            raise UnpackError(_write_error(error, new / MARKER, "(the marker)", tmp, 0)) from None
-        try:
-            if dest.exists():
-                dest.rename(old)
-            new.rename(dest)
-        except OSError as error:
-            raise UnpackError(
-                f"--dest {dest}: cannot move the unpacked files from {new} into place ({error}); "
-                f"{tmp} was removed and {dest} left as it was"
-            ) from None
-    except BaseException:
-        if old.exists() and not dest.exists():
-            old.rename(dest)  # the earlier result back in place before the rest goes
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
+        raise UnpackError(
+            f"--dest {dest}: cannot put the unpacked files in place ({error}); {tmp} was removed "
+            f"and {dest} left as it was"
+        ) from None
     return dest
 
 

@@ -143,7 +143,8 @@ def test_unpack_drops_what_the_recipes_remove(tmp_path):
     )
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert files == [
-        ".unpacked.json",  # the mark of an unpack.py output, naming its zips
+        ".unpacked.json",  # the zips it came from
+        ".written_by.json",  # the mark of an unpack.py output
         "GE3T/100/pre/FLAIR.nii.gz",
         "TRAINING/case_1/SMIR.Brain.XX.O.CT.1/SMIR.Brain.XX.O.CT.1.nii",
         "training/patient001/patient001_frame01.nii.gz",
@@ -157,7 +158,8 @@ def test_unpack_merges_several_zips_and_replaces_an_old_result(tmp_path):
     unpack([a], tmp_path / "WMH")  # an earlier result, which `make -B` replaces
     (tmp_path / "WMH" / "stale").write_text("from an earlier run")
     dest = unpack([a, b], tmp_path / "WMH")
-    assert sorted(p.name for p in dest.iterdir()) == [".unpacked.json", "Singapore", "Utrecht"]
+    names = sorted(p.name for p in dest.iterdir())
+    assert names == [".unpacked.json", ".written_by.json", "Singapore", "Utrecht"]
 
 
 def test_unpack_never_replaces_a_folder_it_did_not_create(tmp_path):
@@ -167,7 +169,7 @@ def test_unpack_never_replaces_a_folder_it_did_not_create(tmp_path):
     keep.mkdir()
     (keep / "thesis.txt").write_text("x")
     proc = run_script("preprocess/unpack.py", zip_path, "--dest", keep)
-    assert_clean_error(proc, f"--dest {keep}: a non-empty folder without .unpacked.json")
+    assert_clean_error(proc, f"--dest {keep}: a non-empty folder that unpack.py did not write")
     assert [p.name for p in keep.iterdir()] == ["thesis.txt"]
     assert not (tmp_path / "keep_tmp").exists()
 

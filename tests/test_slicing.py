@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from skimage.transform import resize
 
+from atomic import mark_folder
 from preprocess.slice_acdc import ACDC
 from preprocess.slice_isles import ISLES
 from preprocess.slice_wmh import WMH
@@ -882,8 +883,9 @@ def test_existing_dest_is_replaced(isles_src, tmp_path):
     """An earlier output (it has split.json) and an empty folder are replaced."""
     dest = tmp_path / "out"
     earlier_output(dest)
-    (tmp_path / "out_tmp" / "train").mkdir(parents=True)  # left by an interrupted run
-    (tmp_path / "out_tmp" / "train" / "half.npy").write_bytes(b"half")
+    (tmp_path / "out_tmp" / "out" / "train").mkdir(parents=True)  # left by an interrupted run
+    (tmp_path / "out_tmp" / "out" / "train" / "half.npy").write_bytes(b"half")
+    mark_folder(tmp_path / "out_tmp", "slicer")
     slice_dataset(ISLES, isles_src, dest, retain=4, **OPTIONS)
     assert not (dest / "train" / "in_npy" / "old.npy").exists()
     assert read_json(dest / "split.json")["retain"] == 4
@@ -943,7 +945,7 @@ def test_cli_refuses_a_dest_that_is_not_its_output(source, isles_src, tmp_path):
     beside.write_text("mine")
     src = isles_src if source == "real" else tmp_path / "nonexistent"
     proc = run_script("preprocess/slice_isles.py", "--source_dir", src, "--dest_dir", dest)
-    assert_clean_error(proc, f"--dest_dir {dest}:", "without split.json", "not replaced")
+    assert_clean_error(proc, f"--dest_dir {dest}:", "slicer did not write", "not replaced")
     assert contents(dest) == {"thesis.txt": "x"} and beside.read_text() == "mine"
     assert not (tmp_path / "v_tmp").exists()
 
