@@ -152,4 +152,5 @@ $(VARS): $(CHECKED) | $(PY_DEPS)
 predict: $(PREDICTIONS)
 
 $(RESULTS)/predictions/%: $(RESULTS)/% $(SLICED) | $(PY_DEPS)
-	$(PY) $(CFLAGS) predict.py --run $< --sliced $(SLICED) --source $(DATASET) --dest $@
+	$(PY) $(CFLAGS) predict.py --run $< --sliced $(SLICED) --source $(DATASET) \
+		--lineage $(LINEAGE) --dest $@

@@ -1,7 +1,7 @@
 """Predict 3D NIfTI label volumes in the source geometry from a trained network.
 
-Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--source DATASET] [--cpu]
-       [--batch_size 32]
+Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--source DATASET]
+       [--lineage LINEAGE] [--cpu] [--batch_size 32]
 
 For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.json` and
 `split.json`) and a training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`:
@@ -19,14 +19,26 @@ For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.js
 - `predictions.json`: the run, its best epoch, the cases and the files.
 
 The source dataset is the one named in `source.json`, or `--source` (the same data, moved).
-Everything is written into `DIR_tmp` and moved to `DIR` when complete. Errors are one line:
-`error: <message>`, exit status 1.
+Before anything is computed, three checks keep the predictions and their metrics honest:
+
+- the run was trained on `SLICED`: the md5 of `SLICED/split.json` equals the one main.py
+  recorded in the run's provenance.json (other data with the same class and channel counts would
+  otherwise be normalised and scored as if the network had seen it);
+- every source file read (the cases' images and labels) matches the lineage that pinned the
+  dataset (`--lineage`, by default `lineage/<dataset folder name>.lineage` as dataset.make
+  writes it; without one, a warning says the source is unchecked);
+- `DIR` is missing, empty, or an earlier output of predict.py (marked by `.written_by.json`, or
+  holding `predictions.json`): a dataset, a run folder or any other folder is never replaced.
+
+Everything is written into `DIR_tmp/DIR` and moved to `DIR` when complete (`atomic.staged_folder`).
+Errors are one line: `error: <message>`, exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -36,13 +48,14 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from atomic import DISK_FULL, disk_full_message, remove_path, replace_folder
+from atomic import DISK_FULL, FolderError, check_replaceable, disk_full_message, staged_folder
 from checkpoint import CheckpointError, fit_state, model_state, read_checkpoint
 from config import parse_literal
 from console import ArgumentParser
 from metrics import hd_hd95
 from networks import get_network
 from preprocess.nnunet_format import Case, read_dataset
+from preprocess.verify_lineage import LineageError, md5sum, read_lineage
 from preprocess.volumes import (
     Geometry,
     SliceError,
@@ -56,6 +69,13 @@ from preprocess.volumes import (
 
 class PredictError(Exception):
     """The run, the sliced data or the source cannot give predictions; the message says why."""
+
+
+# The name in the marker of a predictions folder, and the record file of the predictions folders
+# made before the marker existed: predict.py replaces only those (atomic.staged_folder).
+TOOL, LEGACY = "predict.py", ("predictions.json",)
+# Where dataset.make pins a dataset's files, by the dataset folder's name.
+LINEAGES = Path(__file__).resolve().parent / "lineage"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +198,73 @@ def case_metrics(prediction: Path, label: Path, labels: dict[str, int]) -> list[
 
 
 # ---------------------------------------------------------------------------------------------
+# Which data: the run's, the slices', the source's
+# ---------------------------------------------------------------------------------------------
+
+
+def check_run_data(run: Path, sliced: Path) -> None:
+    """Refuse a run trained on other sliced data than `sliced`.
+
+    main.py records the md5 of the data's `split.json` (which names every case of each split,
+    with the seed and the slice shape) in the run's provenance.json; predictions are only made
+    with the slices whose split.json has that md5, so that the normalisation, the validation cases
+    and the metrics are those of the data the network was trained on.
+
+    Raises:
+        PredictError: the sums differ, or the run records no data identity.
+    """
+    path = run / "provenance.json"
+    try:
+        data = json.loads(path.read_text()).get("data")
+        recorded = data.get("split_md5") if isinstance(data, dict) else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, str):
+        raise PredictError(
+            f"{path}: no record of the data the run was trained on (data.split_md5, written by "
+            "main.py); expected the folder of a training of main.py"
+        )
+    found = hashlib.md5((sliced / "split.json").read_bytes()).hexdigest()
+    if found != recorded:
+        trained_on = data.get("path", "?")
+        raise PredictError(
+            f"--run {run} was trained on {trained_on} (split.json md5 {recorded}), but --sliced "
+            f"{sliced} is other data (split.json md5 {found}); give the sliced data of the run"
+        )
+
+
+def default_lineage(dataset: Path) -> Path | None:
+    """`lineage/<dataset folder name>.lineage`, where dataset.make pins a dataset, if present."""
+    path = LINEAGES / f"{Path(dataset).resolve().name}.lineage"
+    return path if path.is_file() else None
+
+
+def check_source(files: Sequence[Path], root: Path, lineage_path: Path) -> None:
+    """Check the source files read for the predictions and their metrics against the lineage
+    that pinned the dataset (preprocess/dataset_lineage.py), so that no prediction is made from,
+    nor scored against, files edited since.
+
+    Raises:
+        PredictError: the lineage is unreadable, or a file is not pinned in it or has changed.
+    """
+    try:
+        sums = read_lineage(lineage_path).sums
+    except (LineageError, OSError) as error:
+        raise PredictError(f"--lineage {lineage_path}: {error}") from None
+    again = "restore it as pinned, or pin the dataset again (REPIN=1 with make) and rebuild"
+    for path in files:
+        name = Path(path).relative_to(root).as_posix()
+        if name not in sums:
+            raise PredictError(f"{path}: not pinned in {lineage_path}; {again}")
+        found = md5sum(Path(path))
+        if found != sums[name]:
+            raise PredictError(
+                f"{path}: changed since it was pinned in {lineage_path} (md5 {sums[name]}, now "
+                f"{found}); {again}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------------
 
@@ -198,6 +285,7 @@ def predict(
     device: torch.device,
     batch_size: int,
     dataset: Path | None = None,
+    lineage: Path | None = None,
 ) -> Path:
     """Write the predictions of `run` for the validation and test cases of `sliced` into `dest`.
 
@@ -208,10 +296,16 @@ def predict(
         device: where the network runs.
         batch_size: slices per forward pass.
         dataset: the source dataset folder (None: the one named in source.json).
+        lineage: the lineage file pinning the source (None: `lineage/<its name>.lineage` when
+            present, else the source is not checked, with a warning).
 
     Raises:
         PredictError, SliceError: see the module docstring.
     """
+    try:
+        check_replaceable(dest, TOOL, "--dest", LEGACY)
+    except FolderError as error:
+        raise PredictError(str(error)) from None
     source = _read_json(sliced / "source.json")
     split = _read_json(sliced / "split.json")
     try:
@@ -246,47 +340,54 @@ def predict(
             f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
             f"classes, but {sliced} has {channels} channels and {classes} classes"
         )
+    check_run_data(run, sliced)
+    lineage = lineage or default_lineage(description.root)
+    if lineage is None:
+        print(
+            f"warning: {description.root} is not checked against a lineage (no --lineage, no "
+            f"{LINEAGES / (description.root.name + '.lineage')}): the metrics use its files as "
+            "they are now",
+            file=sys.stderr,
+        )
+    else:
+        read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
+        check_source(read, description.root, lineage)
     ending = ".nii.gz" if str(cases[wanted[0]].images[0]).endswith(".gz") else ".nii"
 
-    tmp = dest.with_name(dest.name + "_tmp")
-    remove_path(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        rows, files = [], {}
-        for cid in wanted:
-            case = cases[cid]
-            volume = Volume(cid, case.images, None, case.four_d)
-            images, _, _ = load_volume(volume, values, label_map, shape, geometry)
-            classes = predict_volume(net, images, device, batch_size)
-            labels = to_source_grid(classes, source_shape(case), geometry.axis, values)
-            path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
-            files[cid] = path.name
-            if case.label is not None:
-                for row in case_metrics(path, case.label, source["labels"]):
-                    rows.append({"case": cid, **row})
-        with open(tmp / "metrics.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, ["case", "class", "value", "dice", "hd", "hd95"])
-            writer.writeheader()
-            writer.writerows(rows)
-        record = {
-            "run": str(run),
-            "best_epoch": best.get("epoch"),
-            "dataset": str(description.root),
-            "validation": val,
-            "test": test,
-            "files": files,
-        }
-        (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
-        replace_folder(tmp, dest)  # the earlier predictions go once the new ones are in place
+        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
+            rows, files = [], {}
+            for cid in wanted:
+                case = cases[cid]
+                volume = Volume(cid, case.images, None, case.four_d)
+                images, _, _ = load_volume(volume, values, label_map, shape, geometry)
+                classes = predict_volume(net, images, device, batch_size)
+                labels = to_source_grid(classes, source_shape(case), geometry.axis, values)
+                path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
+                files[cid] = path.name
+                if case.label is not None:
+                    for row in case_metrics(path, case.label, source["labels"]):
+                        rows.append({"case": cid, **row})
+            with open(tmp / "metrics.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, ["case", "class", "value", "dice", "hd", "hd95"])
+                writer.writeheader()
+                writer.writerows(rows)
+            record = {
+                "run": str(run),
+                "best_epoch": best.get("epoch"),
+                "dataset": str(description.root),
+                "validation": val,
+                "test": test,
+                "files": files,
+            }
+            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+    except FolderError as error:
+        raise PredictError(str(error)) from None
     except OSError as error:
-        remove_path(tmp, ignore_errors=True)
         if error.errno in DISK_FULL:
             raise PredictError(disk_full_message(error, dest.parent)) from None
         where = error.filename or dest
         raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
-    except BaseException:
-        remove_path(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -299,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--source", type=Path, default=None, help="the dataset folder (default: source.json's)"
     )
+    parser.add_argument(
+        "--lineage",
+        type=Path,
+        default=None,
+        help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
+    )
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
     parser.add_argument("--batch_size", type=int, default=32, help="slices per forward pass")
     args = parser.parse_args(argv)
@@ -306,7 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda" if use_cuda else "cpu")
     try:
         dest = predict(
-            args.run, args.sliced, args.dest, device, max(args.batch_size, 1), args.source
+            args.run,
+            args.sliced,
+            args.dest,
+            device,
+            max(args.batch_size, 1),
+            args.source,
+            args.lineage,
         )
     except (PredictError, SliceError) as error:
         print(f"error: {error}", file=sys.stderr)

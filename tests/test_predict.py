@@ -10,6 +10,7 @@ training saves them; its metrics.csv is checked against medpy on the written fil
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from atomic import MARKER
 from networks import get_network
 from predict import to_source_grid, write_labels
 from preprocess.nnunet_format import read_dataset
@@ -86,8 +88,9 @@ def test_label_values_and_axis_are_undone():
         assert np.array_equal(back, np.asarray(values, dtype=np.uint8)[source])
 
 
-def save_best(run: Path, network: str, n_in: int, n_class: int) -> None:
-    """A best.pt as main.py writes it, for a freshly initialised network."""
+def save_best(run: Path, network: str, n_in: int, n_class: int, data: Path) -> None:
+    """A best.pt as main.py writes it, for a freshly initialised network, and the record of
+    the sliced data `data` it was trained on (provenance.json: the md5 of its split.json)."""
     torch.manual_seed(0)
     net = get_network(network, n_in, n_class)
     run.mkdir(parents=True)
@@ -95,13 +98,16 @@ def save_best(run: Path, network: str, n_in: int, n_class: int) -> None:
     best = {"model": net.state_dict(), "epoch": 0, "metric": 0.0, "network": network,
             "n_in": n_in, "n_class": n_class, "args": args}  # fmt: skip
     torch.save(best, run / "best.pt")
+    md5 = hashlib.md5((data / "split.json").read_bytes()).hexdigest()
+    provenance = {"data": {"path": str(data), "split_md5": md5}}
+    (run / "provenance.json").write_text(json.dumps(provenance))
 
 
 def test_predict_writes_every_case_in_the_source_geometry_with_medpy_metrics(sliced, tmp_path):
     medpy = pytest.importorskip("medpy.metric.binary")
     dataset, dest = sliced["msd"]
     run = tmp_path / "run"
-    save_best(run, "Dimwit", 2, 4)
+    save_best(run, "Dimwit", 2, 4, dest)
     out = tmp_path / "predictions"
     proc = run_script(ROOT / "predict.py", "--run", run, "--sliced", dest, "--dest", out, "--cpu")
     assert proc.returncode == 0, proc.stderr
@@ -140,12 +146,12 @@ def test_predict_names_what_is_missing(sliced, tmp_path):
                         "--dest", out)  # fmt: skip
     assert_clean_error(no_run, f"{tmp_path / 'none' / 'best.pt'}: file not found")
     run = tmp_path / "run"
-    save_best(run, "Dimwit", 2, 4)
+    save_best(run, "Dimwit", 2, 4, dest)
     not_sliced = run_script(ROOT / "predict.py", "--run", run, "--sliced", tmp_path,
                             "--dest", out)  # fmt: skip
     assert_clean_error(not_sliced, f"{tmp_path / 'source.json'}: file not found")
     wrong = tmp_path / "wrong"
-    save_best(wrong, "Dimwit", 3, 4)  # three input channels, the data has two
+    save_best(wrong, "Dimwit", 3, 4, dest)  # three input channels, the data has two
     mismatch = run_script(ROOT / "predict.py", "--run", wrong, "--sliced", dest, "--dest", out)
     assert_clean_error(mismatch, "a network for 3 channels", "has 2 channels")
     assert not out.exists() and not (tmp_path / "out_tmp").exists()
@@ -159,7 +165,7 @@ def test_predict_reads_a_moved_dataset_from_source(sliced, tmp_path):
     record["dataset"] = str(tmp_path / "gone" / dataset.name)
     (moved / "source.json").write_text(json.dumps(record))
     run = tmp_path / "run"
-    save_best(run, "Dimwit", 2, 4)
+    save_best(run, "Dimwit", 2, 4, moved)
     out = tmp_path / "out"
     lost = run_script(ROOT / "predict.py", "--run", run, "--sliced", moved, "--dest", out)
     assert_clean_error(lost, f"{tmp_path / 'gone' / dataset.name}: folder not found")
@@ -167,3 +173,102 @@ def test_predict_reads_a_moved_dataset_from_source(sliced, tmp_path):
                        "--source", dataset, "--cpu")  # fmt: skip
     assert found.returncode == 0, found.stderr
     assert len(list(out.glob("*.nii.gz"))) == 7  # 3 validation and 4 test cases
+
+
+# ------------------------------------------------------------------ what predict.py refuses
+# Every refusal is one `error:` line, before anything is written: no DEST, no DEST_tmp, and the
+# folders named are left exactly as they were.
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def predict_cli(run: Path, sliced: Path, dest: Path, *extra: object):
+    return run_script(ROOT / "predict.py", "--run", run, "--sliced", sliced, "--dest", dest,
+                      "--cpu", *extra)  # fmt: skip
+
+
+def test_predict_never_replaces_the_dataset_or_the_run(sliced, tmp_path):
+    dataset, dest = sliced["nnunet"]
+    source = Path(shutil.copytree(dataset, tmp_path / dataset.name))
+    run = tmp_path / "run"
+    save_best(run, "Dimwit", 2, 4, dest)
+    before_source, before_run = listing(source), listing(run)
+    into_source = predict_cli(run, dest, source, "--source", source)
+    assert_clean_error(into_source, f"--dest {source}:", "predict.py did not write", "not replaced")
+    into_run = predict_cli(run, dest, run, "--source", source)
+    assert_clean_error(into_run, f"--dest {run}:", "predict.py did not write")
+    assert listing(source) == before_source and listing(run) == before_run
+    assert not (tmp_path / f"{dataset.name}_tmp").exists() and not (tmp_path / "run_tmp").exists()
+
+
+def test_predict_leaves_the_users_folders_beside_dest_alone(sliced, tmp_path):
+    """X_old is never touched; a user's X_tmp (not marked as predict.py's) is refused, kept."""
+    dataset, dest = sliced["nnunet"]
+    run = tmp_path / "run"
+    save_best(run, "Dimwit", 2, 4, dest)
+    out = tmp_path / "out"
+    old = tmp_path / "out_old"
+    old.mkdir()
+    (old / "mine.txt").write_text("mine")
+    first = predict_cli(run, dest, out)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((out / MARKER).read_text()) == {"tool": "predict.py"}
+    again = predict_cli(run, dest, out)  # its own earlier output: replaced
+    assert again.returncode == 0, again.stderr
+    assert listing(old) == {"mine.txt": b"mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out_old", "run"]
+    users = tmp_path / "out_tmp"
+    users.mkdir()
+    (users / "draft.txt").write_text("draft")
+    before = listing(out)
+    refused = predict_cli(run, dest, out)
+    assert_clean_error(refused, f"--dest {out}:", f"{users} is a non-empty folder", "not removed")
+    assert listing(users) == {"draft.txt": b"draft"} and listing(out) == before
+
+
+def test_predict_refuses_a_run_of_other_data(sliced, tmp_path):
+    """The same channel and class counts, but other slices: their split.json md5 differs."""
+    dataset, dest = sliced["nnunet"]
+    other = Path(shutil.copytree(dest, tmp_path / "other"))
+    split = json.loads((other / "split.json").read_text())
+    split["seed"] = 1  # another split of the same dataset
+    (other / "split.json").write_text(json.dumps(split))
+    run = tmp_path / "run"
+    save_best(run, "Dimwit", 2, 4, other)
+    out = tmp_path / "out"
+    proc = predict_cli(run, dest, out)
+    assert_clean_error(proc, f"--run {run} was trained on {other}", f"--sliced {dest} is other")
+    assert not out.exists() and not (tmp_path / "out_tmp").exists()
+    (run / "provenance.json").unlink()  # a folder main.py did not write
+    unknown = predict_cli(run, dest, out)
+    assert_clean_error(unknown, f"{run / 'provenance.json'}: no record of the data")
+
+
+def test_predict_checks_the_source_against_its_lineage(sliced, tmp_path):
+    """A label edited after the dataset was pinned: no metric is computed against it."""
+    dataset, dest = sliced["nnunet"]
+    source = Path(shutil.copytree(dataset, tmp_path / dataset.name))
+    lineage = tmp_path / "pinned.lineage"
+    pinned = run_script("preprocess/dataset_lineage.py", source, lineage)
+    assert pinned.returncode == 0, pinned.stderr
+    run = tmp_path / "run"
+    save_best(run, "Dimwit", 2, 4, dest)
+    out = tmp_path / "out"
+    ok = predict_cli(run, dest, out, "--source", source, "--lineage", lineage)
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    val = json.loads((dest / "split.json").read_text())["val"][0]
+    label = source / "labelsTr" / f"{val}.nii.gz"
+    edited = nib.load(str(label))
+    data = np.asarray(edited.dataobj).copy()
+    data[0, 0, 0] = 1 - data[0, 0, 0]
+    nib.save(nib.Nifti1Image(data, edited.affine, edited.header), str(label))
+    before = listing(out)
+    proc = predict_cli(run, dest, out, "--source", source, "--lineage", lineage)
+    assert_clean_error(proc, f"{label}: changed since it was pinned in {lineage}")
+    assert listing(out) == before and not (tmp_path / "out_tmp").exists()
+    unchecked = predict_cli(run, dest, tmp_path / "unchecked", "--source", source)
+    assert unchecked.returncode == 0, unchecked.stderr
+    assert "is not checked against a lineage" in unchecked.stderr
