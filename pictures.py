@@ -12,8 +12,10 @@ solid contours, each run's prediction at its best epoch as dashed ones. For the 
 for the first run, `DIR/<run>_<name>.gif` animates each run's prediction of the largest slice over
 the epochs, one frame per epoch (from `iter<NNN>/val/`, which every epoch saves; the bar at the
 bottom fills with the epochs), as the original project did with ImageMagick's `convert`.
-`DIR/pictures.json` lists the files with what they show. Everything is written in `DIR_tmp`
-and moved into place when complete.
+`DIR/pictures.json` lists the files with what they show. Everything is written in `DIR_tmp/DIR`
+and moved into place when complete; `DIR` is only ever replaced when it is empty or an earlier
+output of pictures.py (marked by `.written_by.json`, or holding `pictures.json`), so a folder of
+the user's given as `--dest` is refused, untouched (`atomic.staged_folder`).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy.ndimage import binary_erosion  # noqa: E402
 
-from atomic import remove_path, replace_folder  # noqa: E402
+from atomic import FolderError, check_replaceable, staged_folder  # noqa: E402
 from console import ArgumentParser  # noqa: E402
 from patients import at_checkpoint, patient_names, validation_stems  # noqa: E402
 from runfolder import read_json  # noqa: E402
 
 PANEL_INCHES, DPI = 3.0, 100  # each panel of a picture: 300 x 300 pixels
 GIF_SCALE, GIF_MS = 2, 400  # GIF frames: twice the slice size, 0.4 s each
+# The name in the marker of a pictures folder, and the record file of those made before the
+# marker existed: pictures.py replaces only those (atomic.staged_folder).
+TOOL, LEGACY = "pictures.py", ("pictures.json",)
 COLOURS = ((230, 60, 60), (60, 120, 230), (240, 200, 40), (160, 80, 200), (60, 200, 200))
 
 
@@ -143,16 +148,19 @@ def epoch_gif(run: Path, stem: str, dest: Path) -> Path:
 
 
 def make_pictures(runs: list[Path], dest: Path, classes: list[int]) -> dict:
-    """Write the pictures and GIFs into `dest` (built in `dest`_tmp); returns pictures.json."""
+    """Write the pictures and GIFs into `dest` (built in `dest`_tmp); returns pictures.json.
+
+    Raises:
+        FolderError: `dest` is not pictures.py's to replace, or another process is writing it.
+        ValueError, OSError: a run lacks what the pictures need.
+    """
+    check_replaceable(dest, TOOL, "--dest", LEGACY)  # before any work
     names = patient_names(runs[0])
     for run in runs[1:]:  # every run's predictions are there, of the same patients
         if patient_names(run) != names:
             raise ValueError(f"{run}: other validation patients than {runs[0]}")
     chosen = {run.name: choose(names, at_checkpoint(run, "val_3d_dsc", classes)) for run in runs}
-    tmp = dest.with_name(dest.name + "_tmp")
-    remove_path(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
         record: dict = {"chosen": chosen, "pictures": [], "gifs": []}
         for patient in dict.fromkeys(p for c in chosen.values() for p in c.values()):
             roles = [f"{role} of {run}" for run, c in chosen.items() for role, p in c.items()
@@ -168,10 +176,6 @@ def make_pictures(runs: list[Path], dest: Path, classes: list[int]) -> dict:
                      "role": f"{role} of {runs[0].name}", "epochs": epochs_of(run)}
                 )  # fmt: skip
         (tmp / "pictures.json").write_text(json.dumps(record, indent=1) + "\n")
-        replace_folder(tmp, dest)
-    except BaseException:
-        remove_path(tmp, ignore_errors=True)
-        raise
     return record
 
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         where = error.filename or ""
         print(f"error: {where}{': ' if where else ''}{error.strerror or error}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (FolderError, OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {len(record['pictures'])} pictures and {len(record['gifs'])} GIFs in {args.dest}")

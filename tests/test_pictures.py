@@ -19,6 +19,7 @@ from PIL import Image
 
 import patients
 import pictures
+from atomic import MARKER
 from report import summarise, write_report
 from tests.cli import assert_clean_error, run_script
 
@@ -100,6 +101,36 @@ def test_pictures_and_gifs(runs, tmp_path):
             assert image.n_frames == EPOCHS  # one frame per epoch
             assert image.size == (2 * SIZE, 2 * (SIZE + 4))
     assert not (tmp_path / "pictures_tmp").exists()
+
+
+def test_pictures_never_replace_a_users_folder(runs, tmp_path):
+    """A folder of the user's as --dest, or as the DEST_tmp beside it: refused, untouched; the
+    user's DEST_old is never touched; an earlier output of pictures.py is replaced."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "figure.png").write_bytes(b"mine")
+    proc = run_script("pictures.py", "--folders", *runs, "--dest", mine)
+    assert_clean_error(proc, f"--dest {mine}:", "pictures.py did not write", "not replaced")
+    assert [p.name for p in mine.iterdir()] == ["figure.png"] and not (
+        tmp_path / "mine_tmp"
+    ).exists()
+    proc = run_script("pictures.py", "--folders", *runs, "--dest", runs[0])  # a run folder
+    assert_clean_error(proc, f"--dest {runs[0]}:", "not replaced")
+    assert (runs[0] / "best.pt").is_file() or (runs[0] / "args.json").is_file()
+    dest, old = tmp_path / "pictures", tmp_path / "pictures_old"
+    old.mkdir()
+    (old / "keep.txt").write_text("keep")
+    for _ in range(2):  # the second run replaces the first one's output
+        proc = run_script("pictures.py", "--folders", *runs, "--dest", dest)
+        assert proc.returncode == 0, proc.stderr
+    assert (old / "keep.txt").read_text() == "keep"
+    assert json.loads((dest / MARKER).read_text()) == {"tool": "pictures.py"}
+    stage = tmp_path / "pictures_tmp"
+    stage.mkdir()
+    (stage / "draft.png").write_bytes(b"draft")
+    proc = run_script("pictures.py", "--folders", *runs, "--dest", dest)
+    assert_clean_error(proc, f"--dest {dest}:", f"{stage} is a non-empty folder", "not removed")
+    assert [p.name for p in stage.iterdir()] == ["draft.png"]
 
 
 def test_pictures_name_a_run_without_predictions(runs, tmp_path):
