@@ -60,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's modules 
 
 import numpy as np  # noqa: E402
 
+from atomic import FolderError  # noqa: E402
 from preprocess import (  # noqa: E402
     synthetic_acdc,
     synthetic_isles,
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for path in generate(args.dataset, args.dest, args.seed, args.size):
                 print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
-    except OSError as error:
+    except (OSError, FolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"generated {args.size} {args.dataset} (seed {args.seed}) in "

@@ -28,7 +28,6 @@ preprocess/synthetic.py).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion, gaussian_filter
 from scipy.ndimage import label as connected_components
 
-from atomic import remove_path
+from atomic import staged_folder
 from preprocess.reproducible_archives import gzip_bytes, nifti_bytes
 from preprocess.synthetic_shapes import (
     Array,
@@ -47,6 +46,9 @@ from preprocess.synthetic_shapes import (
     voxel_axes,
 )
 
+# The name in the marker of a stand-in dataset folder, and the file that marks one written before
+# the marker existed (the folder names below are the generator's own).
+TOOL, LEGACY = "synthetic.py", ("dataset.json",)
 NNUNET_NAME = "Dataset990_StandIn"
 MSD_NAME = "Task990_StandIn"
 
@@ -321,11 +323,9 @@ def _msd_files(seed: int) -> Files:
 
 
 def _write_folder(dest: Path, name: str, files: Callable[[], Files]) -> Path:
-    """Write `dest/name` via `dest/name_tmp`, renamed into place only once complete.
-
-    A stale `name_tmp` is removed first. An existing `name` is moved aside to `name_replaced`
-    only once the new folder is complete, and removed after the new one is in place; on a failure
-    the `_tmp` is removed and the earlier folder, if any, is left (or put back) in place.
+    """Write `dest/name` through `atomic.staged_folder`: built in `dest/name_tmp` and put in place
+    only once complete, in place of an earlier stand-in only (marked as the generator's, or
+    holding a `dataset.json` from before the marker); on a failure `dest/name` is left as it was.
 
     Args:
         dest: the parent folder (created if missing).
@@ -334,26 +334,17 @@ def _write_folder(dest: Path, name: str, files: Callable[[], Files]) -> Path:
 
     Returns:
         `dest/name`.
+
+    Raises:
+        FolderError: `dest/name` is not an earlier stand-in, or is being written by another
+            process.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    final, tmp, old = dest / name, dest / f"{name}_tmp", dest / f"{name}_replaced"
-    remove_path(tmp)
-    remove_path(old)
-    try:
-        tmp.mkdir()
+    final = dest / name
+    with staged_folder(final, TOOL, "--dest", LEGACY) as build:
         for relative, content in files():
-            path = tmp / relative
+            path = build / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        if final.exists() or final.is_symlink():
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except BaseException:
-        if (old.exists() or old.is_symlink()) and not final.exists():
-            os.replace(old, final)  # the earlier folder back in place
-        remove_path(tmp, ignore_errors=True)
-        raise
-    remove_path(old, ignore_errors=True)
     return final
 
 

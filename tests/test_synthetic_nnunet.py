@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from atomic import MARKER, FolderError, mark_folder
 from preprocess import synthetic_nnunet
 from preprocess.synthetic import main
 from preprocess.synthetic_nnunet import MSD_NAME, NNUNET_NAME, write_msd, write_nnunet
@@ -63,7 +64,7 @@ def training_labels(folders: dict[str, Path]) -> dict[str, np.ndarray]:
 def test_nnunet_layout_and_dataset_json(folders: dict[str, Path]) -> None:
     folder = folders["nnunet"]
     assert folder.name == NNUNET_NAME == "Dataset990_StandIn"
-    expected = {"dataset.json"}
+    expected = {"dataset.json", MARKER}  # the marker: written by synthetic.py, which may replace it
     for case in TRAINING:
         expected |= {f"imagesTr/{case}_0000.nii.gz", f"imagesTr/{case}_0001.nii.gz"}
         expected.add(f"labelsTr/{case}.nii.gz")
@@ -91,7 +92,7 @@ def test_nnunet_layout_and_dataset_json(folders: dict[str, Path]) -> None:
 def test_msd_layout_and_dataset_json(folders: dict[str, Path]) -> None:
     folder = folders["msd"]
     assert folder.name == MSD_NAME == "Task990_StandIn"
-    expected = {"dataset.json"}
+    expected = {"dataset.json", MARKER}
     expected |= {f"imagesTr/{c}.nii.gz" for c in TRAINING} | {
         f"labelsTr/{c}.nii.gz" for c in TRAINING
     }
@@ -132,7 +133,7 @@ def test_generation_is_byte_deterministic(folders: dict[str, Path], tmp_path: Pa
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert f"{tmp_path / NNUNET_NAME}/: 57 files" in result.stdout
+    assert f"{tmp_path / NNUNET_NAME}/: 58 files" in result.stdout  # 57 and the marker
     assert files_of(tmp_path / NNUNET_NAME) == files_of(folders["nnunet"])
     assert files_of(write_msd(tmp_path)) == files_of(folders["msd"])
     other = write_msd(tmp_path / "seed1", seed=1)
@@ -151,7 +152,8 @@ def test_folder_matches_lineage(folders: dict[str, Path], dataset: str, name: st
     folder = folders[dataset]
     lineage_path = ROOT / "lineage" / f"{dataset}-synthetic.lineage"
     lineage = read_lineage(lineage_path)
-    assert list(lineage.sums) == sorted(files_of(folder))  # every file, sorted by path
+    # every file the pipeline reads (all but the generator's marker), sorted by path
+    assert list(lineage.sums) == sorted(f for f in files_of(folder) if f != MARKER)
     assert len(verify(lineage_path, folder, quiet=True)) == len(lineage.sums)
     assert "not real patients" in lineage.notes["source"]
     assert lineage.notes["generate"] == (
@@ -245,13 +247,31 @@ def test_classes_stand_out_in_both_channels(folders: dict[str, Path]) -> None:
 
 
 def test_replaces_earlier_folder_and_stale_tmp(folders: dict[str, Path], tmp_path: Path) -> None:
-    (tmp_path / f"{MSD_NAME}_tmp").mkdir()
+    (tmp_path / f"{MSD_NAME}_tmp").mkdir()  # left by an interrupted run of the generator
     (tmp_path / f"{MSD_NAME}_tmp" / "junk").write_text("stale")
-    (tmp_path / MSD_NAME).mkdir()
+    mark_folder(tmp_path / f"{MSD_NAME}_tmp", "synthetic.py")
+    (tmp_path / MSD_NAME).mkdir()  # an earlier stand-in
     (tmp_path / MSD_NAME / "extra.txt").write_text("earlier output")
+    mark_folder(tmp_path / MSD_NAME, "synthetic.py")
     folder = write_msd(tmp_path)
     assert files_of(folder) == files_of(folders["msd"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [MSD_NAME]
+
+
+def test_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    """A user's folder of the stand-in's name (no marker, no dataset.json), or of its _tmp's
+    name: refused, untouched."""
+    mine = tmp_path / NNUNET_NAME
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FolderError, match="synthetic.py did not write"):
+        write_nnunet(tmp_path)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    mine.rename(tmp_path / f"{NNUNET_NAME}_tmp")
+    with pytest.raises(FolderError, match="not removed"):
+        write_nnunet(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NNUNET_NAME}_tmp"]
+    assert (tmp_path / f"{NNUNET_NAME}_tmp" / "notes.txt").read_text() == "mine"
 
 
 def test_failure_keeps_earlier_folder_and_removes_tmp(
