@@ -1081,6 +1081,38 @@ def test_cli_ctrl_c_removes_only_tmp(slow_wmh_src, tmp_path):
     assert not any(alive(pid) for pid in workers)  # no worker slicing on
 
 
+def test_cli_two_slicers_on_one_dest(slow_wmh_src, tmp_path):
+    """Two `make` calls in one folder: the second slicer stops at once with a message, the
+    first one's work is left alone and completes."""
+    dest = tmp_path / "out"
+    command = slicer("wmh", slow_wmh_src, dest, "--retain", 1, "--shape", 64, 64, "--workers", 1)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "out_tmp" / "out").is_dir():
+            assert first.poll() is None, f"ended before the second started: {first.communicate()}"
+            assert time.monotonic() < deadline, "the first slicer did not start"
+            time.sleep(0.01)
+        second = run_script(*command[1:])
+        assert_clean_error(second, f"--dest_dir {dest}: another process is writing it")
+        _, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert len(json.loads((dest / "split.json").read_text())["val"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_cli_refuses_a_users_folder_named_like_its_tmp(isles_src, tmp_path):
+    dest, stage = tmp_path / "out", tmp_path / "out_tmp"
+    stage.mkdir()
+    (stage / "draft.txt").write_text("draft")
+    proc = run_script("preprocess/slice_isles.py", "--source_dir", isles_src, "--dest_dir", dest)
+    assert_clean_error(proc, f"--dest_dir {dest}:", f"{stage} is a non-empty folder", "not removed")
+    assert contents(stage) == {"draft.txt": "draft"} and not dest.exists()
+
+
 @pytest.mark.skipif(not small_disk_available(), reason="cannot mount a small tmpfs here")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_cli_full_disk_names_the_file(workers, wmh_src, tmp_path):
