@@ -26,8 +26,16 @@ else ifeq ($(DATASET),)
 $(error DATASET=path/to/dataset is needed: a folder holding the dataset.json of an nnU-Net v2 dataset or a Decathlon task (or DATA=synthetic for the stand-in))
 endif
 
+# The dataset's path goes into Make's rules and the recipes' shell lines as it is: a space, a ':'
+# that Make reads as a rule, a '$' it expands, a '%' of its patterns, or a character the shell
+# reads (# ; & | < > ( ) [ ] { } * ? ! ' " ` \ ,) would be misread, so each is refused here.
+# $(value ...) sees the path as typed, before Make expands a '$' in it.
+UNSAFE_CHARS := : $$ % \# ; & | < > ( ) [ ] { } * ? ! ' " ` \ ,
+UNSAFE := $(strip $(foreach c,$(UNSAFE_CHARS),$(if $(findstring $(c),$(value DATASET)),$(c))))
 ifneq ($(words $(DATASET)),1)
-$(error DATASET="$(DATASET)": a path with spaces cannot go through Make; move or link the dataset to a path without them)
+$(error DATASET="$(value DATASET)": a path with spaces cannot go through Make; move or link the dataset to a path without them)
+else ifneq ($(UNSAFE),)
+$(error DATASET="$(value DATASET)": a path with the character(s) $(UNSAFE) cannot go through Make; move or link the dataset to a path without them)
 endif
 override DATASET := $(patsubst %/,%,$(DATASET))
 DATA_NAME := $(notdir $(DATASET))

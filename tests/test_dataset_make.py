@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 FAST = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", f"CC={sys.executable}"]
 RUNS = ["gdl", "boundary_adj"]
 NAME = "Dataset990_StandIn"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,6 +91,25 @@ def test_unknown_training_and_missing_dataset_are_refused(built):
     assert "boundary_adj" in unknown.stderr  # the defined ones are listed
     missing = make(repo, check=False)
     assert missing.returncode != 0 and "DATASET=path/to/dataset is needed" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [("data/my set", "spaces"), ("data/a:b", "the character(s) :"),
+     ("data/x$y", "the character(s) $"), ("data/a#b", "the character(s) #"),
+     ("data/it's", "the character(s) '"), ("data/a;b", "the character(s) ;")],
+)  # fmt: skip
+def test_dataset_paths_make_would_misread_are_refused(path, named, tmp_path):
+    """A ':' would be read as a rule, a '$' expanded away, a '#' or ';' by the shell: each stops
+    Make before it reads anything, with the path shown as typed."""
+    run = subprocess.run(
+        ["make", "-n", "-f", str(ROOT / "dataset.make"), f"DATASET={path}", f"CC={sys.executable}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert f'DATASET="{path}": a path with {named} cannot go through Make' in run.stderr
+    assert "move or link the dataset to a path without them" in run.stderr
+    assert run.stdout == ""  # no command printed, none run
 
 
 def test_own_dataset_is_pinned_then_a_change_stops_before_any_rebuild(tmp_path):
