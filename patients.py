@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from runfolder import load_metric, read_int, read_json
+from ranking import per_sample
+from runfolder import VOLUME_METRICS, load_metric, read_int, read_json
 
-METRICS_3D = ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95")
+METRICS_3D = VOLUME_METRICS
 SHOWN = {"val_3d_dsc": "Dice", "val_3d_hausdorff": "HD", "val_3d_hd95": "HD95"}
 
 
@@ -61,20 +62,33 @@ def at_checkpoint(run: Path, metric: str, columns: Sequence[int]) -> np.ndarray:
     epoch = read_int(Path(run) / "best_epoch.txt")
     if epoch is None or not 0 <= epoch < len(data):
         raise ValueError(f"{run}/best_epoch.txt: no epoch of {metric}.npy ({len(data)} epochs)")
-    return np.nanmean(data[epoch][:, list(columns)], axis=1)
+    return per_sample(data[epoch][None], columns)[0]  # NaN for a patient with no finite value
 
 
-def table(runs: Sequence[Path], columns: Sequence[int]) -> tuple[list[str], dict[str, dict]]:
+def table(
+    runs: Sequence[Path], columns: Sequence[int], diverged: Collection[str] = ()
+) -> tuple[list[str], dict[str, dict]]:
     """Patients, and run name -> metric -> per-patient values at the checkpoint.
+
+    Args:
+        runs: run folders.
+        columns: classes averaged.
+        diverged: names of diverged runs (every 3D value NaN): neither their patients nor their
+            values are read (a run that never had a finite metric saved no best.pt, best_epoch/
+            or best_epoch.txt); their values are NaN.
 
     Raises:
         ValueError: runs whose validation patients differ.
     """
-    patients = patient_names(runs[0])
+    read = [run for run in runs if Path(run).name not in diverged]
+    patients = patient_names(read[0]) if read else []
     values: dict[str, dict] = {}
     for run in runs:
+        if Path(run).name in diverged:
+            values[Path(run).name] = {m: np.full(len(patients), np.nan) for m in METRICS_3D}
+            continue
         if patient_names(run) != patients:
-            raise ValueError(f"{run}: other validation patients than {runs[0]}")
+            raise ValueError(f"{run}: other validation patients than {read[0]}")
         values[Path(run).name] = {m: at_checkpoint(run, m, columns) for m in METRICS_3D}
     return patients, values
 
@@ -90,13 +104,19 @@ def write_csv(patients: list[str], values: dict[str, dict], dest: Path) -> Path:
     return dest
 
 
-def rows(patients: list[str], values: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """The report's table: one row per patient, `Dice / HD / HD95` per run."""
+def rows(
+    patients: list[str], values: dict[str, dict], diverged: Collection[str] = ()
+) -> tuple[list[str], list[list[str]]]:
+    """The report's table: one row per patient, `Dice / HD / HD95` per run; `diverged` for the
+    runs named in `diverged`."""
     header = ["patient", *(f"{run}: Dice / HD / HD95" for run in values)]
     body = []
     for i, patient in enumerate(patients):
         cells = [
-            " / ".join(f"{metrics[m][i]:.4f}" for m in METRICS_3D) for metrics in values.values()
+            "diverged"
+            if run in diverged
+            else " / ".join(f"{metrics[m][i]:.4f}" for m in METRICS_3D)
+            for run, metrics in values.items()
         ]
         body.append([patient, *cells])
     return header, body

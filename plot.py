@@ -25,6 +25,11 @@ Box plots: one box per run and chosen column, of the per-sample values at the ru
 the metric (the epoch whose mean over samples of the per-sample mean over the chosen columns is
 best), or at `--epoch`. NaN values are left out and counted in the box label.
 
+A diverged run (`runfolder.divergence`: every value of its 3D metrics NaN, as report.py shows it)
+does not stop a plot: its curve is not drawn, its legend entry says it diverged, and the box plot
+leaves it out and names it in the title. A run of seeds that diverged is left out of its
+training's mean over seeds, the legend counting it.
+
 The image is drawn with matplotlib's Agg canvas (no display), written to a temporary file in the
 destination folder and renamed when complete. Bad input stops with one `error: ...` line naming
 the folder, file or argument, and writes nothing: as in report.py, an impossible value (a Dice
@@ -49,11 +54,13 @@ from atomic import atomic_write
 from console import ArgumentParser
 from ranking import best_index, epoch_scores, nan_mean_std, running_best
 from runfolder import (
+    Divergence,
     better,
     check_comparable,
     check_folder,
     class_columns,
     column_name,
+    divergence,
     load_metric,
     metric_file,
     read_args,
@@ -66,6 +73,8 @@ from runfolder import (
 CURVE_SIZE = (8.0, 5.0)  # inches; at DPI, an 800 x 500 image
 BOX_HEIGHT = 5.0  # inches; the width grows with the number of boxes (box_size)
 DPI = 100
+DIVERGED = "diverged (3D metrics all NaN)"
+"""What a diverged run's legend entry says."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class Curve:
         std: E vector, standard deviation over samples at the same epochs.
         best_epoch: 0-based epoch of the best mean, None when every value is NaN.
         best_value: the mean at best_epoch (NaN when None).
+        diverged: the run diverged (every seed of the training): not drawn, mean and std NaN.
     """
 
     label: str
@@ -89,6 +99,7 @@ class Curve:
     std: np.ndarray
     best_epoch: int | None
     best_value: float
+    diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,7 @@ def _load_all(
     filename: str,
     columns: Sequence[int] | None,
     classes: Sequence[int] | None = None,
-) -> list[tuple[np.ndarray, list[int]]]:
+) -> list[tuple[np.ndarray, list[int], Divergence]]:
     """Read and check every run's array before drawing anything.
 
     Args:
@@ -173,7 +184,8 @@ def _load_all(
             or None. Neither: the default of `runfolder.resolve_columns`.
 
     Returns:
-        One (E x N x K array, chosen columns) pair per folder.
+        One (E x N x K array, chosen columns, divergence) triple per folder; the divergence is
+        judged on the run's 3D arrays (`runfolder.divergence`), read and checked too.
 
     Raises:
         FileNotFoundError: a missing run folder or metric file.
@@ -193,7 +205,8 @@ def _load_all(
     for folder in folders:
         path = check_folder(folder)
         data = load_metric(path, filename)
-        loaded.append((data, resolve_columns(metric_file(path, filename), data.shape[2], columns)))
+        chosen = resolve_columns(metric_file(path, filename), data.shape[2], columns)
+        loaded.append((data, chosen, divergence(path, {filename: data})))
         identities.append(run_data(path, read_args(path), {filename: data}))
     check_comparable(identities)
     return loaded
@@ -278,11 +291,17 @@ def plot_curves(
     if any(seed_of(name) is not None for name in names):
         _seed_curves(ax, names, loaded, filename, mode, curves)
         loaded, names = [], []
-    for name, (data, chosen) in zip(names, loaded, strict=True):
+    for name, (data, chosen, found) in zip(names, loaded, strict=True):
         epochs = np.arange(data.shape[0])  # E
         for column in chosen:
-            mean, std, best = curve_values(data, column, mode, best_so_far)
             label = name if len(chosen) == 1 else f"{name} ({column_name(filename, column)})"
+            if found.diverged:  # a legend entry, nothing drawn
+                nan = np.full(data.shape[0], np.nan)
+                legend = f"{label}: {DIVERGED}"
+                ax.plot(epochs, nan, label=legend, linewidth=1.5)
+                curves.append(Curve(label, legend, column, nan, nan, None, np.nan, True))
+                continue
+            mean, std, best = curve_values(data, column, mode, best_so_far)
             if best is None:
                 value = float("nan")
                 legend = f"{label}: no finite value"
@@ -323,8 +342,19 @@ def _seed_curves(ax, names, loaded, filename, mode, curves) -> None:
     trainings: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         trainings.setdefault(training_of(name), []).append(i)
-    for training, members in trainings.items():
-        for column in loaded[members[0]][1]:
+    for training, runs in trainings.items():
+        members = [i for i in runs if not loaded[i][2].diverged]
+        gone = len(runs) - len(members)
+        for column in loaded[runs[0]][1]:
+            label = f"{training} ({len(members)} seeds{f', {gone} diverged' if gone else ''})"
+            if len(loaded[runs[0]][1]) > 1:
+                label += f" ({column_name(filename, column)})"
+            if not members:  # every seed diverged: a legend entry, nothing drawn
+                nan = np.full(loaded[runs[0]][0].shape[0], np.nan)
+                legend = f"{training}: {DIVERGED}, every seed"
+                ax.plot(np.arange(nan.size), nan, label=legend, linewidth=1.5)
+                curves.append(Curve(label, legend, column, nan, nan, None, np.nan, True))
+                continue
             per_seed = [nan_mean_std(loaded[i][0][:, :, column], axis=1)[0] for i in members]
             length = max(len(c) for c in per_seed)
             stack = np.full((len(per_seed), length), np.nan)
@@ -334,9 +364,6 @@ def _seed_curves(ax, names, loaded, filename, mode, curves) -> None:
                 mean = np.nanmean(stack, axis=0)
                 low, high = np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
             best = best_index(mean, mode)
-            label = f"{training} ({len(members)} seeds)"
-            if len(loaded[members[0]][1]) > 1:
-                label += f" ({column_name(filename, column)})"
             value = float("nan") if best is None else float(mean[best])
             legend = (
                 f"{label}: no finite value"
@@ -371,7 +398,8 @@ def plot_box(
 
     The best epoch of a run is that of the best NaN-aware mean over samples of the per-sample
     mean over the chosen columns (max or min per `runfolder.better`, the first one on ties), the
-    same rule as report.py.
+    same rule as report.py. A diverged run (`runfolder.divergence`) has no box: the title names
+    it.
 
     Args:
         folders: run folders.
@@ -388,7 +416,7 @@ def plot_box(
             adjacency arrays. Not with `columns`.
 
     Returns:
-        The boxes drawn, left to right.
+        The boxes drawn, left to right (none for a diverged run).
 
     Raises:
         FileNotFoundError: a missing run folder or metric file.
@@ -403,14 +431,19 @@ def plot_box(
     mode = better(filename)
     metric = Path(filename).name.removesuffix(".npy")
 
-    boxes = []
-    for run, (folder, name, (data, chosen)) in enumerate(zip(folders, names, loaded, strict=True)):
+    boxes, diverged = [], []
+    for run, (folder, name, (data, chosen, found)) in enumerate(
+        zip(folders, names, loaded, strict=True)
+    ):
         n_epochs = data.shape[0]
         if epoch is not None and epoch >= n_epochs:
             raise ValueError(
                 f"--epoch {epoch} is out of range for {metric_file(folder, filename)}: "
                 f"it has {n_epochs} epoch(s), 0..{n_epochs - 1}"
             )
+        if found.diverged:
+            diverged.append(name)
+            continue
         best = best_index(epoch_scores(data, chosen), mode)
         shown = epoch if epoch is not None else (n_epochs - 1 if best is None else best)
         how = "" if epoch is not None else (", all NaN" if best is None else ", best")
@@ -424,23 +457,29 @@ def plot_box(
 
     fig = Figure(figsize=box_size(len(boxes)), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    drawn = ax.boxplot(
-        [b.values for b in boxes],
-        tick_labels=[b.label for b in boxes],
-        showmeans=True,
-        patch_artist=True,
-        meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"},
-        medianprops={"color": "black"},
-    )
-    for patch, b in zip(drawn["boxes"], boxes, strict=True):
-        patch.set_facecolor(f"C{b.run % 10}")
-        patch.set_alpha(0.5)
+    if boxes:
+        drawn = ax.boxplot(
+            [b.values for b in boxes],
+            tick_labels=[b.label for b in boxes],
+            showmeans=True,
+            patch_artist=True,
+            meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"},
+            medianprops={"color": "black"},
+        )
+        for patch, b in zip(drawn["boxes"], boxes, strict=True):
+            patch.set_facecolor(f"C{b.run % 10}")
+            patch.set_alpha(0.5)
+    else:
+        ax.text(0.5, 0.5, "every run diverged: no box", ha="center", va="center")
     ax.set_ylabel(f"{metric} per sample (diamond: mean, line: median)")
     if limits is not None:
         ax.set_ylim(*limits)
     ax.grid(True, axis="y", alpha=0.3)
     where = f"epoch {epoch}" if epoch is not None else f"best epoch ({mode} of the mean)"
-    ax.set_title(title if title is not None else f"{metric} at the {where}")
+    shown_title = title if title is not None else f"{metric} at the {where}"
+    if diverged:
+        shown_title += f"\nleft out, {DIVERGED}: {', '.join(diverged)}"
+    ax.set_title(shown_title)
     _save(fig, dest)
     return boxes
 

@@ -12,6 +12,15 @@ and the standard deviation (ddof=0) over samples of the per-sample value (the me
 chosen classes, or each class on its own with `per_class`). NaN values (a metric undefined for an
 empty class) are left out of every mean and standard deviation, and their number is reported.
 
+A diverged run, every value of its 3D metrics NaN (`runfolder.divergence`: every epoch, patient
+and class of val_3d_dsc, val_3d_hausdorff and val_3d_hd95), does not stop the report: a
+`warning: ...` line on stderr and a "Diverged runs" section name its folder, its table row says
+`diverged` in every metric cell, and it is left out of the best values, the seeds' aggregation
+and the comparisons with the baseline (a diverged baseline: the section says so and compares
+nothing); the per-patient table says diverged, per_patient.csv holds nan for it. A run whose 3D
+metrics are NaN only from some epoch on is not diverged as a whole: it is ranked on its finite
+epochs (NaN epochs are never best), and the warning and the section say from which epoch.
+
 Command line:
 
     python report.py --folders results/isles/gdl results/isles/gdl_surface_steal \\
@@ -63,12 +72,14 @@ from report_sections import (
     seed_blocks,
 )
 from runfolder import (
+    Divergence,
     Mode,
     better,
     check_comparable,
     check_folder,
     class_columns,
     column_name,
+    divergence,
     load_metric,
     metric_file,
     read_int,
@@ -124,6 +135,8 @@ class RunSummary:
         notes: what is missing or unreadable (provenance, arguments), for the reader.
         checkpoint_epoch: content of best_epoch.txt (the epoch of best.pt), None when absent.
         diff_lines: lines in git.diff, None when absent.
+        divergence: whether its 3D metrics are NaN for good (`runfolder.divergence`); a diverged
+            run is shown as such and left out of the ranking and the comparisons.
     """
 
     folder: Path
@@ -136,6 +149,12 @@ class RunSummary:
     notes: tuple[str, ...]
     checkpoint_epoch: int | None
     diff_lines: int | None
+    divergence: Divergence | None = None
+
+    @property
+    def diverged(self) -> bool:
+        """True when not one of its 3D values is finite (`runfolder.Divergence.diverged`)."""
+        return self.divergence is not None and self.divergence.diverged
 
     @property
     def unfinished(self) -> bool:
@@ -217,7 +236,8 @@ def summarise(
     """Summarise runs: each metric at its best epoch, plus what the report needs to show.
 
     Every metric file of every run is read and checked before anything is returned, so a bad
-    input fails before any output is written.
+    input fails before any output is written. Each run's 3D arrays (those of its folder, asked or
+    not) also tell whether it diverged (`RunSummary.divergence`).
 
     Args:
         folders: run folders.
@@ -257,6 +277,7 @@ def summarise(
             at_checkpoint = spec_of(name).at_checkpoint
             epoch = read_int(path / "best_epoch.txt") if at_checkpoint else None
             summaries[name] = summarise_metric(data, name, chosen, per_class, epoch)
+        found = divergence(path, arrays)
         notes: list[str] = []
         provenance, note = read_json(path / "provenance.json")
         if note is not None:
@@ -280,6 +301,7 @@ def summarise(
                 notes=tuple(notes),
                 checkpoint_epoch=read_int(path / "best_epoch.txt"),
                 diff_lines=diff_lines,
+                divergence=found,
             )
         )
         identities.append(run_data(path, args, arrays))
@@ -306,10 +328,15 @@ def _cell(mean: float, std: float, epoch: int | None, n_nan: int) -> str:
     return f"{_fmt(mean)} +- {_fmt(std)} (epoch {epoch}{nan})"
 
 
+DIVERGED_CELL = "diverged (3D metrics all NaN)"
+"""What the table shows in each metric cell of a diverged run, instead of its numbers."""
+
+
 def build_table(runs: Sequence[RunSummary], per_class: bool = False) -> Table:
     """Table with one row per run and one column per metric (per metric and class with
     `per_class`); in each metric column the best mean over runs (max or min per `better`) is
-    marked bold, every run that reaches it on ties.
+    marked bold, every run that reaches it on ties. A diverged run (`RunSummary.diverged`) keeps
+    its row, each metric cell saying `DIVERGED_CELL`, and is left out of the best values.
 
     Args:
         runs: output of `summarise`.
@@ -339,7 +366,10 @@ def build_table(runs: Sequence[RunSummary], per_class: bool = False) -> Table:
         row, row_means = [run.label, run.epochs_text], []
         for name, c in keys:
             s = run.metrics[name]
-            if c is None:
+            if run.diverged:
+                row.append(DIVERGED_CELL)
+                row_means.append(float("nan"))
+            elif c is None:
                 row.append(_cell(s.mean, s.std, s.best_epoch, s.n_nan))
                 row_means.append(s.mean)
             elif c not in s.class_mean:  # this run has no such class
@@ -399,7 +429,36 @@ def describe(runs: Sequence[RunSummary], per_class: bool) -> str:
         f"minimum would reward empty predictions). "
         f"Columns used: {'; '.join(used)}. NaN values are left out of the means and counted. "
         f"Epochs: done/planned (n_epoch of args.json)."
+    ) + (
+        " A diverged run (every value of its 3D metrics NaN) keeps its row, marked diverged, and "
+        "is left out of the best values, the seeds' aggregation and the comparisons."
+        if any(run.diverged for run in runs)
+        else ""
     )
+
+
+def divergence_warnings(runs: Sequence[RunSummary]) -> list[str]:
+    """One `warning: ...` line per run whose 3D metrics are NaN for good, naming its folder.
+
+    Args:
+        runs: output of `summarise`.
+
+    Returns:
+        The lines: a diverged run (left out of the ranking and the comparisons), and a run whose
+        3D metrics are NaN from some epoch on (ranked on its earlier epochs).
+    """
+    lines = []
+    for run in runs:
+        found = run.divergence
+        if found is None or found.nan_from is None:
+            continue
+        what = (
+            "left out of the ranking and the comparisons, shown as diverged"
+            if found.diverged
+            else "still ranked"
+        )
+        lines.append(f"warning: {found.describe()}: {what}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,11 +511,12 @@ def write_report(
     dest.parent.mkdir(parents=True, exist_ok=True)
     folders = [run.folder for run in runs]
     metrics = list(runs[0].metrics) if runs else []
+    diverged = [run.label for run in runs if run.diverged]
     extra = seed_blocks(runs, metrics)
     if baseline is not None:
-        extra += comparison_blocks(folders, baseline, patient_columns or [1], metrics)
+        extra += comparison_blocks(folders, baseline, patient_columns or [1], metrics, diverged)
     if patient_columns is not None:
-        extra += patient_blocks(folders, patient_columns, dest.parent / "per_patient.csv")
+        extra += patient_blocks(folders, patient_columns, dest.parent / "per_patient.csv", diverged)
     if pictures is not None:
         extra += picture_blocks(Path(pictures), dest.parent)
     extra += prediction_blocks(predictions)
@@ -531,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(runs, args.per_class))
         print(format_text_table(table))
         print("* best value of the column")
+        for line in divergence_warnings(runs):
+            print(line, file=sys.stderr)
         for run in runs:
             for note in run.notes:
                 print(f"note: {run.label}: {note}")

@@ -66,10 +66,14 @@ def provenance_items(run: RunSummary) -> list[tuple[str, str, bool]]:
     Returns:
         (label, value, as_code) triples: folder, epochs, the checkpoint's epoch, commit, working
         tree, seed, device, Python, date, command line, packages, git.diff, and the notes on
-        missing or unreadable side files.
+        missing or unreadable side files; a diverged run, or one whose 3D metrics are NaN from
+        some epoch on, says so after its epochs.
     """
     items: list[tuple[str, str, bool]] = [("folder", str(run.folder), True)]
     items.append(("epochs done / planned", run.epochs_text, False))
+    if run.divergence is not None and run.divergence.nan_from is not None:
+        status = "diverged" if run.diverged else f"NaN from epoch {run.divergence.nan_from}"
+        items.append((status, run.divergence.describe(), False))
     if run.checkpoint_epoch is not None:
         items.append(
             ("best epoch of the checkpoint (best_epoch.txt)", str(run.checkpoint_epoch), False)
@@ -99,6 +103,32 @@ def provenance_items(run: RunSummary) -> list[tuple[str, str, bool]]:
     for note in run.notes:
         items.append(("note", note, False))
     return items
+
+
+def divergence_blocks(runs: Sequence[RunSummary]) -> list[Block]:
+    """The section naming the diverged runs, and the runs whose 3D metrics are NaN from some
+    epoch on (`runfolder.Divergence`); nothing when there is none.
+
+    Args:
+        runs: output of `report.summarise`.
+
+    Returns:
+        A "Diverged runs" heading and one paragraph per run, or no block.
+    """
+    found = [r for r in runs if r.divergence is not None and r.divergence.nan_from is not None]
+    if not found:
+        return []
+    blocks = [Block("h2", "Diverged runs")]
+    for run in found:
+        assert run.divergence is not None  # filtered above
+        what = (
+            "left out of the ranking (its row below says diverged), the seeds' aggregation and "
+            "the comparisons"
+            if run.diverged
+            else "still ranked, on those epochs"
+        )
+        blocks.append(Block("p", f"{run.label}: {run.divergence.describe()}; {what}."))
+    return blocks
 
 
 def build_page(
@@ -133,6 +163,7 @@ def build_page(
         blocks.append(
             Block("p", f"Unfinished runs (fewer epochs than planned): {', '.join(unfinished)}.")
         )
+    blocks.extend(divergence_blocks(runs))
     blocks.append(Block("table", table=table))
     blocks.extend(extra)
     if plots:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +45,36 @@ def groups(names: Sequence[str]) -> dict[str, list[str]]:
 
 
 def seed_blocks(runs: Sequence, metrics: Sequence[str]) -> list[Block]:
-    """Mean and spread over seeds of each training's per-run means (when runs have seeds)."""
+    """Mean and spread over seeds of each training's per-run means (when runs have seeds).
+
+    A diverged seed (`report.RunSummary.diverged`) is left out and counted in the seeds column;
+    a training whose every seed diverged says so in each cell.
+    """
     if not any(seed_of(run.label) is not None for run in runs):
         return []
     by_name = {run.label: run for run in runs}
     header = ["training", "seeds", *metrics]
     rows = []
     for training, names in groups([run.label for run in runs]).items():
+        kept = [n for n in names if not by_name[n].diverged]
+        seeds = str(len(kept))
+        if len(kept) < len(names):
+            seeds += f" ({len(names) - len(kept)} diverged, left out)"
         cells = []
         for metric in metrics:
-            means = np.array([by_name[n].metrics[metric].mean for n in names], dtype=float)
-            spread = f" (min {_fmt(np.nanmin(means))}, max {_fmt(np.nanmax(means))})"
-            cells.append(f"{_fmt(np.nanmean(means))} +- {_fmt(np.nanstd(means))}{spread}")
-        rows.append([training, str(len(names)), *cells])
+            if not kept:
+                cells.append("diverged (every seed)")
+                continue
+            means = np.array([by_name[n].metrics[metric].mean for n in kept], dtype=float)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: nan, said as such
+                spread = f" (min {_fmt(np.nanmin(means))}, max {_fmt(np.nanmax(means))})"
+                cells.append(f"{_fmt(np.nanmean(means))} +- {_fmt(np.nanstd(means))}{spread}")
+        rows.append([training, seeds, *cells])
     text = (
         "Over seeds: for each training, the mean and standard deviation over its seeds of the "
         "per-run means of the table above (each at that run's best epoch), with the smallest and "
-        "largest of them."
+        "largest of them; a diverged seed is left out."
     )
     return [Block("h2", "Over seeds"), Block("p", text), _table(header, rows)]
 
@@ -70,17 +84,25 @@ def seed_blocks(runs: Sequence, metrics: Sequence[str]) -> list[Block]:
 # ---------------------------------------------------------------------------------------------
 
 
-def patient_blocks(folders: Sequence[Path], columns: Sequence[int], csv_dest: Path) -> list[Block]:
+def patient_blocks(
+    folders: Sequence[Path], columns: Sequence[int], csv_dest: Path, diverged: Collection[str] = ()
+) -> list[Block]:
     """Each validation patient's 3D Dice / HD / HD95 per run, at the epoch of best.pt; written to
-    `csv_dest` too."""
-    names, values = patients.table(list(folders), columns)
+    `csv_dest` too. A diverged run (its name in `diverged`) is not read: its column says
+    diverged, its CSV rows hold nan."""
+    names, values = patients.table(list(folders), columns, diverged)
     patients.write_csv(names, values, csv_dest)
-    header, rows = patients.rows(names, values)
+    header, rows = patients.rows(names, values, diverged)
     text = (
         f"Each validation patient's 3D Dice, HD and HD95 (mm), the mean over classes "
         f"{list(columns)}, at the epoch of each run's best.pt (best_epoch.txt); also in "
         f"{csv_dest.name}. Click a column title to sort the HTML table."
     )
+    if diverged:
+        text += (
+            f" Diverged runs ({', '.join(diverged)}) have no value: their column says so, "
+            f"their rows of {csv_dest.name} hold nan."
+        )
     return [Block("h2", "Per patient"), Block("p", text), _table(header, rows)]
 
 
@@ -90,28 +112,84 @@ def patient_blocks(folders: Sequence[Path], columns: Sequence[int], csv_dest: Pa
 
 
 def comparison_blocks(
-    folders: Sequence[Path], baseline: str, columns: Sequence[int], metrics: Sequence[str]
+    folders: Sequence[Path],
+    baseline: str,
+    columns: Sequence[int],
+    metrics: Sequence[str],
+    diverged: Collection[str] = (),
 ) -> list[Block]:
-    """Every training against `baseline`, per 3D metric: paired over patients (and seeds)."""
+    """Every training against `baseline`, per 3D metric: paired over patients (and seeds).
+
+    Diverged runs (their names in `diverged`: every 3D value NaN) are left out: a training is
+    paired with the baseline over the seeds where neither diverged, and one with no such seed is
+    named as not compared (a row per metric says why); when every run of the baseline diverged,
+    the section says so and compares nothing. A metric with no patient finite in both trainings
+    at their checkpoints is named as not compared too.
+
+    Raises:
+        ValueError: `baseline` is not a training of `folders`, or a training shares no seed with
+            it (diverged or not).
+    """
     by_name = {Path(f).name: Path(f) for f in folders}
     trainings = groups(list(by_name))
     if baseline not in trainings:
         raise ValueError(f"--baseline {baseline}: no such training among {', '.join(trainings)}")
     metrics = [m for m in metrics if m in patients.METRICS_3D]
+    heading = Block("h2", f"Against {baseline}: did it help?")
+    base_all = {seed_of(n): n for n in trainings[baseline]}
+    base = {s: n for s, n in base_all.items() if n not in diverged}
+    if not base:
+        return [
+            heading,
+            Block(
+                "p",
+                f"The baseline {baseline} diverged ({', '.join(trainings[baseline])}: every value "
+                "of its 3D metrics is NaN): nothing is compared with it. Give another --baseline "
+                "(BASELINE in the makefiles) to compare the trainings.",
+            ),
+        ]
     sentences, rows = [], []
     for training, names in trainings.items():
         if training == baseline:
             continue
-        seeds = {seed_of(n): n for n in names}
-        base = {seed_of(n): n for n in trainings[baseline]}
-        common = [s for s in seeds if s in base]
-        if not common:
+        seeds_all = {seed_of(n): n for n in names}
+        if not any(s in base_all for s in seeds_all):
             raise ValueError(f"{training} and {baseline} share no seed to pair")
+        seeds = {s: n for s, n in seeds_all.items() if n not in diverged}
+        common = [s for s in seeds if s in base]
+        paired = [s for s in seeds_all if s in base_all]
+        left_out = [n for s in paired for n in (seeds_all[s], base_all[s]) if n in diverged]
+        if not common:
+            if not seeds:
+                runs = "" if names == [training] else f" ({', '.join(names)})"
+                why = f"{training} diverged{runs}"
+            else:
+                why = (
+                    f"{training} and {baseline} share no seed where neither diverged "
+                    f"(diverged: {', '.join(left_out)})"
+                )
+            sentences.append(f"{why}: not compared with {baseline}.")
+            rows += [[training, m, "-", "-", "diverged: not compared", "-", "-"] for m in metrics]
+            continue
+        if left_out:
+            dropped = ", ".join(str(s) for s in paired if s not in common)
+            sentences.append(
+                f"{training} against {baseline}: seed(s) {dropped} left out, "
+                f"{', '.join(left_out)} diverged."
+            )
         for metric in metrics:
             ours = np.stack([patients.at_checkpoint(by_name[seeds[s]], metric, columns)
                              for s in common])  # fmt: skip
             theirs = np.stack([patients.at_checkpoint(by_name[base[s]], metric, columns)
                                for s in common])  # fmt: skip
+            if not (np.isfinite(ours) & np.isfinite(theirs)).any():
+                runs = ", ".join(n for s in common for n in (seeds[s], base[s]))
+                sentences.append(
+                    f"{training} and {baseline} on {metric}: no patient has a finite value in "
+                    f"both at the epoch of their best.pt ({runs}): not compared."
+                )
+                rows.append([training, metric, "0", str(len(common)), "no finite pair", "-", "-"])
+                continue
             result = compare(ours, theirs, run=training, baseline=baseline, metric=metric,
                              higher_is_better=metric == "val_3d_dsc")  # fmt: skip
             sentences.append(result.sentence)
@@ -126,7 +204,7 @@ def comparison_blocks(
         "epoch."
     )
     return [
-        Block("h2", f"Against {baseline}: did it help?"),
+        heading,
         Block("p", where),
         *(Block("p", s) for s in sentences),
         _table(header, rows),

@@ -26,7 +26,9 @@ class-indexed and not range-checked.
 The reading side refuses what cannot be ranked (report.py and plot.py share it): a malformed
 array, an impossible value (`check_values`; NaN, an undefined value, is always allowed, losses are
 never range-checked since the boundary loss is negative by design), and runs that are not
-comparable (`check_comparable`: other data, other class counts).
+comparable (`check_comparable`: other data, other class counts). A run whose 3D metrics are all
+NaN (`divergence`: the network's output was NaN) is readable, but has nothing to rank: report.py
+and plot.py show it as diverged and leave it out.
 """
 
 from __future__ import annotations
@@ -589,6 +591,122 @@ def check_comparable(runs: Sequence[RunData]) -> None:
                     f"runs {ref.folder} and {run.folder} have different class counts ({name}.npy "
                     f"has {ref.classes[name]} and {size} classes on its last axis): {advice}"
                 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Diverged runs
+
+VOLUME_METRICS: tuple[str, ...] = tuple(
+    name for name, spec in ARRAYS.items() if spec.axes == _PATIENT_AXES
+)
+"""The 3D metric arrays (`val_3d_dsc`, `val_3d_hausdorff`, `val_3d_hd95`): one value per
+validation patient and class, never NaN for every patient and class of an epoch, background
+included, unless the network's output was NaN."""
+
+
+def nan_from(arrays: Sequence[np.ndarray]) -> int | None:
+    """First epoch from which every value of every array is NaN, up to the last epoch.
+
+    Args:
+        arrays: E x N x K arrays (the 3D metrics of one run).
+
+    Returns:
+        The 0-based epoch (0: not one finite value at all), or None when an array has a finite
+        value at its last epoch, or when no array is given.
+    """
+    if not arrays:
+        return None
+    start = 0
+    for data in arrays:
+        finite = np.flatnonzero(np.isfinite(data).any(axis=(1, 2)))  # epochs with a finite value
+        last = int(finite[-1]) if finite.size else -1
+        if last == data.shape[0] - 1:
+            return None
+        start = max(start, last + 1)
+    return start
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Whether a run's 3D metrics turned NaN for good (`divergence`).
+
+    A run is diverged when every value of its 3D metric arrays (`VOLUME_METRICS`: every epoch,
+    patient and class) is NaN: there is nothing to rank or compare. A run whose 3D metrics are
+    finite up to some epoch and NaN for every patient and class from epoch `nan_from` to the last
+    is not diverged as a whole: its best epochs are chosen among the finite ones, and the report
+    says from which epoch its metrics are NaN.
+
+    Attributes:
+        folder: the run folder.
+        nan_from: the first epoch from which every 3D value is NaN up to the last epoch (0:
+            diverged), None when its last epoch has a finite value or it has no 3D array.
+        n_epochs: epochs in its 3D arrays (the largest count among them), 0 without any.
+        metrics: the 3D arrays read, by name.
+    """
+
+    folder: Path
+    nan_from: int | None
+    n_epochs: int
+    metrics: tuple[str, ...]
+
+    @property
+    def diverged(self) -> bool:
+        """True when not one 3D value is finite: the run is left out of rankings."""
+        return self.nan_from == 0
+
+    @property
+    def late(self) -> bool:
+        """True when the 3D metrics are finite up to an epoch and NaN from it to the last."""
+        return self.nan_from is not None and self.nan_from > 0
+
+    def describe(self) -> str:
+        """The finding in words, naming the folder (empty when there is nothing to say)."""
+        names = ", ".join(self.metrics)
+        if self.diverged:
+            return (
+                f"run {self.folder} diverged: all its 3D metrics ({names}) are NaN from epoch 0 "
+                f"to its last epoch {self.n_epochs - 1}, every patient and class"
+            )
+        if self.late:
+            assert self.nan_from is not None  # late
+            finite = "epoch 0" if self.nan_from == 1 else f"epochs 0-{self.nan_from - 1}"
+            return (
+                f"run {self.folder}: all its 3D metrics ({names}) are NaN from epoch "
+                f"{self.nan_from} to its last epoch {self.n_epochs - 1}, every patient and class "
+                f"(diverged at epoch {self.nan_from}); its best epochs are chosen among "
+                f"{finite}"
+            )
+        return ""
+
+
+def divergence(folder: str | Path, loaded: dict[str, np.ndarray] | None = None) -> Divergence:
+    """Whether a run diverged, from the 3D metric arrays its folder holds (`Divergence`).
+
+    Args:
+        folder: the run folder.
+        loaded: arrays already read, by metric name (without `.npy`); the other 3D arrays present
+            in the folder are read and checked (`load_metric`).
+
+    Returns:
+        The Divergence; a run without any 3D array is never called diverged.
+
+    Raises:
+        ValueError: a 3D array that is malformed or holds an impossible value (`load_metric`).
+    """
+    path = Path(folder)
+    loaded = {stem(name): data for name, data in (loaded or {}).items()}
+    arrays = {}
+    for name in VOLUME_METRICS:
+        if name in loaded:
+            arrays[name] = loaded[name]
+        elif metric_file(path, name).is_file():
+            arrays[name] = load_metric(path, name)
+    return Divergence(
+        folder=path,
+        nan_from=nan_from(list(arrays.values())),
+        n_epochs=max((data.shape[0] for data in arrays.values()), default=0),
+        metrics=tuple(arrays),
+    )
 
 
 # Runs of one training repeated with several seeds (SEEDS in the makefiles) are named

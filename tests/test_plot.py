@@ -347,3 +347,103 @@ def test_classes_and_columns_together_are_refused(
     )  # fmt: skip
     assert_clean_error(proc, "--columns [1] and --classes [1] both given", "give one")
     assert not dest.parent.exists()
+
+
+def nan_run(root: Path, name: str, epochs: int = 3) -> Path:
+    """A diverged run: every value of its 3D metrics and of val_dice NaN."""
+    arrays = {m: np.full((epochs, 2, 2), np.nan) for m in
+              ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95")}  # fmt: skip
+    arrays["val_dice"] = np.full((epochs, 4, 2), np.nan)
+    return make_run(root, name, arrays)
+
+
+def dsc_run(root: Path, name: str, dice: list[float]) -> Path:
+    """A run of 3 epochs and 2 patients: class 1 of val_3d_dsc has epoch means `dice` (both
+    patients alike), distances 1 mm, val_dice 0.5."""
+    data = np.ones((3, 2, 2))
+    data[:, :, 1] = np.array(dice)[:, None]
+    arrays = {"val_3d_dsc": data, "val_3d_hausdorff": np.ones((3, 2, 2)),
+              "val_3d_hd95": np.ones((3, 2, 2)), "val_dice": np.full((3, 4, 2), 0.5)}  # fmt: skip
+    return make_run(root, name, arrays)
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures plot.py saves, to read their titles and legends."""
+    import plot
+
+    figures: list = []
+    save = plot._save
+
+    def keep(fig, dest) -> None:
+        figures.append(fig)
+        save(fig, dest)
+
+    monkeypatch.setattr(plot, "_save", keep)
+    return figures
+
+
+def test_diverged_run_does_not_stop_the_plots(tmp_path: Path, drawn: list) -> None:
+    """Curves: the diverged run's legend entry says so, nothing is drawn for it, the other
+    curves are those of a plot without it. Box plot: no box for it, the title names it."""
+    gdl = dsc_run(tmp_path, "gdl", [0.2, 0.6, 0.4])  # best epoch 1
+    boundary = nan_run(tmp_path, "boundary")
+    curves = plot_curves([gdl, boundary], "val_3d_dsc.npy", tmp_path / "c.png", classes=[1])
+    alone = plot_curves([gdl], "val_3d_dsc.npy", tmp_path / "alone.png", classes=[1])
+    assert [c.legend for c in curves] == [
+        "gdl: best 0.6000 at epoch 1",
+        "boundary: diverged (3D metrics all NaN)",
+    ]
+    assert [c.diverged for c in curves] == [False, True]
+    np.testing.assert_array_equal(curves[0].mean, alone[0].mean)
+    assert curves[1].best_epoch is None and np.all(np.isnan(curves[1].mean))
+    legend = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == [c.legend for c in curves]
+
+    boxes = plot_box([boundary, gdl], "val_3d_dsc.npy", tmp_path / "b.png", classes=[1])
+    assert [(b.run, b.epoch, b.label) for b in boxes] == [(1, 1, "gdl\nepoch 1, best")]
+    np.testing.assert_allclose(boxes[0].values, [0.6, 0.6])
+    assert drawn[-1].axes[0].get_title() == (
+        "val_3d_dsc at the best epoch (max of the mean)\n"
+        "left out, diverged (3D metrics all NaN): boundary"
+    )
+    check_image(tmp_path / "b.png", box_size(1))
+    # val_dice of a diverged run: left out too (the 3D arrays decide)
+    (box,) = plot_box([gdl, boundary], "val_dice.npy", tmp_path / "d.png")
+    assert box.run == 0
+    # from the command line, as Make runs it: exit 0 and an image
+    for command in ("curves", "box"):
+        dest = tmp_path / f"cli_{command}.png"
+        proc = run_script(
+            "plot.py", command, "--folders", gdl, boundary,
+            "--filename", "val_3d_hd95.npy", "--dest", dest, "--classes", "1",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert dest.is_file() and "Traceback" not in proc.stderr
+
+
+def test_every_run_diverged_box_plot(tmp_path: Path, drawn: list) -> None:
+    runs = [nan_run(tmp_path, "a"), nan_run(tmp_path, "b")]
+    assert plot_box(runs, "val_3d_hd95.npy", tmp_path / "b.png") == []
+    assert drawn[0].axes[0].get_title().endswith("diverged (3D metrics all NaN): a, b")
+    check_image(tmp_path / "b.png", box_size(0))
+
+
+def test_diverged_seed_is_left_out_of_its_training_curve(tmp_path: Path) -> None:
+    """gdl-seed1 diverged: gdl's curve is seed 0's, its label counts the diverged seed."""
+    runs = [
+        dsc_run(tmp_path, "gdl-seed0", [0.2, 0.6, 0.4]),
+        nan_run(tmp_path, "gdl-seed1"),
+        nan_run(tmp_path, "surface-seed0"),
+    ]
+    curves = plot_curves(runs, "val_3d_dsc.npy", tmp_path / "c.png", classes=[1])
+    assert [c.label for c in curves] == [
+        "gdl (1 seeds, 1 diverged)",
+        "surface (0 seeds, 1 diverged)",
+    ]
+    np.testing.assert_allclose(curves[0].mean, [0.2, 0.6, 0.4])
+    assert curves[0].best_epoch == 1 and not curves[0].diverged
+    assert (
+        curves[1].diverged
+        and curves[1].legend == "surface: diverged (3D metrics all NaN), every seed"
+    )

@@ -6,9 +6,11 @@ chosen by construction and worked out by hand in each test.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,15 +164,19 @@ def test_nan_values_are_left_out_and_counted(tmp_path: Path) -> None:
     data[1, 0, 1:] = [0.6, np.nan]
     data[1, 1, 1:] = [0.8, 1.0]
     data[2, :, 1:] = 0.5
-    run = make_run(tmp_path, "run", {"val_dice": data, "val_3d_hd95": np.full((2, 2, 2), np.nan)})
+    # val_3d_hd95: class 1 never predicted (NaN), the background's distance 0: not a diverged run
+    hd95 = np.full((2, 2, 2), np.nan)
+    hd95[:, :, 0] = 0.0
+    run = make_run(tmp_path, "run", {"val_dice": data, "val_3d_hd95": hd95})
     (summary,) = summarise([run], ["val_dice", "val_3d_hd95"], per_class=True)
     s = summary.metrics["val_dice"]
     assert (s.best_epoch, s.n_nan) == (1, 3)
     assert (s.mean, s.std) == pytest.approx((0.75, 0.15))
     assert s.class_mean == pytest.approx({1: 0.7, 2: 1.0})
     assert s.class_nan == {1: 1, 2: 2}
-    empty = summary.metrics["val_3d_hd95"]  # every value NaN: no best epoch
+    empty = summary.metrics["val_3d_hd95"]  # every value of class 1 NaN: no best epoch
     assert empty.best_epoch is None and math.isnan(empty.mean) and empty.n_nan == 2
+    assert not summary.diverged
     row = build_table([summary]).rows[0]
     assert row[2] == "0.7500 +- 0.1500 (epoch 1, 3 NaN)"
     assert row[3] == "all NaN (2 values)"
@@ -565,3 +571,246 @@ def test_predictions_section_refuses_a_foreign_csv(tmp_path: Path) -> None:
     (folder / "metrics.csv").write_text("case,class,value,dice,hd,hd95\nc1,organ,1,high,1,1\n")
     with pytest.raises(ValueError, match=re.escape(f"{folder / 'metrics.csv'}:2")):
         prediction_blocks([folder])
+
+
+# ---------------------------------------------------------------------------------------------
+# Diverged runs: every value of the 3D metrics NaN
+
+
+PATIENTS = ("p1", "p2", "p3")
+
+
+def make_3d_run(
+    root: Path, name: str, dice: list[float] | None, checkpoint: int | None = 1, epochs: int = 3
+) -> Path:
+    """A run of 3 epochs and 3 patients as main.py writes it, with what the per-patient table
+    and the comparisons read: args.json (grp_regex), best_epoch/val/*.png (their stems name the
+    patients), best_epoch.txt (`checkpoint`).
+
+    Class 1 at epoch 1 (the best, and the checkpoint): 3D Dice `dice` per patient, Hausdorff
+    10 - 10 * Dice and HD95 half of it; epochs 0 and 2 hold 0.5 Dice, 5 and 2.5 mm for every
+    patient (worse than `dice` when its mean is above 0.5). Class 0 is 1.0 Dice and 0 mm.
+    val_dice: 0.9 at epoch 1, 0.4 elsewhere. `dice` None: a diverged run, every value NaN, and
+    neither best_epoch/ nor best_epoch.txt (the metric never improved on -inf).
+    """
+    arrays = {}
+    if dice is None:
+        for metric in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
+            arrays[metric] = np.full((epochs, 3, 2), np.nan)
+        arrays["val_dice"] = np.full((epochs, 6, 2), np.nan)
+    else:
+        per_patient = np.array(dice)
+        for metric, scale in (("val_3d_dsc", None), ("val_3d_hausdorff", 1.0),
+                              ("val_3d_hd95", 0.5)):  # fmt: skip
+            data = np.zeros((epochs, 3, 2)) if scale else np.ones((epochs, 3, 2))
+            data[:, :, 1] = 0.5 if scale is None else 5.0 * scale
+            data[1, :, 1] = per_patient if scale is None else (10 - 10 * per_patient) * scale
+            arrays[metric] = data
+        arrays["val_dice"] = np.full((epochs, 6, 2), 0.4)
+        arrays["val_dice"][1] = 0.9
+    folder = make_run(root, name, arrays, args={"n_epoch": epochs, "grp_regex": r"(p\d+)_\d+"})
+    if dice is not None:
+        (folder / "best_epoch" / "val").mkdir(parents=True)
+        for patient in PATIENTS:
+            (folder / "best_epoch" / "val" / f"{patient}_0000.png").write_bytes(b"png")
+        if checkpoint is not None:
+            (folder / "best_epoch.txt").write_text(f"{checkpoint}\n")
+    return folder
+
+
+REPORT_METRICS = ["val_dice", "val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"]
+
+
+def run_report(folders: list[Path], dest: Path, baseline: str = "gdl"):
+    """report.py as the makefiles call it (--patients --baseline --html)."""
+    return run_script(
+        "report.py", "--folders", *folders, "--metrics", *REPORT_METRICS, "--columns", "1",
+        "--dest", dest, "--html", "--patients", "--baseline", baseline,
+    )  # fmt: skip
+
+
+def table_rows(page: str, first: str) -> dict[str, str]:
+    """The Markdown table whose header starts with `| first |`: run (first cell) -> row."""
+    lines = page.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first} |"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows[line.split(" | ")[0].removeprefix("| ")] = line
+    return rows
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["no-checkpoint", "checkpoint"])
+def test_diverged_run_is_named_shown_and_left_out(tmp_path: Path, saved: bool) -> None:
+    """A run whose 3D metrics are all NaN: exit 0, a warning naming its folder, a section and a
+    table row saying it diverged, no comparison with it, and every other number exactly as in
+    the report without it; whether it saved predictions and a best_epoch.txt or not."""
+    results = tmp_path / "results"
+    gdl = make_3d_run(results, "gdl", [0.6, 0.7, 0.8])
+    surface = make_3d_run(results, "surface", [0.7, 0.8, 0.9])
+    boundary = make_3d_run(results, "boundary", None)
+    if saved:  # as a scheduler that handles NaN would leave it: predictions of epoch 1 kept
+        shutil.copytree(gdl / "best_epoch", boundary / "best_epoch")
+        (boundary / "best_epoch.txt").write_text("1\n")
+    ref = run_report([gdl, surface], tmp_path / "ref" / "report.md")
+    assert ref.returncode == 0, ref.stderr
+    proc = run_report([gdl, boundary, surface], tmp_path / "out" / "report.md")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: run {boundary} diverged: all its 3D metrics (val_3d_dsc, val_3d_hausdorff, "
+        "val_3d_hd95) are NaN from epoch 0 to its last epoch 2, every patient and class: left "
+        "out of the ranking and the comparisons, shown as diverged"
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "per_patient.csv", "report.html", "report.md"
+    ]  # fmt: skip
+    page = (tmp_path / "out" / "report.md").read_text()
+    reference = (tmp_path / "ref" / "report.md").read_text()
+    assert "## Diverged runs" in page
+    assert f"boundary: run {boundary} diverged: all its 3D metrics" in page
+    html_page = (tmp_path / "out" / "report.html").read_text()
+    assert f"boundary: run {boundary} diverged: all its 3D metrics" in html_page
+    assert "<td>diverged (3D metrics all NaN)</td>" in html_page
+
+    # The ranking: gdl has Dice 0.7 +- sqrt(0.02 / 3) at epoch 1 (HD 3, HD95 1.5), surface 0.8
+    # (HD 2, HD95 1), both val_dice 0.9 at epoch 1; surface is best on the 3D metrics, both on
+    # val_dice; the diverged run says so in every cell and is bold nowhere.
+    rows = table_rows(page, "run")
+    assert list(rows) == ["gdl", "boundary", "surface"]
+    assert rows["boundary"] == "| boundary | 3/3 |" + " diverged (3D metrics all NaN) |" * 4
+    assert rows["gdl"] == (
+        "| gdl | 3/3 | **0.9000 +- 0.0000 (epoch 1)** | 0.7000 +- 0.0816 (epoch 1) | "
+        "3.0000 +- 0.8165 (epoch 1) | 1.5000 +- 0.4082 (epoch 1) |"
+    )
+    assert rows["surface"] == (
+        "| surface | 3/3 | **0.9000 +- 0.0000 (epoch 1)** | **0.8000 +- 0.0816 (epoch 1)** | "
+        "**2.0000 +- 0.8165 (epoch 1)** | **1.0000 +- 0.4082 (epoch 1)** |"
+    )
+    assert {k: v for k, v in rows.items() if k != "boundary"} == table_rows(reference, "run")
+
+    # The comparison: surface - gdl = +0.1 Dice, -1 mm HD, -0.5 mm HD95 for every patient;
+    # three equal positive differences give the exact two-sided Wilcoxon p = 2 / 2**3 = 0.25.
+    lines = [line for line in page.splitlines() if line.startswith("| surface | val_3d")]
+    assert lines == [
+        "| surface | val_3d_dsc | 3 | 1 | +0.1000 | +0.1000 to +0.1000 | 0.25 |",
+        "| surface | val_3d_hausdorff | 3 | 1 | -1.0000 | -1.0000 to -1.0000 | 0.25 |",
+        "| surface | val_3d_hd95 | 3 | 1 | -0.5000 | -0.5000 to -0.5000 | 0.25 |",
+    ]
+    for metric in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
+        assert f"| boundary | {metric} | - | - | diverged: not compared | - | - |" in page
+    assert "boundary diverged: not compared with gdl." in page
+    assert "between boundary" not in page and "boundary is" not in page
+    comparison = page.split("## Against gdl")[1].split("## Per patient")[0]
+    kept = [line for line in comparison.splitlines() if line and "boundary" not in line]
+    ref_comparison = reference.split("## Against gdl")[1].split("## Per patient")[0]
+    assert kept == [line for line in ref_comparison.splitlines() if line]
+
+    # Per patient: the diverged run's column says so; the CSV holds every run, nan for it.
+    patients_rows = table_rows(page, "patient")
+    assert patients_rows["p1"] == (
+        "| p1 | 0.6000 / 4.0000 / 2.0000 | diverged | 0.7000 / 3.0000 / 1.5000 |"
+    )
+    with open(tmp_path / "out" / "per_patient.csv", newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    with open(tmp_path / "ref" / "per_patient.csv", newline="") as handle:
+        ref_rows = list(csv.DictReader(handle))
+    assert [r for r in csv_rows if r["run"] != "boundary"] == ref_rows
+    diverged_rows = [r for r in csv_rows if r["run"] == "boundary"]
+    assert [r["patient"] for r in diverged_rows] == list(PATIENTS)
+    for row in diverged_rows:
+        assert [row[m] for m in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95")] == ["nan"] * 3
+
+
+def test_diverged_baseline_compares_nothing(tmp_path: Path) -> None:
+    """--baseline naming a diverged run: the section says so, the rest is written."""
+    results = tmp_path / "results"
+    gdl = make_3d_run(results, "gdl", None)
+    surface = make_3d_run(results, "surface", [0.7, 0.8, 0.9])
+    proc = run_report([gdl, surface], tmp_path / "out" / "report.md")
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: run {gdl} diverged" in proc.stderr
+    page = (tmp_path / "out" / "report.md").read_text()
+    section = page.split("## Against gdl: did it help?\n\n")[1].split("\n\n## ")[0]
+    assert section == (
+        "The baseline gdl diverged (gdl: every value of its 3D metrics is NaN): nothing is "
+        "compared with it. Give another --baseline (BASELINE in the makefiles) to compare the "
+        "trainings."
+    )
+    assert "| training |" not in page and "Wilcoxon p" not in page
+    assert table_rows(page, "patient")["p3"] == "| p3 | diverged | 0.9000 / 1.0000 / 0.5000 |"
+    assert (tmp_path / "out" / "per_patient.csv").is_file()
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_run_nan_from_an_epoch_on_is_ranked_on_its_finite_epochs(tmp_path: Path) -> None:
+    """NaN for every patient and class from epoch 2 on (of 4): not diverged as a whole; its best
+    epoch is chosen among epochs 0-1, and the page and a warning say from which epoch."""
+    late = make_3d_run(tmp_path, "late", [0.7, 0.8, 0.9], epochs=4)
+    for metric in REPORT_METRICS:
+        data = np.load(late / f"{metric}.npy")
+        data[2:] = np.nan
+        np.save(late / f"{metric}.npy", data)
+    gdl = make_3d_run(tmp_path, "gdl", [0.6, 0.7, 0.8], epochs=4)
+    (summary, _) = runs = summarise([late, gdl], REPORT_METRICS, [1])
+    assert not summary.diverged and summary.divergence.nan_from == 2
+    dsc = summary.metrics["val_3d_dsc"]
+    assert (dsc.best_epoch, dsc.mean) == (1, pytest.approx(0.8))
+    assert summary.metrics["val_3d_hd95"].best_epoch == 1
+    rows = build_table(runs).rows
+    assert rows[0][3] == "0.8000 +- 0.0816 (epoch 1)"
+    assert build_table(runs).bold[0][3]  # 0.8 > 0.7: still ranked
+    proc = run_report([late, gdl], tmp_path / "out" / "report.md")
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: run {late}: all its 3D metrics" in proc.stderr
+    assert "are NaN from epoch 2 to its last epoch 3" in proc.stderr
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert "(diverged at epoch 2); its best epochs are chosen among epochs 0-1" in page
+    assert "| late | val_3d_dsc | 3 | 1 | +0.1000 | +0.1000 to +0.1000 | 0.25 |" in page
+
+
+def test_checkpoint_at_a_nan_epoch_is_named_not_compared(tmp_path: Path) -> None:
+    """best_epoch.txt at an epoch where a run's 3D metrics are NaN: no finite pair, said so."""
+    gdl = make_3d_run(tmp_path, "gdl", [0.6, 0.7, 0.8])
+    late = make_3d_run(tmp_path, "late", [0.7, 0.8, 0.9], checkpoint=2)
+    data = np.load(late / "val_3d_hd95.npy")
+    data[2] = np.nan
+    np.save(late / "val_3d_hd95.npy", data)
+    proc = run_report([gdl, late], tmp_path / "out" / "report.md")
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "late and gdl on val_3d_hd95: no patient has a finite value in both at the epoch of "
+        "their best.pt (late, gdl): not compared." in page
+    )
+    assert "| late | val_3d_hd95 | 0 | 1 | no finite pair | - | - |" in page
+    # at epoch 2 the others are 0.5 Dice for every patient: 0.5 - 0.6, 0.5 - 0.7, 0.5 - 0.8
+    assert "| late | val_3d_dsc | 3 | 1 | -0.1000 |" not in page
+    assert "| late | val_3d_dsc | 3 | 1 | -0.2000 |" in page
+
+
+def test_diverged_seed_is_left_out_of_the_seeds_and_the_pairs(tmp_path: Path) -> None:
+    """surface-seed1 diverged: the seeds' table and the comparison use seed 0 only."""
+    runs = [
+        make_3d_run(tmp_path, "gdl-seed0", [0.6, 0.7, 0.8]),
+        make_3d_run(tmp_path, "gdl-seed1", [0.4, 0.5, 0.6]),
+        make_3d_run(tmp_path, "surface-seed0", [0.7, 0.8, 0.9]),
+        make_3d_run(tmp_path, "surface-seed1", None),
+    ]
+    proc = run_report(runs, tmp_path / "out" / "report.md")
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "out" / "report.md").read_text()
+    seeds = table_rows(page, "training")
+    # gdl: per-run val_3d_dsc means 0.7 and 0.5 (0.6 +- 0.1); surface: 0.8 from seed 0 alone.
+    assert (
+        "| gdl | 2 | 0.9000 +- 0.0000 (min 0.9000, max 0.9000) | 0.6000 +- 0.1000 " in seeds["gdl"]
+    )
+    assert seeds["surface"].startswith(
+        "| surface | 1 (1 diverged, left out) | 0.9000 +- 0.0000 (min 0.9000, max 0.9000) | "
+        "0.8000 +- 0.0000 (min 0.8000, max 0.8000) |"
+    )
+    assert "surface against gdl: seed(s) 1 left out, surface-seed1 diverged." in page
+    # seed 0 only: +0.1 for every patient
+    assert "| surface | val_3d_dsc | 3 | 1 | +0.1000 | +0.1000 to +0.1000 | 0.25 |" in page

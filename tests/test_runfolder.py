@@ -26,7 +26,9 @@ from runfolder import (
     class_columns,
     column_name,
     csv_columns,
+    divergence,
     load_metric,
+    nan_from,
     read_int,
     read_json,
     resolve_columns,
@@ -319,3 +321,60 @@ def test_runs_are_compared_by_their_data_not_by_the_path_they_were_given(tmp_pat
         check_comparable(
             [run("g", "data/isles", None), run("h", "data/isles-synthetic/isles", None)]
         )
+
+
+def test_nan_from_is_the_epoch_from_which_every_value_is_nan() -> None:
+    """Every value of every array NaN from that epoch to the last; a NaN epoch followed by a
+    finite one, or one finite value at the last epoch, is no divergence."""
+    finite = np.full((4, 2, 2), 0.5)
+    late = finite.copy()
+    late[2:] = np.nan  # epochs 2 and 3 entirely NaN
+    assert nan_from([np.full((4, 2, 2), np.nan)]) == 0
+    assert nan_from([late]) == 2
+    assert nan_from([late, np.full((4, 2, 2), np.nan)]) == 2  # the latest of the arrays
+    one_left = late.copy()
+    one_left[3, 1, 0] = 0.1  # a single finite value at the last epoch
+    assert nan_from([one_left]) is None
+    middle = finite.copy()
+    middle[1] = np.nan  # NaN at epoch 1 only
+    assert nan_from([middle]) is None
+    assert nan_from([late, finite]) is None
+    assert nan_from([]) is None
+
+
+def test_divergence_reads_the_3d_arrays_of_the_folder(tmp_path: Path) -> None:
+    """The 3D arrays decide (val_3d_dsc, val_3d_hausdorff, val_3d_hd95), every class included;
+    val_dice does not; a folder without 3D arrays is never diverged."""
+    run = tmp_path / "boundary"
+    run.mkdir()
+    for name in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
+        np.save(run / f"{name}.npy", np.full((3, 2, 2), np.nan))
+    np.save(run / "val_dice.npy", np.full((3, 5, 2), 0.5))
+    found = divergence(run)
+    assert (found.nan_from, found.n_epochs, found.diverged, found.late) == (0, 3, True, False)
+    assert found.metrics == ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95")
+    assert found.describe() == (
+        f"run {run} diverged: all its 3D metrics (val_3d_dsc, val_3d_hausdorff, val_3d_hd95) are "
+        "NaN from epoch 0 to its last epoch 2, every patient and class"
+    )
+    # An array already read is used as given (here: finite background at the last epoch).
+    background = np.full((3, 2, 2), np.nan)
+    background[:, :, 0] = 1.0
+    assert divergence(run, {"val_3d_dsc.npy": background}).nan_from is None
+    late = np.full((3, 2, 2), 0.5)
+    late[1:] = np.nan
+    found = divergence(run, {"val_3d_dsc": late})
+    assert (found.nan_from, found.diverged, found.late) == (1, False, True)
+    assert found.describe().endswith(
+        "(diverged at epoch 1); its best epochs are chosen among epoch 0"
+    )
+    empty = tmp_path / "no_3d"
+    empty.mkdir()
+    np.save(empty / "val_dice.npy", np.full((3, 5, 2), np.nan))
+    found = divergence(empty)
+    assert (found.nan_from, found.diverged, found.metrics, found.describe()) == (
+        None,
+        False,
+        (),
+        "",
+    )
