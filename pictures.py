@@ -12,10 +12,12 @@ solid contours, each run's prediction at its best epoch as dashed ones. For the 
 for the first run, `DIR/<run>_<name>.gif` animates each run's prediction of the largest slice over
 the epochs, one frame per epoch (from `iter<NNN>/val/`, which every epoch saves; the bar at the
 bottom fills with the epochs), as the original project did with ImageMagick's `convert`.
-`DIR/pictures.json` lists the files with what they show. Everything is written in `DIR_tmp/DIR`
-and moved into place when complete; `DIR` is only ever replaced when it is empty or an earlier
-output of pictures.py (marked by `.written_by.json`, or holding `pictures.json`), so a folder of
-the user's given as `--dest` is refused, untouched (`atomic.staged_folder`).
+A diverged run (every value of its 3D metrics NaN, `runfolder.divergence`) has nothing to show
+and may have saved no predictions: it is left out, named in `pictures.json` (`diverged`) and in
+a warning. `DIR/pictures.json` lists the files with what they show. Everything is written in
+`DIR_tmp/DIR` and moved into place when complete; `DIR` is only ever replaced when it is empty
+or an earlier output of pictures.py (marked by `.written_by.json`, or holding `pictures.json`),
+so a folder of the user's given as `--dest` is refused, untouched (`atomic.staged_folder`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from scipy.ndimage import binary_erosion  # noqa: E402
 from atomic import FolderError, check_replaceable, staged_folder  # noqa: E402
 from console import ArgumentParser  # noqa: E402
 from patients import at_checkpoint, patient_names, validation_stems  # noqa: E402
-from runfolder import read_json  # noqa: E402
+from runfolder import divergence, read_json  # noqa: E402
 
 PANEL_INCHES, DPI = 3.0, 100  # each panel of a picture: 300 x 300 pixels
 GIF_SCALE, GIF_MS = 2, 400  # GIF frames: twice the slice size, 0.4 s each
@@ -155,19 +157,22 @@ def make_pictures(runs: list[Path], dest: Path, classes: list[int]) -> dict:
         ValueError, OSError: a run lacks what the pictures need.
     """
     check_replaceable(dest, TOOL, "--dest", LEGACY)  # before any work
-    names = patient_names(runs[0])
+    diverged = [run for run in runs if divergence(run).diverged]
+    runs = [run for run in runs if run not in diverged]  # nothing of theirs to show
+    names = patient_names(runs[0]) if runs else []
     for run in runs[1:]:  # every run's predictions are there, of the same patients
         if patient_names(run) != names:
             raise ValueError(f"{run}: other validation patients than {runs[0]}")
     chosen = {run.name: choose(names, at_checkpoint(run, "val_3d_dsc", classes)) for run in runs}
     with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
         record: dict = {"chosen": chosen, "pictures": [], "gifs": []}
+        record["diverged"] = [run.name for run in diverged]
         for patient in dict.fromkeys(p for c in chosen.values() for p in c.values()):
             roles = [f"{role} of {run}" for run, c in chosen.items() for role, p in c.items()
                      if p == patient]  # fmt: skip
             path = contour_picture(runs, patient, classes, tmp / f"patient_{patient}.png")
             record["pictures"].append({"file": path.name, "patient": patient, "roles": roles})
-        for role, patient in chosen[runs[0].name].items():
+        for role, patient in (chosen[runs[0].name] if runs else {}).items():
             largest, _ = pick_slices(runs, patient, classes)
             for run in runs:
                 path = epoch_gif(run, largest, tmp / f"{run.name}_{patient}.gif")
@@ -195,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FolderError, OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    for name in record["diverged"]:
+        print(
+            f"warning: run {name} diverged (all its 3D metrics are NaN): not drawn", file=sys.stderr
+        )
     print(f"wrote {len(record['pictures'])} pictures and {len(record['gifs'])} GIFs in {args.dest}")
     return 0
 

@@ -233,6 +233,9 @@ def picture_blocks(folder: Path, page_dir: Path) -> list[Block]:
             "ground truth solid, predictions dashed, one column per run.",
         ),
     ]
+    if record.get("diverged"):
+        names = ", ".join(record["diverged"])
+        blocks.append(Block("p", f"Not drawn, diverged (all 3D metrics NaN): {names}."))
     for picture in record["pictures"]:
         text = f"{picture['patient']} ({'; '.join(picture['roles'])})"
         blocks.append(Block("img", text=text, path=rel(picture["file"])))

@@ -19,6 +19,7 @@ from PIL import Image
 
 import patients
 import pictures
+import report_sections
 from atomic import MARKER
 from report import summarise, write_report
 from tests.cli import assert_clean_error, run_script
@@ -131,6 +132,31 @@ def test_pictures_never_replace_a_users_folder(runs, tmp_path):
     proc = run_script("pictures.py", "--folders", *runs, "--dest", dest)
     assert_clean_error(proc, f"--dest {dest}:", f"{stage} is a non-empty folder", "not removed")
     assert [p.name for p in stage.iterdir()] == ["draft.png"]
+
+
+def test_a_diverged_run_is_left_out_of_the_pictures_and_named(runs, tmp_path):
+    """A run whose 3D metrics are all NaN saved no predictions (no best.pt epoch): the others
+    are drawn, it is named in pictures.json, a warning and the report's pictures section."""
+    diverged = shutil.copytree(runs[1], runs[1].with_name("diverged"))
+    shutil.rmtree(diverged / "best_epoch")
+    (diverged / "best_epoch.txt").unlink()
+    for name in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
+        np.save(diverged / f"{name}.npy", np.full((EPOCHS, 3, 2), np.nan, np.float32))
+    dest = tmp_path / "pictures"
+    proc = run_script("pictures.py", "--folders", runs[0], diverged, "--dest", dest)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: run diverged diverged (all its 3D metrics are NaN): not drawn" in proc.stderr
+    record = json.loads((dest / "pictures.json").read_text())
+    assert record["diverged"] == ["diverged"] and list(record["chosen"]) == ["gdl"]
+    assert {g["run"] for g in record["gifs"]} == {"gdl"} and len(record["gifs"]) == 3
+    assert len(record["pictures"]) == 3  # best, median and worst of gdl: p1, p2, p3
+    alone = tmp_path / "alone"
+    proc = run_script("pictures.py", "--folders", diverged, "--dest", alone)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((alone / "pictures.json").read_text())
+    assert record["pictures"] == [] and record["gifs"] == [] and record["diverged"] == ["diverged"]
+    blocks = report_sections.picture_blocks(alone, tmp_path)
+    assert any("Not drawn, diverged (all 3D metrics NaN): diverged." in b.text for b in blocks)
 
 
 def test_pictures_name_a_run_without_predictions(runs, tmp_path):
