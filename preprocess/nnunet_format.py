@@ -13,7 +13,11 @@ Both layouts are described by a `dataset.json` at the dataset's root:
   (`{"0": "background", "1": "edema"}`), a `training` list of `{"image": "./imagesTr/x.nii.gz",
   "label": "./labelsTr/x.nii.gz"}` and a `test` list of image paths; each image is one 4D NIfTI
   holding the channels along its last axis (3D when there is one channel). A `splits_final.json`
-  beside it (nnU-Net's folds of the same cases) is used as for nnU-Net.
+  beside it (nnU-Net's folds of the same cases) is used as for nnU-Net. Its files belong inside
+  its folder: a path that is absolute or holds `..` is refused, before any file is read.
+
+In both layouts a test case may not share its name with a training case (their predictions would
+be one file), and a case is listed once in each part of a fold of `splits_final.json`.
 
 Supported: NIfTI files (`.nii.gz`, `.nii`) and one integer per label. Region-based labels
 (nnU-Net's lists of integers with `regions_class_order`), nnU-Net's `ignore` label, other file
@@ -35,7 +39,7 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -253,7 +257,8 @@ def _nnunet_cases(
 
 
 def _folds(root: Path, training: tuple[Case, ...]) -> tuple | None:
-    """nnU-Net's splits_final.json, checked: every id known, train and val disjoint."""
+    """nnU-Net's splits_final.json, checked: every id known and listed once in its part of a
+    fold, train and val disjoint."""
     path = root / "splits_final.json"
     if not path.exists():
         return None
@@ -266,12 +271,19 @@ def _folds(root: Path, training: tuple[Case, ...]) -> tuple | None:
         if not isinstance(fold, dict) or not {"train", "val"} <= set(fold):
             raise DatasetError(f"{path}: fold {number} is not {{'train': [...], 'val': [...]}}")
         train, val = fold["train"], fold["val"]
-        for ids in (train, val):
+        for part, ids in (("train", train), ("val", val)):
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise DatasetError(f"{path}: fold {number} must list case ids, got {ids!r}")
             unknown = sorted(str(i) for i in ids if i not in known)
             if unknown:
                 raise DatasetError(f"{path}: fold {number} names unknown cases {unknown[:5]}")
+            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+            if twice:
+                raise DatasetError(
+                    f"{path}: fold {number} lists case {twice[0]} {Counter(ids)[twice[0]]} times "
+                    f"in '{part}'; expected each case once (a repeated case would be counted "
+                    "twice)"
+                )
         if set(train) & set(val) or not train or not val:
             raise DatasetError(
                 f"{path}: fold {number} must have training and validation cases, disjoint"
@@ -308,6 +320,7 @@ def _read_nnunet(root: Path, spec: dict, path: Path) -> DatasetDescription:
     test: tuple[Case, ...] = ()
     if (root / "imagesTs").is_dir():
         test = _nnunet_cases(root / "imagesTs", ending, len(channels), None)
+    _check_test_names(training, test, None)
     return DatasetDescription(
         root, NNUNET, channels, labels, training, test, _folds(root, training)
     )
@@ -319,15 +332,50 @@ def _read_nnunet(root: Path, spec: dict, path: Path) -> DatasetDescription:
 
 
 def _msd_file(root: Path, entry: object, path: Path, what: str) -> Path:
+    """The file a Decathlon dataset.json entry names, checked before anything reads it.
+
+    A Decathlon dataset's files belong inside its folder: an absolute path, or one holding
+    `..`, is refused here, in the reader both the lineage and the slicer use, so that no step
+    reads a file the lineage does not pin under the dataset folder.
+    """
     if not isinstance(entry, str) or not entry.endswith(ENDINGS):
         raise DatasetError(
             f"{path}: {what} {entry!r} is not a NIfTI path; only NIfTI ({', '.join(ENDINGS)}) "
             "is supported"
         )
+    relative = PurePosixPath(entry)
+    if relative.is_absolute() or ".." in relative.parts:
+        reason = "is an absolute path" if relative.is_absolute() else "holds '..'"
+        raise DatasetError(
+            f"{path}: {what} {entry!r} {reason}; expected a path inside the dataset folder "
+            f"{root}, relative to it (such as ./imagesTr/<case>.nii.gz)"
+        )
     file = root / entry
     if not file.is_file():
         raise DatasetError(f"{file}: file not found ({what}, listed in {path.name})")
     return file
+
+
+def _check_test_names(
+    training: tuple[Case, ...], test: tuple[Case, ...], listed_in: Path | None
+) -> None:
+    """Refuse a test case named like a training case: predict.py writes one file per case
+    name, so their predictions would overwrite each other.
+
+    Args:
+        training: the training cases.
+        test: the test cases.
+        listed_in: the dataset.json listing the test cases (the Decathlon), None for imagesTs.
+    """
+    known = {case.cid: case for case in training}
+    for case in test:
+        if case.cid in known:
+            where = f", listed in {listed_in}," if listed_in is not None else ""
+            raise DatasetError(
+                f"{case.images[0]}: test case {case.cid}{where} has the name of the training "
+                f"case {known[case.cid].images[0]}; expected distinct case names (the "
+                "predictions of both would be written to one file)"
+            )
 
 
 def _case_id(file: Path) -> str:
@@ -378,6 +426,7 @@ def _read_msd(root: Path, spec: dict, path: Path) -> DatasetDescription:
         test.append(Case(cid, (image,), None, four_d=True))
     training = tuple(sorted(cases, key=lambda c: c.cid))
     test_cases = tuple(sorted(test, key=lambda c: c.cid))
+    _check_test_names(training, test_cases, path)
     return DatasetDescription(
         root, MSD, channels, labels, training, test_cases, _folds(root, training)
     )
@@ -394,7 +443,10 @@ def read_dataset(root: str | Path) -> DatasetDescription:
 
     Raises:
         DatasetError: no dataset.json, invalid JSON, an unsupported layout or label form, a
-            missing file or channel, a case listed twice, or no training case.
+            missing file or channel, a case listed twice (in the training list, in the test
+            list, or in one part of a fold of splits_final.json), a test case named like a
+            training case, a Decathlon file named by an absolute path or one holding `..`, or
+            no training case.
     """
     root = Path(root)
     if not root.is_dir():

@@ -26,7 +26,10 @@ configuration does (Isensee et al., Nature Methods 2021):
 `source.json`, beside `split.json`, records what the predictions need to be written back in the
 source geometry (predict.py): the dataset folder, its layout, channels and their normalisation,
 the labels, the axis sliced and the slice shape. Test images (`imagesTs`) are not sliced: predict.py
-reads them from the source.
+reads them from the source. They are read once here all the same, and checked as predict.py will
+read them (one grid per case, finite voxels), so that a bad test image stops the slicing rather
+than the predictions after every training. Before the axis is chosen, the header of every image
+and label file is checked (three dimensions, three finite positive voxel sizes).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from preprocess.nnunet_format import DatasetDescription, DatasetError, read_dataset  # noqa: E402
@@ -49,11 +51,14 @@ from preprocess.volumes import (  # noqa: E402
     Geometry,
     Patients,
     SliceError,
+    Spacing3D,
     Volume,
     check_finite,
     load_images,
     load_nifti,
     natural_key,
+    normalise_channel,
+    read_header,
 )
 
 # nnU-Net's budget of foreground voxels for the CT statistics, shared among the training cases.
@@ -71,51 +76,50 @@ def png_folders(channels: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
-def choose_axis(description: DatasetDescription) -> int:
-    """The axis of coarsest median spacing over the training cases (ties: the last of them)."""
+def check_headers(description: DatasetDescription) -> list[Spacing3D]:
+    """Read and check the header of every image and label file, training and test cases, before
+    the axis is chosen: each one is a readable NIfTI of three dimensions (a Decathlon image: four,
+    its last holding every channel) with three finite positive voxel sizes, read as every later
+    step reads them (`volumes.read_header`, the header side of `load_nifti`).
+
+    Returns:
+        The voxel spacing of each training case's first image file, in case order.
+
+    Raises:
+        SliceError: naming the first file that fails, and what was expected.
+    """
+    n_channels = len(description.channels)
     spacings = []
-    for case in description.training:
-        try:
-            zooms = nib.load(str(case.images[0])).header.get_zooms()[:3]
-        except Exception as error:  # nibabel raises many kinds on a corrupt header
-            raise SliceError(f"{case.images[0]}: not a readable NIfTI file ({error})") from None
-        spacings.append([float(z) for z in zooms])
-    median = np.median(np.array(spacings), axis=0)
+    for case in (*description.training, *description.test):
+        for number, path in enumerate(case.images):
+            _, spacing = read_header(path, n_channels if case.four_d else None)
+            if number == 0 and case.label is not None:
+                spacings.append(spacing)
+        if case.label is not None:
+            read_header(case.label)
+    return spacings
+
+
+def choose_axis(spacings: list[Spacing3D]) -> int:
+    """The axis of coarsest median spacing over the training cases (ties: the last of them)."""
+    median = np.median(np.array(spacings, dtype=np.float64), axis=0)
     return int(np.flatnonzero(np.isclose(median, median.max(), rtol=1e-3))[-1])
 
 
-def check_test_images(description: DatasetDescription) -> None:
-    """Check the headers of the test images (imagesTs), which are read only by predict.py after
-    the trainings: readable, 3D per channel (or 4D with every channel), one shape per case.
+def check_test_images(description: DatasetDescription, norms: tuple[tuple, ...]) -> None:
+    """Read every test image (imagesTs, or the Decathlon's test list) once and check it as
+    predict.py will after the trainings, with the same functions: its channels on one grid
+    (`load_images`) and each normalisable by its scheme (`normalise_channel`: finite voxels, and
+    not constant for a min-max one).
 
     Raises:
         SliceError: naming the file and what was expected.
     """
-    n_channels = len(description.channels)
     for case in description.test:
-        shapes = []
-        for path in case.images:
-            try:
-                shape = tuple(int(n) for n in nib.load(str(path)).shape)
-            except Exception as error:  # nibabel raises many kinds on a corrupt header
-                raise SliceError(f"{path}: not a readable NIfTI file ({error})") from None
-            if case.four_d and n_channels > 1:
-                if len(shape) != 4 or shape[3] != n_channels:
-                    raise SliceError(
-                        f"{path}: test image of shape {shape}; expected X Y Z {n_channels} (the "
-                        "modalities declared in dataset.json)"
-                    )
-                shape = shape[:3]
-            while len(shape) > 3 and shape[-1] == 1:
-                shape = shape[:-1]
-            if len(shape) != 3:
-                raise SliceError(f"{path}: test image of shape {shape}; expected a 3D volume")
-            shapes.append(shape)
-        if len(set(shapes)) > 1:
-            raise SliceError(
-                f"{case.images[-1]}: shape {shapes[-1]} differs from {case.images[0]} {shapes[0]}; "
-                "expected every channel of a case on one grid"
-            )
+        volume = Volume(case.cid, case.images, None, case.four_d)
+        images, _, _, paths = load_images(volume, len(norms))
+        for image, path, norm in zip(images, paths, norms, strict=True):
+            normalise_channel(image, path, norm)
 
 
 def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple:
@@ -189,8 +193,8 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
         return sorted(train, key=natural_key), sorted(val, key=natural_key), {"fold": fold}
 
     def plan(found: Patients, train: list[str]) -> tuple[Geometry, dict[str, object]]:
-        check_test_images(description)
-        chosen = choose_axis(description) if axis == "auto" else int(axis)
+        spacings = check_headers(description)
+        chosen = choose_axis(spacings) if axis == "auto" else int(axis)
         norms = []
         for channel, scheme in enumerate(description.schemes):
             if scheme == "ct":
@@ -199,6 +203,7 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
             else:
                 norms.append((scheme,))
         geometry = Geometry(chosen, tuple(norms))
+        check_test_images(description, geometry.norms)
         record = {
             "dataset": str(description.root.resolve()),
             "name": description.name,

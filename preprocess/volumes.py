@@ -2,8 +2,10 @@
 
 Each volume to slice (a patient for ISLES and WMH, a cardiac frame for ACDC) is one NIfTI file
 per modality and one label file. Here they are found on disk (`require_dir`, `require_file`,
-`subfolders`), loaded (`load_nifti`), checked (readable NIfTI, 3D, one grid for every file of a
-volume, finite voxels, a non-constant image, integer label values in the dataset's classes),
+`subfolders`), loaded (`load_nifti`; `read_header` reads the header alone, with the same checks),
+checked (readable NIfTI, 3D, finite positive voxel sizes, which come from the sform when the
+header leaves them unset or the sform contradicts them, one grid for every file of a volume,
+finite voxels, a non-constant image, integer label values in the dataset's classes),
 normalised to [0, 1] over the whole 3D volume (min-max, never per slice), and resized in-plane
 (images linearly, labels by nearest neighbour, the in-plane spacing scaled by old size / new
 size). Bad input raises `SliceError` with the file named.
@@ -131,6 +133,142 @@ def patient_folders(source: Path, inner: str, pattern: str, dataset: str, shown:
 # ---------------------------------------------------------------------------------------------
 
 
+def _open_nifti(path: Path) -> nib.spatialimages.SpatialImage:
+    """The nibabel image of `path` (its header read, its voxels not yet)."""
+    try:
+        return nib.load(str(path))
+    except Exception as error:  # nibabel, gzip and numpy raise many kinds on corrupt files
+        raise SliceError(
+            f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _volume_shape(shape: tuple[int, ...], path: Path, channels: int | None) -> tuple[int, ...]:
+    """The shape `load_nifti` returns for a file of `shape`: `X Y Z`, or `C X Y Z` with
+    `channels` (see `load_nifti`); raises SliceError when the file has other dimensions."""
+    if channels is not None:
+        if len(shape) == 3 and channels == 1:
+            shape = (*shape, 1)
+        if len(shape) != 4 or shape[-1] != channels:
+            raise SliceError(
+                f"{path}: shape {shape} holds "
+                f"{shape[-1] if len(shape) == 4 else 'no'} channels along its fourth axis; "
+                f"expected {channels} (the modalities declared in dataset.json)"
+            )
+        return (shape[-1], *shape[:3])
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise SliceError(f"{path}: expected a 3D volume, got shape {shape}")
+    return shape
+
+
+# The columns of a usable sform are non-degenerate: |det| at least this fraction of the product
+# of their norms (1 for orthogonal columns, 0 for collinear ones).
+SFORM_MIN_VOLUME = 1e-6
+
+
+def _usable_sform(header: nib.Nifti1Header) -> np.ndarray | None:
+    """The 3 x 3 part of the header's sform when it is set (sform_code > 0), finite and
+    non-degenerate (no zero or collinear column); None otherwise."""
+    if int(header["sform_code"]) <= 0:
+        return None
+    linear = np.asarray(header.get_sform(), dtype=np.float64)[:3, :3]
+    if not np.isfinite(linear).all():
+        return None
+    norms = np.linalg.norm(linear, axis=0)
+    if not (norms > 0).all() or abs(np.linalg.det(linear)) < SFORM_MIN_VOLUME * norms.prod():
+        return None
+    return linear
+
+
+def _stored_pixdim(image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """pixdim[1:4] as the file stores them: nibabel's header has already replaced a 0 by 1 and
+    a negative size by its absolute value."""
+    holder = image.file_map.get("header") or image.file_map["image"]
+    with holder.get_prepare_fileobj("rb") as handle:
+        stored = type(image.header).from_fileobj(handle, check=False)
+    return np.asarray(stored["pixdim"][1:4], dtype=np.float64)
+
+
+def _geometry(image: nib.spatialimages.SpatialImage, path: Path) -> tuple[Spacing3D, np.ndarray]:
+    """The voxel spacing (dx, dy, dz) in mm and the 4 x 4 affine of a loaded image.
+
+    The spacing is the header's voxel sizes (pixdim[1:4], as nibabel's zooms give them), except
+    for a NIfTI file whose voxel sizes the sform contradicts. Chosen so because nibabel reads an
+    unset voxel size (pixdim 0, as writers that fill only the sform leave it) as 1 mm with a
+    warning only, while the sform, the affine nibabel returns and every grid check and written
+    prediction uses, still says where the voxels are: the distance between neighbouring voxels
+    along an axis is the norm of its column in the affine, which is what the zooms are meant to
+    match. So:
+
+    - voxel sizes unset (a 0 among pixdim[1:4]): taken from a usable sform (set, finite,
+      non-degenerate); refused without one, since nothing in the file then says the spacing
+      (a qform is built from pixdim itself);
+    - voxel sizes set but not matching a usable sform's column norms (beyond the tolerances of
+      `check_same_grid`): taken from the sform, as for the labels predict.py writes on such a
+      grid (their pixdim nibabel's 1 mm, their sform the source's), which then read back with
+      the spacing of their source;
+    - a NaN, infinite or missing voxel size: refused (a damaged header, never papered over).
+
+    Files whose voxel sizes match their sform (or have no sform) keep today's values exactly.
+
+    Raises:
+        SliceError: a NaN, infinite or missing voxel size; voxel sizes unset without a usable
+            sform; an unreadable header.
+    """
+    try:
+        zooms = tuple(float(z) for z in image.header.get_zooms())
+        affine = np.asarray(image.affine, dtype=np.float64)
+        nifti = isinstance(image.header, nib.Nifti1Header)
+        stored = _stored_pixdim(image) if nifti else None
+        sform = _usable_sform(image.header) if nifti else None
+    except Exception as error:  # nibabel and gzip raise many kinds on corrupt files
+        raise SliceError(
+            f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})"
+        ) from None
+    spacing = zooms[:3]
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise SliceError(
+            f"{path}: expected three finite positive voxel sizes (pixdim[1:4], mm), got {zooms}"
+        )
+    if stored is None:
+        return spacing, affine
+    norms = None if sform is None else np.linalg.norm(sform, axis=0)
+    if (stored == 0).any():
+        if norms is None:
+            raise SliceError(
+                f"{path}: voxel sizes unset (pixdim[1:4] {_values(stored)}; nibabel would read "
+                f"0 as 1 mm) and no usable sform (sform_code {int(image.header['sform_code'])}) "
+                "to take them from; expected positive voxel sizes in pixdim or a finite, "
+                "non-degenerate sform"
+            )
+        return tuple(float(n) for n in norms), affine
+    if norms is not None and not np.allclose(spacing, norms, rtol=SPACING_RTOL, atol=SPACING_ATOL):
+        return tuple(float(n) for n in norms), affine
+    return spacing, affine
+
+
+def read_header(path: Path, channels: int | None = None) -> tuple[tuple[int, ...], Spacing3D]:
+    """The shape and voxel spacing of a NIfTI volume from its header alone, checked as
+    `load_nifti` checks them (so both give one answer), without reading its voxels.
+
+    Args:
+        path: the `.nii` or `.nii.gz` file.
+        channels: as for `load_nifti`.
+
+    Returns:
+        The shape `load_nifti` would return (`X Y Z`, or `C X Y Z`) and the spacing (dx, dy, dz)
+        in mm.
+
+    Raises:
+        SliceError: the file is not a readable NIfTI, has other dimensions, or a bad spacing.
+    """
+    image = _open_nifti(path)
+    shape = _volume_shape(tuple(int(n) for n in image.shape), path, channels)
+    return shape, _geometry(image, path)[0]
+
+
 def load_nifti(path: Path, channels: int | None = None) -> tuple[np.ndarray, Spacing3D, np.ndarray]:
     """Load a 3D NIfTI volume (or, with `channels`, a 4D one holding that many).
 
@@ -141,40 +279,30 @@ def load_nifti(path: Path, channels: int | None = None) -> tuple[np.ndarray, Spa
 
     Returns:
         The `X Y Z` (or `C X Y Z`) voxel array (its stored dtype, scaled when the header says
-        so), the voxel spacing (dx, dy, dz) in mm, and the 4 x 4 voxel-to-world affine
-        (nibabel's best one: sform, else qform, else the spacing alone). For a 3D volume,
-        trailing axes of length one (`X Y Z 1`) are dropped.
+        so), the voxel spacing (dx, dy, dz) in mm (the header's, or its sform's when the header
+        leaves it unset or the sform contradicts it: see `_geometry`), and the 4 x 4
+        voxel-to-world affine (nibabel's best one: sform, else qform, else the spacing alone).
+        For a 3D volume, trailing axes of length one (`X Y Z 1`) are dropped.
 
     Raises:
         SliceError: the file is not a readable NIfTI, not 3D, or has a bad spacing.
     """
+    image = _open_nifti(path)
+    _volume_shape(tuple(int(n) for n in image.shape), path, channels)
+    spacing, affine = _geometry(image, path)
     try:
-        image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
-        zooms = tuple(float(z) for z in image.header.get_zooms())
-        affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as error:  # nibabel, gzip and numpy raise many kinds on corrupt files
         raise SliceError(
             f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})"
         ) from None
     if channels is not None:
-        if data.ndim == 3 and channels == 1:
+        if data.ndim == 3:  # one channel (checked above)
             data = data[..., None]
-        if data.ndim != 4 or data.shape[-1] != channels:
-            raise SliceError(
-                f"{path}: shape {data.shape} holds "
-                f"{data.shape[-1] if data.ndim == 4 else 'no'} channels along its fourth axis; "
-                f"expected {channels} (the modalities declared in dataset.json)"
-            )
         data = np.moveaxis(data, -1, 0)
     else:
         while data.ndim > 3 and data.shape[-1] == 1:
             data = data[..., 0]
-        if data.ndim != 3:
-            raise SliceError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    spacing = zooms[:3]
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise SliceError(f"{path}: expected three positive voxel sizes, got {zooms}")
     return data, spacing, affine
 
 

@@ -11,11 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from preprocess.synthetic_nnunet import write_nnunet
 from preprocess.verify_lineage import read_lineage
 from tests.cli import assert_clean_error, run_script
+from tests.test_slice_nnunet import make_msd, read_json, save_nii, tiny_case, write_json
 
 SCRIPT = "preprocess/dataset_lineage.py"
 
@@ -43,7 +45,9 @@ def test_first_run_pins_every_file_read_and_later_runs_check_them(dataset, tmp_p
     sums = read_lineage(lineage).sums
     assert "dataset.json" in sums and "labelsTr/standin_001.nii.gz" in sums
     assert "imagesTs/standin_101_0001.nii.gz" in sums
-    assert len(sums) == sum(1 for p in dataset.rglob("*") if p.is_file())
+    # every file but the generator's own marker (.written_by.json), which no step reads
+    assert len(sums) == sum(1 for p in dataset.rglob("*") if p.is_file()) - 1
+    assert ".written_by.json" not in sums and (dataset / ".written_by.json").is_file()
     os.utime(stamp, (1, 1))
     second, _, _ = lineage_of(dataset, tmp_path)
     assert second.returncode == 0 and "57 files match" in second.stdout
@@ -93,4 +97,25 @@ def test_a_dataset_that_cannot_be_read_is_not_pinned(tmp_path):
     (tmp_path / "empty").mkdir()
     proc, lineage, stamp = lineage_of(tmp_path / "empty", tmp_path)
     assert_clean_error(proc, f"{tmp_path / 'empty' / 'dataset.json'}: file not found")
+    assert not lineage.exists() and not stamp.exists()
+
+
+@pytest.mark.parametrize("form", ["absolute", ".."])
+def test_a_decathlon_file_outside_the_dataset_folder_is_refused(tmp_path, form):
+    """A training image named outside the folder is neither pinned nor read: the reader the
+    slicer also uses refuses it, with the entry named."""
+    root = make_msd(tmp_path / "Task01_Tiny")
+    ct, t2, _ = tiny_case(2)
+    outside = save_nii(tmp_path / "elsewhere" / "case_002.nii.gz", np.stack([ct, t2], axis=-1))
+    named = str(outside) if form == "absolute" else "../elsewhere/case_002.nii.gz"
+    spec = read_json(root / "dataset.json")
+    spec["training"][1]["image"] = named
+    write_json(root / "dataset.json", spec)
+    proc, lineage, stamp = lineage_of(root, tmp_path)
+    reason = "is an absolute path" if form == "absolute" else "holds '..'"
+    assert_clean_error(
+        proc,
+        f"{root / 'dataset.json'}: training entry 1's image {named!r} {reason}",
+        "expected a path inside the dataset folder",
+    )
     assert not lineage.exists() and not stamp.exists()

@@ -22,6 +22,7 @@ import pytest
 
 from preprocess.nnunet_format import MSD, NNUNET, DatasetError, read_dataset
 from preprocess.synthetic_nnunet import write_msd, write_nnunet
+from preprocess.volumes import SliceError, load_nifti
 from tests.cli import assert_clean_error, run_script
 
 SCRIPT = "preprocess/slice_nnunet.py"
@@ -67,6 +68,35 @@ def save_nii(path: Path, data: np.ndarray, spacing=TINY_ZOOMS, affine=None) -> P
     if affine is None:
         affine = np.diag([*spacing[:3], 1.0])
     nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def stored_header(path: Path) -> nib.Nifti1Header:
+    """The header as the file stores it (nibabel's load replaces a pixdim of 0 by 1)."""
+    with nib.openers.ImageOpener(str(path)) as handle:
+        return nib.Nifti1Header.from_fileobj(handle, check=False)
+
+
+def unset_pixdim(path: Path, sform: bool = True) -> Path:
+    """Write `path` again with its voxel sizes unset (pixdim[1:4] = 0), as writers that fill
+    only the sform leave them; with `sform` False, without an sform or a qform either."""
+    image = nib.load(str(path))
+    out = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine if sform else None)
+    out.header["pixdim"][1:4] = 0
+    nib.save(out, str(path))
+    stored = stored_header(path)
+    assert stored["pixdim"][1:4].tolist() == [0, 0, 0]
+    assert (int(stored["sform_code"]) > 0) == sform and int(stored["qform_code"]) == 0
+    return path
+
+
+def nan_pixdim(path: Path, axis: int) -> Path:
+    """Write `path` again with a NaN voxel size along `axis`, its sform untouched."""
+    image = nib.load(str(path))
+    out = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine)
+    out.header["pixdim"][1 + axis] = np.nan
+    nib.save(out, str(path))
+    assert np.isnan(stored_header(path)["pixdim"][1 + axis])
     return path
 
 
@@ -332,7 +362,137 @@ def bad_test_image_channels(folder: Path):
     root = make_msd(folder / "ds", test=["./imagesTs/case_101.nii.gz"])
     ct, t2, _ = tiny_case(101)
     image = save_nii(root / "imagesTs" / "case_101.nii.gz", np.stack([ct, t2, t2], axis=-1))
-    return root, [], [f"{image}: test image of shape (8, 6, 5, 3); expected X Y Z 2"]
+    return root, [], [f"{image}: shape (8, 6, 5, 3) holds 3 channels", "expected 2"]
+
+
+def bad_splits_case_twice(folder: Path):
+    root = make_nnunet(folder / "ds")
+    path = root / "splits_final.json"
+    folds = [dict(fold) for fold in FIVE_FOLDS]
+    folds[1] = {"train": ["case_003", "case_001", "case_003"], "val": ["case_002"]}
+    write_json(path, folds)
+    return root, [], [f"{path}: fold 1 lists case case_003 2 times in 'train'", "expected each"]
+
+
+def bad_unset_pixdim_without_sform(folder: Path):
+    """Every file's voxel sizes unset and no sform: nothing says the spacing."""
+    root = make_nnunet(folder / "ds")
+    for path in sorted(root.rglob("*.nii.gz")):
+        unset_pixdim(path, sform=False)
+    first = root / "imagesTr" / "case_001_0000.nii.gz"
+    return root, [], [f"{first}: voxel sizes unset (pixdim[1:4] [0, 0, 0]", "no usable sform"]
+
+
+def bad_nan_pixdim(folder: Path):
+    """A NaN voxel size in the first channel of one training case (the one the axis is chosen
+    from), its sform intact: a damaged header is refused, whatever the sform says."""
+    root = make_nnunet(folder / "ds")
+    image = nan_pixdim(root / "imagesTr" / "case_002_0000.nii.gz", axis=1)
+    return root, [], [f"{image}: expected three finite positive voxel sizes", "nan"]
+
+
+def bad_2d_file(folder: Path):
+    """One 2D file among the 3D cases."""
+    root = make_nnunet(folder / "ds")
+    image = save_nii(root / "imagesTr" / "case_002_0000.nii.gz", tiny_case(2)[0][:, :, 0])
+    return root, [], [f"{image}: expected a 3D volume, got shape (8, 6)"]
+
+
+def bad_2d_label(folder: Path):
+    """A 2D label file: its header is checked with the images', before the axis is chosen."""
+    root = make_nnunet(folder / "ds")
+    label = save_nii(root / "labelsTr" / "case_003.nii.gz", tiny_case(3)[2][:, :, 0])
+    return root, ["--axis", "2"], [f"{label}: expected a 3D volume, got shape (8, 6)"]
+
+
+def outside_image(folder: Path) -> Path:
+    """A 4D image of case_002 outside the dataset folder."""
+    ct, t2, _ = tiny_case(2)
+    return save_nii(folder / "elsewhere" / "case_002.nii.gz", np.stack([ct, t2], axis=-1))
+
+
+def bad_msd_absolute_path(folder: Path):
+    """A training image named by its absolute path, a file outside the dataset folder."""
+    root = make_msd(folder / "ds")
+    outside = outside_image(folder)
+    spec = read_json(root / "dataset.json")
+    spec["training"][1]["image"] = str(outside)
+    write_json(root / "dataset.json", spec)
+    return (
+        root,
+        [],
+        [
+            f"{root / 'dataset.json'}: training entry 1's image '{outside}' is an absolute path",
+            "expected a path inside the dataset folder",
+        ],
+    )
+
+
+def bad_msd_path_leaving_the_folder(folder: Path):
+    """A training image named by a path that leaves the dataset folder with `..`."""
+    root = make_msd(folder / "ds")
+    outside_image(folder)
+    spec = read_json(root / "dataset.json")
+    spec["training"][1]["image"] = "./../elsewhere/case_002.nii.gz"
+    write_json(root / "dataset.json", spec)
+    return (
+        root,
+        [],
+        [
+            f"{root / 'dataset.json'}: training entry 1's image './../elsewhere/case_002.nii.gz' "
+            "holds '..'",
+        ],
+    )
+
+
+def with_test_images(root: Path, cases: dict[str, int]) -> dict[str, list[Path]]:
+    """Write nnU-Net test images (imagesTs/<name>_000X.nii.gz) of hand-made cases:
+    name -> the number of the case whose voxels it holds. Returns name -> its channel files."""
+    written = {}
+    for name, number in cases.items():
+        ct, t2, _ = tiny_case(number)
+        written[name] = [
+            save_nii(root / "imagesTs" / f"{name}_{c:04d}.nii.gz", image)
+            for c, image in enumerate((ct, t2))
+        ]
+    return written
+
+
+def bad_nan_test_image(folder: Path):
+    """A NaN in one channel of a test image: found when slicing, not after every training."""
+    root = make_nnunet(folder / "ds")
+    written = with_test_images(root, {"test_101": 101, "test_102": 102})
+    image = written["test_102"][1]
+    t2 = tiny_case(102)[1].astype(np.float32)
+    t2[4, 2, 3] = np.nan
+    save_nii(image, t2)
+    return root, [], [f"{image}: 1 NaN and 0 infinite voxels", "finite values only"]
+
+
+def bad_test_case_named_like_training(folder: Path):
+    root = make_nnunet(folder / "ds")
+    with_test_images(root, {"test_101": 101, "case_002": 102})
+    test = root / "imagesTs" / "case_002_0000.nii.gz"
+    train = root / "imagesTr" / "case_002_0000.nii.gz"
+    return (
+        root,
+        [],
+        [f"{test}: test case case_002 has the name of the training case {train}", "distinct"],
+    )
+
+
+def bad_msd_test_case_named_like_training(folder: Path):
+    root = make_msd(folder / "ds", test=["./imagesTs/case_003.nii.gz"])
+    ct, t2, _ = tiny_case(103)
+    test = save_nii(root / "imagesTs" / "case_003.nii.gz", np.stack([ct, t2], axis=-1))
+    return (
+        root,
+        [],
+        [
+            f"{test}: test case case_003, listed in {root / 'dataset.json'}, has the name of the "
+            f"training case {root / 'imagesTr' / 'case_003.nii.gz'}",
+        ],
+    )
 
 
 BAD_INPUTS = {
@@ -358,6 +518,16 @@ BAD_INPUTS = {
     "ignore label": bad_ignore_label,
     "fold without splits_final.json": bad_fold_without_splits,
     "test image channel count": bad_test_image_channels,
+    "splits_final.json case twice in a fold": bad_splits_case_twice,
+    "pixdim unset without sform": bad_unset_pixdim_without_sform,
+    "NaN pixdim": bad_nan_pixdim,
+    "2D file among 3D cases": bad_2d_file,
+    "2D label file": bad_2d_label,
+    "MSD absolute path": bad_msd_absolute_path,
+    "MSD path leaving the folder": bad_msd_path_leaving_the_folder,
+    "NaN in a test image": bad_nan_test_image,
+    "test case named like a training case": bad_test_case_named_like_training,
+    "MSD test case named like a training case": bad_msd_test_case_named_like_training,
 }
 
 
@@ -468,6 +638,133 @@ def test_read_dataset_refuses_malformed_msd_test_list(tmp_path):
     with pytest.raises(DatasetError, match="test") as error:
         read_dataset(root)
     assert str(root / "dataset.json") in str(error.value)
+
+
+@pytest.mark.parametrize("part", ["train", "val"])
+def test_read_dataset_refuses_a_case_listed_twice_in_a_fold(part, tmp_path):
+    root = make_nnunet(tmp_path / "ds", n_cases=4)
+    folds = [
+        {"train": ["case_001", "case_002"], "val": ["case_003", "case_004"]},
+        {"train": ["case_003", "case_004"], "val": ["case_001", "case_002"]},
+    ]
+    folds[1][part] = [*folds[1][part], folds[1][part][0]]
+    write_json(root / "splits_final.json", folds)
+    twice = folds[1][part][0]
+    with pytest.raises(DatasetError) as error:
+        read_dataset(root)
+    assert str(error.value).startswith(
+        f"{root / 'splits_final.json'}: fold 1 lists case {twice} 2 times in '{part}'"
+    )
+
+
+@pytest.mark.parametrize("listing", ["training", "test"])
+@pytest.mark.parametrize("entry", ["absolute", "..", "./imagesTr/../imagesTr/x.nii.gz"])
+def test_read_dataset_refuses_msd_files_outside_the_folder(listing, entry, tmp_path):
+    """Refused by the reader, before the file is looked for: it need not even exist."""
+    root = make_msd(tmp_path / "ds")
+    named = {"absolute": str(tmp_path / "x.nii.gz"), "..": "../x.nii.gz"}.get(entry, entry)
+    spec = read_json(root / "dataset.json")
+    if listing == "training":
+        spec["training"][0]["label"] = named
+        what = "training entry 0's label"
+    else:
+        spec["test"] = [named]
+        what = "test image"
+    write_json(root / "dataset.json", spec)
+    reason = "is an absolute path" if entry == "absolute" else "holds '..'"
+    with pytest.raises(DatasetError) as error:
+        read_dataset(root)
+    assert str(error.value).startswith(f"{root / 'dataset.json'}: {what} {named!r} {reason}")
+
+
+def test_read_dataset_refuses_test_cases_named_like_training_cases(tmp_path):
+    root = make_nnunet(tmp_path / "nnunet")
+    with_test_images(root, {"case_001": 101})
+    with pytest.raises(DatasetError) as error:
+        read_dataset(root)
+    assert str(error.value).startswith(
+        f"{root / 'imagesTs' / 'case_001_0000.nii.gz'}: test case case_001 has the name of the "
+        f"training case {root / 'imagesTr' / 'case_001_0000.nii.gz'}"
+    )
+    # distinct names are read as before
+    root = make_nnunet(tmp_path / "distinct")
+    with_test_images(root, {"test_101": 101})
+    assert [c.cid for c in read_dataset(root).test] == ["test_101"]
+
+
+# ------------------------------------------------------------------------------ voxel sizes
+#
+# A rotated sform: voxel axis 0 runs along world y (2.5 mm), axis 1 along z (0.9 mm), axis 2
+# along -x (1.5 mm): the column norms of its 3 x 3 part.
+
+ROTATED = np.array([[0, 0, -1.5, 10], [2.5, 0, 0, 0], [0, 0.9, 0, 5], [0, 0, 0, 1.0]])
+ROTATED_SPACING = (2.5, 0.9, 1.5)
+
+
+def test_load_nifti_takes_unset_voxel_sizes_from_the_sform(tmp_path):
+    labels = tiny_case(1)[2]
+    path = unset_pixdim(save_nii(tmp_path / "unset.nii.gz", labels, affine=ROTATED))
+    data, spacing, affine = load_nifti(path)
+    assert spacing == pytest.approx(ROTATED_SPACING, rel=1e-6)
+    np.testing.assert_allclose(affine, ROTATED, atol=1e-6)
+    np.testing.assert_array_equal(data, labels)
+    # The labels predict.py writes on that grid (nibabel's 1 mm in their pixdim, the source's
+    # sform) read back with the spacing of their source: metrics and slices agree.
+    from predict import write_labels
+
+    prediction = write_labels(labels, path, tmp_path / "prediction.nii.gz")
+    assert stored_header(prediction)["pixdim"][1:4].tolist() == [1, 1, 1]
+    assert load_nifti(prediction)[1] == pytest.approx(ROTATED_SPACING, rel=1e-6)
+
+
+def test_load_nifti_keeps_voxel_sizes_that_match_the_affine(tmp_path):
+    """Files whose pixdim agree with their affine keep nibabel's float32 zooms exactly."""
+    spacing = (0.9, 2.5, 1.3)
+    path = save_nii(tmp_path / "plain.nii.gz", tiny_case(1)[0], spacing=spacing)
+    assert load_nifti(path)[1] == tuple(float(np.float32(s)) for s in spacing)
+    without_sform = nib.Nifti1Image(tiny_case(1)[0], None)
+    without_sform.header.set_zooms(spacing)
+    nib.save(without_sform, str(tmp_path / "qform.nii.gz"))
+    assert load_nifti(tmp_path / "qform.nii.gz")[1] == tuple(float(np.float32(s)) for s in spacing)
+
+
+def test_load_nifti_refuses_voxel_sizes_nothing_gives(tmp_path):
+    unset = unset_pixdim(save_nii(tmp_path / "unset.nii.gz", tiny_case(1)[0]), sform=False)
+    with pytest.raises(SliceError) as error:
+        load_nifti(unset)
+    assert str(error.value).startswith(f"{unset}: voxel sizes unset (pixdim[1:4] [0, 0, 0]")
+    assert "no usable sform (sform_code 0)" in str(error.value)
+
+    collinear = np.array([[1.0, 2.0, 0, 0], [0, 0, 0, 0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
+    degenerate = unset_pixdim(save_nii(tmp_path / "flat.nii.gz", tiny_case(1)[0], affine=collinear))
+    with pytest.raises(SliceError, match="no usable sform") as error:
+        load_nifti(degenerate)
+    assert str(error.value).startswith(f"{degenerate}: voxel sizes unset")
+
+    broken = nan_pixdim(save_nii(tmp_path / "nan.nii.gz", tiny_case(1)[0]), axis=2)
+    with pytest.raises(SliceError) as error:
+        load_nifti(broken)
+    assert str(error.value) == (
+        f"{broken}: expected three finite positive voxel sizes (pixdim[1:4], mm), got "
+        "(1.0, 2.5, nan)"
+    )
+
+
+def test_unset_voxel_sizes_slice_with_the_spacing_of_the_sform(tmp_path):
+    """Every file's pixdim unset, the sform of TINY_ZOOMS kept: the axis and the spacings are
+    the sform's (nibabel's 1 mm on every axis would slice along the last axis)."""
+    root = make_nnunet(tmp_path / "ds")
+    write_json(root / "splits_final.json", FIVE_FOLDS)
+    for path in sorted(root.rglob("*.nii.gz")):
+        unset_pixdim(path)
+    X, _, Z = TINY
+    dest = sliced(root, tmp_path / "out", "--shape", X, Z, "--workers", 1)
+    assert read_json(dest / "source.json")["axis"] == 1
+    dx, dy, dz = TINY_ZOOMS
+    spacing_3d = read_json(dest / "spacing_3d.json")
+    assert sorted(spacing_3d) == ["case_001", "case_002", "case_003"]
+    for spacing in spacing_3d.values():
+        assert spacing == pytest.approx([dx, dz, dy], rel=1e-6)
 
 
 # ------------------------------------------------------------------------------ the stand-in
