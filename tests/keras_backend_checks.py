@@ -8,6 +8,8 @@ channels-last layout to torch's channels-first one.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -150,3 +152,289 @@ def test_maps_inside_the_loss_where_the_backend_allows():
 def test_bad_input_names_the_argument_and_the_value(labels, spacing, message):
     with pytest.raises(ValueError, match=message):
         kl.dist_maps(labels, 2, spacing)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks: the static ones on every call, the value checks once (or with validate=True)
+# ---------------------------------------------------------------------------------------------
+
+
+def batch(K: int = 2, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels `2 8 8`, their maps, probabilities and logits `2 8 8 K`."""
+    labels, probs = inputs((2, 8, 8), K, seed)
+    logits = np.log(probs) + 3.0  # the softmax of these is probs; they do not sum to one
+    return labels, kl.dist_maps(labels, K), probs, logits.astype(np.float32)
+
+
+def value(tensor) -> float:
+    return float(ops.convert_to_numpy(tensor))
+
+
+def with_nan(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array[1, 2, 3, 0] = np.nan
+    return array
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("logits", r"SurfaceLoss: y_pred is not a probability simplex over axis -1 \(shape "
+                   r"\(2, 8, 8, 2\), dtype float32\): sums deviate from 1 by up to 3.61 \(softmax "
+                   r"missing, or NaN/inf values\?\)"),
+        ("nan probs", r"SurfaceLoss: y_pred is not a probability simplex .* by up to nan"),
+        ("nan maps", r"SurfaceLoss: y_true holds NaN or inf values \(shape \(2, 8, 8, 2\)\)"),
+        ("labels as maps", r"SurfaceLoss: y_true is one-hot \(shape \(2, 8, 8, 2\)\): it "
+                           r"expects the signed distance maps"),
+        ("compound logits", r"RegionBoundaryLoss: y_pred is not a probability simplex"),
+        ("compound nan maps", r"RegionBoundaryLoss: y_true\[..., K:\] \(the maps\) holds NaN"),
+        ("compound labels", r"RegionBoundaryLoss: y_true\[..., :K\] \(the one-hot labels\) is "
+                            r"not a probability simplex"),
+        ("gdl logits", r"GeneralizedDiceLoss: y_pred is not a probability simplex"),
+    ],
+)  # fmt: skip
+def test_values_that_are_not_probabilities_or_maps_are_named(case, message):
+    labels, maps, probs, logits = batch()
+    one_hot = np.eye(2, dtype=np.float32)[labels]
+    targets = kl.boundary_targets(labels, 2)
+    broken_labels, broken_maps = targets.copy(), targets.copy()
+    broken_labels[0, 0, 0, :2] = 0.5, 0.7
+    broken_maps[1, 2, 3, 2] = np.nan
+    calls = {
+        "logits": lambda: kl.SurfaceLoss([1])(maps, logits),
+        "nan probs": lambda: kl.SurfaceLoss([1])(maps, with_nan(probs)),
+        "nan maps": lambda: kl.SurfaceLoss([1])(with_nan(maps), probs),
+        "labels as maps": lambda: kl.SurfaceLoss([1])(one_hot, probs),
+        "compound logits": lambda: kl.RegionBoundaryLoss()(targets, logits),
+        "compound nan maps": lambda: kl.RegionBoundaryLoss()(broken_maps, probs),
+        "compound labels": lambda: kl.RegionBoundaryLoss()(broken_labels, probs),
+        "gdl logits": lambda: kl.GeneralizedDiceLoss()(one_hot, logits),
+    }
+    with pytest.raises(ValueError, match=message):
+        calls[case]()
+
+
+def test_half_precision_probabilities_get_the_tolerance_of_their_dtype():
+    """A float16 softmax sums to one within a few of its rounding steps, as `utils.simplex`
+    allows in torch; the same sums in float32 are refused."""
+    labels, maps, probs, _ = batch(K=4)
+    half = probs.astype(np.float16)
+    half[..., 0] += np.float16(3e-3)  # within 4 K eps(float16) = 0.0156
+    expected = kl.surface_loss(maps, half.astype(np.float32), [1, 2, 3])
+    assert value(kl.SurfaceLoss([1, 2, 3])(maps, half)) == pytest.approx(value(ops.mean(expected)))
+    with pytest.raises(ValueError, match=r"y_pred is not a probability simplex .*float32"):
+        kl.SurfaceLoss([1, 2, 3])(maps, half.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("idc", r"SurfaceLoss: idc \[2\] out of range for 2 classes in y_pred \(shape "
+                r"\(2, 8, 8, 2\)\)"),
+        ("shape", r"SurfaceLoss: y_pred and y_true must have the same shape, got \(2, 8, 8, 2\) "
+                  r"and \(2, 8, 6, 2\)"),
+        ("1D", r"SurfaceLoss: y_pred must be B x H x W x K or B x X x Y x Z x K .* got shape "
+               r"\(2, 8, 2\)"),
+        ("empty", r"SurfaceLoss: y_pred is empty, shape \(0, 8, 8, 2\)"),
+        ("gdl idc", r"GeneralizedDiceLoss: idc \[0, 3\] out of range for 2 classes"),
+        ("region_idc", r"RegionBoundaryLoss: region_idc \[0, 2\] out of range for 2 classes"),
+        ("boundary_idc", r"RegionBoundaryLoss: boundary_idc \[5\] out of range for 2 classes"),
+        ("compound grid", r"RegionBoundaryLoss: y_true shape \(2, 8, 6, 4\) does not match "
+                          r"y_pred \(2, 8, 8, 2\): expected \(2, 8, 8, 4\)"),
+        ("one class", r"RegionBoundaryLoss: y_pred has 1 class \(shape \(2, 8, 8, 1\)\)"),
+    ],
+)  # fmt: skip
+def test_shapes_and_indices_are_checked_on_every_call(case, message):
+    """After a first call that passed, the shape checks still run: they cost no read back."""
+    labels, maps, probs, _ = batch()
+    targets = kl.boundary_targets(labels, 2)
+    surface, gdl = kl.SurfaceLoss([1]), kl.GeneralizedDiceLoss([0, 1])
+    region = kl.RegionBoundaryLoss()
+    surface(maps, probs), gdl(targets[..., :2], probs), region(targets, probs)  # checked once
+    calls = {
+        "idc": lambda: kl.SurfaceLoss([2])(maps, probs),
+        "shape": lambda: surface(maps[:, :, :6], probs),
+        "1D": lambda: surface(maps[:, 0], probs[:, 0]),
+        "empty": lambda: surface(maps[:0], probs[:0]),
+        "gdl idc": lambda: kl.GeneralizedDiceLoss([0, 3])(targets[..., :2], probs),
+        "region_idc": lambda: kl.RegionBoundaryLoss(region_idc=[0, 2])(targets, probs),
+        "boundary_idc": lambda: kl.RegionBoundaryLoss(boundary_idc=[5])(targets, probs),
+        "compound grid": lambda: region(targets[:, :, :6], probs),
+        "one class": lambda: region(targets[..., :2], probs[..., :1]),
+    }
+    with pytest.raises(ValueError, match=message):
+        calls[case]()
+
+
+@pytest.mark.parametrize(
+    "labels, K, message",
+    [
+        (np.zeros((4, 16), dtype=int), 2, r"labels: expected B x H x W or B x X x Y x Z .* got "
+                                          r"shape \(4, 16\)"),
+        (np.zeros((0, 8, 8), dtype=int), 2, r"labels: empty, shape \(0, 8, 8\)"),
+        (np.zeros((2, 8, 8), dtype=int), True, r"K: expected a positive integer .* got True"),
+        (np.zeros((2, 8, 8), dtype=int), 0, r"K: expected a positive integer .* got 0"),
+    ],
+    ids=["1D", "empty batch", "K bool", "K zero"],
+)  # fmt: skip
+def test_dist_maps_refuses_1d_labels_and_an_empty_batch(labels, K, message):
+    for make in (kl.dist_maps, kl.boundary_targets):
+        with pytest.raises(ValueError, match=message):
+            make(labels, K)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: kl.RegionBoundaryLoss(alpha=True), "alpha: expected a finite number >= 0, got "
+                                                    "True"),
+        (lambda: kl.RegionBoundaryLoss(weights=[1.0, float("nan")]), "weights: expected two "
+                                                                     "finite numbers >= 0"),
+        (lambda: kl.RegionBoundaryLoss(weights=[1.0, False]), r"weights: .* got \[1.0, False\]"),
+        (lambda: kl.SurfaceLoss(idc=[True]), r"idc: expected a list of class indices"),
+        (lambda: kl.SurfaceLoss(validate="yes"), "validate: expected True or False, got 'yes'"),
+        (lambda: kl.AlphaScheduler(kl.RegionBoundaryLoss(), step_size=float("nan")),
+         "step_size: expected a finite number >= 0, got nan"),
+    ],
+    ids=["alpha bool", "weights nan", "weights bool", "idc bool", "validate str", "step nan"],
+)  # fmt: skip
+def test_settings_that_are_not_numbers_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_value_checks_run_on_the_first_call_only_unless_validate(monkeypatch):
+    """The value checks read the device back (a synchronisation): once per loss object, or on
+    every call with validate=True. Counted at the one place they are computed."""
+    labels, maps, probs, logits = batch()
+    counted = []
+    failures = kl.SurfaceLoss._failures
+    monkeypatch.setattr(
+        kl.SurfaceLoss, "_failures", lambda self, *a: counted.append(1) or failures(self, *a)
+    )
+    once, every = kl.SurfaceLoss([1]), kl.SurfaceLoss([1], validate=True)
+    for _ in range(3):
+        once(maps, probs), every(maps, probs)
+    assert len(counted) == 1 + 3
+    # Later calls of `once` read nothing: logits then give the meaningless value the formula
+    # gives, as the unchecked loss did, and validate=True still refuses them.
+    expected = value(ops.mean(kl.surface_loss(maps, logits, [1])))
+    assert value(once(maps, logits)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="y_pred is not a probability simplex"):
+        every(maps, logits)
+    assert once.get_config()["validate"] is False and every.get_config()["validate"] is True
+
+
+def compiled(fn):
+    """`fn` traced and compiled whole by the backend, called on backend tensors: a read of a
+    value by the host would fail the trace (JAX's jit, torch.compile without graph break, a
+    TensorFlow graph)."""
+    if BACKEND == "jax":
+        import jax
+
+        step = jax.jit(fn)
+    elif BACKEND == "torch":
+        step = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    else:
+        import tensorflow as tf
+
+        step = tf.function(fn)
+    return lambda *arrays: step(*(ops.convert_to_tensor(a) for a in arrays))
+
+
+SYNCING_OPS = {"aten::_local_scalar_dense", "aten::allclose", "aten::equal", "aten::is_nonzero",
+               "aten::nonzero", "aten::_unique2", "aten::masked_select"}  # fmt: skip
+
+
+def test_after_the_first_call_nothing_is_read_back_from_the_device(monkeypatch):
+    """The first call reads the checks' result back; the next ones read nothing. Under torch,
+    every host read of a tensor's values (`.item()`, `bool()`, `.numpy()`, `.tolist()`,
+    `torch.allclose`...) is counted; under the other backends, the next calls run compiled
+    whole, which a host read would break."""
+    labels, maps, probs, _ = batch()
+    targets = kl.boundary_targets(labels, 2)
+    for loss, y_true in ((kl.SurfaceLoss([1]), maps), (kl.RegionBoundaryLoss(), targets)):
+        if BACKEND != "torch":
+            expected = value(loss(y_true, probs))  # the first call: checked
+            step = compiled(lambda t, p, loss=loss: loss(t, p))
+            assert value(step(y_true, probs)) == pytest.approx(expected)
+            continue
+        y_true, y_pred = ops.convert_to_tensor(y_true), ops.convert_to_tensor(probs)
+        with host_reads(monkeypatch) as reads:
+            loss(y_true, y_pred)
+        assert reads, "the first call reads the checks' result back"
+        with host_reads(monkeypatch) as reads:
+            loss(y_true, y_pred)
+            loss(y_true, y_pred)
+        assert reads == [], f"{loss.name} read {reads} back"
+
+
+@contextlib.contextmanager
+def host_reads(monkeypatch):
+    """Collect the reads of torch tensors' values by the host within the block."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads: list[str] = []
+
+    class HostReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in SYNCING_OPS:
+                reads.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with monkeypatch.context() as patch:
+        for method in ("numpy", "tolist"):
+            original = getattr(torch.Tensor, method)
+            patch.setattr(torch.Tensor, method, lambda self, *a, _f=original, _m=method, **k:
+                          reads.append(_m) or _f(self, *a, **k))  # fmt: skip
+        with HostReads():
+            yield reads
+
+
+def test_a_compiled_step_cannot_raise_so_bad_input_makes_the_loss_nan():
+    """Eager execution (the torch backend's fit) raises on the first batch. A traced step (JAX's
+    jit, a TensorFlow graph) has no values to raise on: the checks run on the device and turn
+    the loss into NaN, without a read back, and the weights take no step from that batch."""
+    labels, _, _, _ = batch(seed=9)
+    targets = kl.boundary_targets(np.tile(labels, (2, 1, 1)), 2)
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, padding="same")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=kl.RegionBoundaryLoss())
+    before = [w.copy() for w in model.get_weights()]
+    if BACKEND == "torch":
+        with pytest.raises(ValueError, match="RegionBoundaryLoss: y_pred is not a probability"):
+            model.fit(x, targets, epochs=1, batch_size=2, verbose=0)
+        return
+    history = model.fit(x, targets, epochs=1, batch_size=2, verbose=0)
+    assert np.isnan(history.history["loss"][0])
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_compiled_the_checks_are_computed_on_the_device_until_an_eager_call_passed():
+    """Compiled before any eager call, the loss carries its checks: NaN for logits or NaN maps,
+    with a zero gradient; the right value otherwise. Compiled after an eager call passed the
+    checks, it carries none (validate=True keeps them)."""
+    _, maps, probs, logits = batch()
+    fresh, checked, validating = (
+        kl.SurfaceLoss([1]),
+        kl.SurfaceLoss([1]),
+        kl.SurfaceLoss([1], validate=True),
+    )
+    expected = value(checked(maps, probs))
+    validating(maps, probs)
+    for loss in (fresh, validating):
+        step = compiled(lambda t, p, loss=loss: loss(t, p))
+        assert np.isnan(value(step(maps, logits))) and np.isnan(value(step(with_nan(maps), probs)))
+        assert value(step(maps, probs)) == pytest.approx(expected)
+    unchecked = compiled(lambda t, p: checked(t, p))
+    assert value(unchecked(maps, logits)) == pytest.approx(
+        value(kl.surface_loss(maps, logits, [1]).mean())
+    )
+    if BACKEND == "jax":
+        import jax
+
+        for y_true, y_pred in ((maps, logits), (with_nan(maps), probs)):
+            gradient = jax.grad(lambda p, t=y_true: kl.SurfaceLoss([1])(t, p))(y_pred)
+            assert np.all(np.asarray(gradient) == 0)  # a failing batch moves nothing
