@@ -158,7 +158,8 @@ def _classes(tensor, idc: Sequence[int] | None):
 def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
     if idc is None:
         return None
-    if isinstance(idc, str) or not len(idc) or not all(_is_integer(i) for i in idc):
+    valid = isinstance(idc, Sequence | np.ndarray) and not isinstance(idc, str) and len(idc) > 0
+    if not valid or not all(_is_integer(i) for i in idc):
         raise ValueError(f"{what}: expected a list of class indices, got {idc!r}")
     if min(idc) < 0:
         raise ValueError(f"{what}: expected class indices >= 0, got {list(idc)}")

@@ -7,11 +7,16 @@ the same gradients on the same batch, 2D and 3D, with anisotropic and per-sample
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import label_losses
 from label_losses import LabelBoundaryLoss, RegionBoundaryLoss
 from losses import GeneralizedDice, SurfaceLoss
 from utils import one_hot2dist
@@ -133,7 +138,12 @@ def test_steal_floors_the_region_weight_and_state_resumes():
         ({"region": "focal"}, "region: expected one of gdl, dice, ce, got 'focal'"),
         ({"schedule": "cosine"}, "schedule: expected one of steal, add, constant"),
         ({"alpha": -1.0}, "alpha: expected a finite number >= 0, got -1.0"),
+        ({"alpha": True}, "alpha: expected a finite number >= 0, got True"),
+        ({"step_size": False}, "step_size: expected a finite number >= 0, got False"),
+        ({"alpha": float("nan")}, "alpha: expected a finite number >= 0, got nan"),
         ({"boundary_idc": "1"}, "boundary_idc: expected a list of class indices"),
+        ({"region_idc": [True]}, "region_idc: expected a list of class indices"),
+        ({"validate": "yes"}, "validate: expected True or False, got 'yes'"),
     ],
 )
 def test_region_boundary_loss_refuses_bad_settings(kwargs, message):
@@ -189,3 +199,157 @@ def test_numpy_indices_and_weights_are_accepted_and_odd_input_refused():
 def test_labels_on_another_device_are_named():
     with pytest.raises(ValueError, match="labels: on cpu, but inputs are on cuda"):
         LabelBoundaryLoss()(torch.zeros(1, 2, 4, 4, device="cuda"), torch.zeros(1, 4, 4).long())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: shapes, dtypes and devices on every call; values on the first call (or validate=True)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({"weights": [1.0, float("nan")], "epoch": 2}, r"state\['weights'\]: expected two "
+                                                        r"finite numbers >= 0, got \[1.0, nan\]"),
+        ({"weights": [float("inf"), 0.1], "epoch": 2}, r"got \[inf, 0.1\]"),
+        ({"weights": [1.0, True], "epoch": 2}, r"got \[1.0, True\]"),
+        ({"weights": [1.0, -0.5], "epoch": 2}, r"got \[1.0, -0.5\]"),
+        ({"weights": [1.0], "epoch": 2}, r"state\['weights'\]: expected two weights, got \[1.0\]"),
+        ({"weights": "ab", "epoch": 2}, r"state\['weights'\]: expected two numbers, got 'ab'"),
+        ({"weights": [1.0, 0.1], "epoch": -1}, r"state\['epoch'\]: expected an integer >= 0, "
+                                               r"got -1"),
+        ({"weights": [1.0, 0.1], "epoch": 2.5}, r"state\['epoch'\]: .* got 2.5"),
+        ({"weights": [1.0, 0.1], "epoch": True}, r"state\['epoch'\]: .* got True"),
+        ({"weights": [1.0, 0.1]}, r"state: expected the mapping of state_dict\(\) with 'weights' "
+                                  r"and 'epoch'"),
+    ],
+    ids=["nan", "inf", "bool", "negative", "one weight", "string", "epoch -1", "epoch float",
+         "epoch bool", "no epoch"],
+)  # fmt: skip
+def test_load_state_dict_refuses_what_state_dict_cannot_give(state, message):
+    loss = RegionBoundaryLoss("gdl", alpha=0.2)
+    with pytest.raises(ValueError, match=message):
+        loss.load_state_dict(state)
+    assert loss.state_dict() == {"weights": [1.0, 0.2], "epoch": 0}  # left as it was
+    loss.load_state_dict({"weights": (np.float32(0.5), 1), "epoch": np.int64(3)})
+    assert loss.state_dict() == {"weights": [0.5, 1.0], "epoch": 3}
+
+
+@pytest.mark.parametrize("meta", ["inputs", "labels", "both"])
+def test_meta_tensors_are_refused_naming_the_argument_and_the_device(meta):
+    """Meta tensors (shapes without values, as some model-building tools make) cannot give a
+    loss: refused with the argument named, before any device mismatch."""
+    inputs = torch.zeros(2, 2, 8, 8, device="meta" if meta != "labels" else "cpu")
+    labels = torch.zeros(2, 8, 8, dtype=torch.long, device="meta" if meta != "inputs" else "cpu")
+    name, tensor = ("labels", labels) if meta == "labels" else ("inputs", inputs)
+    expected = f"{name}: on the meta device (shape {tuple(tensor.shape)}, dtype {tensor.dtype})"
+    for loss in (LabelBoundaryLoss([1]), RegionBoundaryLoss("dice")):
+        with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            loss(inputs, labels)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LabelBoundaryLoss([2]), r"idc: \[2\] outside the 2 classes of inputs \(shape "
+                                          r"\(2, 2, 8, 8\)\)"),
+        (lambda: RegionBoundaryLoss("gdl", region_idc=[0, 3]), r"region_idc: \[0, 3\] outside "
+                                                                r"the 2 classes"),
+        (lambda: RegionBoundaryLoss("ce", boundary_idc=[2]), r"boundary_idc: \[2\] outside the "
+                                                              r"2 classes"),
+    ],
+    ids=["idc", "region_idc", "boundary_idc"],
+)  # fmt: skip
+def test_idc_beyond_the_classes_is_refused_on_every_call(make, message):
+    loss = make()
+    with pytest.raises(ValueError, match=message):
+        loss(torch.zeros(2, 2, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
+
+
+@contextlib.contextmanager
+def host_reads(monkeypatch: pytest.MonkeyPatch):
+    """Collect every read of a tensor's values by the host within the block: the aten
+    operations that synchronise with an accelerator (`.item()`, `bool()`, `torch.allclose`,
+    `nonzero`...), `.tolist()` and `.numpy()`. On the CPU nothing waits, but the same calls
+    would wait on a GPU, so counting them on the CPU tells what a GPU step would do."""
+    syncing = {"aten::_local_scalar_dense", "aten::allclose", "aten::equal", "aten::is_nonzero",
+               "aten::nonzero", "aten::_unique2", "aten::masked_select"}  # fmt: skip
+    reads: list[str] = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in syncing:
+                reads.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with monkeypatch.context() as patch:
+        for method in ("numpy", "tolist"):
+            original = getattr(torch.Tensor, method)
+            patch.setattr(torch.Tensor, method, lambda self, *a, _f=original, _m=method, **k:
+                          reads.append(_m) or _f(self, *a, **k))  # fmt: skip
+        with Reads():
+            yield reads
+
+
+@pytest.mark.parametrize("make", [lambda: LabelBoundaryLoss([1]), lambda: RegionBoundaryLoss()],
+                         ids=["LabelBoundaryLoss", "RegionBoundaryLoss"])  # fmt: skip
+def test_after_the_first_call_nothing_is_read_back_from_the_device(make, monkeypatch):
+    """The value checks read the device back once, on the first call; the next calls read
+    nothing. The distance transform is set aside: on the CPU it is computed by the host (edt /
+    scipy) by design, on a GPU by `distance_torch` (whose own reads are its business)."""
+    logits, labels = batch((2, 16, 16), 2, seed=9)
+    transform = label_losses.distance_maps
+    monkeypatch.setattr(
+        label_losses, "distance_maps", lambda one_hot, spacing: torch.zeros(one_hot.shape)
+    )
+    loss = make()
+    with host_reads(monkeypatch) as reads:
+        first = loss(logits, labels)
+    assert reads, "the first call reads the checks' result back"
+    with host_reads(monkeypatch) as reads:
+        again = [loss(logits, labels) for _ in range(2)]
+    assert reads == []
+    assert all(torch.equal(value, first) for value in again)
+    # The loss takes the same value with the real transform, checked or not.
+    monkeypatch.setattr(label_losses, "distance_maps", transform)
+    assert torch.equal(make()(logits, labels), loss(logits, labels))
+
+
+def test_values_are_checked_on_the_first_call_or_every_call_with_validate():
+    logits, labels = batch((2, 12, 12), 2, seed=10)
+    nan_logits = logits.clone()
+    nan_logits[1, 0, 3, 4] = math.nan
+    probs_message = (
+        r"inputs \(probabilities\) is not a probability simplex over axis 1 .* up to nan"
+    )
+    for cls in (LabelBoundaryLoss, RegionBoundaryLoss):
+        once, every = cls(), cls(validate=True)
+        with pytest.raises(ValueError, match=probs_message):
+            once(nan_logits, labels)  # the first call that holds values
+        once(logits, labels), every(logits, labels)
+        # Later, NaN inputs give a NaN loss (nothing is read back) unless validate=True.
+        assert torch.isnan(once(nan_logits, labels))
+        with pytest.raises(ValueError, match=probs_message):
+            every(nan_logits, labels)
+        with pytest.raises(ValueError, match="labels: values from 0 to 5, outside the 2 classes"):
+            every(logits, labels * 5)
+
+
+def test_probabilities_that_are_logits_are_refused_on_the_first_call():
+    logits, labels = batch((2, 12, 12), 2, seed=11)
+    with pytest.raises(ValueError, match=r"inputs \(probabilities\) is not a probability simplex"):
+        LabelBoundaryLoss([1], from_logits=False)(logits, labels)
+    with pytest.raises(ValueError, match=r"inputs \(probabilities\) is not a probability simplex"):
+        RegionBoundaryLoss("dice", from_logits=False)(logits, labels)
+
+
+def test_labels_out_of_range_after_the_first_call_are_still_named_on_the_cpu():
+    """Unchecked calls build the one-hot labels by a scatter, which refuses an index out of
+    range on the CPU: the loss then names the labels as the first call would."""
+    logits, labels = batch((2, 12, 12), 2, seed=12)
+    for loss in (LabelBoundaryLoss([1]), RegionBoundaryLoss()):
+        loss(logits, labels)
+        for bad, low, high in ((labels + 1, 1, 2), (labels - 1, -1, 0)):
+            message = f"labels: values from {low} to {high}, outside the 2 classes 0..1"
+            with pytest.raises(ValueError, match=message):
+                loss(logits, bad)
