@@ -62,6 +62,7 @@ from preprocess.volumes import (
     Volume,
     load_nifti,
     load_volume,
+    read_header,
     resize_labels,
     slice_order,
 )
@@ -119,6 +120,7 @@ def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
         dest: the NIfTI file to write (`.nii.gz` or `.nii`).
     """
     image = nib.load(str(reference))
+    spacing = read_header(reference, None if image.ndim == 3 else image.shape[3])[1]
     header = image.header.copy()
     header.set_data_dtype(volume.dtype)
     header.set_slope_inter(1.0, 0.0)
@@ -128,6 +130,7 @@ def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
     out.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
     out.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
     out.header.set_xyzt_units(*image.header.get_xyzt_units())
+    out.header.set_zooms(spacing)  # the source's spacing, also where its pixdim was left unset
     nib.save(out, str(dest))
     return dest
 
@@ -185,9 +188,10 @@ def predict_volume(
 
 
 def case_metrics(prediction: Path, label: Path, labels: dict[str, int]) -> list[dict]:
-    """3D Dice, HD and HD95 (mm) per class of one written prediction against its label file."""
-    pred, spacing, _ = load_nifti(prediction)
-    truth = load_nifti(label)[0]
+    """3D Dice, HD and HD95 (mm, at the label file's spacing) per class of one written
+    prediction against its label file."""
+    truth, spacing, _ = load_nifti(label)
+    pred = load_nifti(prediction)[0]
     rows = []
     for name, value in labels.items():
         p, t = pred == value, truth == value

@@ -194,24 +194,19 @@ def _stored_pixdim(image: nib.spatialimages.SpatialImage) -> np.ndarray:
 def _geometry(image: nib.spatialimages.SpatialImage, path: Path) -> tuple[Spacing3D, np.ndarray]:
     """The voxel spacing (dx, dy, dz) in mm and the 4 x 4 affine of a loaded image.
 
-    The spacing is the header's voxel sizes (pixdim[1:4], as nibabel's zooms give them), except
-    for a NIfTI file whose voxel sizes the sform contradicts. Chosen so because nibabel reads an
+    The spacing is the header's voxel sizes (pixdim[1:4], as nibabel's zooms give them, and as
+    the original boundary-loss code reads them), except where they are unset. nibabel reads an
     unset voxel size (pixdim 0, as writers that fill only the sform leave it) as 1 mm with a
-    warning only, while the sform, the affine nibabel returns and every grid check and written
-    prediction uses, still says where the voxels are: the distance between neighbouring voxels
-    along an axis is the norm of its column in the affine, which is what the zooms are meant to
-    match. So:
+    warning only, while the sform, the affine nibabel returns and every grid check uses, still
+    says where the voxels are: the distance between neighbouring voxels along an axis is the norm
+    of its column in the affine, which is what the zooms are meant to match. So:
 
     - voxel sizes unset (a 0 among pixdim[1:4]): taken from a usable sform (set, finite,
       non-degenerate); refused without one, since nothing in the file then says the spacing
       (a qform is built from pixdim itself);
-    - voxel sizes set but not matching a usable sform's column norms (beyond the tolerances of
-      `check_same_grid`): taken from the sform, as for the labels predict.py writes on such a
-      grid (their pixdim nibabel's 1 mm, their sform the source's), which then read back with
-      the spacing of their source;
-    - a NaN, infinite or missing voxel size: refused (a damaged header, never papered over).
-
-    Files whose voxel sizes match their sform (or have no sform) keep today's values exactly.
+    - a NaN, infinite or missing voxel size: refused (a damaged header, never papered over);
+    - voxel sizes set: kept as they are, whatever the sform says, so that the spacing of a file
+      is the one the original pipeline reads.
 
     Raises:
         SliceError: a NaN, infinite or missing voxel size; voxel sizes unset without a usable
@@ -243,8 +238,6 @@ def _geometry(image: nib.spatialimages.SpatialImage, path: Path) -> tuple[Spacin
                 "to take them from; expected positive voxel sizes in pixdim or a finite, "
                 "non-degenerate sform"
             )
-        return tuple(float(n) for n in norms), affine
-    if norms is not None and not np.allclose(spacing, norms, rtol=SPACING_RTOL, atol=SPACING_ATOL):
         return tuple(float(n) for n in norms), affine
     return spacing, affine
 
@@ -280,7 +273,7 @@ def load_nifti(path: Path, channels: int | None = None) -> tuple[np.ndarray, Spa
     Returns:
         The `X Y Z` (or `C X Y Z`) voxel array (its stored dtype, scaled when the header says
         so), the voxel spacing (dx, dy, dz) in mm (the header's, or its sform's when the header
-        leaves it unset or the sform contradicts it: see `_geometry`), and the 4 x 4
+        leaves it unset: see `_geometry`), and the 4 x 4
         voxel-to-world affine (nibabel's best one: sform, else qform, else the spacing alone).
         For a 3D volume, trailing axes of length one (`X Y Z 1`) are dropped.
 

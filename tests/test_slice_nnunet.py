@@ -708,17 +708,20 @@ def test_load_nifti_takes_unset_voxel_sizes_from_the_sform(tmp_path):
     assert spacing == pytest.approx(ROTATED_SPACING, rel=1e-6)
     np.testing.assert_allclose(affine, ROTATED, atol=1e-6)
     np.testing.assert_array_equal(data, labels)
-    # The labels predict.py writes on that grid (nibabel's 1 mm in their pixdim, the source's
-    # sform) read back with the spacing of their source: metrics and slices agree.
+    # The labels predict.py writes on that grid carry the source's spacing in their pixdim (not
+    # nibabel's 1 mm) with its sform: any tool reading them gets the spacing slices were made at.
     from predict import write_labels
 
     prediction = write_labels(labels, path, tmp_path / "prediction.nii.gz")
-    assert stored_header(prediction)["pixdim"][1:4].tolist() == [1, 1, 1]
+    pixdim = stored_header(prediction)["pixdim"][1:4].tolist()
+    assert pixdim == pytest.approx(ROTATED_SPACING, rel=1e-6)
     assert load_nifti(prediction)[1] == pytest.approx(ROTATED_SPACING, rel=1e-6)
+    np.testing.assert_allclose(load_nifti(prediction)[2], ROTATED, atol=1e-6)
 
 
-def test_load_nifti_keeps_voxel_sizes_that_match_the_affine(tmp_path):
-    """Files whose pixdim agree with their affine keep nibabel's float32 zooms exactly."""
+def test_load_nifti_keeps_voxel_sizes_that_are_set(tmp_path):
+    """Set pixdim are kept as nibabel's float32 zooms exactly, as the original reads them, even
+    where the sform says otherwise."""
     spacing = (0.9, 2.5, 1.3)
     path = save_nii(tmp_path / "plain.nii.gz", tiny_case(1)[0], spacing=spacing)
     assert load_nifti(path)[1] == tuple(float(np.float32(s)) for s in spacing)
@@ -726,6 +729,10 @@ def test_load_nifti_keeps_voxel_sizes_that_match_the_affine(tmp_path):
     without_sform.header.set_zooms(spacing)
     nib.save(without_sform, str(tmp_path / "qform.nii.gz"))
     assert load_nifti(tmp_path / "qform.nii.gz")[1] == tuple(float(np.float32(s)) for s in spacing)
+    contradicted = nib.Nifti1Image(tiny_case(1)[0], np.diag([2.0, 2.0, 2.0, 1.0]))
+    contradicted.header.set_zooms(spacing)  # pixdim set, the sform left at 2 mm
+    nib.save(contradicted, str(tmp_path / "contradicted.nii.gz"))
+    assert load_nifti(tmp_path / "contradicted.nii.gz")[1] == pytest.approx(spacing, rel=1e-6)
 
 
 def test_load_nifti_refuses_voxel_sizes_nothing_gives(tmp_path):
