@@ -10,6 +10,7 @@ before anything is rebuilt. The interpreter running the tests is passed as CC.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -102,9 +103,10 @@ def test_unknown_training_and_missing_dataset_are_refused(built):
 def test_dataset_paths_make_would_misread_are_refused(path, named, tmp_path):
     """A ':' would be read as a rule, a '$' expanded away, a '#' or ';' by the shell: each stops
     Make before it reads anything, with the path shown as typed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     run = subprocess.run(
         ["make", "-n", "-f", str(ROOT / "dataset.make"), f"DATASET={path}", f"CC={sys.executable}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert run.returncode != 0
     assert f'DATASET="{path}": a path with {named} cannot go through Make' in run.stderr
