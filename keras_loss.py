@@ -240,6 +240,19 @@ def _check_idc_range(name: str, what: str, idc: Sequence[int], K: int, shape: tu
         )
 
 
+def _check_pair(name: str, y_true, y_pred, idc: Sequence[int] | None) -> None:
+    """The static checks of a loss on (`y_true`, `y_pred`) of one shape, and its `idc` within
+    y_pred's K classes."""
+    K = _check_y_pred(name, y_pred)
+    if not _same_shape(_shape(y_true), _shape(y_pred)):
+        raise ValueError(
+            f"{name}: y_pred and y_true must have the same shape, got {_shape(y_pred)} and "
+            f"{_shape(y_true)}"
+        )
+    if idc is not None:
+        _check_idc_range(name, "idc", idc, K, _shape(y_pred))
+
+
 def _holds_values(*tensors) -> bool:
     """True when the tensors hold values the host can read now (eager execution); False while
     a function is traced or compiled (JAX's jit, a TensorFlow graph, torch.compile, Keras'
@@ -449,15 +462,7 @@ class SurfaceLoss(_ProbabilityLoss):
         ]
 
     def call(self, y_true, y_pred):
-        name = type(self).__name__
-        K = _check_y_pred(name, y_pred)
-        if not _same_shape(_shape(y_true), _shape(y_pred)):
-            raise ValueError(
-                f"{name}: y_pred and y_true must have the same shape, got {_shape(y_pred)} and "
-                f"{_shape(y_true)}"
-            )
-        if self.idc is not None:
-            _check_idc_range(name, "idc", self.idc, K, _shape(y_pred))
+        _check_pair(type(self).__name__, y_true, y_pred, self.idc)
         failed = self._check_values(y_true, y_pred)
         if self.from_labels:
             y_true = _torch_dist_maps(y_true)
@@ -498,15 +503,7 @@ class GeneralizedDiceLoss(_ProbabilityLoss):
         ]
 
     def call(self, y_true, y_pred):
-        name = type(self).__name__
-        K = _check_y_pred(name, y_pred)
-        if not _same_shape(_shape(y_true), _shape(y_pred)):
-            raise ValueError(
-                f"{name}: y_pred and y_true must have the same shape, got {_shape(y_pred)} and "
-                f"{_shape(y_true)}"
-            )
-        if self.idc is not None:
-            _check_idc_range(name, "idc", self.idc, K, _shape(y_pred))
+        _check_pair(type(self).__name__, y_true, y_pred, self.idc)
         failed = self._check_values(y_true, y_pred)
         y_true = self._sanitised(y_true, failed)
         return self._guard(generalized_dice_loss(y_true, y_pred, self.idc), failed)

@@ -8,8 +8,6 @@ channels-last layout to torch's channels-first one.
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from keras import ops
 import keras_loss as kl
 from label_losses import LabelBoundaryLoss, RegionBoundaryLoss
 from losses import GeneralizedDice, SurfaceLoss
+from tests.host_reads import host_reads
 
 BACKEND = keras.backend.backend()
 
@@ -342,10 +341,6 @@ def compiled(fn):
     return lambda *arrays: step(*(ops.convert_to_tensor(a) for a in arrays))
 
 
-SYNCING_OPS = {"aten::_local_scalar_dense", "aten::allclose", "aten::equal", "aten::is_nonzero",
-               "aten::nonzero", "aten::_unique2", "aten::masked_select"}  # fmt: skip
-
-
 def test_after_the_first_call_nothing_is_read_back_from_the_device(monkeypatch):
     """The first call reads the checks' result back; the next ones read nothing. Under torch,
     every host read of a tensor's values (`.item()`, `bool()`, `.numpy()`, `.tolist()`,
@@ -367,28 +362,6 @@ def test_after_the_first_call_nothing_is_read_back_from_the_device(monkeypatch):
             loss(y_true, y_pred)
             loss(y_true, y_pred)
         assert reads == [], f"{loss.name} read {reads} back"
-
-
-@contextlib.contextmanager
-def host_reads(monkeypatch):
-    """Collect the reads of torch tensors' values by the host within the block."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    reads: list[str] = []
-
-    class HostReads(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func._schema.name in SYNCING_OPS:
-                reads.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
-    with monkeypatch.context() as patch:
-        for method in ("numpy", "tolist"):
-            original = getattr(torch.Tensor, method)
-            patch.setattr(torch.Tensor, method, lambda self, *a, _f=original, _m=method, **k:
-                          reads.append(_m) or _f(self, *a, **k))  # fmt: skip
-        with HostReads():
-            yield reads
 
 
 def test_a_compiled_step_cannot_raise_so_bad_input_makes_the_loss_nan():

@@ -7,18 +7,17 @@ the same gradients on the same batch, 2D and 3D, with anisotropic and per-sample
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import label_losses
 from label_losses import LabelBoundaryLoss, RegionBoundaryLoss
 from losses import GeneralizedDice, SurfaceLoss
+from tests.host_reads import host_reads
 from utils import one_hot2dist
 
 
@@ -264,31 +263,6 @@ def test_idc_beyond_the_classes_is_refused_on_every_call(make, message):
     loss = make()
     with pytest.raises(ValueError, match=message):
         loss(torch.zeros(2, 2, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
-
-
-@contextlib.contextmanager
-def host_reads(monkeypatch: pytest.MonkeyPatch):
-    """Collect every read of a tensor's values by the host within the block: the aten
-    operations that synchronise with an accelerator (`.item()`, `bool()`, `torch.allclose`,
-    `nonzero`...), `.tolist()` and `.numpy()`. On the CPU nothing waits, but the same calls
-    would wait on a GPU, so counting them on the CPU tells what a GPU step would do."""
-    syncing = {"aten::_local_scalar_dense", "aten::allclose", "aten::equal", "aten::is_nonzero",
-               "aten::nonzero", "aten::_unique2", "aten::masked_select"}  # fmt: skip
-    reads: list[str] = []
-
-    class Reads(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func._schema.name in syncing:
-                reads.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
-    with monkeypatch.context() as patch:
-        for method in ("numpy", "tolist"):
-            original = getattr(torch.Tensor, method)
-            patch.setattr(torch.Tensor, method, lambda self, *a, _f=original, _m=method, **k:
-                          reads.append(_m) or _f(self, *a, **k))  # fmt: skip
-        with Reads():
-            yield reads
 
 
 @pytest.mark.parametrize("make", [lambda: LabelBoundaryLoss([1]), lambda: RegionBoundaryLoss()],

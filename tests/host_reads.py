@@ -1,0 +1,57 @@
+"""Counting the host's reads of tensor values: what would synchronise with a GPU.
+
+On the CPU nothing waits, but the same calls (`.item()`, `bool()`, `torch.allclose`, `nonzero`,
+`.tolist()`, `.numpy()`) would wait for a GPU, so counting them on the CPU tells what a training
+step on a GPU would do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# The aten operations that read a tensor's values back to the host.
+SYNCING_OPS = frozenset(
+    {
+        "aten::_local_scalar_dense",
+        "aten::allclose",
+        "aten::equal",
+        "aten::is_nonzero",
+        "aten::nonzero",
+        "aten::_unique2",
+        "aten::masked_select",
+    }
+)
+
+
+@contextlib.contextmanager
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Collect every read of a tensor's values by the host within the block: the names of the
+    syncing aten operations run, and `numpy` / `tolist` for those two methods."""
+    reads: list[str] = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in SYNCING_OPS:
+                reads.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with monkeypatch.context() as patch:
+        for method in ("numpy", "tolist"):
+            patch.setattr(torch.Tensor, method, _counted(getattr(torch.Tensor, method), reads))
+        with Reads():
+            yield reads
+
+
+def _counted(method, reads: list[str]):
+    """`method` of torch.Tensor, noting its name in `reads` at each call."""
+
+    def wrapper(self, *args, **kwargs):
+        reads.append(method.__name__)
+        return method(self, *args, **kwargs)
+
+    return wrapper
