@@ -96,12 +96,15 @@ def remove_path(path: Path, ignore_errors: bool = False) -> None:
 #   before any work, and again just before the swap.
 # - The new folder is built in `DEST_tmp/DEST`, and the earlier one is moved aside into
 #   `DEST_tmp` too: nothing else beside `DEST` is created, read or removed. `DEST_tmp` is the
-#   tool's own only when it carries the same marker (left by an interrupted run) or is empty; a
-#   user's folder of that name is refused.
+#   tool's own only when it carries `.staging.json` naming the tool and `DEST` (left by an
+#   interrupted run); any other folder of that name, even empty, is refused.
 # - `DEST_tmp` is locked (flock) while the tool works: a second process writing the same `DEST`
 #   stops at once with a message instead of deleting the first one's work.
 
 MARKER = ".written_by.json"
+# The file that marks a work folder `DEST_tmp`: the tool and the DEST it builds. Distinct from
+# MARKER, so that a finished output that happens to be named `X_tmp` is never taken for one.
+STAGING = ".staging.json"
 
 
 class FolderError(Exception):
@@ -150,43 +153,85 @@ def check_replaceable(dest: Path, tool: str, flag: str, legacy: Sequence[str] = 
         )
 
 
+def _staging_of(stage: Path) -> tuple[str, str] | None:
+    """(tool, destination name) of a work folder's `STAGING` file, or None."""
+    try:
+        record = json.loads((stage / STAGING).read_text())
+        found = (record["tool"], record["dest"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return found if all(isinstance(v, str) for v in found) else None
+
+
+def _lock(folder: Path, flag: str, dest: Path) -> int | None:
+    """An open descriptor of `folder`, locked; None when `folder` is no longer at that path.
+
+    Raises:
+        FolderError: another process holds the lock.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderError(
+            f"{flag} {dest}: another process is writing it right now (in {folder}); wait for "
+            "it to finish, then run again if needed"
+        ) from None
+    try:
+        same = os.stat(folder).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:  # removed or replaced by the process that held it
+        os.close(fd)
+        return None
+    return fd
+
+
 def _claim_stage(stage: Path, tool: str, flag: str, dest: Path) -> int:
-    """Create or take over `stage`, locked; returns the open, locked folder descriptor."""
+    """Create `stage`, or take over one left by an interrupted run of `tool` for `dest`, locked;
+    returns the open, locked folder descriptor.
+
+    A new work folder is made under a hidden temporary name, given its `STAGING` file and its
+    lock, and only then renamed to `stage`, so that no other process ever sees it unmarked.
+    """
     for _ in range(10):
-        try:
-            stage.mkdir(parents=True)
-        except FileExistsError:
+        if stage.is_symlink() or stage.exists():
             if stage.is_symlink() or not stage.is_dir():
                 raise FolderError(
                     f"{flag} {dest}: {stage} exists and is not a folder of {tool}; it is where "
                     f"{tool} builds {dest.name}: move it away, then run again"
-                ) from None
-        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+                )
+            fd = _lock(stage, flag, dest)
+            if fd is None:
+                continue
+            if _staging_of(stage) == (tool, dest.name):  # left by an interrupted run: cleared
+                for entry in stage.iterdir():
+                    if entry.name != STAGING:
+                        remove_path(entry)
+                return fd
             os.close(fd)
             raise FolderError(
-                f"{flag} {dest}: another process is writing it right now (in {stage}); wait for "
-                "it to finish, then run again if needed"
-            ) from None
+                f"{flag} {dest}: {stage} is a folder without {STAGING} naming {tool}, so not its "
+                "work folder; it is not removed: move it away, then run again"
+            )
+        fresh = stage.with_name(f".{stage.name}.{secrets.token_hex(4)}")
+        fresh.mkdir(parents=True)
         try:
-            same = os.stat(stage).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # removed by the process that held it: start again
+            (fresh / STAGING).write_text(json.dumps({"tool": tool, "dest": dest.name}) + "\n")
+            fd = _lock(fresh, flag, dest)
+        except BaseException:
+            remove_path(fresh, ignore_errors=True)
+            raise
+        try:
+            if stage.is_symlink() or stage.exists():  # another process was quicker
+                raise FileExistsError
+            fresh.rename(stage)
+        except OSError:  # FileExistsError, or ENOTEMPTY when renaming onto its folder
+            remove_path(fresh, ignore_errors=True)
             os.close(fd)
             continue
-        if written_by(stage) == tool or not any(stage.iterdir()):
-            for entry in stage.iterdir():  # what an interrupted run of the tool left
-                remove_path(entry)
-            mark_folder(stage, tool)
-            return fd
-        os.close(fd)
-        raise FolderError(
-            f"{flag} {dest}: {stage} is a non-empty folder without {MARKER} naming {tool}, so not "
-            f"its work folder; it is not removed: move it away, then run again"
-        )
+        return fd
     raise FolderError(f"{flag} {dest}: {stage} keeps being replaced by other processes")
 
 

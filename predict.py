@@ -66,6 +66,7 @@ from preprocess.volumes import (
     resize_labels,
     slice_order,
 )
+from runfolder import divergence
 
 
 class PredictError(Exception):
@@ -75,6 +76,7 @@ class PredictError(Exception):
 # The name in the marker of a predictions folder, and the record file of the predictions folders
 # made before the marker existed: predict.py replaces only those (atomic.staged_folder).
 TOOL, LEGACY = "predict.py", ("predictions.json",)
+METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
 # Where dataset.make pins a dataset's files, by the dataset folder's name.
 LINEAGES = Path(__file__).resolve().parent / "lineage"
 
@@ -331,6 +333,13 @@ def predict(
         raise PredictError(f"{description.root}: cases {missing[:5]} of {sliced} are gone")
     cases = {**{cid: training[cid] for cid in val}, **{cid: testing[cid] for cid in test}}
     wanted = [*val, *test]
+    try:
+        diverged = divergence(run).diverged
+    except ValueError as error:  # a damaged metric array, named
+        raise PredictError(str(error)) from None
+    if diverged:
+        check_run_data(run, sliced)
+        return _write_diverged(run, dest, description.root, val, test)
     net, best = load_network(run, device)
     channels, classes = len(source["channels"]), len(values)
     if (best["n_in"], best["n_class"]) != (channels, classes):
@@ -367,7 +376,7 @@ def predict(
                     for row in case_metrics(path, case.label, source["labels"]):
                         rows.append({"case": cid, **row})
             with open(tmp / "metrics.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, ["case", "class", "value", "dice", "hd", "hd95"])
+                writer = csv.DictWriter(handle, METRICS_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
             record = {
@@ -386,6 +395,24 @@ def predict(
             raise PredictError(disk_full_message(error, dest.parent)) from None
         where = error.filename or dest
         raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
+    return dest
+
+
+def _write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> Path:
+    """The predictions folder of a diverged run (every 3D metric NaN, no best.pt): no NIfTI
+    file, a metrics.csv without rows, and predictions.json saying why, so that the report and
+    the archive are still made; a warning names the run."""
+    print(
+        f"warning: run {run} diverged (all its 3D metrics are NaN): no predictions", file=sys.stderr
+    )
+    record = {"run": str(run), "diverged": True, "dataset": str(root), "validation": val,
+              "test": test, "files": {}}  # fmt: skip
+    try:
+        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
+            (tmp / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n")
+            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+    except FolderError as error:
+        raise PredictError(str(error)) from None
     return dest
 
 

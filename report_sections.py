@@ -279,6 +279,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{_fmt(float(np.mean(values)))} +- {_fmt(float(np.std(values)))}" if values else "-"
 
 
+def _diverged_predictions(folder: Path) -> bool:
+    """Whether predict.py found the run diverged (its predictions.json says so)."""
+    try:
+        return json.loads((folder / "predictions.json").read_text()).get("diverged") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
     """The section on the NIfTI predictions (predict.py): per run (the folder's name) and
     foreground class (label value not 0), 3D Dice, HD and HD95 as mean ± std over the validation
@@ -296,9 +304,12 @@ def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
             if r["class"] == name and (case is None or r["case"] == case)
         ]
 
+    diverged = {Path(f).name for f in folders if _diverged_predictions(Path(f))}
     header = ["run"] + [f"{m} {c}" for c in classes for m in ("Dice", "HD", "HD95")]
     rows = [
         [run, *(_mean_std(values(run, c, m)) for c in classes for m in ("dice", "hd", "hd95"))]
+        if run not in diverged
+        else [run, *(["diverged: no predictions"] * (len(header) - 1))]
         for run in found
     ]
     text = (

@@ -46,9 +46,8 @@ from preprocess.synthetic_shapes import (
     voxel_axes,
 )
 
-# The name in the marker of a stand-in dataset folder, and the file that marks one written before
-# the marker existed (the folder names below are the generator's own).
-TOOL, LEGACY = "synthetic.py", ("dataset.json",)
+# The name in the marker of a stand-in dataset folder: only a folder so marked is replaced.
+TOOL = "synthetic.py"
 NNUNET_NAME = "Dataset990_StandIn"
 MSD_NAME = "Task990_StandIn"
 
@@ -324,8 +323,8 @@ def _msd_files(seed: int) -> Files:
 
 def _write_folder(dest: Path, name: str, files: Callable[[], Files]) -> Path:
     """Write `dest/name` through `atomic.staged_folder`: built in `dest/name_tmp` and put in place
-    only once complete, in place of an earlier stand-in only (marked as the generator's, or
-    holding a `dataset.json` from before the marker); on a failure `dest/name` is left as it was.
+    only once complete, in place of an earlier stand-in only (marked as the generator's); on a
+    failure `dest/name` is left as it was.
 
     Args:
         dest: the parent folder (created if missing).
@@ -340,7 +339,7 @@ def _write_folder(dest: Path, name: str, files: Callable[[], Files]) -> Path:
             process.
     """
     final = dest / name
-    with staged_folder(final, TOOL, "--dest", LEGACY) as build:
+    with staged_folder(final, TOOL, "the stand-in") as build:
         for relative, content in files():
             path = build / relative
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Each volume to slice (a patient for ISLES and WMH, a cardiac frame for ACDC) is 
 per modality and one label file. Here they are found on disk (`require_dir`, `require_file`,
 `subfolders`), loaded (`load_nifti`; `read_header` reads the header alone, with the same checks),
 checked (readable NIfTI, 3D, finite positive voxel sizes, which come from the sform when the
-header leaves them unset or the sform contradicts them, one grid for every file of a volume,
+header leaves them unset, one grid for every file of a volume,
 finite voxels, a non-constant image, integer label values in the dataset's classes),
 normalised to [0, 1] over the whole 3D volume (min-max, never per slice), and resized in-plane
 (images linearly, labels by nearest neighbour, the in-plane spacing scaled by old size / new

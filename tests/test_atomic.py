@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic import MARKER, FolderError, check_replaceable, mark_folder, staged_folder
+from atomic import MARKER, STAGING, FolderError, check_replaceable, mark_folder, staged_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,9 +67,11 @@ def test_a_folder_the_tool_did_not_write_is_refused_untouched(tmp_path, kind):
     (dest / "thesis.txt").write_text("mine")
     if kind == "other tool":
         mark_folder(dest, "other.py")
+    if kind == "legacy of another tool":
+        (dest / "split.json").write_text("{}")  # a slicer's record, not unpack.py's
     before = files(dest)
     with pytest.raises(FolderError, match=r"--dest .*out: a non-empty folder that tool did not"):
-        write(dest, legacy=("split.json",) if kind.startswith("legacy") else ())
+        write(dest, legacy=(".unpacked.json",) if kind.startswith("legacy") else ())
     assert files(dest) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -110,17 +112,34 @@ def test_siblings_are_never_touched(tmp_path):
 def test_a_users_tmp_folder_is_refused_and_an_interrupted_one_reused(tmp_path):
     dest, stage = tmp_path / "out", tmp_path / "out_tmp"
     stage.mkdir()
+    with pytest.raises(FolderError, match=r"out_tmp is a folder without .*not removed"):
+        write(dest)  # even empty: not the tool's to remove
     (stage / "draft.txt").write_text("draft")
-    with pytest.raises(FolderError, match=r"out_tmp is a non-empty folder without .*not removed"):
+    with pytest.raises(FolderError, match=r"out_tmp is a folder without \.staging\.json naming"):
         write(dest)
     assert files(stage) == {"draft.txt": "draft"} and not dest.exists()
-    mark_folder(stage, "tool")  # as an interrupted run of the tool leaves it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out_tmp"]  # no hidden work folder
+    staging = json.dumps({"tool": "tool", "dest": "other"})  # another DEST's work folder
+    (stage / STAGING).write_text(staging)
+    with pytest.raises(FolderError, match="not removed"):
+        write(dest)
+    (stage / STAGING).write_text(json.dumps({"tool": "tool", "dest": "out"}))  # interrupted
     write(dest)
     assert not stage.exists() and (dest / "out.txt").read_text() == "new"
     stage.write_text("a file")
     with pytest.raises(FolderError, match="exists and is not a folder of tool"):
         write(dest)
     assert stage.read_text() == "a file"
+
+
+def test_a_finished_output_named_like_a_tmp_folder_is_not_taken_for_one(tmp_path):
+    """`--dest_dir data/ISLES_tmp`, as the original's commands write it: that finished output
+    is marked as the slicer's output, not as its work folder, and writing ISLES leaves it."""
+    write(tmp_path / "out_tmp", text="finished")
+    before = files(tmp_path / "out_tmp")
+    with pytest.raises(FolderError, match="out_tmp is a folder without .staging.json"):
+        write(tmp_path / "out")
+    assert files(tmp_path / "out_tmp") == before
 
 
 def test_a_failure_leaves_the_earlier_output_and_removes_only_its_tmp(tmp_path):

@@ -130,7 +130,7 @@ def test_pictures_never_replace_a_users_folder(runs, tmp_path):
     stage.mkdir()
     (stage / "draft.png").write_bytes(b"draft")
     proc = run_script("pictures.py", "--folders", *runs, "--dest", dest)
-    assert_clean_error(proc, f"--dest {dest}:", f"{stage} is a non-empty folder", "not removed")
+    assert_clean_error(proc, f"--dest {dest}:", f"{stage} is a folder without", "not removed")
     assert [p.name for p in stage.iterdir()] == ["draft.png"]
 
 

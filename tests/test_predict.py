@@ -225,7 +225,7 @@ def test_predict_leaves_the_users_folders_beside_dest_alone(sliced, tmp_path):
     (users / "draft.txt").write_text("draft")
     before = listing(out)
     refused = predict_cli(run, dest, out)
-    assert_clean_error(refused, f"--dest {out}:", f"{users} is a non-empty folder", "not removed")
+    assert_clean_error(refused, f"--dest {out}:", f"{users} is a folder without", "not removed")
     assert listing(users) == {"draft.txt": b"draft"} and listing(out) == before
 
 
@@ -272,3 +272,34 @@ def test_predict_checks_the_source_against_its_lineage(sliced, tmp_path):
     unchecked = predict_cli(run, dest, tmp_path / "unchecked", "--source", source)
     assert unchecked.returncode == 0, unchecked.stderr
     assert "is not checked against a lineage" in unchecked.stderr
+
+
+def test_a_diverged_run_gets_a_predictions_folder_saying_so(sliced, tmp_path):
+    """A run whose 3D metrics are all NaN saved no best.pt: predict.py writes its folder (no
+    NIfTI, a metrics.csv without rows, predictions.json saying diverged) and the report's
+    predictions table says so, so that the report and the archive are still made."""
+    from report_sections import prediction_blocks
+
+    _, dest = sliced["nnunet"]
+    run = tmp_path / "run"
+    save_best(run, "Dimwit", 2, 4, dest)
+    (run / "best.pt").unlink()  # main.py never saves one when no epoch has a finite metric
+    for name in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
+        np.save(run / f"{name}.npy", np.full((2, 3, 4), np.nan, np.float32))
+    out = tmp_path / "diverged"
+    proc = predict_cli(run, dest, out)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"warning: run {run} diverged (all its 3D metrics are NaN): no predictions" in proc.stderr
+    )
+    assert json.loads((out / "predictions.json").read_text())["diverged"] is True
+    assert not list(out.glob("*.nii*"))
+    assert (out / "metrics.csv").read_text() == "case,class,value,dice,hd,hd95\n"
+    fine = tmp_path / "fine"
+    save_best(fine, "Dimwit", 2, 4, dest)
+    assert predict_cli(fine, dest, tmp_path / "predictions").returncode == 0
+    table = [b for b in prediction_blocks([tmp_path / "predictions", out]) if b.kind == "table"]
+    rows = {row[0]: row[1:] for row in table[0].table.rows}
+    assert set(rows) == {"predictions", "diverged"}
+    assert rows["diverged"] == ["diverged: no predictions"] * len(rows["predictions"])
+    assert len(rows["predictions"]) == 9  # Dice, HD, HD95 of the 3 foreground classes

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from skimage.transform import resize
 
-from atomic import mark_folder
+from atomic import STAGING
 from preprocess.slice_acdc import ACDC
 from preprocess.slice_isles import ISLES
 from preprocess.slice_wmh import WMH
@@ -885,7 +885,7 @@ def test_existing_dest_is_replaced(isles_src, tmp_path):
     earlier_output(dest)
     (tmp_path / "out_tmp" / "out" / "train").mkdir(parents=True)  # left by an interrupted run
     (tmp_path / "out_tmp" / "out" / "train" / "half.npy").write_bytes(b"half")
-    mark_folder(tmp_path / "out_tmp", "slicer")
+    (tmp_path / "out_tmp" / STAGING).write_text(json.dumps({"tool": "slicer", "dest": "out"}))
     slice_dataset(ISLES, isles_src, dest, retain=4, **OPTIONS)
     assert not (dest / "train" / "in_npy" / "old.npy").exists()
     assert read_json(dest / "split.json")["retain"] == 4
@@ -1109,7 +1109,7 @@ def test_cli_refuses_a_users_folder_named_like_its_tmp(isles_src, tmp_path):
     stage.mkdir()
     (stage / "draft.txt").write_text("draft")
     proc = run_script("preprocess/slice_isles.py", "--source_dir", isles_src, "--dest_dir", dest)
-    assert_clean_error(proc, f"--dest_dir {dest}:", f"{stage} is a non-empty folder", "not removed")
+    assert_clean_error(proc, f"--dest_dir {dest}:", f"{stage} is a folder without", "not removed")
     assert contents(stage) == {"draft.txt": "draft"} and not dest.exists()
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from atomic import MARKER, FolderError, mark_folder
+from atomic import MARKER, STAGING, FolderError, mark_folder
 from preprocess import synthetic_nnunet
 from preprocess.synthetic import main
 from preprocess.synthetic_nnunet import MSD_NAME, NNUNET_NAME, write_msd, write_nnunet
@@ -249,7 +249,8 @@ def test_classes_stand_out_in_both_channels(folders: dict[str, Path]) -> None:
 def test_replaces_earlier_folder_and_stale_tmp(folders: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / f"{MSD_NAME}_tmp").mkdir()  # left by an interrupted run of the generator
     (tmp_path / f"{MSD_NAME}_tmp" / "junk").write_text("stale")
-    mark_folder(tmp_path / f"{MSD_NAME}_tmp", "synthetic.py")
+    staging = {"tool": "synthetic.py", "dest": MSD_NAME}
+    (tmp_path / f"{MSD_NAME}_tmp" / STAGING).write_text(json.dumps(staging))
     (tmp_path / MSD_NAME).mkdir()  # an earlier stand-in
     (tmp_path / MSD_NAME / "extra.txt").write_text("earlier output")
     mark_folder(tmp_path / MSD_NAME, "synthetic.py")
