@@ -354,14 +354,16 @@ def train_epoch(
     """One training epoch, and the weights it ended with. A scheduler that handles NaN
     (`handles_nan`, the adjacency LambdaController) gets the chance to lower its weights: the
     epoch restarts from its first state with the new weights, up to NAN_RETRIES times;
-    otherwise a NaN stops the run."""
+    otherwise a NaN stops the run, and the epoch's first state is not copied at all."""
     handles_nan = getattr(scheduler, "handles_nan", False)
+    if not handles_nan:  # a NaN stops the run: no state to restart from is needed
+        return do_epoch(run, phase, weights), weights
     saved = (copy.deepcopy(run.net.state_dict()), copy.deepcopy(run.optimizer.state_dict()))
     for attempt in range(NAN_RETRIES + 1):
         try:
             return do_epoch(run, phase, weights), weights
         except TrainingError as error:
-            if not handles_nan or attempt == NAN_RETRIES:
+            if attempt == NAN_RETRIES:
                 raise
             weights = scheduler(run.epoch, weights, {"nan": True})
             run.net.load_state_dict(saved[0])
