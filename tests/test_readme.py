@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,46 @@ def test_readme_layout_names_every_module_and_only_existing_ones():
         assert any(fnmatch.fnmatch(b, name) for b in basenames), f"{name}: no such module"
     for base in basenames:
         assert any(fnmatch.fnmatch(base, n) for n in names), f"{base} missing from the Layout"
+
+
+# The README's table of make variables states each default as `real / synthetic`, with
+# per-dataset exceptions in brackets: `100 / 20 (ACDC 100 / 12)`. Each is checked against what
+# the makefiles really set, so that the two cannot drift apart.
+DATASET_MAKEFILES = {"ISLES": "isles.make", "WMH": "wmh.make", "ACDC": "acdc.make"}
+ROOT = README.parent
+
+
+def stated_defaults(variable: str) -> dict[tuple[str, str], str]:
+    """(dataset, "real" or "synthetic") -> the README's default of a make variable."""
+    row = re.search(rf"^\| `{variable}`[^|]* \| ([^|]+) \|", README.read_text(), flags=re.M)
+    assert row, f"README.md: no row for {variable} in the table of make variables"
+    cell = row.group(1).split("),")[0].strip()  # RETAIN's cell goes on with SEED and N_AUGMENT
+    found = re.fullmatch(r"(\S+) / (\S+)(?: \((.*?)\)?)?", cell.strip())
+    assert found, f"README.md: {variable}'s default {cell!r} is not `real / synthetic (...)`"
+    base = {"real": found.group(1), "synthetic": found.group(2)}
+    stated = {(name, kind): value for name in DATASET_MAKEFILES for kind, value in base.items()}
+    for part in filter(None, (found.group(3) or "").rstrip(")").split(", ")):
+        name, real, _, synthetic = part.split()
+        stated[(name, "real")], stated[(name, "synthetic")] = real, synthetic
+    return stated
+
+
+def make_value(makefile: str, variable: str, synthetic: bool) -> str:
+    """The value a dataset makefile gives a variable, as Make expands it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    data = ["DATA=synthetic"] if synthetic else []
+    run = subprocess.run(
+        ["make", "-s", "-f", makefile, *data, f"CC={sys.executable}",
+         "--eval", f"print-value: ; @echo $({variable})", "print-value"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU Make")
+@pytest.mark.parametrize("variable", ["EPC", "BS", "LR", "RETAIN"])
+def test_readme_defaults_are_the_makefiles(variable):
+    for (name, kind), value in stated_defaults(variable).items():
+        found = make_value(DATASET_MAKEFILES[name], variable, kind == "synthetic")
+        assert found == value, f"README says {variable}={value} for {name} ({kind}), make {found}"
