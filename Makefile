@@ -1,6 +1,6 @@
 # Project housekeeping: install, test, lint, bench, clean.
 # The dataset pipelines live in isles.make, wmh.make and acdc.make.
-.PHONY: install test test-keras-tf chromium lint format bench clean distclean
+.PHONY: install test test-fast test-keras-tf chromium lint format bench clean distclean
 
 .DEFAULT_GOAL := test
 # The interpreter (PY: .venv/bin/python, or CC=/path/to/python) and the .venv rule.
@@ -18,6 +18,10 @@ format: $(PY_TEST_DEPS)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop: the suite without the tests marked slow (tests/conftest.py), about a minute.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 # keras_loss.py under Keras' TensorFlow backend: the checks make test runs under the torch and JAX
 # backends, in a virtual environment of its own (.venv-tf, 3.4 GB with TensorFlow and torch).
