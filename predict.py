@@ -405,8 +405,14 @@ def _write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) ->
     print(
         f"warning: run {run} diverged (all its 3D metrics are NaN): no predictions", file=sys.stderr
     )
-    record = {"run": str(run), "diverged": True, "dataset": str(root), "validation": val,
-              "test": test, "files": {}}  # fmt: skip
+    record = {
+        "run": str(run),
+        "diverged": True,
+        "dataset": str(root),
+        "validation": val,
+        "test": test,
+        "files": {},
+    }
     try:
         with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
             (tmp / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n")

@@ -178,20 +178,29 @@ def with_nan(array: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("logits", r"SurfaceLoss: y_pred is not a probability simplex over axis -1 \(shape "
-                   r"\(2, 8, 8, 2\), dtype float32\): sums deviate from 1 by up to 3.61 \(softmax "
-                   r"missing, or NaN/inf values\?\)"),
+        (
+            "logits",
+            r"SurfaceLoss: y_pred is not a probability simplex over axis -1 \(shape "
+            r"\(2, 8, 8, 2\), dtype float32\): sums deviate from 1 by up to 3.61 \(softmax "
+            r"missing, or NaN/inf values\?\)",
+        ),
         ("nan probs", r"SurfaceLoss: y_pred is not a probability simplex .* by up to nan"),
         ("nan maps", r"SurfaceLoss: y_true holds NaN or inf values \(shape \(2, 8, 8, 2\)\)"),
-        ("labels as maps", r"SurfaceLoss: y_true is one-hot \(shape \(2, 8, 8, 2\)\): it "
-                           r"expects the signed distance maps"),
+        (
+            "labels as maps",
+            r"SurfaceLoss: y_true is one-hot \(shape \(2, 8, 8, 2\)\): it "
+            r"expects the signed distance maps",
+        ),
         ("compound logits", r"RegionBoundaryLoss: y_pred is not a probability simplex"),
         ("compound nan maps", r"RegionBoundaryLoss: y_true\[..., K:\] \(the maps\) holds NaN"),
-        ("compound labels", r"RegionBoundaryLoss: y_true\[..., :K\] \(the one-hot labels\) is "
-                            r"not a probability simplex"),
+        (
+            "compound labels",
+            r"RegionBoundaryLoss: y_true\[..., :K\] \(the one-hot labels\) is "
+            r"not a probability simplex",
+        ),
         ("gdl logits", r"GeneralizedDiceLoss: y_pred is not a probability simplex"),
     ],
-)  # fmt: skip
+)
 def test_values_that_are_not_probabilities_or_maps_are_named(case, message):
     labels, maps, probs, logits = batch()
     one_hot = np.eye(2, dtype=np.float32)[labels]
@@ -228,21 +237,33 @@ def test_half_precision_probabilities_get_the_tolerance_of_their_dtype():
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("idc", r"SurfaceLoss: idc \[2\] out of range for 2 classes in y_pred \(shape "
-                r"\(2, 8, 8, 2\)\)"),
-        ("shape", r"SurfaceLoss: y_pred and y_true must have the same shape, got \(2, 8, 8, 2\) "
-                  r"and \(2, 8, 6, 2\)"),
-        ("1D", r"SurfaceLoss: y_pred must be B x H x W x K or B x X x Y x Z x K .* got shape "
-               r"\(2, 8, 2\)"),
+        (
+            "idc",
+            r"SurfaceLoss: idc \[2\] out of range for 2 classes in y_pred \(shape "
+            r"\(2, 8, 8, 2\)\)",
+        ),
+        (
+            "shape",
+            r"SurfaceLoss: y_pred and y_true must have the same shape, got \(2, 8, 8, 2\) "
+            r"and \(2, 8, 6, 2\)",
+        ),
+        (
+            "1D",
+            r"SurfaceLoss: y_pred must be B x H x W x K or B x X x Y x Z x K .* got shape "
+            r"\(2, 8, 2\)",
+        ),
         ("empty", r"SurfaceLoss: y_pred is empty, shape \(0, 8, 8, 2\)"),
         ("gdl idc", r"GeneralizedDiceLoss: idc \[0, 3\] out of range for 2 classes"),
         ("region_idc", r"RegionBoundaryLoss: region_idc \[0, 2\] out of range for 2 classes"),
         ("boundary_idc", r"RegionBoundaryLoss: boundary_idc \[5\] out of range for 2 classes"),
-        ("compound grid", r"RegionBoundaryLoss: y_true shape \(2, 8, 6, 4\) does not match "
-                          r"y_pred \(2, 8, 8, 2\): expected \(2, 8, 8, 4\)"),
+        (
+            "compound grid",
+            r"RegionBoundaryLoss: y_true shape \(2, 8, 6, 4\) does not match "
+            r"y_pred \(2, 8, 8, 2\): expected \(2, 8, 8, 4\)",
+        ),
         ("one class", r"RegionBoundaryLoss: y_pred has 1 class \(shape \(2, 8, 8, 1\)\)"),
     ],
-)  # fmt: skip
+)
 def test_shapes_and_indices_are_checked_on_every_call(case, message):
     """After a first call that passed, the shape checks still run: they cost no read back."""
     labels, maps, probs, _ = batch()
@@ -268,14 +289,18 @@ def test_shapes_and_indices_are_checked_on_every_call(case, message):
 @pytest.mark.parametrize(
     "labels, K, message",
     [
-        (np.zeros((4, 16), dtype=int), 2, r"labels: expected B x H x W or B x X x Y x Z .* got "
-                                          r"shape \(4, 16\)"),
+        (
+            np.zeros((4, 16), dtype=int),
+            2,
+            r"labels: expected B x H x W or B x X x Y x Z .* got "
+            r"shape \(4, 16\)",
+        ),
         (np.zeros((0, 8, 8), dtype=int), 2, r"labels: empty, shape \(0, 8, 8\)"),
         (np.zeros((2, 8, 8), dtype=int), True, r"K: expected a positive integer .* got True"),
         (np.zeros((2, 8, 8), dtype=int), 0, r"K: expected a positive integer .* got 0"),
     ],
     ids=["1D", "empty batch", "K bool", "K zero"],
-)  # fmt: skip
+)
 def test_dist_maps_refuses_1d_labels_and_an_empty_batch(labels, K, message):
     for make in (kl.dist_maps, kl.boundary_targets):
         with pytest.raises(ValueError, match=message):
@@ -285,18 +310,24 @@ def test_dist_maps_refuses_1d_labels_and_an_empty_batch(labels, K, message):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: kl.RegionBoundaryLoss(alpha=True), "alpha: expected a finite number >= 0, got "
-                                                    "True"),
-        (lambda: kl.RegionBoundaryLoss(weights=[1.0, float("nan")]), "weights: expected two "
-                                                                     "finite numbers >= 0"),
+        (
+            lambda: kl.RegionBoundaryLoss(alpha=True),
+            "alpha: expected a finite number >= 0, got True",
+        ),
+        (
+            lambda: kl.RegionBoundaryLoss(weights=[1.0, float("nan")]),
+            "weights: expected two finite numbers >= 0",
+        ),
         (lambda: kl.RegionBoundaryLoss(weights=[1.0, False]), r"weights: .* got \[1.0, False\]"),
         (lambda: kl.SurfaceLoss(idc=[True]), r"idc: expected a list of class indices"),
         (lambda: kl.SurfaceLoss(validate="yes"), "validate: expected True or False, got 'yes'"),
-        (lambda: kl.AlphaScheduler(kl.RegionBoundaryLoss(), step_size=float("nan")),
-         "step_size: expected a finite number >= 0, got nan"),
+        (
+            lambda: kl.AlphaScheduler(kl.RegionBoundaryLoss(), step_size=float("nan")),
+            "step_size: expected a finite number >= 0, got nan",
+        ),
     ],
     ids=["alpha bool", "weights nan", "weights bool", "idc bool", "validate str", "step nan"],
-)  # fmt: skip
+)
 def test_settings_that_are_not_numbers_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()

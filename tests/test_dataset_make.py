@@ -96,18 +96,27 @@ def test_unknown_training_and_missing_dataset_are_refused(built):
 
 @pytest.mark.parametrize(
     ("path", "named"),
-    [("data/my set", "spaces"), ("data/a:b", "the character(s) :"),
-     ("data/x$y", "the character(s) $"), ("data/a#b", "the character(s) #"),
-     ("data/it's", "the character(s) '"), ("data/a;b", "the character(s) ;")],
-)  # fmt: skip
+    [
+        ("data/my set", "spaces"),
+        ("data/a:b", "the character(s) :"),
+        ("data/x$y", "the character(s) $"),
+        ("data/a#b", "the character(s) #"),
+        ("data/it's", "the character(s) '"),
+        ("data/a;b", "the character(s) ;"),
+    ],
+)
 def test_dataset_paths_make_would_misread_are_refused(path, named, tmp_path):
     """A ':' would be read as a rule, a '$' expanded away, a '#' or ';' by the shell: each stops
     Make before it reads anything, with the path shown as typed."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     run = subprocess.run(
         ["make", "-n", "-f", str(ROOT / "dataset.make"), f"DATASET={path}", f"CC={sys.executable}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert run.returncode != 0
     assert f'DATASET="{path}": a path with {named} cannot go through Make' in run.stderr
     assert "move or link the dataset to a path without them" in run.stderr

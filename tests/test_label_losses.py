@@ -208,23 +208,42 @@ def test_labels_on_another_device_are_named():
 @pytest.mark.parametrize(
     "state, message",
     [
-        ({"weights": [1.0, float("nan")], "epoch": 2}, r"state\['weights'\]: expected two "
-                                                        r"finite numbers >= 0, got \[1.0, nan\]"),
+        (
+            {"weights": [1.0, float("nan")], "epoch": 2},
+            r"state\['weights'\]: expected two "
+            r"finite numbers >= 0, got \[1.0, nan\]",
+        ),
         ({"weights": [float("inf"), 0.1], "epoch": 2}, r"got \[inf, 0.1\]"),
         ({"weights": [1.0, True], "epoch": 2}, r"got \[1.0, True\]"),
         ({"weights": [1.0, -0.5], "epoch": 2}, r"got \[1.0, -0.5\]"),
         ({"weights": [1.0], "epoch": 2}, r"state\['weights'\]: expected two weights, got \[1.0\]"),
         ({"weights": "ab", "epoch": 2}, r"state\['weights'\]: expected two numbers, got 'ab'"),
-        ({"weights": [1.0, 0.1], "epoch": -1}, r"state\['epoch'\]: expected an integer >= 0, "
-                                               r"got -1"),
+        (
+            {"weights": [1.0, 0.1], "epoch": -1},
+            r"state\['epoch'\]: expected an integer >= 0, "
+            r"got -1",
+        ),
         ({"weights": [1.0, 0.1], "epoch": 2.5}, r"state\['epoch'\]: .* got 2.5"),
         ({"weights": [1.0, 0.1], "epoch": True}, r"state\['epoch'\]: .* got True"),
-        ({"weights": [1.0, 0.1]}, r"state: expected the mapping of state_dict\(\) with 'weights' "
-                                  r"and 'epoch'"),
+        (
+            {"weights": [1.0, 0.1]},
+            r"state: expected the mapping of state_dict\(\) with 'weights' "
+            r"and 'epoch'",
+        ),
     ],
-    ids=["nan", "inf", "bool", "negative", "one weight", "string", "epoch -1", "epoch float",
-         "epoch bool", "no epoch"],
-)  # fmt: skip
+    ids=[
+        "nan",
+        "inf",
+        "bool",
+        "negative",
+        "one weight",
+        "string",
+        "epoch -1",
+        "epoch float",
+        "epoch bool",
+        "no epoch",
+    ],
+)
 def test_load_state_dict_refuses_what_state_dict_cannot_give(state, message):
     loss = RegionBoundaryLoss("gdl", alpha=0.2)
     with pytest.raises(ValueError, match=message):
@@ -250,23 +269,35 @@ def test_meta_tensors_are_refused_naming_the_argument_and_the_device(meta):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: LabelBoundaryLoss([2]), r"idc: \[2\] outside the 2 classes of inputs \(shape "
-                                          r"\(2, 2, 8, 8\)\)"),
-        (lambda: RegionBoundaryLoss("gdl", region_idc=[0, 3]), r"region_idc: \[0, 3\] outside "
-                                                                r"the 2 classes"),
-        (lambda: RegionBoundaryLoss("ce", boundary_idc=[2]), r"boundary_idc: \[2\] outside the "
-                                                              r"2 classes"),
+        (
+            lambda: LabelBoundaryLoss([2]),
+            r"idc: \[2\] outside the 2 classes of inputs \(shape "
+            r"\(2, 2, 8, 8\)\)",
+        ),
+        (
+            lambda: RegionBoundaryLoss("gdl", region_idc=[0, 3]),
+            r"region_idc: \[0, 3\] outside "
+            r"the 2 classes",
+        ),
+        (
+            lambda: RegionBoundaryLoss("ce", boundary_idc=[2]),
+            r"boundary_idc: \[2\] outside the "
+            r"2 classes",
+        ),
     ],
     ids=["idc", "region_idc", "boundary_idc"],
-)  # fmt: skip
+)
 def test_idc_beyond_the_classes_is_refused_on_every_call(make, message):
     loss = make()
     with pytest.raises(ValueError, match=message):
         loss(torch.zeros(2, 2, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
 
 
-@pytest.mark.parametrize("make", [lambda: LabelBoundaryLoss([1]), lambda: RegionBoundaryLoss()],
-                         ids=["LabelBoundaryLoss", "RegionBoundaryLoss"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [lambda: LabelBoundaryLoss([1]), lambda: RegionBoundaryLoss()],
+    ids=["LabelBoundaryLoss", "RegionBoundaryLoss"],
+)
 def test_after_the_first_call_nothing_is_read_back_from_the_device(make, monkeypatch):
     """The value checks read the device back once, on the first call; the next calls read
     nothing. The distance transform is set aside: on the CPU it is computed by the host (edt /

@@ -351,8 +351,10 @@ def test_classes_and_columns_together_are_refused(
 
 def nan_run(root: Path, name: str, epochs: int = 3) -> Path:
     """A diverged run: every value of its 3D metrics and of val_dice NaN."""
-    arrays = {m: np.full((epochs, 2, 2), np.nan) for m in
-              ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95")}  # fmt: skip
+    arrays = {
+        m: np.full((epochs, 2, 2), np.nan)
+        for m in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95")
+    }
     arrays["val_dice"] = np.full((epochs, 4, 2), np.nan)
     return make_run(root, name, arrays)
 
@@ -362,8 +364,12 @@ def dsc_run(root: Path, name: str, dice: list[float]) -> Path:
     patients alike), distances 1 mm, val_dice 0.5."""
     data = np.ones((3, 2, 2))
     data[:, :, 1] = np.array(dice)[:, None]
-    arrays = {"val_3d_dsc": data, "val_3d_hausdorff": np.ones((3, 2, 2)),
-              "val_3d_hd95": np.ones((3, 2, 2)), "val_dice": np.full((3, 4, 2), 0.5)}  # fmt: skip
+    arrays = {
+        "val_3d_dsc": data,
+        "val_3d_hausdorff": np.ones((3, 2, 2)),
+        "val_3d_hd95": np.ones((3, 2, 2)),
+        "val_dice": np.full((3, 4, 2), 0.5),
+    }
     return make_run(root, name, arrays)
 
 
@@ -415,9 +421,18 @@ def test_diverged_run_does_not_stop_the_plots(tmp_path: Path, drawn: list) -> No
     for command in ("curves", "box"):
         dest = tmp_path / f"cli_{command}.png"
         proc = run_script(
-            "plot.py", command, "--folders", gdl, boundary,
-            "--filename", "val_3d_hd95.npy", "--dest", dest, "--classes", "1",
-        )  # fmt: skip
+            "plot.py",
+            command,
+            "--folders",
+            gdl,
+            boundary,
+            "--filename",
+            "val_3d_hd95.npy",
+            "--dest",
+            dest,
+            "--classes",
+            "1",
+        )
         assert proc.returncode == 0, proc.stderr
         assert dest.is_file() and "Traceback" not in proc.stderr
 

@@ -186,8 +186,9 @@ def listing(folder: Path) -> dict[str, bytes]:
 
 
 def predict_cli(run: Path, sliced: Path, dest: Path, *extra: object):
-    return run_script(ROOT / "predict.py", "--run", run, "--sliced", sliced, "--dest", dest,
-                      "--cpu", *extra)  # fmt: skip
+    return run_script(
+        ROOT / "predict.py", "--run", run, "--sliced", sliced, "--dest", dest, "--cpu", *extra
+    )
 
 
 def test_predict_never_replaces_the_dataset_or_the_run(sliced, tmp_path):

@@ -120,10 +120,23 @@ def make_value(makefile: str, variable: str, synthetic: bool) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     data = ["DATA=synthetic"] if synthetic else []
     run = subprocess.run(
-        ["make", "-s", "-f", makefile, *data, f"CC={sys.executable}",
-         "--eval", f"print-value: ; @echo $({variable})", "print-value"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        [
+            "make",
+            "-s",
+            "-f",
+            makefile,
+            *data,
+            f"CC={sys.executable}",
+            "--eval",
+            f"print-value: ; @echo $({variable})",
+            "print-value",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout.strip()
 

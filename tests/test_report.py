@@ -600,8 +600,11 @@ def make_3d_run(
         arrays["val_dice"] = np.full((epochs, 6, 2), np.nan)
     else:
         per_patient = np.array(dice)
-        for metric, scale in (("val_3d_dsc", None), ("val_3d_hausdorff", 1.0),
-                              ("val_3d_hd95", 0.5)):  # fmt: skip
+        for metric, scale in (
+            ("val_3d_dsc", None),
+            ("val_3d_hausdorff", 1.0),
+            ("val_3d_hd95", 0.5),
+        ):
             data = np.zeros((epochs, 3, 2)) if scale else np.ones((epochs, 3, 2))
             data[:, :, 1] = 0.5 if scale is None else 5.0 * scale
             data[1, :, 1] = per_patient if scale is None else (10 - 10 * per_patient) * scale
@@ -624,9 +627,20 @@ REPORT_METRICS = ["val_dice", "val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"]
 def run_report(folders: list[Path], dest: Path, baseline: str = "gdl"):
     """report.py as the makefiles call it (--patients --baseline --html)."""
     return run_script(
-        "report.py", "--folders", *folders, "--metrics", *REPORT_METRICS, "--columns", "1",
-        "--dest", dest, "--html", "--patients", "--baseline", baseline,
-    )  # fmt: skip
+        "report.py",
+        "--folders",
+        *folders,
+        "--metrics",
+        *REPORT_METRICS,
+        "--columns",
+        "1",
+        "--dest",
+        dest,
+        "--html",
+        "--patients",
+        "--baseline",
+        baseline,
+    )
 
 
 def table_rows(page: str, first: str) -> dict[str, str]:
@@ -665,8 +679,10 @@ def test_diverged_run_is_named_shown_and_left_out(tmp_path: Path, saved: bool) -
         "out of the ranking and the comparisons, shown as diverged"
     ]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "per_patient.csv", "report.html", "report.md"
-    ]  # fmt: skip
+        "per_patient.csv",
+        "report.html",
+        "report.md",
+    ]
     page = (tmp_path / "out" / "report.md").read_text()
     reference = (tmp_path / "ref" / "report.md").read_text()
     assert "## Diverged runs" in page
