@@ -36,12 +36,12 @@ take the maps of `utils.one_hot2dist`, per class, with the voxel spacing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from numbers import Real
 
 import keras
 import numpy as np
 from keras import ops
 
+from label_losses import check_weight
 from utils import one_hot2dist
 
 EPS = 1e-10
@@ -201,14 +201,6 @@ def _channels_last() -> None:
             f"keras.config.image_data_format() is {keras.config.image_data_format()!r}: these "
             "losses take channels-last tensors (B *spatial K); set it to 'channels_last'"
         )
-
-
-def _check_weight(value: object, name: str) -> float:
-    """A finite number >= 0 (a bool is no weight) as a float, else ValueError naming it."""
-    is_number = isinstance(value, Real) and not isinstance(value, bool | np.bool_)
-    if not is_number or not 0 <= value < float("inf"):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _shape(tensor) -> tuple:
@@ -545,11 +537,11 @@ class RegionBoundaryLoss(_ProbabilityLoss):
         self.region_idc = _check_idc(region_idc, "region_idc")
         self.boundary_idc = _check_idc(boundary_idc, "boundary_idc")
         if weights is None:
-            current = [1.0, _check_weight(alpha, "alpha")]
+            current = [1.0, check_weight(alpha, "alpha")]
         else:
             valid = not isinstance(weights, str) and len(weights) == 2
             try:
-                current = [_check_weight(w, "weights") for w in weights] if valid else []
+                current = [check_weight(w, "weights") for w in weights] if valid else []
             except ValueError:
                 current = []
             if len(current) != 2:
@@ -637,7 +629,7 @@ class AlphaScheduler(keras.callbacks.Callback):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
         self.loss, self.schedule = loss, schedule
-        self.step_size = _check_weight(step_size, "step_size")
+        self.step_size = check_weight(step_size, "step_size")
 
     def next_weights(self, weights: Sequence[float]) -> list[float]:
         """The weights after one more epoch."""

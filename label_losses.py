@@ -176,9 +176,11 @@ def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
     return [int(i) for i in idc]
 
 
-def _check_weight(value: object, name: str) -> float:
-    """A finite number >= 0 (a bool is no weight) as a float, else ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < float("inf"):
+def check_weight(value: object, name: str) -> float:
+    """A loss weight or step: a finite number >= 0 (a bool is none) as a float, else ValueError
+    naming it. Shared with keras_loss.py."""
+    is_number = isinstance(value, Real) and not isinstance(value, bool | np.bool_)
+    if not is_number or not 0 <= value < float("inf"):
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -340,7 +342,7 @@ class RegionBoundaryLoss:
             raise ValueError(f"region: expected one of {', '.join(REGION_LOSSES)}, got {region!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        alpha, step_size = _check_weight(alpha, "alpha"), _check_weight(step_size, "step_size")
+        alpha, step_size = check_weight(alpha, "alpha"), check_weight(step_size, "step_size")
         self.validate = _check_bool(validate, "validate")
         self._values_checked = False  # the value checks passed once
         self.region_name, self.schedule = region, schedule
@@ -418,7 +420,7 @@ class RegionBoundaryLoss:
         if len(weights) != 2:
             raise ValueError(f"state['weights']: expected two weights, got {weights!r}")
         try:
-            weights = [_check_weight(w, "weight") for w in weights]
+            weights = [check_weight(w, "weight") for w in weights]
         except ValueError:
             raise ValueError(
                 f"state['weights']: expected two finite numbers >= 0, got {list(weights)!r}"
