@@ -41,7 +41,7 @@ chromium:
 	command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
 
 bench: $(PY_TEST_DEPS)
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf .pytest_cache .ruff_cache benchmarks/*_tmp

@@ -45,9 +45,12 @@ PY_DEPS := $(VENV)/.installed
 PY_TEST_DEPS := $(VENV)/.installed-test
 endif
 
-$(VENV)/.installed: requirements.txt
+# The pinned requirements, then this repository in editable mode (no dependencies: they are the
+# pins), so that the scripts under preprocess/ find the boundary_loss package.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps --editable .
 	touch $@
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
@@ -133,8 +136,6 @@ HASH := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 HOST := $(shell hostname 2>/dev/null || uname -n)
 PACK := archives/$(REPO)-$(DATE)-$(HASH)-$(HOST)-$(DATA_NAME)$(SUFFIX).tar.gz
 GZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
-# The stdlib-only steps (lineage, unpack) need no virtual environment.
-LITE_PY := $(if $(PY_DEPS),$(PY_BOOT),$(PY))
 
 all: pack
 data: slice
@@ -155,22 +156,22 @@ GENERATE = $(PY) $(CFLAGS) preprocess/synthetic.py --dataset $(DATA_NAME) --dest
 $(ZIP_PATHS) &: | $(PY_DEPS)
 	$(GENERATE)
 else
-$(ZIP_PATHS):
-	@$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
+$(ZIP_PATHS): | $(PY_DEPS)
+	@$(PY) $(CFLAGS) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
 endif
 
 # Unpack only what matches the lineage's md5 sums; the unpacker works in $@_tmp. A real zip that
 # fails the check stops here (download it again); generated zips that fail it (cut short,
 # edited) are generated again first: the generator is deterministic, so the new ones match.
-$(UNPACKED): $(ZIP_PATHS) $(LINEAGE) | $(if $(SYNTHETIC_SIZE),$(PY_DEPS))
+$(UNPACKED): $(ZIP_PATHS) $(LINEAGE) | $(PY_DEPS)
 ifdef SYNTHETIC_SIZE
-	@$(LITE_PY) preprocess/verify_lineage.py --status $(LINEAGE) $(ROOT) || { \
+	@$(PY) $(CFLAGS) preprocess/verify_lineage.py --status $(LINEAGE) $(ROOT) || { \
 		echo "$(ROOT): a zip is missing or fails its md5 check against $(LINEAGE):" \
 			"generating them again (preprocess/synthetic.py)"; \
 		$(GENERATE); }
 endif
-	$(LITE_PY) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
-	$(LITE_PY) preprocess/unpack.py $(ZIP_PATHS) --dest $@ --drop $(DROP)
+	$(PY) $(CFLAGS) preprocess/verify_lineage.py $(LINEAGE) $(ROOT)
+	$(PY) $(CFLAGS) preprocess/unpack.py $(ZIP_PATHS) --dest $@ --drop $(DROP)
 	touch $@
 endif
 
@@ -214,7 +215,7 @@ $(BOX_FILES): $(RESULTS)/%_boxplot.png: $(TRN_DIRS) | $(PY_DEPS)
 # The report: printed, and written as Markdown and HTML with the plots and provenance.
 # Pictures of the predictions: best, median and worst patients, and GIFs over the epochs.
 $(PICTURES): $(TRN_DIRS) | $(PY_DEPS)
-	$(PY) $(CFLAGS) pictures.py --folders $(TRN_DIRS) --dest $@ --classes $(METRIC_AXIS)
+	$(PY) $(CFLAGS) -m boundary_loss.report.pictures --folders $(TRN_DIRS) --dest $@ --classes $(METRIC_AXIS)
 	touch $@
 
 $(REPORT): $(TRN_DIRS) $(PLOT_FILES) $(PICTURES) $(PRODUCTS) | $(PY_DEPS)

@@ -160,5 +160,5 @@ $(VARS): $(CHECKED) | $(PY_DEPS)
 predict: $(PREDICTIONS)
 
 $(RESULTS)/predictions/%: $(RESULTS)/% $(SLICED) | $(PY_DEPS)
-	$(PY) $(CFLAGS) predict.py --run $< --sliced $(SLICED) --source $(DATASET) \
+	$(PY) $(CFLAGS) -m boundary_loss.inference.predict --run $< --sliced $(SLICED) --source $(DATASET) \
 		--lineage $(LINEAGE) --dest $@

@@ -1,468 +1,70 @@
-"""Label encodings and signed distance maps, with the boundary-loss conventions.
-
-This module keeps the names, signatures and numerical behaviour of the label and distance-map
-functions of `utils.py` in the original boundary-loss implementation (Kervadec et al.,
-"Boundary loss for highly unbalanced segmentation", MIDL 2019 / MedIA 2021):
-
-- tensors are `B K *xyz` (2D slices `B K H W` or volumes `B K X Y Z`), probabilities sum to one
-  over K, one-hot encodings are `torch.int32`;
-- `one_hot2dist` gives the signed map of the boundary loss: positive outside an object (distance to
-  it), zero on its inner border, negative inside; `one_hot2hd_dist` the unsigned map of the
-  Hausdorff loss (Karimi and Salcudean, 2019);
-- `distance_maps` is the one place that chooses how a batch's maps are computed: on the device
-  (`distance_torch`, for tensors on an accelerator: `on_device`) or with `one_hot2dist` /
-  `one_hot2hd_dist` per sample (on the CPU, where they are faster);
-- the per-slice metrics of the original `utils.py` (`dice_coef`, `dice_batch`, `hausdorff`,
-  `intersection`, `union`, `inter_sum`, `union_sum`) live in `metrics.py`; they stay importable
-  from here, so code written for the original keeps working.
-
-User input is validated with `ValueError` (never `assert`, which `python -O` removes).
+"""The original boundary-loss `utils.py`: `from utils import one_hot2dist, class2one_hot` from the
+repository root. The code is in `boundary_loss.maps` (label encodings, distance maps) and
+`boundary_loss.metrics` (the per-slice metrics).
 """
 
-from __future__ import annotations
-
-import functools
-import math
-import warnings
-from collections.abc import Iterable, Sequence
-
-import edt
-import numpy as np
-import torch
-from numpy.typing import DTypeLike
-from scipy.ndimage import distance_transform_edt
-from torch import Tensor
-
-from distance_torch import one_hot2dist_torch, one_hot2hd_dist_torch
-
-Spacing = float | Sequence[float] | np.ndarray | None
-
-
-# ---------------------------------------------------------------------------------------------
-# Spacing and geometry
-# ---------------------------------------------------------------------------------------------
-
-
-def normalise_spacing(voxelspacing: Spacing, ndim: int, name: str = "voxelspacing") -> np.ndarray:
-    """Return the spacing as a float64 vector of length `ndim` (ones when None).
-
-    Raises:
-        ValueError: wrong length, or a value that is not finite and positive.
-    """
-    if voxelspacing is None:
-        return np.ones(ndim, dtype=np.float64)
-    if np.ndim(voxelspacing) == 0:
-        voxelspacing = [voxelspacing] * ndim
-    spacing = np.asarray(voxelspacing, dtype=np.float64).reshape(-1)
-    if spacing.size != ndim:
-        raise ValueError(
-            f"{name} has {spacing.size} values {spacing.tolist()}, expected one per axis ({ndim})"
-        )
-    if not np.all(np.isfinite(spacing) & (spacing > 0)):
-        raise ValueError(f"{name} must be finite and positive, got {spacing.tolist()}")
-    return spacing
-
-
-def diagonal(shape: Sequence[int], spacing: np.ndarray) -> float:
-    """Length in mm of the diagonal of a volume of `shape` voxels of size `spacing`."""
-    return float(np.sqrt(np.sum((np.asarray(shape, dtype=np.float64) * spacing) ** 2)))
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
-    """Slices of the smallest box holding every True voxel, grown by `margin` (clipped)."""
-    box = []
-    for axis in range(mask.ndim):
-        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other_axes))
-        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, mask.shape[axis])))
-    return tuple(box)
-
-
-# ---------------------------------------------------------------------------------------------
-# Validators
-# ---------------------------------------------------------------------------------------------
-
-
-def uniq(a: Tensor) -> set:
-    """The set of values present in a tensor (half precision included)."""
-    values = torch.unique(a.detach().cpu())
-    if values.dtype in (torch.bfloat16, torch.float16):
-        values = values.float()
-    return set(values.numpy().tolist())
-
-
-def sset(a: Tensor, sub: Iterable) -> bool:
-    """True when every value of `a` belongs to `sub`."""
-    return uniq(a).issubset(sub)
-
-
-def simplex(t: Tensor, axis: int = 1) -> bool:
-    """True when `t` sums to one along `axis`.
-
-    torch.allclose's tolerances, as the original, for float32 and wider; half-precision tensors
-    (autocast) get a tolerance of a few of their own rounding steps per class.
-    """
-    total = t.sum(axis, dtype=torch.float32)
-    if t.dtype in (torch.float16, torch.bfloat16):
-        atol = 4 * t.shape[axis] * torch.finfo(t.dtype).eps
-        return torch.allclose(total, torch.ones_like(total), rtol=0, atol=atol)
-    return torch.allclose(total, torch.ones_like(total))
-
-
-def one_hot(t: Tensor, axis: int = 1) -> bool:
-    """True when `t` is a simplex along `axis` whose values are all 0 or 1."""
-    return simplex(t, axis) and bool(((t == 0) | (t == 1)).all())
-
-
-def eq(a: Tensor, b: Tensor) -> bool:
-    """True when two tensors are equal everywhere."""
-    return bool(torch.eq(a, b).all())
-
-
-def _describe(t: Tensor | np.ndarray) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}"
-
-
-def check_simplex(t: Tensor, name: str, axis: int = 1) -> None:
-    """Raise ValueError unless `t` is a probability simplex along `axis`.
-
-    The message names the argument, its shape and the largest deviation of the sums from 1.
-    """
-    if not torch.is_tensor(t):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() <= axis:
-        raise ValueError(f"{name} must have a class axis {axis}, got {_describe(t)}")
-    if not simplex(t, axis):
-        deviation = (t.detach().sum(axis).to(torch.float64) - 1).abs().max().item()
-        raise ValueError(
-            f"{name} is not a probability simplex over axis {axis} ({_describe(t)}): "
-            f"sums deviate from 1 by up to {deviation:.3g} (softmax missing, or NaN/inf values?)"
-        )
-
-
-def check_one_hot(t: Tensor, name: str, axis: int = 1) -> None:
-    """Raise ValueError unless `t` is one-hot along `axis` (values 0/1 summing to one)."""
-    check_simplex(t, name, axis)
-    if not bool(((t == 0) | (t == 1)).all()):
-        raise ValueError(
-            f"{name} is not one-hot along axis {axis} ({_describe(t)}): values {sorted(uniq(t))}"
-        )
-
-
-def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
-    """Raise ValueError when two tensors differ in shape, naming both."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same shape, got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Label encodings
-# ---------------------------------------------------------------------------------------------
-
-
-def class2one_hot(seg: Tensor, K: int) -> Tensor:
-    """One-hot encode class indices.
-
-    Args:
-        seg: `B *xyz` integer class indices in [0, K) (a numpy array is accepted too).
-        K: number of classes.
-
-    Returns:
-        `B K *xyz` torch.int32 one-hot tensor on seg's device.
-
-    Raises:
-        ValueError: values outside 0..K-1 (with a hint when the mask looks saved as 0/255),
-            or non-integer values.
-    """
-    if not torch.is_tensor(seg):
-        seg = torch.as_tensor(np.asarray(seg))
-    if K < 1:
-        raise ValueError(f"K must be a positive number of classes, got {K}")
-    if seg.dim() < 1:
-        raise ValueError(f"seg must be B x spatial class indices, got {_describe(seg)}")
-    if seg.dtype.is_floating_point or seg.dtype.is_complex:
-        if not bool((seg == seg.round()).all()):
-            raise ValueError(f"seg must hold integer class indices, got {_describe(seg)}")
-    values = uniq(seg)
-    if not values.issubset(range(K)):
-        hint = ""
-        if values.issubset({0, 255}) and K == 2:
-            hint = " The mask looks saved as 0/255: divide it by 255 to get class indices."
-        raise ValueError(
-            f"seg has values {sorted(values)} outside the {K} classes 0..{K - 1} "
-            f"({_describe(seg)}).{hint}"
-        )
-
-    b, *img_shape = seg.shape
-    index = seg.to(torch.int64)[:, None, ...]
-    res = torch.zeros((b, K, *img_shape), dtype=torch.int32, device=seg.device)
-    return res.scatter_(1, index, 1)
-
-
-def probs2class(probs: Tensor) -> Tensor:
-    """Class with the highest probability: `B K *xyz` simplex -> `B *xyz` int64 indices."""
-    check_simplex(probs, "probs")
-    return probs.argmax(dim=1)
-
-
-def probs2one_hot(probs: Tensor) -> Tensor:
-    """Hard prediction as one-hot: `B K *xyz` simplex -> `B K *xyz` int32 one-hot."""
-    _, K, *_ = probs.shape
-    return class2one_hot(probs2class(probs), K)
-
-
-# ---------------------------------------------------------------------------------------------
-# Distance maps
-# ---------------------------------------------------------------------------------------------
-
-
-def _output_dtype(seg: np.ndarray, dtype: DTypeLike | None, caller: str) -> np.dtype:
-    """numpy zeros_like semantics, as the original: dtype None keeps seg's dtype."""
-    if dtype is not None:
-        return np.dtype(dtype)
-    if not np.issubdtype(seg.dtype, np.floating):
-        warnings.warn(
-            f"{caller}: seg has dtype {seg.dtype} and dtype=None, so the distances are truncated "
-            f"to {seg.dtype} as in the original implementation; pass dtype=np.float32 for exact "
-            "distances",
-            UserWarning,
-            stacklevel=3,
-        )
-    return seg.dtype
-
-
-# The edt probe below is capped at this many voxels; finer spacings use scipy.
-_PROBE_MAX_VOXELS = 1_000_000
-
-
-@functools.lru_cache(maxsize=64)
-def _float32_is_enough(spacing: tuple[float, ...], offset: float) -> bool:
-    """Whether the float32 distances of `edt` keep `offset - d` within 1e-6 relative of float64.
-
-    Inside an object the signed map is `offset - d`, which cancels when a voxel-to-voxel distance
-    d is close to the offset (a spacing of 0.99999 from a NIfTI header, say). Every distance up to
-    twice the offset is probed once per spacing, with edt's own arithmetic (one background voxel
-    in the middle of a block), against scipy's float64 values.
-    """
-    reach = [int(np.ceil(2 * offset / s)) for s in spacing]
-    shape = [2 * r + 1 for r in reach]
-    if math.prod(shape) > _PROBE_MAX_VOXELS:
-        return False
-    probe = np.ones(shape, dtype=bool)
-    probe[tuple(reach)] = False
-    fast = np.sqrt(edt.edtsq(probe, anisotropy=spacing, black_border=False), dtype=np.float64)
-    exact = distance_transform_edt(probe, sampling=spacing)
-    return bool(np.all(np.abs(fast - exact) <= 1e-6 * np.abs(offset - exact)))
-
-
-def _distance_to(
-    mask: np.ndarray, spacing: np.ndarray, float64: bool, out: np.ndarray | None = None
-) -> np.ndarray:
-    """Distance (mm) from every voxel to the nearest True voxel of `mask` (0 on the mask).
-
-    Only voxels outside the mask have non-zero values, and every voxel outside the bounding box of
-    `~mask` grown by one is on the mask, so the transform runs on that box alone: the nearest
-    mask voxel of a voxel in the box is never beyond the grown box's rim, which is all mask.
-
-    The `edt` package (an exact Felzenszwalb-Huttenlocher transform in C++) computes 2D and 3D
-    maps in float32, which is exact for squared distances on a unit grid (so the values equal
-    scipy's bit for bit) and within 1e-7 relative otherwise. `float64=True`, and other ranks, use
-    scipy's `distance_transform_edt`, the original's arithmetic. The result goes to `out`.
-    """
-    res = np.zeros(mask.shape, dtype=np.float64) if out is None else out
-    outside = ~mask
-    if not outside.any():
-        res[...] = 0
-        return res
-    box = bounding_box(outside, margin=1)
-    if any(s.stop - s.start < n for s, n in zip(box, mask.shape, strict=True)):
-        res[...] = 0
-    crop = np.ascontiguousarray(outside[box])
-    if float64 or mask.ndim not in (2, 3):
-        res[box] = distance_transform_edt(crop, sampling=spacing)
-    else:
-        squared = edt.edtsq(crop, anisotropy=tuple(spacing.tolist()), black_border=False)
-        np.sqrt(squared, out=res[box], dtype=np.float64)
-    return res
-
-
-def as_numpy(seg: Tensor | np.ndarray | Sequence) -> np.ndarray:
-    """A tensor (detached, on the CPU) or array-like as a numpy array."""
-    if torch.is_tensor(seg):
-        return seg.detach().cpu().numpy()
-    return np.asarray(seg)
-
-
-def one_hot2dist(
-    seg: np.ndarray,
-    resolution: Sequence[float] | None = None,
-    dtype: DTypeLike | None = None,
-    *,
-    spacing_offset: bool = False,
-) -> np.ndarray:
-    """Signed distance map of each class, the target of the boundary loss.
-
-    For each class k with at least one pixel: outside the object, the Euclidean distance (in mm)
-    to the nearest object pixel; inside, minus (the distance to the nearest non-object pixel, minus
-    the offset). With the default offset of one pixel the inner border is 0 and values grow
-    negative inward. A class with no pixel gives zeros (another class supervises those pixels).
-
-    Args:
-        seg: `K *xyz` one-hot array (2D or 3D spatial; a tensor is accepted too).
-        resolution: voxel spacing per spatial axis, e.g. (0.9, 0.9, 5.0); None means 1.
-        dtype: output dtype. None keeps seg's dtype, as the original does with numpy's
-            zeros_like: an integer seg then gives distances truncated to integers (a UserWarning
-            says so). Pass np.float32 for exact distances.
-        spacing_offset: off by default (the original). The original subtracts one pixel inside
-            whatever the spacing, so with spacings other than 1 the inner border is not 0 and can
-            even be positive (spacing 0.9 gives +0.1). When True, the offset is the smallest
-            spacing, the distance to the nearest neighbour: inside values are then never
-            positive, and the inner border is exactly 0 for isotropic spacing.
-
-    Returns:
-        `K *xyz` array of the chosen dtype.
-
-    Raises:
-        ValueError: seg not one-hot along axis 0, or a resolution of the wrong length.
-
-    A class filling the whole image has no pixel outside it; its inside values are then
-    scipy's `1 - distance_transform_edt(mask)`, as in the original (scipy measures from a
-    virtual background point before the first row): keep that in mind for empty slices.
-    """
-    seg = as_numpy(seg)
-    if seg.ndim < 2:
-        raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
-    if not (np.all((seg == 0) | (seg == 1)) and np.allclose(seg.sum(axis=0), 1)):
-        raise ValueError(
-            f"seg must be one-hot along axis 0 (K x spatial, values 0/1 summing to 1), got "
-            f"{_describe(seg)} with values {sorted(np.unique(seg).tolist())[:10]}"
-        )
-    out_dtype = _output_dtype(seg, dtype, "one_hot2dist")
-    spacing = normalise_spacing(resolution, seg.ndim - 1, "resolution")
-    offset = spacing.min() if spacing_offset else 1.0
-    # Integer outputs truncate: compute them with the original's float64 arithmetic, bit for bit.
-    float64 = not np.issubdtype(out_dtype, np.floating) or seg.ndim - 1 not in (2, 3)
-    float64 = float64 or not _float32_is_enough(tuple(spacing.tolist()), float(offset))
-
-    masks = seg.astype(bool)
-    present = [k for k in range(len(seg)) if masks[k].any()]
-    res = np.zeros(seg.shape, dtype=out_dtype)
-    if len(present) == 1:  # one class fills the image: scipy's convention, as the original
-        (k,) = present
-        res[k] = offset - distance_transform_edt(masks[k], sampling=spacing)
-        return res
-
-    to_class = np.empty(masks.shape[1:])  # *xyz, distance to the class at hand (reused)
-    to_other_class = np.full(masks.shape[1:], np.inf)  # *xyz, to the nearest other class
-    for k in present:
-        _distance_to(masks[k], spacing, float64, out=to_class)
-        np.copyto(res[k], to_class, casting="unsafe")
-        np.minimum(to_other_class, to_class, out=to_other_class, where=~masks[k])
-    inner = np.subtract(offset, to_other_class, out=to_other_class)  # inside values, own class
-    for k in present:
-        np.copyto(res[k], inner, casting="unsafe", where=masks[k])
-    return res
-
-
-def one_hot2hd_dist(
-    seg: np.ndarray, resolution: Sequence[float] | None = None, dtype: DTypeLike | None = None
-) -> np.ndarray:
-    """Unsigned distance map of the Hausdorff loss (Karimi and Salcudean, 2019).
-
-    For each class with at least one pixel, each pixel of the class gets its distance (in mm)
-    to the nearest pixel not in the class; 0 elsewhere. As in the original, seg need not be
-    one-hot (any stack of binary masks, e.g. a subset of the classes).
-
-    Args:
-        seg: `K *xyz` binary masks.
-        resolution: voxel spacing per spatial axis; None means 1.
-        dtype: output dtype; None keeps seg's dtype (integers truncate, with a UserWarning).
-
-    Returns:
-        `K *xyz` array of the chosen dtype. A mask filling the whole image gets scipy's
-        `distance_transform_edt` of it, as in the original.
-    """
-    seg = as_numpy(seg)
-    if seg.ndim < 2:
-        raise ValueError(f"seg must be K x spatial, got shape {seg.shape}")
-    out_dtype = _output_dtype(seg, dtype, "one_hot2hd_dist")
-    spacing = normalise_spacing(resolution, seg.ndim - 1, "resolution")
-    float64 = not np.issubdtype(out_dtype, np.floating) or seg.ndim - 1 not in (2, 3)
-
-    res = np.zeros(seg.shape, dtype=out_dtype)
-    for k, mask in enumerate(seg.astype(bool)):
-        if mask.all():
-            res[k] = distance_transform_edt(mask, sampling=spacing)
-        elif mask.any():
-            res[k] = _distance_to(~mask, spacing, float64)
-    return res
-
-
-# ---------------------------------------------------------------------------------------------
-# The distance maps of a batch, where its tensors are
-# ---------------------------------------------------------------------------------------------
-
-
-def on_device(t: Tensor) -> bool:
-    """Whether a batch's distance maps (and 3D surface distances) are computed with the torch
-    transform on its device: tensors on an accelerator. On the CPU the numpy/C++ transforms of
-    this module are faster (BENCHMARKS.md), and they define the values the torch ones match."""
-    return torch.is_tensor(t) and t.device.type != "cpu"
-
-
-def distance_maps(
-    one_hot: Tensor,
-    spacing: Tensor | Sequence | None = None,
-    *,
-    signed: bool = True,
-    dtype: DTypeLike = np.float32,
-) -> Tensor:
-    """Distance maps of a batch, on the batch's device: the one dispatcher between the torch
-    transform (`on_device`) and the per-sample CPU functions.
-
-    Args:
-        one_hot: `B K *xyz` masks (one-hot for the signed maps; any binary masks otherwise).
-        spacing: `B D` spacing of each sample, one `D` row for all, or None (1).
-        signed: the boundary loss's signed map (`one_hot2dist`), else the Hausdorff loss's
-            unsigned inside distances (`one_hot2hd_dist`).
-        dtype: a float dtype, or an integer dtype for distances truncated to integers (the
-            original's HausdorffLoss on its int32 prediction; floored on the device, which equals
-            the truncation of these non-negative distances).
-
-    Returns:
-        `B K *xyz` tensor on one_hot's device: float32 there; on the CPU of `dtype` when it is a
-        float dtype, else float32.
-    """
-    B, D = one_hot.shape[0], one_hot.ndim - 2
-    if on_device(one_hot):
-        maps = (
-            one_hot2dist_torch(one_hot, spacing)
-            if signed
-            else one_hot2hd_dist_torch(one_hot, spacing)
-        )
-        return maps if np.issubdtype(np.dtype(dtype), np.floating) else maps.floor()
-    rows = np.ones((B, D)) if spacing is None else np.asarray(as_numpy(spacing), np.float64)
-    rows = np.broadcast_to(rows, (B, D))
-    masks = as_numpy(one_hot)
-    transform = one_hot2dist if signed else one_hot2hd_dist
-    maps = torch.from_numpy(
-        np.stack([transform(m, tuple(r), dtype=dtype) for m, r in zip(masks, rows, strict=True)])
-    )
-    return maps if maps.is_floating_point() else maps.to(torch.float32)
-
-
-_IN_METRICS = ("dice_coef", "dice_batch", "hausdorff", "intersection", "union", "inter_sum",
-               "union_sum", "meta_dice")  # fmt: skip
-
-
-def __getattr__(name: str) -> object:
-    """The per-slice metrics of the original `utils.py`, now in `metrics.py`, imported lazily
-    (metrics imports this module)."""
-    if name in _IN_METRICS:
-        import metrics
-
-        return getattr(metrics, name)
-    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+from boundary_loss.maps.distance import (
+    as_numpy,
+    bounding_box,
+    diagonal,
+    distance_maps,
+    normalise_spacing,
+    on_device,
+    one_hot2dist,
+    one_hot2hd_dist,
+)
+from boundary_loss.maps.onehot import (
+    check_one_hot,
+    check_same_shape,
+    check_simplex,
+    class2one_hot,
+    describe,
+    eq,
+    one_hot,
+    probs2class,
+    probs2one_hot,
+    simplex,
+    sset,
+    uniq,
+)
+from boundary_loss.metrics import (
+    dice_batch,
+    dice_coef,
+    hausdorff,
+    inter_sum,
+    intersection,
+    meta_dice,
+    union,
+    union_sum,
+)
+
+__all__ = [
+    "as_numpy",
+    "bounding_box",
+    "check_one_hot",
+    "check_same_shape",
+    "check_simplex",
+    "class2one_hot",
+    "describe",
+    "diagonal",
+    "dice_batch",
+    "dice_coef",
+    "distance_maps",
+    "eq",
+    "hausdorff",
+    "inter_sum",
+    "intersection",
+    "meta_dice",
+    "normalise_spacing",
+    "on_device",
+    "one_hot",
+    "one_hot2dist",
+    "one_hot2hd_dist",
+    "probs2class",
+    "probs2one_hot",
+    "simplex",
+    "sset",
+    "union",
+    "union_sum",
+    "uniq",
+]

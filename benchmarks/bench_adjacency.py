@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from adjacency import count_adjacency
 from benchmarks.harness import Figure, speedup
+from boundary_loss.maps.adjacency import count_adjacency
 
 K = 4
 SHAPE = (256, 256, 40)

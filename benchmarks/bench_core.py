@@ -15,8 +15,8 @@ from medpy.metric.binary import hd95 as medpy_hd95
 from scipy.ndimage import distance_transform_edt
 
 from benchmarks.harness import Figure, speedup
-from metrics import hd_hd95
-from utils import one_hot2dist
+from boundary_loss.maps.distance import one_hot2dist
+from boundary_loss.metrics import hd_hd95
 
 SPACING_3D = (0.9, 0.9, 5.0)
 

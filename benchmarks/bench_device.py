@@ -21,8 +21,8 @@ from medpy.metric.binary import hd95 as medpy_hd95
 
 from benchmarks.bench_core import SPACING_3D, lesion_volume, original_one_hot2dist
 from benchmarks.harness import Figure, not_yet_measured, speedup
-from distance_torch import one_hot2dist_torch
-from metrics import hd_hd95_torch
+from boundary_loss.maps.distance_torch import one_hot2dist_torch
+from boundary_loss.metrics import hd_hd95_torch
 
 SPACING_2D = (0.9, 0.9)
 BATCH_NAME = "one_hot2dist_torch, batch of 8 K=2 256x256 lesion slices, spacing (0.9, 0.9)"

@@ -27,7 +27,7 @@ from scipy.ndimage import distance_transform_edt
 from benchmarks.bench_core import original_one_hot2dist
 from benchmarks.bench_device import NO_CUDA, SPACING_2D, lesion_batch
 from benchmarks.harness import Figure, not_yet_measured, speedup
-from label_losses import LabelBoundaryLoss
+from boundary_loss.losses.label_losses import LabelBoundaryLoss
 
 NAME = "LabelBoundaryLoss, batch of 8 K=2 256x256 lesion slices, spacing (0.9, 0.9)"
 WALKTHROUGH = "the walkthrough's BDLoss: per-sample scipy maps (the original's one_hot2dist), CPU"
@@ -84,7 +84,7 @@ def _label_loss(device: str, repeat: int, target: float | None) -> Figure:
 
 def _share_of_a_step(logits: torch.Tensor, labels: torch.Tensor, loss) -> str:
     """The loss's share of a training step of a 2D UNet (width 16) on the batch, on CUDA."""
-    from networks import get_network
+    from boundary_loss.networks.registry import get_network
 
     net = get_network("UNet", 1, 2, nG=16).cuda()
     optimizer = torch.optim.Adam(net.parameters())
@@ -140,10 +140,11 @@ def keras_loss_batch() -> Figure:
         import keras
         from keras import ops
 
-        import keras_loss as kl
+        from boundary_loss.losses import keras_loss as kl
     except ImportError as error:
-        return not_yet_measured(KERAS_NAME, f"keras not installed ({error})", unit="ms",
-                                baseline=PORT)  # fmt: skip
+        return not_yet_measured(
+            KERAS_NAME, f"keras not installed ({error})", unit="ms", baseline=PORT
+        )
     labels = lesion_batch()[:, 1].astype(np.int64)  # B H W
     one_hot = np.eye(2, dtype=np.float32)[labels]  # B H W K, Keras' layout
     rng = np.random.default_rng(0)

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import ROOT, Figure, machine_name
-from preprocess.slice_isles import ISLES
-from preprocess.slicing import slice_dataset
-from preprocess.synthetic import generate
-from preprocess.unpack import unpack
+from boundary_loss.preprocessing.slice_isles import ISLES
+from boundary_loss.preprocessing.slicing import slice_dataset
+from boundary_loss.preprocessing.synthetic import generate
+from boundary_loss.preprocessing.unpack import unpack
 
 CACHE = ROOT / "benchmarks" / "cache"
 

@@ -138,14 +138,45 @@ def command(
 ) -> list[str]:
     """main.py as isles.make runs the gdl_surface_steal training."""
     return [
-        sys.executable, str(main), "--dataset", str(data), "--workdir", str(workdir),
-        "--network", "UNet", "--net_params", setting.net_params, "--n_class", "2",
-        "--modalities", "5", "--metric_axis", "1", "--grp_regex", r"(case_\d+_\d+)_\d+",
-        "--n_epoch", str(epochs), "--batch_size", str(setting.batch_size), "--l_rate", "1e-3",
-        "--seed", "0", "--use_spacing", "--compute_3d_dice", "--losses", LOSSES,
-        "--folders", FOLDERS, "--scheduler", "StealWeight",
-        "--scheduler_params", "{'to_steal': 0.01}", *setting.device_args, *options,
-    ]  # fmt: skip
+        sys.executable,
+        str(main),
+        "--dataset",
+        str(data),
+        "--workdir",
+        str(workdir),
+        "--network",
+        "UNet",
+        "--net_params",
+        setting.net_params,
+        "--n_class",
+        "2",
+        "--modalities",
+        "5",
+        "--metric_axis",
+        "1",
+        "--grp_regex",
+        r"(case_\d+_\d+)_\d+",
+        "--n_epoch",
+        str(epochs),
+        "--batch_size",
+        str(setting.batch_size),
+        "--l_rate",
+        "1e-3",
+        "--seed",
+        "0",
+        "--use_spacing",
+        "--compute_3d_dice",
+        "--losses",
+        LOSSES,
+        "--folders",
+        FOLDERS,
+        "--scheduler",
+        "StealWeight",
+        "--scheduler_params",
+        "{'to_steal': 0.01}",
+        *setting.device_args,
+        *options,
+    ]
 
 
 def train(data: Path, setting: Setting, options=(), main: Path = MAIN, epochs: int = EPOCHS) -> Run:
@@ -290,8 +321,11 @@ def scratch_copy(dest: Path) -> Path:
     .venv or benchmarks/cache/) copied to `dest`, replacing what was there."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     shutil.rmtree(dest, ignore_errors=True)
     for name in filter(None, listed):
         source = ROOT / name
@@ -313,8 +347,10 @@ def isles_chain() -> Figure:
     start = time.perf_counter()
     done = subprocess.run(
         ["make", "-f", "isles.make", "DATA=synthetic-full", f"CC={sys.executable}"],
-        cwd=scratch, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(

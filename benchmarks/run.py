@@ -6,12 +6,8 @@ Usage: python benchmarks/run.py [--only NAME ...] [--list]
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import (  # noqa: E402
+from benchmarks import (
     bench_adjacency,
     bench_core,
     bench_device,
@@ -19,7 +15,7 @@ from benchmarks import (  # noqa: E402
     bench_slicing,
     bench_training,
 )
-from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, summary, write  # noqa: E402
+from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, summary, write
 
 BENCHES = {
     **bench_core.BENCHES,

@@ -1,7 +1,8 @@
 """Running the project's scripts as a user would, and checking how they fail.
 
-`run_script` runs a script in a subprocess; `assert_clean_error` checks that a failure is one
-clear `error: ...` line on stderr, naming what it must name, with no Python traceback;
+`run_script` runs a script in a subprocess, `run_module` a module of the package;
+`assert_clean_error` checks that a failure is one clear `error: ...` line on stderr, naming what
+it must name, with no Python traceback;
 `on_small_disk` runs a command with one folder on a tiny file system, so that writing there
 fails with "No space left on device" as on a full disk.
 """
@@ -32,6 +33,20 @@ def run_script(
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def run_module(
+    module: str, *args: object, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m module args...` from the repository root, capturing text output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
         timeout=timeout,
         env=env,
     )

@@ -14,9 +14,9 @@ import pytest
 import torch
 from keras import ops
 
-import keras_loss as kl
-from label_losses import LabelBoundaryLoss, RegionBoundaryLoss
-from losses import GeneralizedDice, SurfaceLoss
+from boundary_loss.losses import keras_loss as kl
+from boundary_loss.losses.idc_losses import GeneralizedDice, SurfaceLoss
+from boundary_loss.losses.label_losses import LabelBoundaryLoss, RegionBoundaryLoss
 from tests.host_reads import host_reads
 
 BACKEND = keras.backend.backend()
@@ -88,15 +88,25 @@ def test_alpha_scheduler_moves_the_weights_inside_fit():
     loss = kl.RegionBoundaryLoss(alpha=0.5)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
     scheduler = kl.AlphaScheduler(loss, "steal", 0.25)
-    history = model.fit(x, targets, epochs=3, batch_size=4, callbacks=[scheduler], verbose=0,
-                        validation_data=(x, targets))  # fmt: skip
+    history = model.fit(
+        x,
+        targets,
+        epochs=3,
+        batch_size=4,
+        callbacks=[scheduler],
+        verbose=0,
+        validation_data=(x, targets),
+    )
     assert history.history["alpha"] == pytest.approx([0.5, 0.75, 1.0])  # the epoch's own
     assert loss.current == pytest.approx([0.25, 1.25])  # for the next epoch
     pred = model.predict(x, verbose=0)
     region = float(np.mean(ops.convert_to_numpy(kl.generalized_dice_loss(targets[..., :2], pred))))
     boundary = float(np.mean(ops.convert_to_numpy(kl.surface_loss(targets[..., 2:], pred, [1]))))
-    expected = [1.0 * region + 0.5 * boundary, 0.75 * region + 0.75 * boundary,
-                0.5 * region + 1.0 * boundary]  # fmt: skip
+    expected = [
+        1.0 * region + 0.5 * boundary,
+        0.75 * region + 0.75 * boundary,
+        0.5 * region + 1.0 * boundary,
+    ]
     assert history.history["loss"] == pytest.approx(expected, rel=1e-4)
     assert history.history["val_loss"] == pytest.approx(expected, rel=1e-4)  # validation too
     final = 0.25 * region + 1.25 * boundary

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adjacency import count_adjacency, forbidden_pairs, read_graph
-from losses import LOSSES, AdjacencyEstimator, NonAdjacencyLoss, get_loss
-from metrics import forbidden_adjacencies
-from preprocess.extract_adjacency import extract, main
+from boundary_loss.losses.idc_losses import LOSSES, AdjacencyEstimator, NonAdjacencyLoss, get_loss
+from boundary_loss.maps.adjacency import count_adjacency, forbidden_pairs, read_graph
+from boundary_loss.metrics import forbidden_adjacencies
+from boundary_loss.preprocessing.extract_adjacency import extract, main
 
 ROOT = Path(__file__).resolve().parent.parent
 

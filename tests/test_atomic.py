@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from atomic import MARKER, STAGING, FolderError, check_replaceable, mark_folder, staged_folder
+from boundary_loss.io.atomic import (
+    MARKER,
+    STAGING,
+    FolderError,
+    check_replaceable,
+    mark_folder,
+    staged_folder,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +172,7 @@ def test_a_folder_put_in_dest_meanwhile_is_not_replaced(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from atomic import staged_folder
+from boundary_loss.io.atomic import staged_folder
 dest = Path(sys.argv[1])
 with staged_folder(dest, "tool") as build:
     (build / "out.txt").write_text("first writer")

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-import main
-from augment import _rotate, augment_batch, draw
-from dataloader import (
+from boundary_loss.data.augment import _rotate, augment_batch, draw
+from boundary_loss.data.loader import (
     dist_map_transform,
     dist_maps_on_device,
     normalised_dist_map_transform,
     normalised_dist_maps_on_device,
 )
+from boundary_loss.maps.distance import one_hot2dist
+from boundary_loss.training import main
 from tests.sliced_data import make_sliced_dataset
-from utils import one_hot2dist
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -70,9 +70,13 @@ def test_small_rotations_keep_labels_one_hot(device: str):
     images, one_hot, spacing = _batch(H=32, W=32)
     generator = torch.Generator().manual_seed(1)
     out, (hot, real), _ = augment_batch(
-        images.to(device), [one_hot.to(device), one_hot.float().to(device)], [True, False],
-        spacing, 15.0, generator,
-    )  # fmt: skip
+        images.to(device),
+        [one_hot.to(device), one_hot.float().to(device)],
+        [True, False],
+        spacing,
+        15.0,
+        generator,
+    )
     assert hot.dtype == torch.int32 and out.dtype == torch.float32
     assert torch.all(hot.sum(1) == 1) and set(hot.unique().tolist()) <= {0, 1}
     assert not torch.equal(hot.cpu(), one_hot)  # something moved
@@ -138,11 +142,30 @@ FOLDERS = (
 
 def _argv(dataset, workdir, *extra):
     return [
-        "--dataset", str(dataset), "--workdir", str(workdir), "--network", "Dimwit",
-        "--n_class", "2", "--modalities", "2", "--batch_size", "3", "--cpu", "--n_epoch", "2",
-        "--grp_regex", r"(case_\d+_\d+)_\d+", "--use_spacing", "--losses", LOSSES,
-        "--folders", FOLDERS, *extra,
-    ]  # fmt: skip
+        "--dataset",
+        str(dataset),
+        "--workdir",
+        str(workdir),
+        "--network",
+        "Dimwit",
+        "--n_class",
+        "2",
+        "--modalities",
+        "2",
+        "--batch_size",
+        "3",
+        "--cpu",
+        "--n_epoch",
+        "2",
+        "--grp_regex",
+        r"(case_\d+_\d+)_\d+",
+        "--use_spacing",
+        "--losses",
+        LOSSES,
+        "--folders",
+        FOLDERS,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")

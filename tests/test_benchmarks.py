@@ -22,9 +22,9 @@ from medpy.metric.binary import hd95 as medpy_hd95
 
 from benchmarks import bench_device, bench_label_loss, bench_training, harness
 from benchmarks.harness import Figure, merge, not_yet_measured, render, write
-from label_losses import LabelBoundaryLoss
-from metrics import hd_hd95_torch
-from utils import one_hot2dist
+from boundary_loss.losses.label_losses import LabelBoundaryLoss
+from boundary_loss.maps.distance import one_hot2dist
+from boundary_loss.metrics import hd_hd95_torch
 
 
 def figure(name: str, machine: str = "machine A", **changes) -> Figure:
@@ -125,9 +125,15 @@ def test_a_placeholder_never_hides_a_measurement_nor_duplicates_itself():
 @pytest.mark.parametrize(("share", "met"), [(4.0, True), (10.0, False), (37.5, False)])
 def test_lower_is_better_target(share, met, tmp_path):
     share_figure = figure(
-        "wait share", value=share, unit="%", baseline_value=40.0, ratio=None,
-        target_ratio=None, target_max=10.0, same_values=None,
-    )  # fmt: skip
+        "wait share",
+        value=share,
+        unit="%",
+        baseline_value=40.0,
+        ratio=None,
+        target_ratio=None,
+        target_max=10.0,
+        same_values=None,
+    )
     assert share_figure.meets_target is met
     results, md = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
     write([share_figure], results, md)
@@ -332,8 +338,10 @@ def test_isles_chain_scratch_copy_builds_the_chain(tmp_path):
     assert not (scratch / "benchmarks" / "cache").exists()
     plan = subprocess.run(
         ["make", "-n", "-f", "isles.make", "DATA=synthetic-full", f"CC={sys.executable}"],
-        cwd=scratch, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+    )
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.count("main.py --dataset data/isles-synthetic-full/isles") == 4
     assert "--n_epoch 100" in plan.stdout

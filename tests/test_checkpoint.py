@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import main
-from checkpoint import RESUMABLE
-from networks import get_network
+from boundary_loss.networks.registry import get_network
+from boundary_loss.training import main
+from boundary_loss.training.checkpoint import RESUMABLE
 from tests.cli import assert_clean_error, run_script
 from tests.sliced_data import make_sliced_dataset
 from tests.test_main import argv, replace
@@ -72,17 +72,20 @@ def _other_network(path: Path) -> Path:
     "make_file, needles",
     [
         (lambda d, run: written(d / "empty.pt", b""), ["empty file"]),
-        (lambda d, run: truncated(run / "best.pt", d / "cut.pt"),
-         ["not a readable PyTorch checkpoint", "truncated"]),
-        (lambda d, run: saved(d / "t.pt", torch.zeros(3)),
-         ["a single tensor of shape (3,)", "not network weights"]),
+        (
+            lambda d, run: truncated(run / "best.pt", d / "cut.pt"),
+            ["not a readable PyTorch checkpoint", "truncated"],
+        ),
+        (
+            lambda d, run: saved(d / "t.pt", torch.zeros(3)),
+            ["a single tensor of shape (3,)", "not network weights"],
+        ),
         (lambda d, run: saved(d / "l.pt", [1, 2]), ["a list"]),
         (lambda d, run: _other_network(d / "unet.pt"), ["do not fit Dimwit", "missing"]),
-        (lambda d, run: written(d / "text.pt", b"hello\n"),
-         ["not a readable PyTorch checkpoint"]),
+        (lambda d, run: written(d / "text.pt", b"hello\n"), ["not a readable PyTorch checkpoint"]),
     ],
     ids=["empty", "truncated", "tensor", "list", "other-network", "text"],
-)  # fmt: skip
+)
 def test_bad_weights_give_one_line_naming_the_file(dataset, finished, tmp_path, make_file, needles):
     path = make_file(tmp_path, finished)
     proc = train(*argv(dataset, tmp_path / "new", "--weights", str(path), n_epoch=1))
@@ -114,16 +117,22 @@ def test_plain_and_ddp_state_dicts_are_accepted(dataset, finished, tmp_path):
     "damage, needles",
     [
         (lambda run: (run / "last.pt").write_bytes(b""), ["empty file"]),
-        (lambda run: truncated(run / "last.pt", run / "last.pt"),
-         ["not a readable PyTorch checkpoint"]),
-        (lambda run: torch.save({"weights": [1.0]}, run / "last.pt"),
-         ["not a last.pt of main.py", "model"]),
+        (
+            lambda run: truncated(run / "last.pt", run / "last.pt"),
+            ["not a readable PyTorch checkpoint"],
+        ),
+        (
+            lambda run: torch.save({"weights": [1.0]}, run / "last.pt"),
+            ["not a last.pt of main.py", "model"],
+        ),
         (lambda run: torch.save(torch.ones(2), run / "last.pt"), ["a single tensor"]),
-        (lambda run: shutil.copy(run / "best.pt", run / "last.pt"),
-         ["this is a best.pt", "use --weights"]),
+        (
+            lambda run: shutil.copy(run / "best.pt", run / "last.pt"),
+            ["this is a best.pt", "use --weights"],
+        ),
     ],
     ids=["empty", "truncated", "foreign-dict", "tensor", "best-in-its-place"],
-)  # fmt: skip
+)
 def test_bad_last_pt_gives_one_line_naming_it(dataset, run_copy, damage, needles):
     damage(run_copy)
     before = sorted(p.name for p in run_copy.iterdir())
@@ -159,7 +168,7 @@ def test_missing_epoch_array_is_named(dataset, run_copy):
         ("--seed", "3"),
         ("--batch_size", "2"),
     ],
-)  # fmt: skip
+)
 def test_resume_refuses_a_changed_configuration(dataset, run_copy, flag, value):
     metrics = (run_copy / "metrics.csv").read_text()
     args_json = (run_copy / "args.json").read_text()

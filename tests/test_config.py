@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from config import (
+from boundary_loss.data.loader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
+from boundary_loss.training.config import (
     ConfigError,
     check_config,
     check_target,
@@ -15,7 +16,6 @@ from config import (
     parse_losses,
     split_folders,
 )
-from dataloader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
 
 IN = FolderSpec("in_npy", tensor_transform, False)
 GT = FolderSpec("gt_npy", gt_transform, True)
@@ -61,9 +61,15 @@ def test_the_original_ground_truth_must_be_one_hot():
 
 @pytest.mark.parametrize(
     "kind, spec, ok",
-    [("one-hot", GT, True), ("one-hot", DIST, False), ("distance map", DIST, True),
-     ("distance map", GT, False), (None, GT, True), (None, DIST, True)],
-)  # fmt: skip
+    [
+        ("one-hot", GT, True),
+        ("one-hot", DIST, False),
+        ("distance map", DIST, True),
+        ("distance map", GT, False),
+        (None, GT, True),
+        (None, DIST, True),
+    ],
+)
 def test_each_loss_gets_the_kind_of_target_it_takes(kind, spec, ok):
     if ok:
         check_target("X", kind, spec)
@@ -87,13 +93,18 @@ def test_both_conventions_mean_the_same_for_a_resume():
 
 
 def _args(*extra: str):
-    return get_args(["--dataset", "d", "--workdir", "w", "--network", "Dimwit", "--n_class", "2",
-                     *extra])  # fmt: skip
+    return get_args(
+        ["--dataset", "d", "--workdir", "w", "--network", "Dimwit", "--n_class", "2", *extra]
+    )
 
 
 def test_all_zero_weights_without_a_scheduler_are_refused():
-    args = _args("--losses", "[('GeneralizedDice', {'idc': [0, 1]}, 0)]",
-                 "--folders", f"{B_DATA}+[('gt_npy', gt_transform, True)]")  # fmt: skip
+    args = _args(
+        "--losses",
+        "[('GeneralizedDice', {'idc': [0, 1]}, 0)]",
+        "--folders",
+        f"{B_DATA}+[('gt_npy', gt_transform, True)]",
+    )
     with pytest.raises(ConfigError, match="every weight of a loader is 0"):
         check_config(args)
 
@@ -101,11 +112,14 @@ def test_all_zero_weights_without_a_scheduler_are_refused():
 def test_zero_weights_are_computed_for_the_adjacency_weight_controller(tmp_path):
     graph = tmp_path / "graph.csv"
     graph.write_text("4;0\n0;4\n")  # classes 0 and 1 never touch: a forbidden pair
-    losses = (f"[('CrossEntropy', {{'idc': [0, 1]}}, 1), "
-              f"('NonAdjacencyLoss', {{'idc': [0, 1], 'graph': '{graph}'}}, 0)]")  # fmt: skip
+    losses = (
+        f"[('CrossEntropy', {{'idc': [0, 1]}}, 1), "
+        f"('NonAdjacencyLoss', {{'idc': [0, 1], 'graph': '{graph}'}}, 0)]"
+    )
     folders = f"{B_DATA}+[('gt_npy', gt_transform, True), ('gt_npy', gt_transform, True)]"
     plain = check_config(_args("--losses", losses, "--folders", folders))
     assert plain.loss_fns[0].skip_zero
-    controlled = check_config(_args("--losses", losses, "--folders", folders,
-                                    "--scheduler", "LambdaController"))  # fmt: skip
+    controlled = check_config(
+        _args("--losses", losses, "--folders", folders, "--scheduler", "LambdaController")
+    )
     assert not controlled.loss_fns[0].skip_zero

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataloader import (
+from boundary_loss.data.loader import (
     TRANSFORMS,
     DataError,
     FolderSpec,
@@ -23,8 +23,8 @@ from dataloader import (
     raw_npy_transform,
     tensor_transform,
 )
+from boundary_loss.maps.distance import one_hot2dist
 from tests.sliced_data import make_sliced_dataset
-from utils import one_hot2dist
 
 
 def test_transform_registry_holds_the_original_names():
@@ -127,9 +127,19 @@ def test_patient_sampler_groups_whole_patients_in_slice_order():
 
 
 def test_grouped_loader_gives_one_patient_per_batch(data):
-    loader = make_loader(data / "val", SPECS, 2, batch_size=3, train=False, use_spacing=True,
-                         in_memory=False, debug=False, group=True, grp_regex=r"(case_\d+_\d+)_\d+",
-                         seed=0)  # fmt: skip
+    loader = make_loader(
+        data / "val",
+        SPECS,
+        2,
+        batch_size=3,
+        train=False,
+        use_spacing=True,
+        in_memory=False,
+        debug=False,
+        group=True,
+        grp_regex=r"(case_\d+_\d+)_\d+",
+        seed=0,
+    )
     batches = list(loader)
     assert [len(b["filenames"]) for b in batches] == [5, 5]
     assert {f.rsplit("_", 2)[0] for f in batches[0]["filenames"]} == {"case_100"}

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess.synthetic_nnunet import write_nnunet
-from preprocess.verify_lineage import read_lineage
+from boundary_loss.preprocessing.synthetic_nnunet import write_nnunet
+from boundary_loss.preprocessing.verify_lineage import read_lineage
 from tests.cli import assert_clean_error, run_script
 from tests.test_slice_nnunet import make_msd, read_json, save_nii, tiny_case, write_json
 

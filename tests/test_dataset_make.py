@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocess.synthetic_nnunet import write_nnunet
+from boundary_loss.preprocessing.synthetic_nnunet import write_nnunet
 from tests.cli import assert_clean_error
 from tests.test_pipeline import copy_repository, products
 
@@ -35,8 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def make(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     run = subprocess.run(
         ["make", "-f", "dataset.make", *FAST, *args],
-        cwd=repo, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check and run.returncode != 0:
         pytest.fail(f"make failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return run

@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt
 
-import utils
-from distance_torch import distance_to, one_hot2dist_torch, one_hot2hd_dist_torch
-from losses import HausdorffLoss
-from metrics import hd_hd95, hd_hd95_torch
-from utils import one_hot2dist, one_hot2hd_dist
+from boundary_loss.losses.idc_losses import HausdorffLoss
+from boundary_loss.maps import distance as utils
+from boundary_loss.maps.distance import one_hot2dist, one_hot2hd_dist
+from boundary_loss.maps.distance_torch import distance_to, one_hot2dist_torch, one_hot2hd_dist_torch
+from boundary_loss.metrics import hd_hd95, hd_hd95_torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

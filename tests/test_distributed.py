@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
-from dataloader import (
+from boundary_loss.data.loader import (
     FolderSpec,
     PatientSampler,
     ShardedBatchSampler,
@@ -75,21 +75,44 @@ def test_sharded_training_batches_are_padded_to_equal_counts(world_size: int):
 
 def _argv(dataset: Path, workdir: Path, *extra: str) -> list[str]:
     return [
-        "main.py", "--dataset", str(dataset), "--workdir", str(workdir), "--network", "Dimwit",
-        "--n_class", "2", "--modalities", "2", "--batch_size", str(BATCH), "--cpu",
-        "--threads", "1", "--n_epoch", "2", "--grp_regex", r"(case_\d+_\d+)_\d+",
-        "--use_spacing", "--losses", LOSSES, "--folders", FOLDERS, "--scheduler", "StealWeight",
-        "--scheduler_params", "{'to_steal': 0.01}", *extra,
-    ]  # fmt: skip
+        "main.py",
+        "--dataset",
+        str(dataset),
+        "--workdir",
+        str(workdir),
+        "--network",
+        "Dimwit",
+        "--n_class",
+        "2",
+        "--modalities",
+        "2",
+        "--batch_size",
+        str(BATCH),
+        "--cpu",
+        "--threads",
+        "1",
+        "--n_epoch",
+        "2",
+        "--grp_regex",
+        r"(case_\d+_\d+)_\d+",
+        "--use_spacing",
+        "--losses",
+        LOSSES,
+        "--folders",
+        FOLDERS,
+        "--scheduler",
+        "StealWeight",
+        "--scheduler_params",
+        "{'to_steal': 0.01}",
+        *extra,
+    ]
 
 
 def _run(argv: list[str], processes: int) -> subprocess.CompletedProcess:
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    run = subprocess.run(
-        launcher + argv, cwd=ROOT, capture_output=True, text=True, timeout=300
-    )  # fmt: skip
+    run = subprocess.run(launcher + argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return run
 
 
@@ -172,8 +195,15 @@ def test_training_shards_hold_the_single_process_batches(tmp_path):
         FolderSpec("in_npy", npy_transform, False),
         FolderSpec("gt_npy", gt_transform, True),
     ]
-    common = {"batch_size": 4, "train": True, "use_spacing": False, "in_memory": False,
-              "debug": False, "group": False, "grp_regex": r"(.+)_\d+"}  # fmt: skip
+    common = {
+        "batch_size": 4,
+        "train": True,
+        "use_spacing": False,
+        "in_memory": False,
+        "debug": False,
+        "group": False,
+        "grp_regex": r"(.+)_\d+",
+    }
     single = make_loader(dataset / "train", specs, 2, seed=3, **common)
     shards = [
         make_loader(dataset / "train", specs, 2, seed=3, rank=r, world_size=2, **common)

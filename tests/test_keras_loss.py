@@ -30,7 +30,11 @@ def test_keras_losses_equal_the_torch_losses(backend: str) -> None:
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, f"{backend} backend:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-500:]

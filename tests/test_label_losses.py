@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import label_losses
-from label_losses import LabelBoundaryLoss, RegionBoundaryLoss
-from losses import GeneralizedDice, SurfaceLoss
+from boundary_loss.losses import label_losses
+from boundary_loss.losses.idc_losses import GeneralizedDice, SurfaceLoss
+from boundary_loss.losses.label_losses import LabelBoundaryLoss, RegionBoundaryLoss
+from boundary_loss.maps.distance import one_hot2dist
 from tests.host_reads import host_reads
-from utils import one_hot2dist
 
 
 def batch(shape: tuple[int, ...], K: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.unpack import UnpackError, unpack
-from preprocess.verify_lineage import LineageError, read_lineage, verify
+from boundary_loss.preprocessing.unpack import UnpackError, unpack
+from boundary_loss.preprocessing.verify_lineage import LineageError, read_lineage, verify
 from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
 
 ROOT = Path(__file__).resolve().parent.parent

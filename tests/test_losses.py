@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses import (
+from boundary_loss.losses.idc_losses import (
     LOSSES,
     BoundaryLoss,
     CrossEntropy,
@@ -358,7 +358,7 @@ def test_validation_survives_python_optimise_flag():
 
 
 def test_compound_loss_skips_zero_weights_and_logs_them_as_nan():
-    from losses import CompoundLoss, GeneralizedDice, SurfaceLoss
+    from boundary_loss.losses.idc_losses import CompoundLoss, GeneralizedDice, SurfaceLoss
 
     probs = torch.softmax(torch.randn(2, 2, 8, 8), dim=1)
     labels = torch.nn.functional.one_hot(torch.randint(0, 2, (2, 8, 8)), 2).movedim(-1, 1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import main
+from boundary_loss.training import main
 from tests.cli import ROOT, assert_clean_error, on_small_disk, run_script, small_disk_available
 from tests.sliced_data import make_sliced_dataset
 
@@ -33,12 +33,34 @@ def dataset(tmp_path_factory) -> Path:
 
 def argv(dataset: Path, workdir: Path, *extra: str, n_epoch: int = 2) -> list[str]:
     return [
-        "--dataset", str(dataset), "--workdir", str(workdir), "--network", "Dimwit",
-        "--n_class", "2", "--modalities", "2", "--batch_size", str(BATCH), "--cpu",
-        "--n_epoch", str(n_epoch), "--grp_regex", r"(case_\d+_\d+)_\d+", "--use_spacing",
-        "--losses", LOSSES, "--folders", FOLDERS, "--scheduler", "StealWeight",
-        "--scheduler_params", "{'to_steal': 0.01}", *extra,
-    ]  # fmt: skip
+        "--dataset",
+        str(dataset),
+        "--workdir",
+        str(workdir),
+        "--network",
+        "Dimwit",
+        "--n_class",
+        "2",
+        "--modalities",
+        "2",
+        "--batch_size",
+        str(BATCH),
+        "--cpu",
+        "--n_epoch",
+        str(n_epoch),
+        "--grp_regex",
+        r"(case_\d+_\d+)_\d+",
+        "--use_spacing",
+        "--losses",
+        LOSSES,
+        "--folders",
+        FOLDERS,
+        "--scheduler",
+        "StealWeight",
+        "--scheduler_params",
+        "{'to_steal': 0.01}",
+        *extra,
+    ]
 
 
 def test_two_epoch_run_writes_every_output(dataset, tmp_path):
@@ -106,8 +128,17 @@ def test_unet_learns_a_handful_of_slices(tmp_path):
     data = make_sliced_dataset(tmp_path / "few", n_train=2, n_val=1, slices=4, size=32, seed=3)
     workdir = tmp_path / "learn"
     # lr 2e-3 for 30 epochs: 5e-3 oscillated between 0.2 and 0.83 on a 2-core x86 CPU.
-    args = argv(data, workdir, "--validation_folder", "train", "--net_params", "{'nG': 8}",
-                "--l_rate", "2e-3", n_epoch=30)  # fmt: skip
+    args = argv(
+        data,
+        workdir,
+        "--validation_folder",
+        "train",
+        "--net_params",
+        "{'nG': 8}",
+        "--l_rate",
+        "2e-3",
+        n_epoch=30,
+    )
     args[args.index("Dimwit")] = "UNet"
     assert main.main(args) == 0
     val_dice = np.load(workdir / "val_dice.npy")  # epoch x slice x class, on the train slices
@@ -148,23 +179,38 @@ def replace(args: list[str], flag: str, value: str) -> list[str]:
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("--losses", "[('Nope', {'idc': [1]}, 1), ('SurfaceLoss', {'idc': [1]}, 1)]",
-         "unknown loss 'Nope'"),
-        ("--folders", FOLDERS.replace("dist_map_transform", "distance_transform"),
-         "unknown name 'distance_transform'"),
+        (
+            "--losses",
+            "[('Nope', {'idc': [1]}, 1), ('SurfaceLoss', {'idc': [1]}, 1)]",
+            "unknown loss 'Nope'",
+        ),
+        (
+            "--folders",
+            FOLDERS.replace("dist_map_transform", "distance_transform"),
+            "unknown name 'distance_transform'",
+        ),
         ("--losses", LOSSES[:-1], "--losses: not a valid literal"),
         ("--losses", "[('GeneralizedDice', {'idc': [0, 1]}, 1, 2)]", "--losses: malformed"),
-        ("--losses", "[('GeneralizedDice', {'idc': [0, 1]}, 1)]",
-         "GeneralizedDice takes a one-hot target, but its folder "
-         "\\('gt_npy', dist_map_transform"),
-        ("--folders", FOLDERS[:-1] + ", ('gt_npy', gt_transform, True)" * 2 + "]",
-         "2 loss\\(es\\) but --folders gives 5 folder\\(s\\).*input, the ground truth and one"),
-        ("--losses", "[('FocalLoss', {'idc': [1]}, 1), ('SurfaceLoss', {'idc': [1]}, 1)]",
-         "FocalLoss"),
+        (
+            "--losses",
+            "[('GeneralizedDice', {'idc': [0, 1]}, 1)]",
+            "GeneralizedDice takes a one-hot target, but its folder "
+            "\\('gt_npy', dist_map_transform",
+        ),
+        (
+            "--folders",
+            FOLDERS[:-1] + ", ('gt_npy', gt_transform, True)" * 2 + "]",
+            "2 loss\\(es\\) but --folders gives 5 folder\\(s\\).*input, the ground truth and one",
+        ),
+        (
+            "--losses",
+            "[('FocalLoss', {'idc': [1]}, 1), ('SurfaceLoss', {'idc': [1]}, 1)]",
+            "FocalLoss",
+        ),
         ("--scheduler_params", "{'to_add': 1}", "do not fit StealWeight"),
         ("--net_params", "{'width': 3}", "--net_params.*do not fit Dimwit"),
     ],
-)  # fmt: skip
+)
 def test_bad_configuration_gives_one_clear_message(dataset, tmp_path, capsys, flag, value, message):
     assert main.main(replace(argv(dataset, tmp_path / "run"), flag, value)) == 1
     err = capsys.readouterr().err
@@ -256,7 +302,7 @@ def brute_force_violations(pred: np.ndarray, forbidden: np.ndarray) -> tuple[int
 
 def test_adjacency_constraint_and_its_metric(tmp_path):
     # Three classes: discs of class 1 and 2 on a background, never touching each other.
-    from adjacency import count_adjacency
+    from boundary_loss.maps.adjacency import count_adjacency
 
     data = make_sliced_dataset(tmp_path / "d", n_train=2, n_val=2, slices=3, K=3, size=32)
     gts = [np.load(p) for p in sorted((data / "train" / "gt_npy").glob("*.npy"))]
@@ -296,7 +342,7 @@ def test_adjacency_constraint_and_its_metric(tmp_path):
 
 def test_semi_supervised_unlabelled_folder(tmp_path):
     # The penalty also runs on slices without ground truth: an 'unlabelled' split of images only.
-    from adjacency import count_adjacency
+    from boundary_loss.maps.adjacency import count_adjacency
 
     data = make_sliced_dataset(tmp_path / "d", n_train=2, n_val=1, slices=3, K=3)
     shutil.copytree(data / "train" / "in_npy", data / "unlabelled" / "in_npy")
@@ -311,8 +357,16 @@ def test_semi_supervised_unlabelled_folder(tmp_path):
         "('gt_npy', gt_transform, True)], "
         "[('in_npy', tensor_transform, False), ('in_npy', tensor_transform, False)]]"
     )
-    args = argv(data, tmp_path / "run", "--training_folders", "train", "unlabelled",
-                "--val_loader_id", "0", n_epoch=1)  # fmt: skip
+    args = argv(
+        data,
+        tmp_path / "run",
+        "--training_folders",
+        "train",
+        "unlabelled",
+        "--val_loader_id",
+        "0",
+        n_epoch=1,
+    )
     args = replace(replace(args, "--losses", losses), "--folders", folders)
     args = replace(args, "--scheduler", "DummyScheduler")
     args = replace(replace(args, "--scheduler_params", "{}"), "--n_class", "3")
@@ -353,16 +407,22 @@ def surface_with(idc: str = "[1]", weight: str = "0.01") -> str:
         ("--losses", surface_with(weight="-0.01"), ["weight of SurfaceLoss must be a number >= 0"]),
         ("--losses", surface_with(weight="1e999"), ["weight of SurfaceLoss", "inf"]),
         ("--losses", surface_with(idc="[1] * 3"), ["--losses: only literals"]),
-        ("--losses", surface_with(idc=str([1] * 30_000)),
-         ["idc of SurfaceLoss", "[1] more than once"]),
-        ("--losses", surface_with(idc=str(list(range(2, 10_000)))),
-         ["idc of SurfaceLoss", "[2, 3, 4, 5, 6] outside the 2 classes"]),
+        (
+            "--losses",
+            surface_with(idc=str([1] * 30_000)),
+            ["idc of SurfaceLoss", "[1] more than once"],
+        ),
+        (
+            "--losses",
+            surface_with(idc=str(list(range(2, 10_000)))),
+            ["idc of SurfaceLoss", "[2, 3, 4, 5, 6] outside the 2 classes"],
+        ),
         ("--losses", surface_with(idc="[1, -1]"), ["[1] more than once"]),
         ("--losses", surface_with(idc="[1.0]"), ["must be a list of class indices"]),
         ("--losses", surface_with(weight="-" * 1000 + "1"), ["--losses: nested too deeply"]),
         ("--losses", "[" * 10_000 + "]" * 10_000, ["--losses: not a valid literal", "20000 char"]),
     ],
-)  # fmt: skip
+)
 def test_bad_flags_are_one_line_errors_in_a_subprocess(dataset, tmp_path, flag, value, needles):
     workdir = tmp_path / "run"
     proc = run_script("main.py", *replace(argv(dataset, workdir), flag, value), timeout=120)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion, gaussian_filter, generate_binary_structure
 
-from metrics import hd, hd95, hd_hd95
+from boundary_loss.metrics import hd, hd95, hd_hd95
 
 
 def _border(mask: np.ndarray, connectivity: int) -> np.ndarray:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-import networks
-from networks import NETWORKS, get_network, init_weights
+from boundary_loss.networks import registry as networks
+from boundary_loss.networks.registry import NETWORKS, get_network, init_weights
 
 # (registry name, constructor kwargs, input shape B C *S, number of classes K); small widths.
 SMALL_CASES = [
@@ -62,10 +62,8 @@ def test_registry_has_every_network_and_dimensions() -> None:
 
 def test_networks_module_exports_every_public_name() -> None:
     """Every public network class of the network modules is importable from networks."""
-    import dimwit
-    import enet
-    import network_blocks
-    import unet
+    from boundary_loss.networks import blocks as network_blocks
+    from boundary_loss.networks import dimwit, enet, unet
 
     found = set()
     for module in (unet, enet, dimwit, network_blocks):

@@ -59,7 +59,7 @@ ISLES_RUNS = {
         "--losses=\"[('SurfaceLoss', {'idc': [1]}, 0.1)]\"",
         f"--folders=\"{ISLES_B_DATA}+[('gt_npy', dist_map_transform, False)]\"",
     ),
-}  # fmt: skip
+}
 
 WMH_TRAINING = (
     f"{PY}/main.py --dataset=data/WMH/ --batch_size=8 --in_memory --l_rate=0.001 --schedule "
@@ -83,7 +83,7 @@ ACDC_RUNS = {
         "--losses=\"[('BoundaryLoss', {'idc': [0, 1, 2, 3]}, 1)]\"",
         f"--folders=\"{ACDC_B_DATA}+[('gt', dist_map_transform, False)]\"",
     ),
-}  # fmt: skip
+}
 
 
 def bash(line: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -125,19 +125,29 @@ def test_isles_lines(stand_in):
     data = root / "data"
     # data/isles: unzip both zips, drop __MACOSX and the perfusion series
     unzip([data / "ISLES2018_Training.zip", data / "ISLES2018_Testing.zip"], data / "isles_tmp")
-    assert bash("rm -r data/isles_tmp/__MACOSX && rm -r data/isles_tmp/*/*/*CT_4DPWI* && "
-                "mv data/isles_tmp data/isles", root).returncode == 0  # fmt: skip
+    assert (
+        bash(
+            "rm -r data/isles_tmp/__MACOSX && rm -r data/isles_tmp/*/*/*CT_4DPWI* && "
+            "mv data/isles_tmp data/isles",
+            root,
+        ).returncode
+        == 0
+    )
     # data/ISLES: the slicer on TRAINING/ (16 stand-in cases: --retain=4 instead of 20)
     sliced = bash(
         "rm -rf data/ISLES_tmp data/ISLES && "
         f"{PY}/preprocess/slice_isles.py --source_dir data/isles/TRAINING --dest_dir data/ISLES_tmp "
-        "--n_augment=0 --retain=4 && mv data/ISLES_tmp data/ISLES", root,
-    )  # fmt: skip
+        "--n_augment=0 --retain=4 && mv data/ISLES_tmp data/ISLES",
+        root,
+    )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
     for run, (opt, folders) in ISLES_RUNS.items():
         line = ISLES_TRAINING.format(run=run, opt=opt, data=folders)
-        trained = bash(f"rm -rf results/isles/{run}_tmp && {line} && "
-                       f"mv results/isles/{run}_tmp results/isles/{run}", root)  # fmt: skip
+        trained = bash(
+            f"rm -rf results/isles/{run}_tmp && {line} && "
+            f"mv results/isles/{run}_tmp results/isles/{run}",
+            root,
+        )
         assert trained.returncode == 0, (run, trained.stderr[-2000:])
         check_run(root / "results" / "isles" / run)
 
@@ -150,19 +160,22 @@ def test_wmh_lines(stand_in):
     flattened = bash(
         "mv data/wmh_tmp/*/* data/wmh_tmp && rmdir data/wmh_tmp/GE3T data/wmh_tmp/Singapore "
         "data/wmh_tmp/Utrecht && rm -r data/wmh_tmp/*/orig && rm -r data/wmh_tmp/*/pre/3DT1.nii.gz "
-        "&& mv data/wmh_tmp data/wmh", root,
-    )  # fmt: skip
+        "&& mv data/wmh_tmp data/wmh",
+        root,
+    )
     assert flattened.returncode == 0, flattened.stderr
     sliced = bash(
         "rm -rf data/WMH_tmp && "
         f"{PY}/preprocess/slice_wmh.py --source_dir data/wmh --dest_dir data/WMH_tmp "
-        "--n_augment=0 --retain=10 && mv data/WMH_tmp data/WMH", root,
-    )  # fmt: skip
+        "--n_augment=0 --retain=10 && mv data/WMH_tmp data/WMH",
+        root,
+    )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
     opt, folders = ISLES_RUNS["gdl_surface_steal"]  # the same line in the original wmh.make
     line = WMH_TRAINING.format(run="gdl_surface_steal", opt=opt, data=folders)
-    trained = bash(f"{line} && mv results/wmh/gdl_surface_steal_tmp results/wmh/gdl_surface_steal",
-                   root)  # fmt: skip
+    trained = bash(
+        f"{line} && mv results/wmh/gdl_surface_steal_tmp results/wmh/gdl_surface_steal", root
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     check_run(root / "results" / "wmh" / "gdl_surface_steal")
 
@@ -170,20 +183,27 @@ def test_wmh_lines(stand_in):
 def test_acdc_lines(stand_in):
     root = stand_in
     unzip([root / "data" / "acdc.zip"], root / "data" / "acdc_tmp")
-    assert bash("rm data/acdc_tmp/training/*/*_4d.nii.gz && mv data/acdc_tmp data/acdc",
-                root).returncode == 0  # fmt: skip
+    assert (
+        bash(
+            "rm data/acdc_tmp/training/*/*_4d.nii.gz && mv data/acdc_tmp data/acdc", root
+        ).returncode
+        == 0
+    )
     # 12 stand-in patients: --retain 3 instead of 25
     sliced = bash(
         "rm -rf data/ACDC-2D_tmp data/ACDC-2D && "
-        f"{PY}/preprocess/slice_acdc.py --source_dir=\"data/acdc/training\" "
+        f'{PY}/preprocess/slice_acdc.py --source_dir="data/acdc/training" '
         "--dest_dir=data/ACDC-2D_tmp --seed=0 --retain 3 && mv data/ACDC-2D_tmp data/ACDC-2D",
         root,
-    )  # fmt: skip
+    )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
     for run, (opt, folders) in ACDC_RUNS.items():
         line = ACDC_TRAINING.format(run=run, opt=opt, data=folders)
-        trained = bash(f"rm -rf results/acdc/{run}_tmp && mkdir -p results/acdc/{run}_tmp && "
-                       f"{line} && mv results/acdc/{run}_tmp results/acdc/{run}", root)  # fmt: skip
+        trained = bash(
+            f"rm -rf results/acdc/{run}_tmp && mkdir -p results/acdc/{run}_tmp && "
+            f"{line} && mv results/acdc/{run}_tmp results/acdc/{run}",
+            root,
+        )
         assert trained.returncode == 0, (run, trained.stderr[-2000:])
         check_run(root / "results" / "acdc" / run)
     shutil.rmtree(root / "data" / "acdc")  # keep the temporary folder small

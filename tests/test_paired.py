@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from paired import METHOD, Comparison, compare, signed
+from boundary_loss.report.paired import METHOD, Comparison, compare, signed
 
 
 def loop_bootstrap(differences: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:

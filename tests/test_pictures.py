@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import patients
-import pictures
-import report_sections
-from atomic import MARKER
-from report import summarise, write_report
-from tests.cli import assert_clean_error, run_script
+from boundary_loss.io.atomic import MARKER
+from boundary_loss.report import patients, pictures
+from boundary_loss.report import sections as report_sections
+from boundary_loss.report.summary import summarise, write_report
+from tests.cli import assert_clean_error, run_module
+
+PICTURES = "boundary_loss.report.pictures"
 
 EPOCHS, SIZE, PATIENTS = 4, 16, ("p1", "p2", "p3")
 REGEX = r"(p\d+)_\d+"
@@ -71,8 +72,10 @@ def make_run(root: Path, data: Path, name: str, shift: int) -> Path:
 @pytest.fixture
 def runs(tmp_path: Path) -> list[Path]:
     data = make_data(tmp_path / "data")
-    return [make_run(tmp_path / "results", data, "gdl", 0), make_run(tmp_path / "results", data,
-            "gdl_surface_steal", 1)]  # fmt: skip
+    return [
+        make_run(tmp_path / "results", data, "gdl", 0),
+        make_run(tmp_path / "results", data, "gdl_surface_steal", 1),
+    ]
 
 
 def test_patient_names_and_values_at_the_checkpoint(runs):
@@ -87,7 +90,7 @@ def test_patient_names_and_values_at_the_checkpoint(runs):
 
 def test_pictures_and_gifs(runs, tmp_path):
     dest = tmp_path / "pictures"
-    proc = run_script("pictures.py", "--folders", *runs, "--dest", dest, "--classes", "1")
+    proc = run_module(PICTURES, "--folders", *runs, "--dest", dest, "--classes", "1")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((dest / "pictures.json").read_text())
     assert record["chosen"]["gdl"] == {"best": "p1", "median": "p2", "worst": "p3"}
@@ -110,26 +113,26 @@ def test_pictures_never_replace_a_users_folder(runs, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "figure.png").write_bytes(b"mine")
-    proc = run_script("pictures.py", "--folders", *runs, "--dest", mine)
+    proc = run_module(PICTURES, "--folders", *runs, "--dest", mine)
     assert_clean_error(proc, f"--dest {mine}:", "pictures.py did not write", "not replaced")
     assert [p.name for p in mine.iterdir()] == ["figure.png"] and not (
         tmp_path / "mine_tmp"
     ).exists()
-    proc = run_script("pictures.py", "--folders", *runs, "--dest", runs[0])  # a run folder
+    proc = run_module(PICTURES, "--folders", *runs, "--dest", runs[0])  # a run folder
     assert_clean_error(proc, f"--dest {runs[0]}:", "not replaced")
     assert (runs[0] / "best.pt").is_file() or (runs[0] / "args.json").is_file()
     dest, old = tmp_path / "pictures", tmp_path / "pictures_old"
     old.mkdir()
     (old / "keep.txt").write_text("keep")
     for _ in range(2):  # the second run replaces the first one's output
-        proc = run_script("pictures.py", "--folders", *runs, "--dest", dest)
+        proc = run_module(PICTURES, "--folders", *runs, "--dest", dest)
         assert proc.returncode == 0, proc.stderr
     assert (old / "keep.txt").read_text() == "keep"
     assert json.loads((dest / MARKER).read_text()) == {"tool": "pictures.py"}
     stage = tmp_path / "pictures_tmp"
     stage.mkdir()
     (stage / "draft.png").write_bytes(b"draft")
-    proc = run_script("pictures.py", "--folders", *runs, "--dest", dest)
+    proc = run_module(PICTURES, "--folders", *runs, "--dest", dest)
     assert_clean_error(proc, f"--dest {dest}:", f"{stage} is a folder without", "not removed")
     assert [p.name for p in stage.iterdir()] == ["draft.png"]
 
@@ -143,7 +146,7 @@ def test_a_diverged_run_is_left_out_of_the_pictures_and_named(runs, tmp_path):
     for name in ("val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"):
         np.save(diverged / f"{name}.npy", np.full((EPOCHS, 3, 2), np.nan, np.float32))
     dest = tmp_path / "pictures"
-    proc = run_script("pictures.py", "--folders", runs[0], diverged, "--dest", dest)
+    proc = run_module(PICTURES, "--folders", runs[0], diverged, "--dest", dest)
     assert proc.returncode == 0, proc.stderr
     assert "warning: run diverged diverged (all its 3D metrics are NaN): not drawn" in proc.stderr
     record = json.loads((dest / "pictures.json").read_text())
@@ -151,7 +154,7 @@ def test_a_diverged_run_is_left_out_of_the_pictures_and_named(runs, tmp_path):
     assert {g["run"] for g in record["gifs"]} == {"gdl"} and len(record["gifs"]) == 3
     assert len(record["pictures"]) == 3  # best, median and worst of gdl: p1, p2, p3
     alone = tmp_path / "alone"
-    proc = run_script("pictures.py", "--folders", diverged, "--dest", alone)
+    proc = run_module(PICTURES, "--folders", diverged, "--dest", alone)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((alone / "pictures.json").read_text())
     assert record["pictures"] == [] and record["gifs"] == [] and record["diverged"] == ["diverged"]
@@ -161,7 +164,7 @@ def test_a_diverged_run_is_left_out_of_the_pictures_and_named(runs, tmp_path):
 
 def test_pictures_name_a_run_without_predictions(runs, tmp_path):
     shutil.rmtree(runs[1] / "best_epoch")
-    proc = run_script("pictures.py", "--folders", *runs, "--dest", tmp_path / "pictures")
+    proc = run_module(PICTURES, "--folders", *runs, "--dest", tmp_path / "pictures")
     assert_clean_error(proc, f"{runs[1] / 'best_epoch' / 'val'}: folder not found")
     assert not (tmp_path / "pictures").exists() and not (tmp_path / "pictures_tmp").exists()
 
@@ -169,12 +172,24 @@ def test_pictures_name_a_run_without_predictions(runs, tmp_path):
 def test_report_holds_the_table_the_csv_the_comparison_and_the_pictures(runs, tmp_path):
     pictures.make_pictures(runs, tmp_path / "pictures", [1])
     summaries = summarise(runs, ["val_3d_dsc", "val_3d_hd95"], [1])
-    pages = write_report(summaries, tmp_path / "report" / "report.md", html_page=True,
-                         patient_columns=[1], baseline="gdl",
-                         pictures=tmp_path / "pictures")  # fmt: skip
+    pages = write_report(
+        summaries,
+        tmp_path / "report" / "report.md",
+        html_page=True,
+        patient_columns=[1],
+        baseline="gdl",
+        pictures=tmp_path / "pictures",
+    )
     html = pages[1].read_text()
-    for needle in ("Per patient", "Against gdl: did it help?", "No detectable difference",
-                   "Wilcoxon", "percentile bootstrap", "patient_p1.png", "gdl_p1.gif"):  # fmt: skip
+    for needle in (
+        "Per patient",
+        "Against gdl: did it help?",
+        "No detectable difference",
+        "Wilcoxon",
+        "percentile bootstrap",
+        "patient_p1.png",
+        "gdl_p1.gif",
+    ):
         assert needle in html, needle
     with open(tmp_path / "report" / "per_patient.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -197,8 +212,9 @@ def test_seeds_are_aggregated(runs, tmp_path):
     dice[:, :, 1] -= 0.2
     np.save(seeded[1] / "val_3d_dsc.npy", dice)  # gdl-seed1 is 0.2 lower everywhere
     summaries = summarise(seeded, ["val_3d_dsc"], [1])
-    pages = write_report(summaries, tmp_path / "r" / "report.md", patient_columns=[1],
-                         baseline="gdl")  # fmt: skip
+    pages = write_report(
+        summaries, tmp_path / "r" / "report.md", patient_columns=[1], baseline="gdl"
+    )
     text = pages[0].read_text()
     # gdl: per-run means 0.7 and 0.5 -> 0.6 +- 0.1 over its 2 seeds
     assert "| gdl | 2 | 0.6000 +- 0.1000 (min 0.5000, max 0.7000) |" in text

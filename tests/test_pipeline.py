@@ -32,34 +32,60 @@ DATASETS = {
         "zips": ["ISLES2018_Training.zip", "ISLES2018_Testing.zip"],
         "raw": "ISLES",
         "runs": ["gdl", "gdl_surface_steal", "gdl_3d_surface_steal", "gdl_hausdorff_w"],
-        "plots": ["tra_loss", "val_loss", "val_dice", "tra_dice", "val_3d_hausdorff",
-                  "val_3d_hd95", "val_dice_boxplot"],
+        "plots": [
+            "tra_loss",
+            "val_loss",
+            "val_dice",
+            "tra_dice",
+            "val_3d_hausdorff",
+            "val_3d_hd95",
+            "val_dice_boxplot",
+        ],
     },
     "wmh": {
         "zips": ["Amsterdam_GE3T.zip", "Singapore.zip", "Utrecht.zip"],
         "raw": "WMH",
         "runs": ["gdl", "gdl_surface_steal", "gdl_3d_surface_steal", "gdl_hausdorff_w"],
-        "plots": ["tra_loss", "val_loss", "val_dice", "tra_dice", "val_3d_hausdorff",
-                  "val_3d_hd95", "val_dice_boxplot"],
+        "plots": [
+            "tra_loss",
+            "val_loss",
+            "val_dice",
+            "tra_dice",
+            "val_3d_hausdorff",
+            "val_3d_hd95",
+            "val_dice_boxplot",
+        ],
     },
     "acdc": {
         "zips": ["acdc.zip"],
         "raw": "ACDC",
         "runs": ["ce", "diceloss", "boundary", "ce_adj", "boundary_adj"],
-        "plots": ["val_dice", "tra_dice", "tra_loss", "val_3d_dsc", "val_adjacency",
-                  "val_3d_dsc_boxplot"],
+        "plots": [
+            "val_dice",
+            "tra_dice",
+            "tra_loss",
+            "val_3d_dsc",
+            "val_adjacency",
+            "val_3d_dsc_boxplot",
+        ],
     },
-}  # fmt: skip
+}
 
 FAST = ["DATA=synthetic", "NET=Dimwit", "EPC=1", "DEBUG=--debug", f"CC={sys.executable}"]
 
 
 def copy_repository(dest: Path) -> Path:
     """The project's files (tracked, and untracked but not ignored) without data or results."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
@@ -70,16 +96,20 @@ def copy_repository(dest: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(
         ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "copy"],
-        cwd=dest, check=True,
-    )  # fmt: skip
+        cwd=dest,
+        check=True,
+    )
     return dest
 
 
 def make(repo: Path, dataset: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     run = subprocess.run(
         ["make", "-f", f"{dataset}.make", *FAST, *args],
-        cwd=repo, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check and run.returncode != 0:
         pytest.fail(f"make failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return run
@@ -156,8 +186,11 @@ def test_corrupted_real_zip_stops_at_the_md5_check_with_nothing_unpacked(tmp_pat
     zip_path.write_bytes(b"a download cut short")
     run = subprocess.run(
         ["make", "-f", "acdc.make", f"CC={sys.executable}", "unpack"],
-        cwd=repo, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_clean_error(
         run, "data/acdc.zip: FAILED md5 check", "Delete data/acdc.zip and download it again"
     )
@@ -172,8 +205,11 @@ def test_cut_generated_zip_is_generated_again_and_unpacked(tmp_path):
     root = repo / "data" / "acdc-synthetic"
     subprocess.run(
         [sys.executable, "preprocess/synthetic.py", "--dataset", "acdc", "--dest", root],
-        cwd=repo, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     zip_path = root / "acdc.zip"
     data = zip_path.read_bytes()
     zip_path.write_bytes(data[: len(data) // 2])
@@ -194,8 +230,11 @@ def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):
     kept = {p: p.stat().st_mtime for p in (results / first_run).rglob("*") if p.is_file()}
     proc = subprocess.Popen(
         ["make", "-f", f"{dataset}.make", *[a for a in FAST if not a.startswith("EPC=")], "EPC=30"],
-        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     partial = results / f"{second_run}_tmp" / "last.pt"
     deadline = time.time() + 300
     while not partial.exists() and proc.poll() is None and time.time() < deadline:
@@ -257,13 +296,24 @@ def test_report_of_the_archive_opens_in_a_browser(built, tmp_path):
     (archive,) = (repo / "archives").glob(f"*-{dataset}-synthetic.tar.gz")
     subprocess.run(["tar", "xzf", archive, "-C", tmp_path], check=True)
     page = tmp_path / "results" / f"{dataset}-synthetic" / "report.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     dom = subprocess.run(
         [CHROMIUM, *flags, "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     images = dom.count("<img ")
     assert images > 10  # plots, pictures and GIFs
     assert f'data-images="{images}/{images}"' in dom, dom[:500]

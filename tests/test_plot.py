@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plot import CURVE_SIZE, DPI, box_size, curve_values, main, plot_box, plot_curves
+from boundary_loss.report.plot import (
+    CURVE_SIZE,
+    DPI,
+    box_size,
+    curve_values,
+    main,
+    plot_box,
+    plot_curves,
+)
 from tests.cli import assert_clean_error, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,10 +164,42 @@ def test_box_best_epoch_is_the_minimum_for_distances(tmp_path: Path) -> None:
 def test_command_line_writes_both_plots(runs: list[Path], tmp_path: Path) -> None:
     folders = [str(r) for r in runs]
     curves, box = tmp_path / "c.png", tmp_path / "b.png"
-    assert main(["curves", "--folders", *folders, "--filename", "val_dice.npy",
-                 "--dest", str(curves), "--best-so-far", "--title", "Dice"]) == 0  # fmt: skip
-    assert main(["box", "--folders", *folders, "--filename", "val_dice.npy",
-                 "--dest", str(box), "--ylim", "0", "1", "--epoch", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "curves",
+                "--folders",
+                *folders,
+                "--filename",
+                "val_dice.npy",
+                "--dest",
+                str(curves),
+                "--best-so-far",
+                "--title",
+                "Dice",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "box",
+                "--folders",
+                *folders,
+                "--filename",
+                "val_dice.npy",
+                "--dest",
+                str(box),
+                "--ylim",
+                "0",
+                "1",
+                "--epoch",
+                "0",
+            ]
+        )
+        == 0
+    )
     check_image(curves, CURVE_SIZE)
     check_image(box, box_size(2))
 
@@ -234,14 +274,18 @@ def test_script_entry_point(runs: list[Path], tmp_path: Path) -> None:
     base = [sys.executable, str(ROOT / "plot.py"), "curves", "--filename", "val_dice.npy"]
     ok = subprocess.run(
         [*base, "--folders", *map(str, runs), "--dest", str(dest)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     check_image(dest, CURVE_SIZE)
     bad = subprocess.run(
         [*base, "--folders", str(tmp_path / "none"), "--dest", str(tmp_path / "x.png")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: run folder") and not (tmp_path / "x.png").exists()
 
@@ -301,11 +345,12 @@ def test_classes_choose_classes_and_leave_loss_and_adjacency_columns(
     adjacency[:, :, 0] = [[2.0, 4.0], [0.0, 1.0], [1.0, 1.0]]
     np.save(runs[0] / "val_adjacency.npy", adjacency)
     chosen = {
-        name: [(c.label, c.column) for c in plot_curves(
-            runs[:1], name, tmp_path / f"{name}.png", classes=[0, 1]
-        )]
+        name: [
+            (c.label, c.column)
+            for c in plot_curves(runs[:1], name, tmp_path / f"{name}.png", classes=[0, 1])
+        ]
         for name in ("val_dice.npy", "tra_loss.npy", "val_adjacency.npy")
-    }  # fmt: skip
+    }
     assert chosen == {
         "val_dice.npy": [("gdl (class 0)", 0), ("gdl (class 1)", 1)],
         "tra_loss.npy": [("gdl (loss 0)", 0), ("gdl (loss 1)", 1)],
@@ -342,9 +387,19 @@ def test_classes_and_columns_together_are_refused(
 ) -> None:
     dest = tmp_path / "out" / "plot.png"
     proc = run_script(
-        "plot.py", command, "--folders", *runs, "--filename", "val_dice.npy", "--dest", dest,
-        "--columns", "1", "--classes", "1",
-    )  # fmt: skip
+        "plot.py",
+        command,
+        "--folders",
+        *runs,
+        "--filename",
+        "val_dice.npy",
+        "--dest",
+        dest,
+        "--columns",
+        "1",
+        "--classes",
+        "1",
+    )
     assert_clean_error(proc, "--columns [1] and --classes [1] both given", "give one")
     assert not dest.parent.exists()
 
@@ -376,7 +431,7 @@ def dsc_run(root: Path, name: str, dice: list[float]) -> Path:
 @pytest.fixture
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
     """The figures plot.py saves, to read their titles and legends."""
-    import plot
+    from boundary_loss.report import plot
 
     figures: list = []
     save = plot._save

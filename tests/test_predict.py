@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from atomic import MARKER
-from networks import get_network
-from predict import to_source_grid, write_labels
-from preprocess.nnunet_format import read_dataset
-from preprocess.slice_nnunet import nnunet_dataset
-from preprocess.slicing import slice_dataset
-from preprocess.synthetic_nnunet import write_msd, write_nnunet
+from boundary_loss.inference.predict import to_source_grid, write_labels
+from boundary_loss.io.atomic import MARKER
+from boundary_loss.networks.registry import get_network
+from boundary_loss.preprocessing.nnunet_format import read_dataset
+from boundary_loss.preprocessing.slice_nnunet import nnunet_dataset
+from boundary_loss.preprocessing.slicing import slice_dataset
+from boundary_loss.preprocessing.synthetic_nnunet import write_msd, write_nnunet
 from tests.cli import assert_clean_error, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +41,15 @@ def sliced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pa
     for layout, write in LAYOUTS.items():
         dataset = write(folder / layout)
         dest = folder / f"{layout}-sliced"
-        slice_dataset(nnunet_dataset(dataset, 0, "auto"), dataset, dest, retain=3, shape=(64, 64),
-                      workers=1, progress=False)  # fmt: skip
+        slice_dataset(
+            nnunet_dataset(dataset, 0, "auto"),
+            dataset,
+            dest,
+            retain=3,
+            shape=(64, 64),
+            workers=1,
+            progress=False,
+        )
         found[layout] = (dataset, dest)
     return found
 
@@ -95,8 +102,15 @@ def save_best(run: Path, network: str, n_in: int, n_class: int, data: Path) -> N
     net = get_network(network, n_in, n_class)
     run.mkdir(parents=True)
     args = {"network": network, "net_params": "{}", "modalities": n_in, "n_class": n_class}
-    best = {"model": net.state_dict(), "epoch": 0, "metric": 0.0, "network": network,
-            "n_in": n_in, "n_class": n_class, "args": args}  # fmt: skip
+    best = {
+        "model": net.state_dict(),
+        "epoch": 0,
+        "metric": 0.0,
+        "network": network,
+        "n_in": n_in,
+        "n_class": n_class,
+        "args": args,
+    }
     torch.save(best, run / "best.pt")
     md5 = hashlib.md5((data / "split.json").read_bytes()).hexdigest()
     provenance = {"data": {"path": str(data), "split_md5": md5}}
@@ -142,13 +156,13 @@ def test_predict_writes_every_case_in_the_source_geometry_with_medpy_metrics(sli
 def test_predict_names_what_is_missing(sliced, tmp_path):
     _, dest = sliced["nnunet"]
     out = tmp_path / "out"
-    no_run = run_script(ROOT / "predict.py", "--run", tmp_path / "none", "--sliced", dest,
-                        "--dest", out)  # fmt: skip
+    no_run = run_script(
+        ROOT / "predict.py", "--run", tmp_path / "none", "--sliced", dest, "--dest", out
+    )
     assert_clean_error(no_run, f"{tmp_path / 'none' / 'best.pt'}: file not found")
     run = tmp_path / "run"
     save_best(run, "Dimwit", 2, 4, dest)
-    not_sliced = run_script(ROOT / "predict.py", "--run", run, "--sliced", tmp_path,
-                            "--dest", out)  # fmt: skip
+    not_sliced = run_script(ROOT / "predict.py", "--run", run, "--sliced", tmp_path, "--dest", out)
     assert_clean_error(not_sliced, f"{tmp_path / 'source.json'}: file not found")
     wrong = tmp_path / "wrong"
     save_best(wrong, "Dimwit", 3, 4, dest)  # three input channels, the data has two
@@ -169,8 +183,18 @@ def test_predict_reads_a_moved_dataset_from_source(sliced, tmp_path):
     out = tmp_path / "out"
     lost = run_script(ROOT / "predict.py", "--run", run, "--sliced", moved, "--dest", out)
     assert_clean_error(lost, f"{tmp_path / 'gone' / dataset.name}: folder not found")
-    found = run_script(ROOT / "predict.py", "--run", run, "--sliced", moved, "--dest", out,
-                       "--source", dataset, "--cpu")  # fmt: skip
+    found = run_script(
+        ROOT / "predict.py",
+        "--run",
+        run,
+        "--sliced",
+        moved,
+        "--dest",
+        out,
+        "--source",
+        dataset,
+        "--cpu",
+    )
     assert found.returncode == 0, found.stderr
     assert len(list(out.glob("*.nii.gz"))) == 7  # 3 validation and 4 test cases
 
@@ -279,7 +303,7 @@ def test_a_diverged_run_gets_a_predictions_folder_saying_so(sliced, tmp_path):
     """A run whose 3D metrics are all NaN saved no best.pt: predict.py writes its folder (no
     NIfTI, a metrics.csv without rows, predictions.json saying diverged) and the report's
     predictions table says so, so that the report and the archive are still made."""
-    from report_sections import prediction_blocks
+    from boundary_loss.report.sections import prediction_blocks
 
     _, dest = sliced["nnunet"]
     run = tmp_path / "run"

@@ -52,9 +52,13 @@ def test_readme_keras_example_trains_with_the_schedule():
     check = f"{block}\nimport math\nfound = history.history['alpha']\n"
     check += f"assert all(map(math.isclose, found, {expected})), found\n"
     run = subprocess.run(
-        [sys.executable, "-c", check], cwd=README.parent, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "KERAS_BACKEND": "torch"},
-    )  # fmt: skip
+        [sys.executable, "-c", check],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
 
 
@@ -67,8 +71,11 @@ def test_readme_two_commands_are_valid_make_invocations():
         assert on_a_line, f"the README does not give `{command}` on a line of its own"
         dry = subprocess.run(
             [*shlex.split(command), "-n", f"CC={sys.executable}"],
-            cwd=README.parent, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=README.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert dry.returncode == 0, dry.stderr
         assert "python" in dry.stdout  # it would run the project's scripts
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomic import atomic_write
-from report import build_table, main, summarise, write_report
+from boundary_loss.io.atomic import atomic_write
+from boundary_loss.report.summary import build_table, main, summarise, write_report
 from tests.cli import assert_clean_error, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,12 +236,22 @@ def test_markdown_and_html_pages(two_runs: tuple[Path, Path], tmp_path: Path) ->
     dest = tmp_path / "results" / "report" / "report.md"
     code = main(
         [
-            "--folders", str(gdl), str(surface),
-            "--metrics", "val_dice", "val_3d_hausdorff",
-            "--dest", str(dest), "--html", "--title", "ISLES <test> & co",
-            "--plots", str(plots / "val_dice.png"), str(plots / "val dice box.png"),
+            "--folders",
+            str(gdl),
+            str(surface),
+            "--metrics",
+            "val_dice",
+            "val_3d_hausdorff",
+            "--dest",
+            str(dest),
+            "--html",
+            "--title",
+            "ISLES <test> & co",
+            "--plots",
+            str(plots / "val_dice.png"),
+            str(plots / "val dice box.png"),
         ]
-    )  # fmt: skip
+    )
     assert code == 0
     page = dest.read_text()
     assert page.startswith("# ISLES \\<test\\> & co\n")
@@ -251,9 +261,17 @@ def test_markdown_and_html_pages(two_runs: tuple[Path, Path], tmp_path: Path) ->
     assert "Unfinished runs (fewer epochs than planned): surface." in page
     assert "![val_dice](../plots/val_dice.png)" in page
     assert "![val dice box](../plots/val%20dice%20box.png)" in page
-    for text in ("commit: `0123abcd`", "dirty (uncommitted changes)", "seed: 1234",
-                 "device: cpu", "torch==2.13.0", "numpy==2.2.6", "git.diff: 2 lines",
-                 '"network": "UNet"', "main.py --losses"):  # fmt: skip
+    for text in (
+        "commit: `0123abcd`",
+        "dirty (uncommitted changes)",
+        "seed: 1234",
+        "device: cpu",
+        "torch==2.13.0",
+        "numpy==2.2.6",
+        "git.diff: 2 lines",
+        '"network": "UNet"',
+        "main.py --losses",
+    ):
         assert text in page, text
     surface_part = page.split("### surface")[1]
     assert "provenance.json is missing: provenance unknown" in surface_part
@@ -368,17 +386,36 @@ def test_script_entry_point(two_runs: tuple[Path, Path], tmp_path: Path) -> None
     """`python report.py` as Make calls it: exit 0 with the table, exit 1 with `error:`."""
     gdl, surface = two_runs
     ok = subprocess.run(
-        [sys.executable, str(ROOT / "report.py"), "--folders", str(gdl), str(surface),
-         "--metrics", "val_dice", "--dest", str(tmp_path / "r.md")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "report.py"),
+            "--folders",
+            str(gdl),
+            str(surface),
+            "--metrics",
+            "val_dice",
+            "--dest",
+            str(tmp_path / "r.md"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "0.9000 +- 0.0816 (epoch 2)" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, str(ROOT / "report.py"), "--folders", str(tmp_path / "none"),
-         "--metrics", "val_dice"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "report.py"),
+            "--folders",
+            str(tmp_path / "none"),
+            "--metrics",
+            "val_dice",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: run folder") and "none" in bad.stderr
 
@@ -444,20 +481,38 @@ def with_value(array: np.ndarray, index: tuple[int, int, int], value: float) -> 
 @pytest.mark.parametrize(
     ("metric", "array", "needles"),
     [
-        ("val_dice", with_value(dice_array(), (1, 2, 1), 7.5),
-         ["7.5 at epoch 1, sample 2, class 1", "a Dice score lies in [0, 1]"]),
-        ("val_dice", with_value(dice_array(), (3, 0, 0), np.inf),
-         ["inf at epoch 3, sample 0, class 0", "a Dice score lies in [0, 1]"]),
-        ("val_3d_dsc", with_value(dice_array(), (0, 1, 1), -0.25),
-         ["-0.25 at epoch 0, sample 1, class 1", "a Dice score"]),
-        ("val_3d_hd95", with_value(hausdorff_array(), (2, 1, 1), -1.0),
-         ["-1.0 at epoch 2, sample 1, class 1", "a distance is a finite number of mm >= 0"]),
-        ("val_3d_hausdorff", with_value(hausdorff_array(), (0, 0, 0), np.inf),
-         ["inf at epoch 0, sample 0, class 0", "a distance"]),
-        ("val_adjacency", with_value(np.zeros((2, 2, 2)), (1, 0, 0), -3.0),
-         ["-3.0 at epoch 1, sample 0, forbidden pairs", "an adjacency count"]),
+        (
+            "val_dice",
+            with_value(dice_array(), (1, 2, 1), 7.5),
+            ["7.5 at epoch 1, sample 2, class 1", "a Dice score lies in [0, 1]"],
+        ),
+        (
+            "val_dice",
+            with_value(dice_array(), (3, 0, 0), np.inf),
+            ["inf at epoch 3, sample 0, class 0", "a Dice score lies in [0, 1]"],
+        ),
+        (
+            "val_3d_dsc",
+            with_value(dice_array(), (0, 1, 1), -0.25),
+            ["-0.25 at epoch 0, sample 1, class 1", "a Dice score"],
+        ),
+        (
+            "val_3d_hd95",
+            with_value(hausdorff_array(), (2, 1, 1), -1.0),
+            ["-1.0 at epoch 2, sample 1, class 1", "a distance is a finite number of mm >= 0"],
+        ),
+        (
+            "val_3d_hausdorff",
+            with_value(hausdorff_array(), (0, 0, 0), np.inf),
+            ["inf at epoch 0, sample 0, class 0", "a distance"],
+        ),
+        (
+            "val_adjacency",
+            with_value(np.zeros((2, 2, 2)), (1, 0, 0), -3.0),
+            ["-3.0 at epoch 1, sample 0, forbidden pairs", "an adjacency count"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_impossible_values_are_refused(
     tmp_path: Path, metric: str, array: np.ndarray, needles: list[str]
 ) -> None:
@@ -487,17 +542,26 @@ def test_nan_and_negative_losses_are_accepted(tmp_path: Path) -> None:
     ("first", "second", "needles"),
     [
         # ISLES and ACDC runs
-        ({"dataset": "data/isles", "n_class": 2}, {"dataset": "data/acdc", "n_class": 4},
-         ["trained on different data", "'data/isles' and 'data/acdc' in their args.json"]),
+        (
+            {"dataset": "data/isles", "n_class": 2},
+            {"dataset": "data/acdc", "n_class": 4},
+            ["trained on different data", "'data/isles' and 'data/acdc' in their args.json"],
+        ),
         # a stand-in run and a real one: the same last component, other data
-        ({"dataset": "data/isles-synthetic/isles"}, {"dataset": "data/isles"},
-         ["different data", "'data/isles-synthetic/isles' and 'data/isles'"]),
-        ({"dataset": "data/isles", "n_class": 2}, {"dataset": "data/isles", "n_class": 3},
-         ["different class counts", "n_class 2 and 3 in their args.json"]),
+        (
+            {"dataset": "data/isles-synthetic/isles"},
+            {"dataset": "data/isles"},
+            ["different data", "'data/isles-synthetic/isles' and 'data/isles'"],
+        ),
+        (
+            {"dataset": "data/isles", "n_class": 2},
+            {"dataset": "data/isles", "n_class": 3},
+            ["different class counts", "n_class 2 and 3 in their args.json"],
+        ),
         # no args.json: the class axis of the arrays tells
         (None, None, ["different class counts", "val_dice.npy has 2 and 4 classes"]),
     ],
-)  # fmt: skip
+)
 def test_runs_of_different_data_are_refused(
     tmp_path: Path, first: dict | None, second: dict | None, needles: list[str]
 ) -> None:
@@ -507,9 +571,16 @@ def test_runs_of_different_data_are_refused(
     b = make_run(tmp_path / "results", "acdc_ce", {"val_dice": other}, args=second)
     before = tree(tmp_path)
     proc = run_script(
-        "report.py", "--folders", a, b, "--metrics", "val_dice",
-        "--dest", tmp_path / "out" / "report.md", "--html",
-    )  # fmt: skip
+        "report.py",
+        "--folders",
+        a,
+        b,
+        "--metrics",
+        "val_dice",
+        "--dest",
+        tmp_path / "out" / "report.md",
+        "--html",
+    )
     assert_clean_error(proc, f"runs {a} and {b}", *needles, "the runs of one dataset")
     assert tree(tmp_path) == before and not (tmp_path / "out").exists()
 
@@ -537,34 +608,47 @@ def _metrics_csv(folder: Path, rows: list[tuple]) -> Path:
 def test_predictions_section_summarises_and_lists_every_case(tmp_path: Path) -> None:
     """predict.py's metrics.csv: mean +- std per run and foreground class (value not 0, whatever
     its name), then Dice / HD95 per case; written into both pages."""
-    from report_sections import prediction_blocks
+    from boundary_loss.report.sections import prediction_blocks
 
-    a = _metrics_csv(tmp_path / "predictions" / "a", [
-        ("c1", "bg", 0, 0.99, 1.0, 1.0), ("c1", "organ", 1, 0.8, 4.0, 2.0),
-        ("c2", "bg", 0, 0.98, 1.0, 1.0), ("c2", "organ", 1, 0.6, 8.0, 6.0),
-    ])  # fmt: skip
-    b = _metrics_csv(tmp_path / "predictions" / "b", [
-        ("c1", "bg", 0, 0.99, 1.0, 1.0), ("c1", "organ", 1, 0.9, 2.0, 1.0),
-        ("c2", "bg", 0, 0.99, 1.0, 1.0), ("c2", "organ", 1, 0.7, 3.0, 2.5),
-    ])  # fmt: skip
+    a = _metrics_csv(
+        tmp_path / "predictions" / "a",
+        [
+            ("c1", "bg", 0, 0.99, 1.0, 1.0),
+            ("c1", "organ", 1, 0.8, 4.0, 2.0),
+            ("c2", "bg", 0, 0.98, 1.0, 1.0),
+            ("c2", "organ", 1, 0.6, 8.0, 6.0),
+        ],
+    )
+    b = _metrics_csv(
+        tmp_path / "predictions" / "b",
+        [
+            ("c1", "bg", 0, 0.99, 1.0, 1.0),
+            ("c1", "organ", 1, 0.9, 2.0, 1.0),
+            ("c2", "bg", 0, 0.99, 1.0, 1.0),
+            ("c2", "organ", 1, 0.7, 3.0, 2.5),
+        ],
+    )
     blocks = prediction_blocks([a, b])
     summary = next(b.table for b in blocks if b.kind == "table")
     assert summary.header == ["run", "Dice organ", "HD organ", "HD95 organ"]  # no "bg"
     assert summary.rows[0] == ["a", "0.7000 +- 0.1000", "6.0000 +- 2.0000", "4.0000 +- 2.0000"]
     per_case = [b.table for b in blocks if b.kind == "table"][1]
     assert per_case.header == ["case", "a", "b"]
-    assert per_case.rows == [["c1", "0.8000 / 2.0000", "0.9000 / 1.0000"],
-                             ["c2", "0.6000 / 6.0000", "0.7000 / 2.5000"]]  # fmt: skip
+    assert per_case.rows == [
+        ["c1", "0.8000 / 2.0000", "0.9000 / 1.0000"],
+        ["c2", "0.6000 / 6.0000", "0.7000 / 2.5000"],
+    ]
     run = make_run(tmp_path, "run", {"val_dice": dice_array()})
-    pages = write_report(summarise([run], ["val_dice"]), tmp_path / "r.md", html_page=True,
-                         predictions=[a, b])  # fmt: skip
+    pages = write_report(
+        summarise([run], ["val_dice"]), tmp_path / "r.md", html_page=True, predictions=[a, b]
+    )
     for page in pages:
         assert "Predictions in the source geometry" in page.read_text()
         assert "organ: Dice / HD95 (mm) per case" in page.read_text()
 
 
 def test_predictions_section_refuses_a_foreign_csv(tmp_path: Path) -> None:
-    from report_sections import prediction_blocks
+    from boundary_loss.report.sections import prediction_blocks
 
     folder = tmp_path / "p"
     folder.mkdir()

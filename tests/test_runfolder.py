@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runfolder import (
+from boundary_loss.runfolder.schema import (
     ADJACENCY,
     ARRAYS,
     COUNT,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler import (
+from boundary_loss.losses.weight_schedules import (
     AddWeightLoss,
     DummyScheduler,
-    PlateauHalving,
     StealWeight,
     get_scheduler,
-    original_halving,
 )
+from boundary_loss.training.lr_schedule import PlateauHalving, original_halving
 
 
 def test_steal_weight_moves_weight_and_floors_at_0_1():
@@ -77,7 +76,7 @@ def test_original_rule_halves_right_after_epoch_0_as_the_original():
 
 
 def test_lambda_controller_follows_its_rules_on_a_scripted_sequence():
-    from scheduler import LambdaController
+    from boundary_loss.losses.weight_schedules import LambdaController
 
     controller = LambdaController(fraction=0.1, factor=2, every=2, tolerance=0.01)
     weights = [[1.0, 1.0]]
@@ -102,7 +101,7 @@ def test_lambda_controller_follows_its_rules_on_a_scripted_sequence():
 
 
 def test_lambda_controller_state_round_trips_and_checks_arguments():
-    from scheduler import LambdaController
+    from boundary_loss.losses.weight_schedules import LambdaController
 
     a = LambdaController(every=3)
     a(0, [[1, 1]], {"val_dice": 0.4, "tra_losses": [[1, 1]]})

@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocess.nnunet_format import MSD, NNUNET, DatasetError, read_dataset
-from preprocess.synthetic_nnunet import write_msd, write_nnunet
-from preprocess.volumes import SliceError, load_nifti
+from boundary_loss.preprocessing.nnunet_format import MSD, NNUNET, DatasetError, read_dataset
+from boundary_loss.preprocessing.synthetic_nnunet import write_msd, write_nnunet
+from boundary_loss.preprocessing.volumes import SliceError, load_nifti
 from tests.cli import assert_clean_error, run_script
 
 SCRIPT = "preprocess/slice_nnunet.py"
@@ -710,7 +710,7 @@ def test_load_nifti_takes_unset_voxel_sizes_from_the_sform(tmp_path):
     np.testing.assert_array_equal(data, labels)
     # The labels predict.py writes on that grid carry the source's spacing in their pixdim (not
     # nibabel's 1 mm) with its sform: any tool reading them gets the spacing slices were made at.
-    from predict import write_labels
+    from boundary_loss.inference.predict import write_labels
 
     prediction = write_labels(labels, path, tmp_path / "prediction.nii.gz")
     pixdim = stored_header(prediction)["pixdim"][1:4].tolist()
@@ -860,8 +860,14 @@ def test_standin_slices_along_its_coarsest_axis(standin, nnunet_out):
         assert image.shape == (2, *SHAPE) and image.dtype == np.float32
     # one png folder per channel, named after it in lower case
     assert sorted(p.name for p in (nnunet_out / "val").iterdir()) == [
-        "3d_distmap", "ct", "gt", "gt_npy", "in_npy", "spacing.json", "t2",
-    ]  # fmt: skip
+        "3d_distmap",
+        "ct",
+        "gt",
+        "gt_npy",
+        "in_npy",
+        "spacing.json",
+        "t2",
+    ]
 
 
 def test_axis_2_slices_along_the_last_axis(standin, tmp_path):

@@ -29,16 +29,17 @@ import torch
 from PIL import Image
 from skimage.transform import resize
 
-from atomic import STAGING
-from preprocess.slice_acdc import ACDC
-from preprocess.slice_isles import ISLES
-from preprocess.slice_wmh import WMH
-from preprocess.slices import draw_transform
-from preprocess.slicing import SliceError, slice_dataset, split_patients
-from preprocess.synthetic import generate
-from preprocess.unpack import unpack
+from boundary_loss.io.atomic import STAGING
+from boundary_loss.maps.distance import one_hot2dist
+from boundary_loss.maps.onehot import class2one_hot
+from boundary_loss.preprocessing.slice_acdc import ACDC
+from boundary_loss.preprocessing.slice_isles import ISLES
+from boundary_loss.preprocessing.slice_wmh import WMH
+from boundary_loss.preprocessing.slices import draw_transform
+from boundary_loss.preprocessing.slicing import SliceError, slice_dataset, split_patients
+from boundary_loss.preprocessing.synthetic import generate
+from boundary_loss.preprocessing.unpack import unpack
 from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
-from utils import class2one_hot, one_hot2dist
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = (64, 64)  # WMH and ACDC are resized to this, to stay fast

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from preprocess.reproducible_archives import write_zip
-from preprocess.synthetic import ZIP_NAMES, generate, main
-from preprocess.verify_lineage import read_lineage, verify
+from boundary_loss.preprocessing.reproducible_archives import write_zip
+from boundary_loss.preprocessing.synthetic import ZIP_NAMES, generate, main
+from boundary_loss.preprocessing.verify_lineage import read_lineage, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "preprocess" / "synthetic.py"

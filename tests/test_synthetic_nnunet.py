@@ -20,11 +20,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from atomic import MARKER, STAGING, FolderError, mark_folder
-from preprocess import synthetic_nnunet
-from preprocess.synthetic import main
-from preprocess.synthetic_nnunet import MSD_NAME, NNUNET_NAME, write_msd, write_nnunet
-from preprocess.verify_lineage import read_lineage, verify
+from boundary_loss.io.atomic import MARKER, STAGING, FolderError, mark_folder
+from boundary_loss.preprocessing import synthetic_nnunet
+from boundary_loss.preprocessing.synthetic import main
+from boundary_loss.preprocessing.synthetic_nnunet import (
+    MSD_NAME,
+    NNUNET_NAME,
+    write_msd,
+    write_nnunet,
+)
+from boundary_loss.preprocessing.verify_lineage import read_lineage, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "preprocess" / "synthetic.py"
@@ -75,9 +80,15 @@ def test_nnunet_layout_and_dataset_json(folders: dict[str, Path]) -> None:
     text = (folder / "dataset.json").read_text()
     content = json.loads(text)
     assert list(content) == [
-        "channel_names", "labels", "numTraining", "file_ending", "name", "description",
-        "reference", "licence",
-    ]  # fmt: skip
+        "channel_names",
+        "labels",
+        "numTraining",
+        "file_ending",
+        "name",
+        "description",
+        "reference",
+        "licence",
+    ]
     assert content["channel_names"] == {"0": "CT", "1": "T2"}
     assert content["labels"] == {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}
     assert content["numTraining"] == 16
@@ -101,9 +112,19 @@ def test_msd_layout_and_dataset_json(folders: dict[str, Path]) -> None:
     text = (folder / "dataset.json").read_text()
     content = json.loads(text)
     assert list(content) == [
-        "name", "description", "reference", "licence", "release", "tensorImageSize", "modality",
-        "labels", "numTraining", "numTest", "training", "test",
-    ]  # fmt: skip
+        "name",
+        "description",
+        "reference",
+        "licence",
+        "release",
+        "tensorImageSize",
+        "modality",
+        "labels",
+        "numTraining",
+        "numTest",
+        "training",
+        "test",
+    ]
     assert content["name"] == "StandIn"
     assert "stand-in" in content["description"]
     assert content["licence"] == "CC0"

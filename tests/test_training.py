@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import training
-from dataloader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
-from training import NAN_RETRIES, Pass, TrainingError, loader_targets, train_epoch
+from boundary_loss.data.loader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
+from boundary_loss.training import engine as training
+from boundary_loss.training.engine import (
+    NAN_RETRIES,
+    Pass,
+    TrainingError,
+    loader_targets,
+    train_epoch,
+)
 
 IN = FolderSpec("in_npy", tensor_transform, False)
 GT = FolderSpec("gt_npy", gt_transform, True)

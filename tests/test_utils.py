@@ -16,18 +16,9 @@ from scipy.ndimage import (
     uniform_filter,
 )
 
-from utils import (
-    class2one_hot,
-    dice_batch,
-    dice_coef,
-    hausdorff,
-    one_hot,
-    one_hot2dist,
-    one_hot2hd_dist,
-    probs2class,
-    probs2one_hot,
-    simplex,
-)
+from boundary_loss.maps.distance import one_hot2dist, one_hot2hd_dist
+from boundary_loss.maps.onehot import class2one_hot, one_hot, probs2class, probs2one_hot, simplex
+from boundary_loss.metrics import dice_batch, dice_coef, hausdorff
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ONE_HOT_MSG = r"(?i)one[-_ ]?hot|simplex"
@@ -702,7 +693,8 @@ def test_one_hot2dist_other_ranks_use_the_original_arithmetic(shape, resolution)
 
 
 def test_intersection_union_and_their_sums():
-    from utils import eq, inter_sum, intersection, union, union_sum
+    from boundary_loss.maps.onehot import eq
+    from boundary_loss.metrics import inter_sum, intersection, union, union_sum
 
     a = torch.tensor([[[[1, 1], [0, 0]]]], dtype=torch.int32)  # 1 x 1 x 2 x 2
     b = torch.tensor([[[[1, 0], [1, 0]]]], dtype=torch.int32)

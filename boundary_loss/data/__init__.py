@@ -1,0 +1,1 @@
+"""Sliced datasets, transforms and samplers (`loader`) and on-device augmentation (`augment`)."""

@@ -1,0 +1,474 @@
+"""Predict 3D NIfTI label volumes in the source geometry from a trained network.
+
+Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--source DATASET]
+       [--lineage LINEAGE] [--cpu] [--batch_size 32]
+
+For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.json` and
+`split.json`) and a training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`:
+
+- `<case><ending>`: one label volume per validation case (split.json) and per test case
+  (imagesTs), in the source geometry: each case is read from the source dataset and prepared as
+  the slicer prepared it (the same normalisation, axis and slice shape), the network's classes
+  are resized back to the source in-plane size (nearest neighbour), the axes put back in their
+  order, and the class indices turned into dataset.json's label values; the file keeps the
+  source image's affine and header (uint8 voxels, no scaling, no display window, no intent), so
+  it opens on the image in ITK-SNAP or 3D Slicer;
+- `metrics.csv`: 3D Dice, HD and HD95 (mm) per validation case and class, computed from the
+  written files against the source label files, in the source spacing (metrics.py; HD and HD95
+  as medpy's, an empty class in both 0, in one of them the volume's diagonal);
+- `predictions.json`: the run, its best epoch, the cases and the files.
+
+The source dataset is the one named in `source.json`, or `--source` (the same data, moved).
+Before anything is computed, three checks keep the predictions and their metrics honest:
+
+- the run was trained on `SLICED`: the md5 of `SLICED/split.json` equals the one main.py
+  recorded in the run's provenance.json (other data with the same class and channel counts would
+  otherwise be normalised and scored as if the network had seen it);
+- every source file read (the cases' images and labels) matches the lineage that pinned the
+  dataset (`--lineage`, by default `lineage/<dataset folder name>.lineage` as dataset.make
+  writes it; without one, a warning says the source is unchecked);
+- `DIR` is missing, empty, or an earlier output of predict.py (marked by `.written_by.json`, or
+  holding `predictions.json`): a dataset, a run folder or any other folder is never replaced.
+
+Everything is written into `DIR_tmp/DIR` and moved to `DIR` when complete (`atomic.staged_folder`).
+Errors are one line: `error: <message>`, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from boundary_loss.io.atomic import (
+    DISK_FULL,
+    FolderError,
+    check_replaceable,
+    disk_full_message,
+    staged_folder,
+)
+from boundary_loss.io.console import ArgumentParser
+from boundary_loss.metrics import hd_hd95
+from boundary_loss.networks.registry import get_network
+from boundary_loss.preprocessing.nnunet_format import Case, read_dataset
+from boundary_loss.preprocessing.verify_lineage import LineageError, md5sum, read_lineage
+from boundary_loss.preprocessing.volumes import (
+    Geometry,
+    SliceError,
+    Volume,
+    load_nifti,
+    load_volume,
+    read_header,
+    resize_labels,
+    slice_order,
+)
+from boundary_loss.runfolder.schema import divergence
+from boundary_loss.training.checkpoint import (
+    CheckpointError,
+    fit_state,
+    model_state,
+    read_checkpoint,
+)
+from boundary_loss.training.config import parse_literal
+
+
+class PredictError(Exception):
+    """The run, the sliced data or the source cannot give predictions; the message says why."""
+
+
+# The name in the marker of a predictions folder, and the record file of the predictions folders
+# made before the marker existed: predict.py replaces only those (atomic.staged_folder).
+TOOL, LEGACY = "predict.py", ("predictions.json",)
+METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
+# Where dataset.make pins a dataset's files, by the dataset folder's name.
+LINEAGES = Path(__file__).resolve().parent / "lineage"
+
+
+# ---------------------------------------------------------------------------------------------
+# Undoing the slicing
+# ---------------------------------------------------------------------------------------------
+
+
+def to_source_grid(
+    classes: np.ndarray, source_shape: Sequence[int], axis: int, values: Sequence[int]
+) -> np.ndarray:
+    """Class indices of the slices (`H W Z`, Z along the sliced axis) -> label values on the
+    source grid.
+
+    Args:
+        classes: `H W Z` class indices, as the slicer's gt_npy slices stacked in order.
+        source_shape: the source volume's shape (X, Y, Z).
+        axis: the source axis that was sliced.
+        values: the label value of each class index (dataset.json's labels, by value).
+
+    Returns:
+        The source-shaped label volume (uint8: label values are at most 255). Exact for the
+        slicer's own labels when the slice shape is at least the source's in-plane size.
+    """
+    order = slice_order(axis)
+    in_plane = tuple(int(source_shape[a]) for a in order[:2])
+    if classes.shape[2] != source_shape[order[2]]:
+        raise PredictError(
+            f"{classes.shape[2]} slices for a source of {source_shape[order[2]]} along axis {axis}"
+        )
+    resized = resize_labels(classes.astype(np.uint8), in_plane)
+    volume = np.transpose(resized, np.argsort(order))
+    return np.asarray(values, dtype=np.uint8)[volume]
+
+
+def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
+    """Write a label volume with the affine and header of its source image.
+
+    Args:
+        volume: `X Y Z` label values on the source grid.
+        reference: the source image (its first channel file, or the Decathlon's 4D file).
+        dest: the NIfTI file to write (`.nii.gz` or `.nii`).
+    """
+    image = nib.load(str(reference))
+    spacing = read_header(reference, None if image.ndim == 3 else image.shape[3])[1]
+    header = image.header.copy()
+    header.set_data_dtype(volume.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")  # a Decathlon 4D image may say "vector"
+    header["cal_min"], header["cal_max"] = 0, int(volume.max())  # not the image's window
+    out = nib.Nifti1Image(volume, image.affine, header)
+    out.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
+    out.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
+    out.header.set_xyzt_units(*image.header.get_xyzt_units())
+    out.header.set_zooms(spacing)  # the source's spacing, also where its pixdim was left unset
+    nib.save(out, str(dest))
+    return dest
+
+
+def source_shape(case: Case) -> tuple[int, int, int]:
+    """The 3D shape of a case's images, from the header of its first file."""
+    shape = nib.load(str(case.images[0])).shape
+    return tuple(int(s) for s in shape[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+
+
+def load_network(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The network of `run/best.pt`, rebuilt from the arguments recorded in it.
+
+    Raises:
+        PredictError: no best.pt, or one that does not rebuild.
+    """
+    path = run / "best.pt"
+    if not path.is_file():
+        raise PredictError(f"{path}: file not found (expected the best weights of a training)")
+    try:
+        best = read_checkpoint(path, "--run")
+        state = model_state(best, path, "--run")
+        args = best["args"]
+        params = parse_literal(args.get("net_params", "{}"), "net_params")
+        net = get_network(best["network"], best["n_in"], best["n_class"], **params)
+        fit_state(net, state, path, "--run")
+    except (CheckpointError, KeyError, TypeError) as error:
+        raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
+    if getattr(net, "dimensions", 2) != 2:
+        raise PredictError(f"{path}: a {net.dimensions}D network; predictions need a 2D one")
+    return net.to(device).eval(), best
+
+
+@torch.no_grad()
+def predict_volume(
+    net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
+) -> np.ndarray:
+    """Class indices `H W Z` of a prepared `C H W Z` volume, slice by slice."""
+    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # Z C H W
+    classes = []
+    for start in range(0, len(slices), batch_size):
+        logits = net(slices[start : start + batch_size].to(device))
+        classes.append(logits.float().argmax(dim=1).cpu())
+    return torch.cat(classes).numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics from the written files
+# ---------------------------------------------------------------------------------------------
+
+
+def case_metrics(prediction: Path, label: Path, labels: dict[str, int]) -> list[dict]:
+    """3D Dice, HD and HD95 (mm, at the label file's spacing) per class of one written
+    prediction against its label file."""
+    truth, spacing, _ = load_nifti(label)
+    pred = load_nifti(prediction)[0]
+    rows = []
+    for name, value in labels.items():
+        p, t = pred == value, truth == value
+        dice = (2 * float((p & t).sum()) + 1e-8) / (float(p.sum() + t.sum()) + 1e-8)
+        hd, hd95 = hd_hd95(p, t, voxelspacing=spacing)
+        rows.append({"class": name, "value": value, "dice": dice, "hd": hd, "hd95": hd95})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Which data: the run's, the slices', the source's
+# ---------------------------------------------------------------------------------------------
+
+
+def check_run_data(run: Path, sliced: Path) -> None:
+    """Refuse a run trained on other sliced data than `sliced`.
+
+    main.py records the md5 of the data's `split.json` (which names every case of each split,
+    with the seed and the slice shape) in the run's provenance.json; predictions are only made
+    with the slices whose split.json has that md5, so that the normalisation, the validation cases
+    and the metrics are those of the data the network was trained on.
+
+    Raises:
+        PredictError: the sums differ, or the run records no data identity.
+    """
+    path = run / "provenance.json"
+    try:
+        data = json.loads(path.read_text()).get("data")
+        recorded = data.get("split_md5") if isinstance(data, dict) else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, str):
+        raise PredictError(
+            f"{path}: no record of the data the run was trained on (data.split_md5, written by "
+            "main.py); expected the folder of a training of main.py"
+        )
+    found = hashlib.md5((sliced / "split.json").read_bytes()).hexdigest()
+    if found != recorded:
+        trained_on = data.get("path", "?")
+        raise PredictError(
+            f"--run {run} was trained on {trained_on} (split.json md5 {recorded}), but --sliced "
+            f"{sliced} is other data (split.json md5 {found}); give the sliced data of the run"
+        )
+
+
+def default_lineage(dataset: Path) -> Path | None:
+    """`lineage/<dataset folder name>.lineage`, where dataset.make pins a dataset, if present."""
+    path = LINEAGES / f"{Path(dataset).resolve().name}.lineage"
+    return path if path.is_file() else None
+
+
+def check_source(files: Sequence[Path], root: Path, lineage_path: Path) -> None:
+    """Check the source files read for the predictions and their metrics against the lineage
+    that pinned the dataset (preprocess/dataset_lineage.py), so that no prediction is made from,
+    nor scored against, files edited since.
+
+    Raises:
+        PredictError: the lineage is unreadable, or a file is not pinned in it or has changed.
+    """
+    try:
+        sums = read_lineage(lineage_path).sums
+    except (LineageError, OSError) as error:
+        raise PredictError(f"--lineage {lineage_path}: {error}") from None
+    again = "restore it as pinned, or pin the dataset again (REPIN=1 with make) and rebuild"
+    for path in files:
+        name = Path(path).relative_to(root).as_posix()
+        if name not in sums:
+            raise PredictError(f"{path}: not pinned in {lineage_path}; {again}")
+        found = md5sum(Path(path))
+        if found != sums[name]:
+            raise PredictError(
+                f"{path}: changed since it was pinned in {lineage_path} (md5 {sums[name]}, now "
+                f"{found}); {again}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise PredictError(f"{path}: file not found (expected a folder sliced by slice_nnunet.py)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PredictError(f"{path}: not valid JSON ({error})") from None
+
+
+def predict(
+    run: Path,
+    sliced: Path,
+    dest: Path,
+    device: torch.device,
+    batch_size: int,
+    dataset: Path | None = None,
+    lineage: Path | None = None,
+) -> Path:
+    """Write the predictions of `run` for the validation and test cases of `sliced` into `dest`.
+
+    Args:
+        run: the training's folder (best.pt).
+        sliced: the slice_nnunet.py output.
+        dest: the output folder, replaced when complete.
+        device: where the network runs.
+        batch_size: slices per forward pass.
+        dataset: the source dataset folder (None: the one named in source.json).
+        lineage: the lineage file pinning the source (None: `lineage/<its name>.lineage` when
+            present, else the source is not checked, with a warning).
+
+    Raises:
+        PredictError, SliceError: see the module docstring.
+    """
+    try:
+        check_replaceable(dest, TOOL, "--dest", LEGACY)
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    source = _read_json(sliced / "source.json")
+    split = _read_json(sliced / "split.json")
+    try:
+        description = read_dataset(dataset or source["dataset"])
+        values = list(source["labels"].values())
+        norms = tuple(tuple(n) for n in source["normalisation"])
+        geometry = Geometry(int(source["axis"]), norms)
+        shape = tuple(int(n) for n in split["shape"])
+        val, test = list(split["val"]), list(source["test"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise PredictError(
+            f"{sliced}: source.json or split.json is not as slice_nnunet.py writes it ({error!r})"
+        ) from None
+    label_map = tuple((v, i) for i, v in enumerate(values) if v != i)
+    training = {c.cid: c for c in description.training}
+    testing = {c.cid: c for c in description.test}
+    missing = [cid for cid in val if cid not in training] + [c for c in test if c not in testing]
+    if missing:
+        raise PredictError(f"{description.root}: cases {missing[:5]} of {sliced} are gone")
+    cases = {**{cid: training[cid] for cid in val}, **{cid: testing[cid] for cid in test}}
+    wanted = [*val, *test]
+    try:
+        diverged = divergence(run).diverged
+    except ValueError as error:  # a damaged metric array, named
+        raise PredictError(str(error)) from None
+    if diverged:
+        check_run_data(run, sliced)
+        return _write_diverged(run, dest, description.root, val, test)
+    net, best = load_network(run, device)
+    channels, classes = len(source["channels"]), len(values)
+    if (best["n_in"], best["n_class"]) != (channels, classes):
+        raise PredictError(
+            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
+            f"classes, but {sliced} has {channels} channels and {classes} classes"
+        )
+    check_run_data(run, sliced)
+    lineage = lineage or default_lineage(description.root)
+    if lineage is None:
+        print(
+            f"warning: {description.root} is not checked against a lineage (no --lineage, no "
+            f"{LINEAGES / (description.root.name + '.lineage')}): the metrics use its files as "
+            "they are now",
+            file=sys.stderr,
+        )
+    else:
+        read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
+        check_source(read, description.root, lineage)
+    ending = ".nii.gz" if str(cases[wanted[0]].images[0]).endswith(".gz") else ".nii"
+
+    try:
+        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
+            rows, files = [], {}
+            for cid in wanted:
+                case = cases[cid]
+                volume = Volume(cid, case.images, None, case.four_d)
+                images, _, _ = load_volume(volume, values, label_map, shape, geometry)
+                classes = predict_volume(net, images, device, batch_size)
+                labels = to_source_grid(classes, source_shape(case), geometry.axis, values)
+                path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
+                files[cid] = path.name
+                if case.label is not None:
+                    for row in case_metrics(path, case.label, source["labels"]):
+                        rows.append({"case": cid, **row})
+            with open(tmp / "metrics.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, METRICS_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+            record = {
+                "run": str(run),
+                "best_epoch": best.get("epoch"),
+                "dataset": str(description.root),
+                "validation": val,
+                "test": test,
+                "files": files,
+            }
+            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise PredictError(disk_full_message(error, dest.parent)) from None
+        where = error.filename or dest
+        raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
+    return dest
+
+
+def _write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> Path:
+    """The predictions folder of a diverged run (every 3D metric NaN, no best.pt): no NIfTI
+    file, a metrics.csv without rows, and predictions.json saying why, so that the report and
+    the archive are still made; a warning names the run."""
+    print(
+        f"warning: run {run} diverged (all its 3D metrics are NaN): no predictions", file=sys.stderr
+    )
+    record = {
+        "run": str(run),
+        "diverged": True,
+        "dataset": str(root),
+        "validation": val,
+        "test": test,
+        "files": {},
+    }
+    try:
+        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
+            (tmp / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n")
+            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    parser: argparse.ArgumentParser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
+    parser.add_argument("--sliced", required=True, type=Path, help="the slice_nnunet.py output")
+    parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="the dataset folder (default: source.json's)"
+    )
+    parser.add_argument(
+        "--lineage",
+        type=Path,
+        default=None,
+        help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
+    parser.add_argument("--batch_size", type=int, default=32, help="slices per forward pass")
+    args = parser.parse_args(argv)
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if use_cuda else "cpu")
+    try:
+        dest = predict(
+            args.run,
+            args.sliced,
+            args.dest,
+            device,
+            max(args.batch_size, 1),
+            args.source,
+            args.lineage,
+        )
+    except (PredictError, SliceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"predictions of {args.run} written to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

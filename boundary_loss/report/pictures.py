@@ -1,0 +1,222 @@
+"""Pictures of the trainings' predictions for the report: contours on the image, and GIFs of the
+prediction over the epochs (matplotlib and Pillow only).
+
+Usage: python pictures.py --folders RUN [RUN ...] --dest DIR [--classes 1]
+
+For each run, its best, median and worst validation patient by 3D Dice at the epoch of best.pt
+(`patients.py`; the mean over `--classes`) are chosen. For each chosen patient, one picture
+`DIR/patient_<name>.png` shows, side by side across the runs, two slices of the validation image
+(its first channel): the slice with the largest ground-truth area of the classes, and the slice
+where the runs' predictions disagree most with the ground truth; the ground truth is drawn as
+solid contours, each run's prediction at its best epoch as dashed ones. For the patients chosen
+for the first run, `DIR/<run>_<name>.gif` animates each run's prediction of the largest slice over
+the epochs, one frame per epoch (from `iter<NNN>/val/`, which every epoch saves; the bar at the
+bottom fills with the epochs), as the original project did with ImageMagick's `convert`.
+A diverged run (every value of its 3D metrics NaN, `runfolder.divergence`) has nothing to show
+and may have saved no predictions: it is left out, named in `pictures.json` (`diverged`) and in
+a warning. `DIR/pictures.json` lists the files with what they show. Everything is written in
+`DIR_tmp/DIR` and moved into place when complete; `DIR` is only ever replaced when it is empty
+or an earlier output of pictures.py (marked by `.written_by.json`, or holding `pictures.json`),
+so a folder of the user's given as `--dest` is refused, untouched (`atomic.staged_folder`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+from scipy.ndimage import binary_erosion
+
+from boundary_loss.io.atomic import FolderError, check_replaceable, staged_folder
+from boundary_loss.io.console import ArgumentParser
+from boundary_loss.report.patients import at_checkpoint, patient_names, validation_stems
+from boundary_loss.runfolder.schema import divergence, read_json
+
+PANEL_INCHES, DPI = 3.0, 100  # each panel of a picture: 300 x 300 pixels
+GIF_SCALE, GIF_MS = 2, 400  # GIF frames: twice the slice size, 0.4 s each
+# The name in the marker of a pictures folder, and the record file of those made before the
+# marker existed: pictures.py replaces only those (atomic.staged_folder).
+TOOL, LEGACY = "pictures.py", ("pictures.json",)
+COLOURS = ((230, 60, 60), (60, 120, 230), (240, 200, 40), (160, 80, 200), (60, 200, 200))
+
+
+def choose(names: list[str], dice: np.ndarray) -> dict[str, str]:
+    """The best, median and worst patient by 3D Dice (NaN last)."""
+    order = sorted(range(len(names)), key=lambda i: (np.nan_to_num(dice[i], nan=-1.0), names[i]))
+    return {
+        "best": names[order[-1]],
+        "median": names[order[len(order) // 2]],
+        "worst": names[order[0]],
+    }
+
+
+def slices_of(run: Path, patient: str) -> list[str]:
+    """The validation stems of one patient, in slice order."""
+    regex = read_json(run / "args.json")[0]["grp_regex"]
+    return [s for s in validation_stems(run) if re.match(regex, s).group(1) == patient]
+
+
+def dataset_of(run: Path) -> Path:
+    return Path(read_json(run / "args.json")[0]["dataset"])
+
+
+def image_and_truth(dataset: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first channel of a validation slice (scaled to [0, 1]) and its ground truth."""
+    image = np.load(dataset / "val" / "in_npy" / f"{stem}.npy")[0].astype(np.float64)
+    low, high = image.min(), image.max()
+    image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+    return image, np.load(dataset / "val" / "gt_npy" / f"{stem}.npy")
+
+
+def prediction(run: Path, stem: str, epoch: int | None = None) -> np.ndarray:
+    """A run's predicted classes of a slice: at its best epoch, or at `epoch`."""
+    folder = run / "best_epoch" if epoch is None else run / f"iter{epoch:03d}"
+    return np.asarray(Image.open(folder / "val" / f"{stem}.png"))
+
+
+def pick_slices(runs: list[Path], patient: str, classes: list[int]) -> tuple[str, str]:
+    """The slice with the largest ground truth of `classes`, and the one with the most errors."""
+    stems = slices_of(runs[0], patient)
+    dataset = dataset_of(runs[0])
+    truths = {s: image_and_truth(dataset, s)[1] for s in stems}
+    largest = max(stems, key=lambda s: (np.isin(truths[s], classes).sum(), s))
+    errors = {s: sum(int((prediction(r, s) != truths[s]).sum()) for r in runs) for s in stems}
+    return largest, max(stems, key=lambda s: (errors[s], s))
+
+
+def contour_picture(runs: list[Path], patient: str, classes: list[int], dest: Path) -> Path:
+    """Two slices of a patient (rows) for every run (columns): ground truth solid, prediction
+    dashed, one colour per class."""
+    dataset = dataset_of(runs[0])
+    largest, worst = pick_slices(runs, patient, classes)
+    figure, axes = plt.subplots(
+        2, len(runs), figsize=(PANEL_INCHES * len(runs), 2 * PANEL_INCHES), squeeze=False, dpi=DPI
+    )
+    for row, (stem, what) in enumerate(((largest, "largest lesion"), (worst, "most errors"))):
+        image, truth = image_and_truth(dataset, stem)
+        for col, run in enumerate(runs):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            pred = prediction(run, stem)
+            for k in classes:
+                colour = np.array(COLOURS[(k - 1) % len(COLOURS)]) / 255
+                for mask, style in ((truth == k, "solid"), (pred == k, "dashed")):
+                    if mask.any() and not mask.all():
+                        ax.contour(mask, levels=[0.5], colors=[colour], linestyles=style)
+            ax.set_title(f"{run.name}\n{stem} ({what})", fontsize=7)
+            ax.axis("off")
+    figure.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.01, wspace=0.02, hspace=0.15)
+    figure.savefig(dest, dpi=DPI)
+    plt.close(figure)
+    return dest
+
+
+def epochs_of(run: Path) -> int:
+    return len([p for p in run.glob("iter[0-9][0-9][0-9]") if p.is_dir()])
+
+
+def frame(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, done: float) -> Image.Image:
+    """One GIF frame: the image with the prediction tinted, the ground truth's border in white,
+    and a bar at the bottom filled to `done` (so that no two epochs give the same frame)."""
+    rgb = np.repeat((image * 255)[..., None], 3, axis=-1)
+    for k in np.unique(pred[pred > 0]):
+        rgb[pred == k] = 0.5 * rgb[pred == k] + 0.5 * np.array(COLOURS[(k - 1) % len(COLOURS)])
+    mask = truth > 0
+    rgb[mask & ~binary_erosion(mask)] = 255
+    bar = np.zeros((4, rgb.shape[1], 3))
+    bar[:, : max(1, round(done * rgb.shape[1]))] = (255, 255, 255)
+    out = np.concatenate([rgb, bar]).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(out).resize(
+        (out.shape[1] * GIF_SCALE, out.shape[0] * GIF_SCALE), Image.NEAREST
+    )
+
+
+def epoch_gif(run: Path, stem: str, dest: Path) -> Path:
+    """The prediction of one slice at every epoch, one frame each."""
+    image, truth = image_and_truth(dataset_of(run), stem)
+    n = epochs_of(run)
+    frames = [frame(image, prediction(run, stem, e), truth, (e + 1) / n) for e in range(n)]
+    frames[0].save(dest, save_all=True, append_images=frames[1:], duration=GIF_MS, loop=0)
+    return dest
+
+
+def make_pictures(runs: list[Path], dest: Path, classes: list[int]) -> dict:
+    """Write the pictures and GIFs into `dest` (built in `dest`_tmp); returns pictures.json.
+
+    Raises:
+        FolderError: `dest` is not pictures.py's to replace, or another process is writing it.
+        ValueError, OSError: a run lacks what the pictures need.
+    """
+    check_replaceable(dest, TOOL, "--dest", LEGACY)  # before any work
+    diverged = [run for run in runs if divergence(run).diverged]
+    runs = [run for run in runs if run not in diverged]  # nothing of theirs to show
+    names = patient_names(runs[0]) if runs else []
+    for run in runs[1:]:  # every run's predictions are there, of the same patients
+        if patient_names(run) != names:
+            raise ValueError(f"{run}: other validation patients than {runs[0]}")
+    chosen = {run.name: choose(names, at_checkpoint(run, "val_3d_dsc", classes)) for run in runs}
+    with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
+        record: dict = {"chosen": chosen, "pictures": [], "gifs": []}
+        record["diverged"] = [run.name for run in diverged]
+        for patient in dict.fromkeys(p for c in chosen.values() for p in c.values()):
+            roles = [
+                f"{role} of {run}"
+                for run, c in chosen.items()
+                for role, p in c.items()
+                if p == patient
+            ]
+            path = contour_picture(runs, patient, classes, tmp / f"patient_{patient}.png")
+            record["pictures"].append({"file": path.name, "patient": patient, "roles": roles})
+        for role, patient in (chosen[runs[0].name] if runs else {}).items():
+            largest, _ = pick_slices(runs, patient, classes)
+            for run in runs:
+                path = epoch_gif(run, largest, tmp / f"{run.name}_{patient}.gif")
+                record["gifs"].append(
+                    {
+                        "file": path.name,
+                        "run": run.name,
+                        "patient": patient,
+                        "slice": largest,
+                        "role": f"{role} of {runs[0].name}",
+                        "epochs": epochs_of(run),
+                    }
+                )
+        (tmp / "pictures.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; 0, or 1 with one `error:` line."""
+    parser: argparse.ArgumentParser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folders", nargs="+", required=True, type=Path, help="run folders")
+    parser.add_argument("--dest", required=True, type=Path, help="folder for the pictures")
+    parser.add_argument("--classes", nargs="+", type=int, default=[1], help="classes shown")
+    args = parser.parse_args(argv)
+    try:
+        record = make_pictures(args.folders, args.dest, args.classes)
+    except FileNotFoundError as error:
+        where = error.filename or ""
+        print(f"error: {where}{': ' if where else ''}{error.strerror or error}", file=sys.stderr)
+        return 1
+    except (FolderError, OSError, ValueError, KeyError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name in record["diverged"]:
+        print(
+            f"warning: run {name} diverged (all its 3D metrics are NaN): not drawn", file=sys.stderr
+        )
+    print(f"wrote {len(record['pictures'])} pictures and {len(record['gifs'])} GIFs in {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""Writing a run folder: every file main.py leaves in `--workdir`, complete or absent.
+
+The folder's schema (what each array holds, how its columns are named) is `runfolder.py`; this
+module writes it. Every file goes through `atomic.atomic_write`: written under a temporary name in
+its folder and renamed when complete, so an interrupted or failed write (a full disk included)
+never leaves a half-written product. Checkpoints are serialised in memory first, so that a full
+disk is reported as such (torch's own writer turns it into an opaque RuntimeError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import platform
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from boundary_loss.io.atomic import atomic_write, write_text_atomic
+from boundary_loss.io.distributed import Context
+from boundary_loss.runfolder.ranking import nan_mean_std
+from boundary_loss.runfolder.schema import csv_columns
+
+ROOT = Path(__file__).resolve().parent
+PACKAGES = ("torch", "numpy", "scipy", "edt", "nibabel", "scikit-image", "matplotlib", "pillow")
+
+
+def save_text(path: Path, text: str) -> None:
+    """A UTF-8 text file, atomically."""
+    write_text_atomic(path, text)
+
+
+def save_json(path: Path, value: object, indent: int = 2) -> None:
+    """A JSON file, atomically."""
+    write_text_atomic(path, json.dumps(value, indent=indent))
+
+
+def save_torch(path: Path, obj: object) -> None:
+    """A `torch.save` file (state dicts and plain data), serialised in memory then written."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """A `.npy` file, atomically."""
+    atomic_write(path, lambda handle: np.save(handle, array))
+
+
+def save_predictions(classes: np.ndarray, stems: Sequence[str], folder: Path) -> None:
+    """Predicted class maps (`B H W` uint8) as png, one per stem (class indices, as gt/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seg, stem in zip(classes, stems, strict=True):
+        path = folder / f"{stem}.png"
+        try:
+            Image.fromarray(seg).save(path)
+        except OSError as error:  # a failed write names no file: name it
+            raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def git(*args: str) -> str:
+    """The output of a git command in the repository, "" when git or the checkout is missing."""
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout
+
+
+def dataset_identity(dataset: str | Path) -> dict[str, str | None]:
+    """Where the sliced data is and which it is: its absolute path and the md5 of its
+    `split.json` (which names every patient of each split), so that runs on the same data
+    are recognised whatever the folder was called, and runs on other data are not."""
+    path = Path(dataset).resolve()
+    split = path / "split.json"
+    digest = hashlib.md5(split.read_bytes()).hexdigest() if split.is_file() else None
+    return {"path": str(path), "split_md5": digest}
+
+
+def provenance(
+    args: argparse.Namespace, argv: Sequence[str], device: torch.device, context: Context
+) -> dict:
+    """What produced this run: code version, command, data, packages, device. No environment
+    dump (it can hold secrets)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)",
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
+        "command": shlex.join(["python", "main.py", *argv]),
+        "data": dataset_identity(args.dataset),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cuda": torch.version.cuda,
+        "processes": context.world_size,
+        "seed": args.seed,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def write_start(
+    workdir: Path, args: argparse.Namespace, argv: Sequence[str], device, context: Context
+) -> None:
+    """args.json, provenance.json and git.diff of a new run."""
+    save_json(workdir / "args.json", vars(args))
+    save_json(workdir / "provenance.json", provenance(args, argv, device, context))
+    save_text(workdir / "git.diff", git("diff", "HEAD"))
+
+
+def write_csv(
+    path: Path,
+    history: Mapping[str, np.ndarray],
+    lrs: Sequence[float],
+    weights: Sequence,
+    loss_names: Sequence[str],
+) -> None:
+    """metrics.csv: one row per epoch, the mean over slices/patients of every column of every
+    per-epoch array (headers from `runfolder.csv_columns`)."""
+    epochs = len(lrs)
+    header = ["epoch", "lr", "weights"]
+    rows = [[e, f"{lrs[e]:.3g}", json.dumps(weights[e])] for e in range(epochs)]
+    for name, array in history.items():
+        if array.ndim != 3 or len(array) != epochs:
+            continue
+        per = nan_mean_std(array, axis=1)[0]  # epoch x (class, loss term or count)
+        header += csv_columns(name, per.shape[1], loss_names)
+        for e in range(epochs):
+            rows[e] += [f"{v:.6g}" for v in per[e]]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
+
+
+def write_epoch(
+    workdir: Path,
+    args: argparse.Namespace,
+    history: Mapping[str, list[np.ndarray]],
+    lrs: Sequence[float],
+    weight_log: Sequence,
+    loss_names: Sequence[str],
+    timing: Sequence[dict],
+) -> None:
+    """Every per-epoch product after an epoch: the arrays, metrics.csv and timing.json."""
+    stacked = {name: np.stack(values) for name, values in history.items()}
+    for name, array in stacked.items():
+        save_npy(workdir / f"{name}.npy", array)
+    write_csv(workdir / args.csv, stacked, lrs, weight_log, loss_names)
+    save_json(workdir / "timing.json", list(timing), indent=1)
+
+
+def read_history(path: Path, epochs: int) -> np.ndarray | None:
+    """The first `epochs` epochs of a per-epoch array of a run being resumed; None when the file
+    is missing, unreadable or shorter (the caller says what to do)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return array[:epochs] if len(array) >= epochs else None
+
+
+def read_timing(path: Path, epochs: int) -> list[dict]:
+    """timing.json's entries of the first `epochs` epochs ([] when absent or unreadable)."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [t for t in entries if isinstance(t, dict) and t.get("epoch", epochs) < epochs]
+
+
+def save_best(
+    workdir: Path, iter_dir: Path, net: nn.Module, epoch: int, metric: float, args
+) -> None:
+    """best.pt (weights and what rebuilds the network), best_epoch/ and best_epoch.txt."""
+    best = {
+        "model": net.state_dict(),
+        "epoch": epoch,
+        "metric": metric,
+        "network": args.network,
+        "n_in": args.modalities,
+        "n_class": args.n_class,
+        "args": vars(args),
+    }
+    save_torch(workdir / "best.pt", best)
+    best_tmp = workdir / "best_epoch_tmp"
+    shutil.rmtree(best_tmp, ignore_errors=True)
+    for source in sorted(iter_dir.rglob("*")):  # one copy at a time: an error names its file
+        target = best_tmp / source.relative_to(iter_dir)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    shutil.rmtree(workdir / "best_epoch", ignore_errors=True)
+    best_tmp.replace(workdir / "best_epoch")
+    save_text(workdir / "best_epoch.txt", f"{epoch}\n")

@@ -1,0 +1,413 @@
+"""The epoch engine: one pass of a network over its loaders, training or validating.
+
+A pass (`do_epoch`) takes each batch to the device, augments it and computes its distance maps
+there when asked (`prepare_batch`), runs the network, evaluates the weighted losses
+(`losses.CompoundLoss`), steps the optimizer when training, and records the raw losses, the 2D
+Dice of each slice and, when validating, the predicted slices of each patient (`BatchRecord`).
+Under torchrun each process runs its share of the batches; the records of every process are
+gathered and put back in the single-process order (`summarise`), so every process takes the same
+decisions and rank 0 writes what one process would have written.
+
+A NaN or infinite output or loss stops the pass with the epoch, the batch, its first slice and
+the loss named (`TrainingError`); a scheduler that handles NaN (the adjacency weight controller)
+gets to lower its weights and restart the epoch instead (`train_epoch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from boundary_loss.data.augment import augment_batch
+from boundary_loss.data.loader import (
+    DEVICE_TRANSFORMS,
+    FolderSpec,
+    ShardedBatchSampler,
+    group_key,
+    gt_transform,
+)
+from boundary_loss.io.distributed import Context
+from boundary_loss.losses.idc_losses import CompoundLoss
+from boundary_loss.metrics import dice_coef
+from boundary_loss.runfolder.ranking import nan_mean_std
+from boundary_loss.runfolder.writer import save_predictions
+
+NAN_RETRIES = 3
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a NaN or infinite loss)."""
+
+
+@dataclass
+class EpochLog:
+    """What one pass over the loaders measured (over every process, in the single-process order)."""
+
+    losses: np.ndarray  # iteration x loss, raw (unweighted) values; NaN for a skipped term
+    dices: np.ndarray  # slice x class, 2D Dice (NaN for unlabelled slices)
+    per_loader: list[list[float]] = field(default_factory=list)  # mean raw losses per loader
+    volumes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # 3D accumulation
+    timing: dict[str, float] = field(default_factory=dict)  # seconds, data_seconds, slices
+
+
+@dataclass
+class BatchRecord:
+    """One batch of a pass, as logged; `position` is its place in the single-process order."""
+
+    position: int
+    losses: list[float]
+    dices: np.ndarray  # B K
+    stems: list[str]
+    spacing: np.ndarray  # B 3
+    classes: np.ndarray | None = None  # B H W uint8 predictions (validation, --save_train)
+    gt: np.ndarray | None = None  # B H W uint8 (validation)
+
+
+@dataclass
+class Targets:
+    """How one loader's batches become the targets of its losses and its ground truth.
+
+    The loader reads `n_losses` target folders, then the ground-truth folder when it is not one
+    of them; `gt_index` points into that list (None: an unlabelled loader)."""
+
+    device_fns: list  # per loaded target: a DEVICE_TRANSFORMS function, or None (as loaded)
+    gt_index: int | None
+    n_losses: int
+
+
+@dataclass
+class Phase:
+    """The loaders of a pass (training, or validation) and what feeds their losses, per loader."""
+
+    loaders: list[torch.utils.data.DataLoader]
+    targets: list[Targets]
+    losses: list[CompoundLoss]
+
+
+@dataclass
+class Pass:
+    """Everything one pass needs besides its phase."""
+
+    mode: str  # "train" or "val"
+    net: nn.Module
+    device: torch.device
+    args: argparse.Namespace
+    epoch: int
+    context: Context
+    optimizer: torch.optim.Optimizer | None = None
+    save_dir: Path | None = None
+    augment: torch.Generator | None = None
+
+    @property
+    def train(self) -> bool:
+        return self.optimizer is not None
+
+
+def loader_targets(
+    inputs: FolderSpec, gt: FolderSpec | None, targets: Sequence[FolderSpec], on_device: bool
+) -> tuple[list[FolderSpec], Targets]:
+    """The folders a loader reads (input, the loss targets, then the ground truth when no target
+    holds it) and how its batches become loss targets: with `on_device`, distance-map folders
+    are read as one-hot labels and transformed on the device."""
+    loaded, fns = [inputs], []
+    for spec in targets:
+        fn = DEVICE_TRANSFORMS.get(spec.transform) if on_device else None
+        loaded.append(replace(spec, transform=gt_transform) if fn is not None else spec)
+        fns.append(fn)
+    gt_index = None
+    if gt is not None:
+        gt_index = next((i for i, spec in enumerate(targets) if spec == gt), None)
+        if gt_index is None:  # a folder of its own, read once more
+            loaded.append(gt)
+            fns.append(None)
+            gt_index = len(targets)
+    return loaded, Targets(fns, gt_index, len(targets))
+
+
+def _sharding(loader: torch.utils.data.DataLoader) -> tuple[int, Callable[[int], int | None]]:
+    """Batches of the loader over every process, and the position of this process's j-th."""
+    sampler = loader.batch_sampler
+    if isinstance(sampler, ShardedBatchSampler):
+        return len(sampler.base), sampler.position
+    return len(loader), lambda j: j
+
+
+def to_device(batch: dict, device: torch.device) -> tuple[Tensor, list[Tensor]]:
+    """The input and the targets of a batch, copied to the device (asynchronously from pinned
+    memory on CUDA)."""
+    image = batch["images"].to(device, non_blocking=True)
+    return image, [t.to(device, non_blocking=True) for t in batch["labels"]]
+
+
+def prepare_batch(
+    image: Tensor,
+    labels: list[Tensor],
+    spacing: Tensor,
+    targets: Targets,
+    args: argparse.Namespace,
+    augment: torch.Generator | None,
+) -> tuple[Tensor, list[Tensor], Tensor | None]:
+    """The input, the loss targets and the ground truth of a batch on the device: augmented
+    (training with --augment), with the distance maps computed there (DEVICE_TRANSFORMS)."""
+    if augment is not None:
+        hot = [not t.is_floating_point() for t in labels]
+        image, labels, spacing = augment_batch(
+            image, labels, hot, spacing, args.augment_degrees, augment
+        )
+    for i, fn in enumerate(targets.device_fns):
+        if fn is not None:
+            labels[i] = fn(labels[i], spacing[:, :2])
+    if args.channels_last:
+        image = image.contiguous(
+            memory_format=torch.channels_last if image.ndim == 4 else torch.channels_last_3d
+        )
+    gt = None if targets.gt_index is None else labels[targets.gt_index]
+    return image, labels[: targets.n_losses], gt
+
+
+def evaluate_losses(
+    probs: Tensor,
+    labels: Sequence[Tensor],
+    losses: CompoundLoss,
+    weights: Sequence[float],
+    where: str,
+) -> tuple[Tensor | None, list[float], str]:
+    """The weighted loss of a batch, its raw terms (NaN where a zero weight skipped the term),
+    and an error message when the output or a term is NaN or infinite ("" otherwise)."""
+    if not torch.isfinite(probs).all():
+        return (
+            None,
+            [],
+            f"{where}: the network output is NaN or infinite (diverged, or NaN in the input)",
+        )
+    total, values = losses(probs, labels, weights)
+    raw = losses.raw(values)
+    bad = [
+        (n, v)
+        for n, v, t in zip(losses.names, raw, values, strict=True)
+        if t is not None and not np.isfinite(v)
+    ]
+    return total, raw, f"{where}: loss {bad[0][0]} is {bad[0][1]}" if bad else ""
+
+
+def _record(
+    run: Pass, position: int, raw: list[float], probs: Tensor, gt: Tensor | None, batch: dict
+) -> BatchRecord:
+    """The log of one batch: raw losses, 2D Dice, and the predictions the pass keeps."""
+    K = run.args.n_class
+    classes = probs.detach().argmax(dim=1)  # B H W
+    if gt is None:  # an unlabelled loader (semi-supervised): no Dice
+        dices = np.full((probs.shape[0], K), np.nan, dtype=np.float32)
+    else:
+        predicted = F.one_hot(classes, K).movedim(-1, 1).to(torch.int32)  # B K H W
+        dices = dice_coef(gt, predicted).cpu().numpy()
+    record = BatchRecord(position, raw, dices, list(batch["filenames"]), batch["spacing"].numpy())
+    if not run.train or run.args.save_train:
+        record.classes = classes.cpu().numpy().astype(np.uint8)
+    if not run.train and gt is not None:
+        record.gt = gt.argmax(dim=1).cpu().numpy().astype(np.uint8)
+    return record
+
+
+def _stop_on_error(run: Pass, error: str) -> bool:
+    """Raise on a NaN: at once when training (every process together) or in one process; under
+    torchrun, validation stops its loop and raises once every process is done (True)."""
+    if run.train and run.context.any(bool(error), run.device):
+        raise TrainingError(f"{error or 'another process: NaN or infinite'}; stopping")
+    if error and not run.context.active:
+        raise TrainingError(f"{error}; stopping")
+    return bool(error)
+
+
+def run_loader(
+    run: Pass,
+    loader,
+    targets: Targets,
+    losses: CompoundLoss,
+    weights: Sequence[float],
+    offset: int,
+    bar: tqdm,
+) -> tuple[list[BatchRecord], float, int, str]:
+    """One loader of a pass: its batches through the network (and the optimizer when
+    training). Returns the records, the seconds spent waiting for data, the slices and the
+    error of a validation stopped under torchrun ("" otherwise)."""
+    n_batches, position = _sharding(loader)
+    save = run.save_dir if not run.context.active else None  # else rank 0 saves after gathering
+    records, data_seconds, slices, error = [], 0.0, 0, ""
+    batches = iter(loader)
+    for j in itertools.count():
+        waiting = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        image, labels = to_device(batch, run.device)
+        if run.device.type == "cuda":  # the copy is asynchronous: count it as waiting
+            torch.cuda.current_stream(run.device).synchronize()
+        data_seconds += time.perf_counter() - waiting
+        image, labels, gt = prepare_batch(
+            image, labels, batch["spacing"], targets, run.args, run.augment
+        )
+        if run.train:
+            run.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.args.bf16):
+            logits = run.net(image)
+        probs = F.softmax(run.args.temperature * logits.float(), dim=1)  # B K H W
+        first = batch["filenames"][0]
+        where = f"epoch {run.epoch}, {run.mode} batch {offset + j} (first slice {first})"
+        total, raw, error = evaluate_losses(probs, labels, losses, weights, where)
+        if _stop_on_error(run, error):
+            break
+        if run.train and total is not None:
+            total.backward()
+            run.optimizer.step()
+        place = offset + j if position(j) is None else offset + position(j)
+        record = _record(run, place, raw, probs, gt, batch)
+        if save is not None:
+            save_predictions(record.classes, record.stems, save)
+        if position(j) is not None:  # a padding repeat is trained on, not logged
+            records.append(record)
+        slices += image.shape[0]
+        shown = {n: f"{v:.3g}" for n, v in zip(losses.names, raw, strict=True)}
+        if gt is not None:
+            shown = {"dice": f"{record.dices[:, run.args.metric_axis].mean():.3f}"} | shown
+        bar.set_postfix(shown)
+        bar.update()
+    return records, data_seconds, slices, error
+
+
+def do_epoch(run: Pass, phase: Phase, weights: Sequence[Sequence[float]]) -> EpochLog:
+    """Train (`run.optimizer` given) or validate over the phase's loaders, logging losses, Dice
+    and, when validating, the predicted volumes of each patient for the 3D metrics. Under
+    torchrun each process runs its share of the batches and the logs of all are gathered."""
+    run.net.train(run.train)
+    records: list[BatchRecord] = []
+    data_seconds, slices, error, offset = 0.0, 0, "", 0
+    total = sum(len(loader) for loader in phase.loaders)
+    bar = tqdm(
+        total=total,
+        desc=f">> {run.mode} epoch {run.epoch:3d}",
+        ncols=120,
+        leave=False,
+        disable=not run.context.writes,
+    )
+    start = time.perf_counter()
+    with bar, torch.set_grad_enabled(run.train):  # the bar is cleared on an error too
+        for loader, targets, losses, ws in zip(
+            phase.loaders, phase.targets, phase.losses, weights, strict=True
+        ):
+            done, waited, n, error = run_loader(run, loader, targets, losses, ws, offset, bar)
+            records += done
+            data_seconds += waited
+            slices += n
+            if error:
+                break
+            offset += _sharding(loader)[0]
+    elapsed = time.perf_counter() - start
+    gathered = run.context.gather((records, error, slices))
+    errors = [e for _, e, _ in gathered if e]
+    if errors:  # validation: raised once every process has finished its share
+        raise TrainingError(f"{errors[0]}; stopping")
+    records = [r for rs, _, _ in gathered for r in rs]
+    if run.context.active and run.context.writes and run.save_dir is not None:
+        for r in records:
+            save_predictions(r.classes, r.stems, run.save_dir)
+    timing = {
+        "seconds": elapsed,
+        "data_seconds": data_seconds,
+        "slices": sum(n for _, _, n in gathered),
+    }
+    sizes = [_sharding(loader)[0] for loader in phase.loaders]
+    n_losses = [len(losses) for losses in phase.losses]
+    return summarise(records, sizes, n_losses, run.args.n_class, run.args.grp_regex, timing)
+
+
+def summarise(
+    records: Sequence[BatchRecord],
+    sizes: Sequence[int],
+    n_losses: Sequence[int],
+    K: int,
+    grp_regex: str,
+    timing: dict[str, float],
+) -> EpochLog:
+    """The logs of a pass from its batch records, in the single-process order of the batches."""
+    records = sorted(records, key=lambda r: r.position)
+    loss_log = np.full((sum(sizes), max(n_losses)), np.nan, dtype=np.float32)
+    for r in records:
+        loss_log[r.position, : len(r.losses)] = r.losses
+    dices = np.concatenate([r.dices for r in records]) if records else np.zeros((0, K))
+    bounds = np.cumsum([0, *sizes])
+    per_loader = [
+        nan_mean_std(loss_log[a:b, :n], 0)[0].tolist()  # NaN for a term skipped all epoch
+        for a, b, n in zip(bounds[:-1], bounds[1:], n_losses, strict=True)
+    ]
+    volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.gt is None:
+            continue
+        for b, stem in enumerate(r.stems):
+            volume = volumes[group_key(stem, grp_regex)]
+            volume["stems"].append(stem)
+            volume["pred"].append(r.classes[b])
+            volume["gt"].append(r.gt[b])
+            volume["spacing"].append(r.spacing[b])
+    stacked = {
+        key: {
+            "pred": np.stack([p for _, p in sorted(zip(v["stems"], v["pred"], strict=True))], -1),
+            "gt": np.stack([g for _, g in sorted(zip(v["stems"], v["gt"], strict=True))], -1),
+            "spacing": v["spacing"][0],
+        }
+        for key, v in volumes.items()
+    }
+    return EpochLog(loss_log, dices.astype(np.float32), per_loader, stacked, timing)
+
+
+def train_epoch(
+    run: Pass, phase: Phase, weights: list[list[float]], scheduler
+) -> tuple[EpochLog, list[list[float]]]:
+    """One training epoch, and the weights it ended with. A scheduler that handles NaN
+    (`handles_nan`, the adjacency LambdaController) gets the chance to lower its weights: the
+    epoch restarts from its first state with the new weights, up to NAN_RETRIES times;
+    otherwise a NaN stops the run, and the epoch's first state is not copied at all."""
+    handles_nan = getattr(scheduler, "handles_nan", False)
+    if not handles_nan:  # a NaN stops the run: no state to restart from is needed
+        return do_epoch(run, phase, weights), weights
+    saved = (copy.deepcopy(run.net.state_dict()), copy.deepcopy(run.optimizer.state_dict()))
+    for attempt in range(NAN_RETRIES + 1):
+        try:
+            return do_epoch(run, phase, weights), weights
+        except TrainingError as error:
+            if attempt == NAN_RETRIES:
+                raise
+            weights = scheduler(run.epoch, weights, {"nan": True})
+            run.net.load_state_dict(saved[0])
+            run.optimizer.load_state_dict(saved[1])
+            print(f">> {error}; restarting the epoch with weights {weights}", flush=True)
+    raise AssertionError("unreachable")
+
+
+def report_epoch(
+    args: argparse.Namespace, context: Context, what: str, values: dict, improved: bool
+) -> None:
+    """One line per epoch on stdout (rank 0's under torchrun): the validation metrics."""
+    if not context.writes:
+        return
+    axis = args.metric_axis
+    print(
+        f">> {what}: val dice {values['val_dice'][:, axis].mean():.4f}, "
+        f"3D dice {values['val_3d_dsc'][:, axis].mean():.4f}, "
+        f"HD {values['val_3d_hausdorff'][:, axis].mean():.3f} mm, "
+        f"HD95 {values['val_3d_hd95'][:, axis].mean():.3f} mm{' (best)' if improved else ''}",
+        flush=True,
+    )
