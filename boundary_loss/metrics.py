@@ -230,11 +230,19 @@ def hd_hd95_torch(
 # ---------------------------------------------------------------------------------------------
 
 
-def meta_dice(sum_str: str, label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
-    """Dice of one-hot tensors reduced by the einsum string `sum_str` (float32)."""
+def meta_dice(
+    sum_str: str, label: Tensor, pred: Tensor, smooth: float = 1e-8, *, validate: bool = True
+) -> Tensor:
+    """Dice of one-hot tensors reduced by the einsum string `sum_str` (float32).
+
+    Their shapes are checked on every call; `validate` also checks that both are one-hot, which
+    reads their values back from the device (a synchronisation): a training loop checks its
+    first batch and passes False for the next ones.
+    """
     check_same_shape(label, pred, ("label", "pred"))
-    check_one_hot(label, "label")
-    check_one_hot(pred, "pred")
+    if validate:
+        check_one_hot(label, "label")
+        check_one_hot(pred, "pred")
 
     label64, pred64 = label.to(torch.float64), pred.to(torch.float64)
     inter_size = einsum(sum_str, label64 * pred64).to(torch.float32)
@@ -242,14 +250,20 @@ def meta_dice(sum_str: str, label: Tensor, pred: Tensor, smooth: float = 1e-8) -
     return (2 * inter_size + smooth) / (sum_sizes + smooth)
 
 
-def dice_coef(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
-    """Dice per slice and class: one-hot `B K *xyz` pair -> `B K` float32."""
-    return meta_dice("bk...->bk", label, pred, smooth)
+def dice_coef(
+    label: Tensor, pred: Tensor, smooth: float = 1e-8, *, validate: bool = True
+) -> Tensor:
+    """Dice per slice and class: one-hot `B K *xyz` pair -> `B K` float32 (`validate`: as
+    `meta_dice`, False skips the one-hot check and reads nothing back from the device)."""
+    return meta_dice("bk...->bk", label, pred, smooth, validate=validate)
 
 
-def dice_batch(label: Tensor, pred: Tensor, smooth: float = 1e-8) -> Tensor:
-    """Dice per class over the whole batch taken as one volume: `B K *xyz` pair -> `K` float32."""
-    return meta_dice("bk...->k", label, pred, smooth)
+def dice_batch(
+    label: Tensor, pred: Tensor, smooth: float = 1e-8, *, validate: bool = True
+) -> Tensor:
+    """Dice per class over the whole batch taken as one volume: `B K *xyz` pair -> `K` float32
+    (`validate`: as `dice_coef`)."""
+    return meta_dice("bk...->k", label, pred, smooth, validate=validate)
 
 
 def _check_binary_pair(a: Tensor, b: Tensor) -> None:

@@ -1,8 +1,8 @@
 """Counting the host's reads of tensor values: what would synchronise with a GPU.
 
-On the CPU nothing waits, but the same calls (`.item()`, `bool()`, `torch.allclose`, `nonzero`,
-`.tolist()`, `.numpy()`) would wait for a GPU, so counting them on the CPU tells what a training
-step on a GPU would do.
+On the CPU nothing waits, but the same calls (`.item()`, `bool()`, `int()`, `float()`,
+`torch.allclose`, `torch.unique`, `nonzero`, `.tolist()`, `.numpy()`, `.cpu()`) would wait for a
+GPU, so counting them on the CPU tells what a training step on a GPU would do.
 """
 
 from __future__ import annotations
@@ -22,16 +22,23 @@ SYNCING_OPS = frozenset(
         "aten::equal",
         "aten::is_nonzero",
         "aten::nonzero",
+        "aten::_unique",
         "aten::_unique2",
+        "aten::unique_consecutive",
+        "aten::unique_dim",
         "aten::masked_select",
     }
 )
+
+# The methods of torch.Tensor that hand its values to the host (`cpu`: a copy from the device).
+HOST_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
 
 
 @contextlib.contextmanager
 def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Collect every read of a tensor's values by the host within the block: the names of the
-    syncing aten operations run, and `numpy` / `tolist` for those two methods."""
+    syncing aten operations run, and the name of each reading method of `torch.Tensor` called
+    (`HOST_METHODS`; a method and the aten operation under it may both be noted)."""
     reads: list[str] = []
 
     class Reads(TorchDispatchMode):
@@ -41,7 +48,7 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             return func(*args, **(kwargs or {}))
 
     with monkeypatch.context() as patch:
-        for method in ("numpy", "tolist"):
+        for method in HOST_METHODS:
             patch.setattr(torch.Tensor, method, _counted(getattr(torch.Tensor, method), reads))
         with Reads():
             yield reads
