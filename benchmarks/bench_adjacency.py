@@ -1,5 +1,5 @@
-"""Adjacency graph extraction (Ganaye et al., MICCAI 2018): `adjacency.count_adjacency` against the
-straightforward per-voxel Python loop (every voxel, every offset of its 3x3x3 window, a bounds
+"""Adjacency graph extraction (Ganaye et al., MICCAI 2018): `maps.adjacency.count_adjacency` against
+the straightforward per-voxel Python loop (every voxel, every offset of its 3x3x3 window, a bounds
 check and one increment), on a K=4 256x256x40 cardiac-like label volume. Target: at least 1000x,
 same counts.
 

@@ -1,5 +1,5 @@
-"""Distance maps and 3D surface metrics in torch (distance_torch.py, metrics.hd_hd95_torch), on the
-CPU and on a CUDA device, against the original's way on the CPU.
+"""Distance maps and 3D surface metrics in torch (maps.distance_torch, metrics.hd_hd95_torch), on
+the CPU and on a CUDA device, against the original's way on the CPU.
 
 - `one_hot2dist_torch` on a batch of 8 K=2 256x256 lesion slices (two of them without any lesion),
   spacing (0.9, 0.9), against the original boundary-loss `one_hot2dist` (per slice, per present

@@ -1,4 +1,4 @@
-"""The boundary loss from labels (label_losses.py, keras_loss.py) against the ways people write
+"""The boundary loss from labels (losses.label_losses, keras_loss.py) against the ways people write
 it without this project.
 
 - `LabelBoundaryLoss` on a batch of 8 K=2 256x256 lesion slices (bench_device's batch, spacing

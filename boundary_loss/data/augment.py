@@ -8,7 +8,7 @@ corners). A 90-degree turn swaps the slice's in-plane spacing; the small rotatio
 pixel grid as isotropic.
 
 The distance-map targets are not resampled: main.py recomputes them exactly from the augmented
-labels (`dataloader.DEVICE_TRANSFORMS`), which is the point of doing this on the device.
+labels (`data.loader.DEVICE_TRANSFORMS`), which is the point of doing this on the device.
 """
 
 from __future__ import annotations

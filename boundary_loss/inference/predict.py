@@ -1,7 +1,7 @@
 """Predict 3D NIfTI label volumes in the source geometry from a trained network.
 
-Usage: python predict.py --run RUN --sliced SLICED --dest DIR [--source DATASET]
-       [--lineage LINEAGE] [--cpu] [--batch_size 32]
+Usage: python -m boundary_loss.inference.predict --run RUN --sliced SLICED --dest DIR
+       [--source DATASET] [--lineage LINEAGE] [--cpu] [--batch_size 32]
 
 For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.json` and
 `split.json`) and a training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`:
@@ -14,7 +14,7 @@ For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.js
   source image's affine and header (uint8 voxels, no scaling, no display window, no intent), so
   it opens on the image in ITK-SNAP or 3D Slicer;
 - `metrics.csv`: 3D Dice, HD and HD95 (mm) per validation case and class, computed from the
-  written files against the source label files, in the source spacing (metrics.py; HD and HD95
+  written files against the source label files, in the source spacing (metrics; HD and HD95
   as medpy's, an empty class in both 0, in one of them the volume's diagonal);
 - `predictions.json`: the run, its best epoch, the cases and the files.
 
@@ -27,11 +27,12 @@ Before anything is computed, three checks keep the predictions and their metrics
 - every source file read (the cases' images and labels) matches the lineage that pinned the
   dataset (`--lineage`, by default `lineage/<dataset folder name>.lineage` as dataset.make
   writes it; without one, a warning says the source is unchecked);
-- `DIR` is missing, empty, or an earlier output of predict.py (marked by `.written_by.json`, or
-  holding `predictions.json`): a dataset, a run folder or any other folder is never replaced.
+- `DIR` is missing, empty, or an earlier output of boundary_loss_predict (marked by
+  `.written_by.json`, or holding `predictions.json`): a dataset, a run folder or any other
+  folder is never replaced.
 
-Everything is written into `DIR_tmp/DIR` and moved to `DIR` when complete (`atomic.staged_folder`).
-Errors are one line: `error: <message>`, exit status 1.
+Everything is written into `DIR_tmp/DIR` and moved to `DIR` when complete
+(`io.atomic.staged_folder`). Errors are one line: `error: <message>`, exit status 1.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class PredictError(Exception):
 
 
 # The name in the marker of a predictions folder, and the record file of the predictions folders
-# made before the marker existed: predict.py replaces only those (atomic.staged_folder).
+# made before the marker existed: boundary_loss_predict replaces only those (atomic.staged_folder).
 TOOL, LEGACY = "predict.py", ("predictions.json",)
 METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
 # Where dataset.make pins a dataset's files, by the dataset folder's name.

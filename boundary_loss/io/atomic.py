@@ -86,8 +86,8 @@ def remove_path(path: Path, ignore_errors: bool = False) -> None:
 # Folders: built aside, put in place whole, and only ever in place of the tool's own output
 # ---------------------------------------------------------------------------------------------
 #
-# Every tool that writes a folder (the slicers, unpack.py, predict.py, pictures.py, the stand-in
-# generator) goes through `staged_folder`:
+# Every tool that writes a folder (the slicers, unpack.py, boundary_loss_predict, report.pictures,
+# the stand-in generator) goes through `staged_folder`:
 #
 # - `DEST` is replaced only when it is missing, an empty folder, or an earlier output of the same
 #   tool: a folder holding the marker file `.written_by.json` that names the tool (or, for

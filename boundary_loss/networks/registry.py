@@ -1,10 +1,10 @@
 """Segmentation networks by name: UNet (2D and 3D), ResidualUNet, ENet and the Dimwit debugging net.
 
-The networks are defined in unet.py (UNet, UNet3D, ResidualUNet), enet.py (ENet) and dimwit.py
-(Dimwit, Dimwit3D), from the building blocks of network_blocks.py; they are all importable from
-here. The UNet follows the networks.py of the boundary-loss repository (Kervadec et al., MIDL
-2019) layer for layer; the building blocks take the number of spatial dimensions (2 or 3), which
-gives the 3D variants for free.
+The networks are defined in networks.unet (UNet, UNet3D, ResidualUNet), networks.enet (ENet) and
+networks.dimwit (Dimwit, Dimwit3D), from the building blocks of networks.blocks; they are all
+importable from here. The UNet follows the networks.py of the boundary-loss repository (Kervadec et
+al., MIDL 2019) layer for layer; the building blocks take the number of spatial dimensions (2 or 3),
+which gives the 3D variants for free.
 
 Every network takes input ``B C H W`` (2D) or ``B C H W D`` (3D), returns logits
 ``B K H W [D]`` (no softmax: the losses apply it), and validates its input in ``forward``: a

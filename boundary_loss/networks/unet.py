@@ -3,7 +3,7 @@
 ``UNet`` follows the networks.py of the boundary-loss repository (Kervadec et al., MIDL 2019)
 layer for layer (conv0-conv2, a residual bridge, three nearest-upsampling decoder stages);
 ``UNet3D`` is the same network on ``B C H W D`` input, built from the same dimension-generic
-blocks (network_blocks.py). ``ResidualUNet`` has the same topology with residual stages.
+blocks (networks.blocks). ``ResidualUNet`` has the same topology with residual stages.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Usage: python preprocess/extract_adjacency.py SOURCE DEST N_LABELS [--pattern GL
 
 For every voxel of every label file under SOURCE (searched recursively for `--pattern`), and every
 other voxel of its (2n+1)^d window inside the array, counts[class of the voxel, class of the
-neighbour] += 1, summed over the files (`adjacency.count_adjacency`). The class pairs with a count
-of 0 are the forbidden adjacencies of the NonAdjacencyLoss (`losses.py`), which reads the graph.
+neighbour] += 1, summed over the files (`maps.adjacency.count_adjacency`). The class pairs with a
+count of 0 are the forbidden adjacencies of the NonAdjacencyLoss (`losses.idc_losses`), which
+reads the graph.
 
 Label files: NIfTI volumes (`*.nii`, `*.nii.gz`, read with nibabel), 2D ground-truth pngs of the
 sliced data (class index per pixel) and `*.npy` arrays (2D or 3D). d is the dimensionality of the

@@ -10,11 +10,12 @@ Both layouts are described by a `dataset.json` at the dataset's root:
   `splits_final.json` (a list of folds, each `{"train": [...], "val": [...]}`).
 - Medical Segmentation Decathlon (Antonelli et al., Nature Communications 2022), from which
   nnU-Net's format grew: `modality` (`{"0": "FLAIR", ...}`), `labels` as integer -> name
-  (`{"0": "background", "1": "edema"}`), a `training` list of `{"image": "./imagesTr/x.nii.gz",
-  "label": "./labelsTr/x.nii.gz"}` and a `test` list of image paths; each image is one 4D NIfTI
-  holding the channels along its last axis (3D when there is one channel). A `splits_final.json`
-  beside it (nnU-Net's folds of the same cases) is used as for nnU-Net. Its files belong inside
-  its folder: a path that is absolute or holds `..` is refused, before any file is read.
+  (`{"0": "background", "1": "edema"}`), a `training.engine` list of `{"image":
+  "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}` and a `test` list of image paths; each
+  image is one 4D NIfTI holding the channels along its last axis (3D when there is one channel). A
+  `splits_final.json` beside it (nnU-Net's folds of the same cases) is used as for nnU-Net. Its
+  files belong inside its folder: a path that is absolute or holds `..` is refused, before any file
+  is read.
 
 In both layouts a test case may not share its name with a training case (their predictions would
 be one file), and a case is listed once in each part of a fold of `splits_final.json`.
@@ -356,7 +357,7 @@ def _msd_file(root: Path, entry: object, path: Path, what: str) -> Path:
 def _check_test_names(
     training: tuple[Case, ...], test: tuple[Case, ...], listed_in: Path | None
 ) -> None:
-    """Refuse a test case named like a training case: predict.py writes one file per case
+    """Refuse a test case named like a training case: boundary_loss_predict writes one file per case
     name, so their predictions would overwrite each other.
 
     Args:

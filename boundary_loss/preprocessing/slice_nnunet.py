@@ -24,12 +24,13 @@ configuration does (Isensee et al., Nature Methods 2021):
   their value among dataset.json's labels, sorted by value.
 
 `source.json`, beside `split.json`, records what the predictions need to be written back in the
-source geometry (predict.py): the dataset folder, its layout, channels and their normalisation,
-the labels, the axis sliced and the slice shape. Test images (`imagesTs`) are not sliced: predict.py
-reads them from the source. They are read once here all the same, and checked as predict.py will
-read them (one grid per case, finite voxels), so that a bad test image stops the slicing rather
-than the predictions after every training. Before the axis is chosen, the header of every image
-and label file is checked (three dimensions, three finite positive voxel sizes).
+source geometry (boundary_loss_predict): the dataset folder, its layout, channels and their
+normalisation, the labels, the axis sliced and the slice shape. Test images (`imagesTs`) are not
+sliced: boundary_loss_predict reads them from the source. They are read once here all the same, and
+checked as boundary_loss_predict will read them (one grid per case, finite voxels), so that a bad
+test image stops the slicing rather than the predictions after every training. Before the axis is
+chosen, the header of every image and label file is checked (three dimensions, three finite positive
+voxel sizes).
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def choose_axis(spacings: list[Spacing3D]) -> int:
 
 def check_test_images(description: DatasetDescription, norms: tuple[tuple, ...]) -> None:
     """Read every test image (imagesTs, or the Decathlon's test list) once and check it as
-    predict.py will after the trainings, with the same functions: its channels on one grid
-    (`load_images`) and each normalisable by its scheme (`normalise_channel`: finite voxels, and
-    not constant for a min-max one).
+    boundary_loss_predict will after the trainings, with the same functions: its channels on one
+    grid (`load_images`) and each normalisable by its scheme (`normalise_channel`: finite voxels,
+    and not constant for a min-max one).
 
     Raises:
         SliceError: naming the file and what was expected.

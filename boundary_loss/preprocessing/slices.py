@@ -4,7 +4,7 @@ What a slicing worker does for each volume of a patient (`slice_patient`):
 
 1. the volume is loaded, checked, normalised and resized (`volumes.load_volume`);
 2. the signed distance map of the boundary loss is computed on the whole resized 3D label volume
-   with the resized spacing (`utils.one_hot2dist`), and sliced like the images;
+   with the resized spacing (`maps.distance.one_hot2dist`), and sliced like the images;
 3. slices are taken along the last NIfTI axis (`vol[:, :, z]`, an X x Y image), each written as
    `<volume id>_<aug:02d>_<slice:04d>`: one png per modality (uint8, round(255 x in_npy)), `gt/`
    (png of class indices), `in_npy/` (C x H x W float32), `gt_npy/` (H x W uint8),

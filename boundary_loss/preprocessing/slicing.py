@@ -12,7 +12,7 @@ For each volume (a patient for ISLES and WMH, a cardiac frame for ACDC):
    to `shape` where they are not that size already (images linearly, labels by nearest
    neighbour), the in-plane spacing scaled by old size / new size;
 4. the signed distance map of the boundary loss is computed on the whole resized 3D label volume
-   with that spacing (`utils.one_hot2dist`), and sliced like the images;
+   with that spacing (`maps.distance.one_hot2dist`), and sliced like the images;
 5. each slice is written as `<volume id>_<aug:02d>_<slice:04d>`: one png per modality (uint8,
    round(255 x in_npy)), `gt/` (png of class indices), `in_npy/` (C x H x W float32),
    `gt_npy/` (H x W uint8), `3d_distmap/` (K x H x W float32), and its [dx, dy, dz] spacing in
@@ -26,7 +26,7 @@ this module holds the dataset level and the command line.
 
 Patients are split into train/val by a seeded shuffle (`split.json`) and sliced in parallel.
 Everything is written into `DEST_tmp/DEST` and moved to `DEST` only when complete
-(`atomic.staged_folder`). `DEST_tmp` is the slicer's own, locked while it works (a second slicer
+(`io.atomic.staged_folder`). `DEST_tmp` is the slicer's own, locked while it works (a second slicer
 writing the same `DEST` stops with a message): it is removed on any error (bad input, a worker
 killed, a full disk, Ctrl-C), and it is the only thing removed then, so a failed or interrupted
 run leaves no folder Make would take as finished and never deletes anything else. `DEST` itself is
@@ -169,7 +169,7 @@ def _check_paths(source: Path, dest: Path, tmp: Path) -> None:
 def _check_dest(dest: Path) -> None:
     """Refuse to replace a `dest` that is not an earlier output of a slicer.
 
-    A missing `dest`, an empty folder, or a folder marked as a slicer's (`atomic.MARKER`, or
+    A missing `dest`, an empty folder, or a folder marked as a slicer's (`io.atomic.MARKER`, or
     `split.json` for outputs made before the marker) may be replaced; anything else might be
     someone's work and is left alone.
 

@@ -8,8 +8,8 @@ One cohort of 16 training cases (`standin_001` .. `standin_016`) and 4 test case
   and `imagesTr/<case>_0001.nii.gz`, the labels in `labelsTr/<case>.nii.gz` and the test images
   in `imagesTs/`, as nnU-Net's `dataset_format.md` describes it;
 - Medical Segmentation Decathlon (`Task990_StandIn/`): `dataset.json` with `modality`, `labels`
-  (value -> name) and the `training` and `test` lists; one 4D file per case (X Y Z channel) in
-  `imagesTr/` and `imagesTs/`, the labels in `labelsTr/`.
+  (value -> name) and the `training.engine` and `test` lists; one 4D file per case (X Y Z channel)
+  in `imagesTr/` and `imagesTs/`, the labels in `labelsTr/`.
 
 The voxels are the same in both layouts. Each case is an anisotropic volume (0.9 x 3.0 x 1.1 mm:
 the coarse axis is the middle NIfTI axis, the slice axis), 52 to 60 by 10 to 14 by 44 or 48
@@ -334,8 +334,8 @@ def _msd_files(seed: int) -> Files:
 
 
 def _write_folder(dest: Path, name: str, files: Callable[[], Files]) -> Path:
-    """Write `dest/name` through `atomic.staged_folder`: built in `dest/name_tmp` and put in place
-    only once complete, in place of an earlier stand-in only (marked as the generator's); on a
+    """Write `dest/name` through `io.atomic.staged_folder`: built in `dest/name_tmp` and put in
+    place only once complete, in place of an earlier stand-in only (marked as the generator's); on a
     failure `dest/name` is left as it was.
 
     Args:

@@ -15,7 +15,7 @@ Usage: python preprocess/unpack.py ZIP [ZIP ...] --dest DIR [--drop PATTERN ...]
   deleted and downloaded (or generated) again. A full disk stops with the file being written
   named and the space the unpacked files need.
 - Extraction goes to `DIR_tmp/DIR`, moved to `DIR` only once every zip is complete
-  (`atomic.staged_folder`); on any error `DIR_tmp` is removed and nothing else is touched, so an
+  (`io.atomic.staged_folder`); on any error `DIR_tmp` is removed and nothing else is touched, so an
   interrupted run never leaves a `DIR` that Make would take as finished, and an existing `DIR`
   stays as it was. On success an existing `DIR` is replaced (`make -B`): it is first moved into
   `DIR_tmp`, the new tree moved into place, then `DIR_tmp` removed. Only an earlier output of

@@ -99,7 +99,7 @@ def patient_folders(source: Path, inner: str, pattern: str, dataset: str, shown:
 
     Args:
         source: the folder given as `--source_dir`.
-        inner: the zip's top folder of patients (`TRAINING`, `training`).
+        inner: the zip's top folder of patients (`TRAINING`, `training.engine`).
         pattern: the regex of a patient folder's whole name.
         dataset: the dataset's name, for messages.
         shown: a patient folder's name as messages show it (`case_<N>`).

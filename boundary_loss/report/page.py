@@ -1,7 +1,7 @@
 """The report page: a list of blocks rendered both as Markdown and as HTML, so both say the same.
 
-report.py builds the table and the description of its cells (`report.build_table`); this module
-lays them out with the plots and each run's provenance (folder, epochs, commit, working tree,
+report.py builds the table and the description of its cells (`report.summary.build_table`); this
+module lays them out with the plots and each run's provenance (folder, epochs, commit, working tree,
 command line, packages, git.diff, training arguments), and renders the page: GitHub-flavoured
 Markdown (pipe tables, special characters escaped) or a standalone HTML file (inline style,
 escaped text, no external resource but the plots).
@@ -59,7 +59,7 @@ def provenance_items(run: RunSummary) -> list[tuple[str, str, bool]]:
     """What the page says about where a run's numbers come from.
 
     Args:
-        run: one run of `report.summarise`.
+        run: one run of `report.runs.summarise`.
 
     Returns:
         (label, value, as_code) triples: folder, epochs, the checkpoint's epoch, commit, working
@@ -105,10 +105,10 @@ def provenance_items(run: RunSummary) -> list[tuple[str, str, bool]]:
 
 def divergence_blocks(runs: Sequence[RunSummary]) -> list[Block]:
     """The section naming the diverged runs, and the runs whose 3D metrics are NaN from some
-    epoch on (`runfolder.Divergence`); nothing when there is none.
+    epoch on (`runfolder.schema.Divergence`); nothing when there is none.
 
     Args:
-        runs: output of `report.summarise`.
+        runs: output of `report.runs.summarise`.
 
     Returns:
         A "Diverged runs" heading and one paragraph per run, or no block.
@@ -141,12 +141,12 @@ def build_page(
     """The report page as blocks.
 
     Args:
-        runs: output of `report.summarise`.
+        runs: output of `report.runs.summarise`.
         title: page title.
         plots: image files to embed, shown by their path relative to `page_dir`.
         page_dir: the folder the page is written to.
-        description: the paragraph saying what the table cells are (`report.describe`).
-        table: the table of the runs (`report.build_table`).
+        description: the paragraph saying what the table cells are (`report.summary.describe`).
+        table: the table of the runs (`report.summary.build_table`).
         extra: blocks placed after the table (the predictions' section).
 
     Returns:

@@ -1,10 +1,10 @@
 """Pictures of the trainings' predictions for the report: contours on the image, and GIFs of the
 prediction over the epochs (matplotlib and Pillow only).
 
-Usage: python pictures.py --folders RUN [RUN ...] --dest DIR [--classes 1]
+Usage: python -m boundary_loss.report.pictures --folders RUN [RUN ...] --dest DIR [--classes 1]
 
 For each run, its best, median and worst validation patient by 3D Dice at the epoch of best.pt
-(`patients.py`; the mean over `--classes`) are chosen. For each chosen patient, one picture
+(`report.patients`; the mean over `--classes`) are chosen. For each chosen patient, one picture
 `DIR/patient_<name>.png` shows, side by side across the runs, two slices of the validation image
 (its first channel): the slice with the largest ground-truth area of the classes, and the slice
 where the runs' predictions disagree most with the ground truth; the ground truth is drawn as
@@ -12,12 +12,12 @@ solid contours, each run's prediction at its best epoch as dashed ones. For the 
 for the first run, `DIR/<run>_<name>.gif` animates each run's prediction of the largest slice over
 the epochs, one frame per epoch (from `iter<NNN>/val/`, which every epoch saves; the bar at the
 bottom fills with the epochs), as the original project did with ImageMagick's `convert`.
-A diverged run (every value of its 3D metrics NaN, `runfolder.divergence`) has nothing to show
-and may have saved no predictions: it is left out, named in `pictures.json` (`diverged`) and in
+A diverged run (every value of its 3D metrics NaN, `runfolder.schema.divergence`) has nothing to
+show and may have saved no predictions: it is left out, named in `pictures.json` (`diverged`) and in
 a warning. `DIR/pictures.json` lists the files with what they show. Everything is written in
 `DIR_tmp/DIR` and moved into place when complete; `DIR` is only ever replaced when it is empty
-or an earlier output of pictures.py (marked by `.written_by.json`, or holding `pictures.json`),
-so a folder of the user's given as `--dest` is refused, untouched (`atomic.staged_folder`).
+or an earlier output of report.pictures (marked by `.written_by.json`, or holding `pictures.json`),
+so a folder of the user's given as `--dest` is refused, untouched (`io.atomic.staged_folder`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from boundary_loss.runfolder.schema import divergence, read_json
 PANEL_INCHES, DPI = 3.0, 100  # each panel of a picture: 300 x 300 pixels
 GIF_SCALE, GIF_MS = 2, 400  # GIF frames: twice the slice size, 0.4 s each
 # The name in the marker of a pictures folder, and the record file of those made before the
-# marker existed: pictures.py replaces only those (atomic.staged_folder).
+# marker existed: report.pictures replaces only those (atomic.staged_folder).
 TOOL, LEGACY = "pictures.py", ("pictures.json",)
 COLOURS = ((230, 60, 60), (60, 120, 230), (240, 200, 40), (160, 80, 200), (60, 200, 200))
 

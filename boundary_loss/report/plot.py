@@ -1,10 +1,10 @@
 """Plots of per-epoch metrics of training runs: curves over epochs and box plots at the best epoch.
 
-The arrays are those main.py writes in a run folder (see `runfolder.ARRAYS`): E x N x K (epoch,
-sample, class) for Dice and distances, E x I x L (epoch, iteration, loss term) for `tra_loss.npy`
-and `val_loss.npy`, E x P x 2 for `val_adjacency.npy`. Which direction is better comes from
-`runfolder.better` (max for Dice, min for the rest) and the best epoch from `ranking`, as in
-report.py, so plots and report always agree on the best epoch.
+The arrays are those main.py writes in a run folder (see `runfolder.schema.ARRAYS`): E x N x K
+(epoch, sample, class) for Dice and distances, E x I x L (epoch, iteration, loss term) for
+`tra_loss.npy` and `val_loss.npy`, E x P x 2 for `val_adjacency.npy`. Which direction is better
+comes from `runfolder.schema.better` (max for Dice, min for the rest) and the best epoch from
+`runfolder.ranking`, as in report.py, so plots and report always agree on the best epoch.
 
     python plot.py curves --folders results/isles/gdl results/isles/gdl_surface_steal \\
         --filename val_dice.npy --dest results/isles/val_dice.png
@@ -25,16 +25,16 @@ Box plots: one box per run and chosen column, of the per-sample values at the ru
 the metric (the epoch whose mean over samples of the per-sample mean over the chosen columns is
 best), or at `--epoch`. NaN values are left out and counted in the box label.
 
-A diverged run (`runfolder.divergence`: every value of its 3D metrics NaN, as report.py shows it)
-does not stop a plot: its curve is not drawn, its legend entry says it diverged, and the box plot
-leaves it out and names it in the title. A run of seeds that diverged is left out of its
+A diverged run (`runfolder.schema.divergence`: every value of its 3D metrics NaN, as report.py shows
+it) does not stop a plot: its curve is not drawn, its legend entry says it diverged, and the box
+plot leaves it out and names it in the title. A run of seeds that diverged is left out of its
 training's mean over seeds, the legend counting it.
 
 The image is drawn with matplotlib's Agg canvas (no display), written to a temporary file in the
 destination folder and renamed when complete. Bad input stops with one `error: ...` line naming
 the folder, file or argument, and writes nothing: as in report.py, an impossible value (a Dice
 outside [0, 1], a negative or infinite distance or adjacency count) and runs of different data
-or class counts are refused (`runfolder.check_values`, `runfolder.check_comparable`).
+or class counts are refused (`runfolder.schema.check_values`, `runfolder.schema.check_comparable`).
 """
 
 from __future__ import annotations
@@ -180,18 +180,19 @@ def _load_all(
         folders: run folders.
         filename: metric file in each folder.
         columns: chosen columns of any kind, or None.
-        classes: chosen classes, used for class-indexed arrays only (`runfolder.class_columns`),
-            or None. Neither: the default of `runfolder.resolve_columns`.
+        classes: chosen classes, used for class-indexed arrays only
+            (`runfolder.schema.class_columns`), or None. Neither: the default of
+            `runfolder.schema.resolve_columns`.
 
     Returns:
         One (E x N x K array, chosen columns, divergence) triple per folder; the divergence is
-        judged on the run's 3D arrays (`runfolder.divergence`), read and checked too.
+        judged on the run's 3D arrays (`runfolder.schema.divergence`), read and checked too.
 
     Raises:
         FileNotFoundError: a missing run folder or metric file.
         ValueError: both `columns` and `classes`, a malformed array, an impossible value, a
             column out of range, or runs of different data or class counts
-            (`runfolder.check_comparable`).
+            (`runfolder.schema.check_comparable`).
     """
     if columns is not None and classes is not None:
         raise ValueError(
@@ -266,7 +267,7 @@ def plot_curves(
             the forbidden pair count).
         labels: run names for the legend, one per folder; None: the folder names.
         ylim: (low, high) of the y axis; None: automatic.
-        best_so_far: draw the running best (max or min per `runfolder.better`) over epochs.
+        best_so_far: draw the running best (max or min per `runfolder.schema.better`) over epochs.
         title: figure title; None: the metric name.
         classes: classes to draw when the array's columns are classes; ignored for loss and
             adjacency arrays (their default columns are drawn). Not with `columns`.
@@ -397,9 +398,9 @@ def plot_box(
     """Draw a box per run and column of the per-sample values at the run's best epoch.
 
     The best epoch of a run is that of the best NaN-aware mean over samples of the per-sample
-    mean over the chosen columns (max or min per `runfolder.better`, the first one on ties), the
-    same rule as report.py. A diverged run (`runfolder.divergence`) has no box: the title names
-    it.
+    mean over the chosen columns (max or min per `runfolder.schema.better`, the first one on ties),
+    the same rule as report.py. A diverged run (`runfolder.schema.divergence`) has no box: the title
+    names it.
 
     Args:
         folders: run folders.

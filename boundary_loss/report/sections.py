@@ -1,7 +1,7 @@
 """The report's sections beyond the table of means: seeds, per-patient values, paired comparisons
-against a baseline training, pictures, and the predictions written back by predict.py.
+against a baseline training, pictures, and the predictions written back by boundary_loss_predict.
 
-Each function returns blocks of `report_page` (the same blocks give the Markdown and the HTML
+Each function returns blocks of `report.page` (the same blocks give the Markdown and the HTML
 page). Runs of one training repeated with several seeds are folders named `<training>-seed<N>`
 (`SEEDS` in the makefiles); `training_of` and `seed_of` read those names.
 """
@@ -234,7 +234,7 @@ def comparison_blocks(
 
 
 def picture_blocks(folder: Path, page_dir: Path) -> list[Block]:
-    """The pictures and GIFs of pictures.py, by their pictures.json."""
+    """The pictures and GIFs of report.pictures, by their pictures.json."""
     record = json.loads((Path(folder) / "pictures.json").read_text())
 
     def rel(name: str) -> str:
@@ -265,19 +265,21 @@ def picture_blocks(folder: Path, page_dir: Path) -> list[Block]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Predictions written back in the source geometry (predict.py)
+# Predictions written back in the source geometry (boundary_loss_predict)
 # ---------------------------------------------------------------------------------------------
 
 
 def read_prediction_metrics(folder: Path) -> list[dict]:
-    """A predict.py folder's metrics.csv: one row per case and class, numbers as floats.
+    """A boundary_loss_predict folder's metrics.csv: one row per case and class, numbers as floats.
 
     Raises:
         OSError: no metrics.csv. ValueError: a row that is not a number where one is expected.
     """
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (--predictions expects predict.py output)")
+        raise FileNotFoundError(
+            f"{path}: file not found (--predictions expects boundary_loss_predict output)"
+        )
     rows = []
     with open(path, newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):
@@ -286,7 +288,7 @@ def read_prediction_metrics(folder: Path) -> list[dict]:
                 rows.append({"case": row["case"], "class": row["class"], **numbers})
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(
-                    f"{path}:{number}: not a predict.py metrics row ({error!r})"
+                    f"{path}:{number}: not a boundary_loss_predict metrics row ({error!r})"
                 ) from None
     return rows
 
@@ -296,7 +298,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _diverged_predictions(folder: Path) -> bool:
-    """Whether predict.py found the run diverged (its predictions.json says so)."""
+    """Whether boundary_loss_predict found the run diverged (its predictions.json says so)."""
     try:
         return json.loads((folder / "predictions.json").read_text()).get("diverged") is True
     except (OSError, ValueError, AttributeError):
@@ -304,7 +306,7 @@ def _diverged_predictions(folder: Path) -> bool:
 
 
 def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
-    """The section on the NIfTI predictions (predict.py): per run (the folder's name) and
+    """The section on the NIfTI predictions (boundary_loss_predict): per run (the folder's name) and
     foreground class (label value not 0), 3D Dice, HD and HD95 as mean ± std over the validation
     cases; then, per foreground class, Dice and HD95 of every case and run."""
     if not folders:

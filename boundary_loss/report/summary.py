@@ -1,19 +1,19 @@
 """Summary of training runs: each metric at its best epoch, as a table, a Markdown and an HTML page.
 
-The run folders are those main.py writes; `runfolder` describes their per-epoch arrays (E x N x K:
-epoch, sample, class; E x I x L for losses; E x P x 2 for adjacency counts) and reads them.
+The run folders are those main.py writes; `runfolder.schema` describes their per-epoch arrays (E x N
+x K: epoch, sample, class; E x I x L for losses; E x P x 2 for adjacency counts) and reads them.
 
 For every run and metric the report gives the best epoch (0-based, as the `iter<NNN>` folders):
 the epoch whose mean over samples of the per-sample mean over the chosen classes is the highest
-for Dice and the lowest for everything else (`runfolder.better`); the first such epoch on ties
-(`ranking`). Forbidden adjacencies are given at the epoch of the checkpoint (best_epoch.txt)
-instead, since their own minimum would reward empty predictions. At that epoch it gives the mean
-and the standard deviation (ddof=0) over samples of the per-sample value (the mean over the
-chosen classes, or each class on its own with `per_class`). NaN values (a metric undefined for an
-empty class) are left out of every mean and standard deviation, and their number is reported.
+for Dice and the lowest for everything else (`runfolder.schema.better`); the first such epoch on
+ties (`runfolder.ranking`). Forbidden adjacencies are given at the epoch of the checkpoint
+(best_epoch.txt) instead, since their own minimum would reward empty predictions. At that epoch it
+gives the mean and the standard deviation (ddof=0) over samples of the per-sample value (the mean
+over the chosen classes, or each class on its own with `per_class`). NaN values (a metric undefined
+for an empty class) are left out of every mean and standard deviation, and their number is reported.
 
-A diverged run, every value of its 3D metrics NaN (`runfolder.divergence`: every epoch, patient
-and class of val_3d_dsc, val_3d_hausdorff and val_3d_hd95), does not stop the report: a
+A diverged run, every value of its 3D metrics NaN (`runfolder.schema.divergence`: every epoch,
+patient and class of val_3d_dsc, val_3d_hausdorff and val_3d_hd95), does not stop the report: a
 `warning: ...` line on stderr and a "Diverged runs" section name its folder, its table row says
 `diverged` in every metric cell, and it is left out of the best values, the seeds' aggregation
 and the comparisons with the baseline (a diverged baseline: the section says so and compares
@@ -28,13 +28,13 @@ Command line:
         --dest results/isles/report.md --html --plots results/isles/val_dice.png
 
 prints the table and, with `--dest`, writes the Markdown page (and with `--html` the same page as
-`report.html` next to it; the page itself is laid out by `report_page`). `--columns` chooses the
+`report.html` next to it; the page itself is laid out by `report.page`). `--columns` chooses the
 classes of Dice and distances; loss arrays use every loss term and adjacency arrays the forbidden
 pair count. Every file is written to a temporary name in its folder and renamed when complete.
 Bad input stops with one `error: ...` line naming the folder, file or argument.
 
 Numbers that cannot be ranked are refused, before anything is written (plot.py shares these
-checks, `runfolder.load_metric` and `runfolder.check_comparable`):
+checks, `runfolder.schema.load_metric` and `runfolder.schema.check_comparable`):
 
 - impossible values: a Dice score outside [0, 1] or infinite, a distance negative or infinite, an
   adjacency count negative or infinite; the message names the file, the epoch, sample and class
@@ -248,13 +248,13 @@ def write_report(
         plots: image files to embed; each must exist.
         html_page: also write the HTML page.
         per_class: one table column per class.
-        predictions: predict.py output folders, one per run, summarised after the table.
+        predictions: boundary_loss_predict output folders, one per run, summarised after the table.
         patient_columns: classes of the per-patient table (3D metrics at each checkpoint, also
             written as `per_patient.csv` beside `dest`), and of the paired comparisons; None:
             neither.
         baseline: a training to compare every other one with, patient by patient (and seed by
-            seed): bootstrap confidence interval and Wilcoxon test (paired.py); None: none.
-        pictures: a pictures.py output folder to show; None: none.
+            seed): bootstrap confidence interval and Wilcoxon test (report.paired); None: none.
+        pictures: a report.pictures output folder to show; None: none.
 
     Returns:
         The files written.
@@ -332,7 +332,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--baseline", default=None, help="compare every training with this one, per patient"
     )
-    parser.add_argument("--pictures", type=Path, default=None, help="a pictures.py folder")
+    parser.add_argument("--pictures", type=Path, default=None, help="a report.pictures folder")
     return parser
 
 

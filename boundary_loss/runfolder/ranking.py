@@ -2,8 +2,8 @@
 
 The score of an epoch is the NaN-aware mean over samples of the per-sample value, itself the
 NaN-aware mean over the chosen columns; the best epoch is that of the highest score for Dice and
-the lowest for everything else (`runfolder.better`), the first one on ties. NaN values (a metric
-undefined for an empty class) are left out of every mean and standard deviation (ddof=0).
+the lowest for everything else (`runfolder.schema.better`), the first one on ties. NaN values (a
+metric undefined for an empty class) are left out of every mean and standard deviation (ddof=0).
 """
 
 from __future__ import annotations

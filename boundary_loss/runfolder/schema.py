@@ -20,7 +20,7 @@ loss terms, adjacency counts) and how they are named, which direction is better,
 are possible. `spec_of` resolves a file name or path to its spec; an array not in `ARRAYS` is
 described from its name: `dice` or `dsc` in it is a Dice score (higher is better, in [0, 1]),
 `loss` a loss (lower is better, any value, columns are loss terms), `hausdorff` or `hd95` a
-distance (>= 0, finite), `adjacency` adjacency counts; anything else is lower-is-better,
+distance (>= 0, finite), `maps.adjacency` adjacency counts; anything else is lower-is-better,
 class-indexed and not range-checked.
 
 The reading side refuses what cannot be ranked (report.py and plot.py share it): a malformed
