@@ -21,7 +21,6 @@ import argparse
 import ast
 import math
 import os
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from boundary_loss.data.loader import TRANSFORMS, FolderSpec
 from boundary_loss.io.console import ArgumentParser
+from boundary_loss.losses import checks
 from boundary_loss.losses.idc_losses import LOSSES, CompoundLoss, get_loss
 from boundary_loss.losses.weight_schedules import SCHEDULERS, get_scheduler
 from boundary_loss.maps.adjacency import forbidden_pairs, read_graph
@@ -329,7 +329,7 @@ def folders_meaning(
 
 def check_idc(loss: str, idc: object, n_class: int) -> None:
     """A loss's `idc`: distinct class indices of the `n_class` classes (negative ones count
-    from the end, as in Python indexing).
+    from the end, as in Python indexing), checked by the losses' own `checks`.
 
     Raises:
         ConfigError: not a list of integers, an index outside the classes, or a repeated class.
@@ -337,20 +337,11 @@ def check_idc(loss: str, idc: object, n_class: int) -> None:
     if idc is None:
         return  # the loss says it needs idc when it is built
     where = f"--losses: idc of {loss}"
-    if not isinstance(idc, list | tuple) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in idc
-    ):
-        raise ConfigError(f"{where} must be a list of class indices, got {str(idc)[:80]}")
-    outside = [i for i in idc if not -n_class <= i < n_class]
-    if outside:
-        raise ConfigError(
-            f"{where}: {str(outside[:5])[:80]} outside the {n_class} classes of --n_class "
-            f"(expected 0..{n_class - 1})"
-        )
-    counts = Counter(i % n_class for i in idc)
-    repeated = sorted(c for c, n in counts.items() if n > 1)
-    if repeated:
-        raise ConfigError(f"{where} names class(es) {repeated} more than once")
+    indices = checks.check_idc(idc, where, negative=True, error=ConfigError)
+    classes = f"--n_class (expected 0..{n_class - 1})"
+    checks.check_idc_range(
+        indices, n_class, where, classes, negative=True, distinct=True, error=ConfigError
+    )
 
 
 @dataclass
