@@ -1,5 +1,5 @@
 # Project housekeeping: install, test, lint, bench, clean.
-# The dataset pipelines live in isles.make, wmh.make and acdc.make.
+# The dataset pipelines live in isles.make, wmh.make, acdc.make and dataset.make.
 .PHONY: install test test-fast test-keras-tf chromium lint format bench clean distclean
 
 .DEFAULT_GOAL := test
@@ -23,8 +23,9 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
-# keras_loss.py under Keras' TensorFlow backend: the checks make test runs under the torch and JAX
-# backends, in a virtual environment of its own (.venv-tf, 3.4 GB with TensorFlow and torch).
+# boundary_loss.losses.keras_loss under Keras' TensorFlow backend: the checks make test runs under
+# the torch and JAX backends, in a virtual environment of its own (.venv-tf, 3.4 GB with TensorFlow
+# and torch).
 VENV_TF := .venv-tf
 test-keras-tf: $(VENV_TF)/.installed
 	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=2 $(VENV_TF)/bin/python -m pytest -q \

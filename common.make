@@ -202,8 +202,8 @@ $(TRN_DIRS) $(EXTRA_DIRS): $(RESULTS)/%: $(SLICED) $(TRAIN_DEPS) | $(PY_DEPS)
 	mv $@_tmp $@
 
 # Plots of every training: curves of a metric over epochs, box plots at each best epoch.
-# --classes applies to Dice and distances (runfolder.py says which arrays hold classes); losses
-# plot every term, val_adjacency its forbidden pair count.
+# --classes applies to Dice and distances (boundary_loss.runfolder.schema says which arrays hold
+# classes); losses plot every term, val_adjacency its forbidden pair count.
 $(CURVE_FILES): $(RESULTS)/%.png: $(TRN_DIRS) | $(PY_DEPS)
 	$(PY) $(CFLAGS) plot.py curves --folders $(TRN_DIRS) --filename $*.npy --dest $@ \
 		--classes $(METRIC_AXIS) --title "$(DATA_NAME)$(SUFFIX): $*"
