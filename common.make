@@ -67,6 +67,11 @@ ifdef DATA_NAME
 
 # User variables (command line): EPC BS NET DEBUG=--debug CFLAGS=-O CC DATA=synthetic RESUME=1
 # NPROC TORCHRUN_ARGS TRAIN_FLAGS (below)
+# CFLAGS: Python's flags (-O); as for CC, only a command-line value counts, so a C toolchain's
+# exported CFLAGS (-O2 -g) never reaches the interpreter.
+ifneq ($(origin CFLAGS),command line)
+CFLAGS :=
+endif
 NET ?= UNet
 BS ?= 8
 LR ?= 1e-3

@@ -27,7 +27,9 @@ from boundary_loss.preprocessing.nnunet_format import read_dataset
 from boundary_loss.preprocessing.slice_nnunet import nnunet_dataset
 from boundary_loss.preprocessing.slicing import slice_dataset
 from boundary_loss.preprocessing.synthetic_nnunet import write_msd, write_nnunet
-from tests.cli import assert_clean_error, run_script
+from tests.cli import assert_clean_error, run_module, run_script
+
+PREDICT = "boundary_loss.inference.predict"
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = {"nnunet": write_nnunet, "msd": write_msd}
@@ -123,7 +125,7 @@ def test_predict_writes_every_case_in_the_source_geometry_with_medpy_metrics(sli
     run = tmp_path / "run"
     save_best(run, "Dimwit", 2, 4, dest)
     out = tmp_path / "predictions"
-    proc = run_script(ROOT / "predict.py", "--run", run, "--sliced", dest, "--dest", out, "--cpu")
+    proc = run_module(PREDICT, "--run", run, "--sliced", dest, "--dest", out, "--cpu")
     assert proc.returncode == 0, proc.stderr
     split = json.loads((dest / "split.json").read_text())
     description = read_dataset(dataset)
@@ -156,17 +158,15 @@ def test_predict_writes_every_case_in_the_source_geometry_with_medpy_metrics(sli
 def test_predict_names_what_is_missing(sliced, tmp_path):
     _, dest = sliced["nnunet"]
     out = tmp_path / "out"
-    no_run = run_script(
-        ROOT / "predict.py", "--run", tmp_path / "none", "--sliced", dest, "--dest", out
-    )
+    no_run = run_module(PREDICT, "--run", tmp_path / "none", "--sliced", dest, "--dest", out)
     assert_clean_error(no_run, f"{tmp_path / 'none' / 'best.pt'}: file not found")
     run = tmp_path / "run"
     save_best(run, "Dimwit", 2, 4, dest)
-    not_sliced = run_script(ROOT / "predict.py", "--run", run, "--sliced", tmp_path, "--dest", out)
+    not_sliced = run_module(PREDICT, "--run", run, "--sliced", tmp_path, "--dest", out)
     assert_clean_error(not_sliced, f"{tmp_path / 'source.json'}: file not found")
     wrong = tmp_path / "wrong"
     save_best(wrong, "Dimwit", 3, 4, dest)  # three input channels, the data has two
-    mismatch = run_script(ROOT / "predict.py", "--run", wrong, "--sliced", dest, "--dest", out)
+    mismatch = run_module(PREDICT, "--run", wrong, "--sliced", dest, "--dest", out)
     assert_clean_error(mismatch, "a network for 3 channels", "has 2 channels")
     assert not out.exists() and not (tmp_path / "out_tmp").exists()
 
@@ -181,10 +181,10 @@ def test_predict_reads_a_moved_dataset_from_source(sliced, tmp_path):
     run = tmp_path / "run"
     save_best(run, "Dimwit", 2, 4, moved)
     out = tmp_path / "out"
-    lost = run_script(ROOT / "predict.py", "--run", run, "--sliced", moved, "--dest", out)
+    lost = run_module(PREDICT, "--run", run, "--sliced", moved, "--dest", out)
     assert_clean_error(lost, f"{tmp_path / 'gone' / dataset.name}: folder not found")
-    found = run_script(
-        ROOT / "predict.py",
+    found = run_module(
+        PREDICT,
         "--run",
         run,
         "--sliced",
@@ -210,9 +210,7 @@ def listing(folder: Path) -> dict[str, bytes]:
 
 
 def predict_cli(run: Path, sliced: Path, dest: Path, *extra: object):
-    return run_script(
-        ROOT / "predict.py", "--run", run, "--sliced", sliced, "--dest", dest, "--cpu", *extra
-    )
+    return run_module(PREDICT, "--run", run, "--sliced", sliced, "--dest", dest, "--cpu", *extra)
 
 
 def test_predict_never_replaces_the_dataset_or_the_run(sliced, tmp_path):
