@@ -8,7 +8,7 @@ GPU, so counting them on the CPU tells what a training step on a GPU would do.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -62,3 +62,22 @@ def _counted(method, reads: list[str]):
         return method(self, *args, **kwargs)
 
     return wrapper
+
+
+def assert_checked_once(
+    monkeypatch: pytest.MonkeyPatch,
+    checked: Callable[[], torch.Tensor],
+    unchecked: Callable[[], torch.Tensor] | None = None,
+    calls: int = 2,
+) -> torch.Tensor:
+    """Assert that `checked()` reads the device back (its value checks run) and that the next
+    `calls` calls of `unchecked()` (default: `checked` again, a loss after its first call) read
+    nothing and give the same tensor. Returns that tensor."""
+    with host_reads(monkeypatch) as reads:
+        first = checked()
+    assert reads, "the checked call reads the checks' results back"
+    with host_reads(monkeypatch) as reads:
+        again = [(unchecked or checked)() for _ in range(calls)]
+    assert reads == [], f"the unchecked calls read {reads} back"
+    assert all(torch.equal(value, first) for value in again)
+    return first

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from boundary_loss.data.loader import (
@@ -16,14 +17,19 @@ from boundary_loss.data.loader import (
     PatientSampler,
     SliceDataset,
     dist_map_transform,
+    dist_maps_on_device,
     gt_transform,
     make_loader,
     normalised_dist_map_transform,
+    normalised_dist_maps_on_device,
     png_transform,
     raw_npy_transform,
     tensor_transform,
 )
+from boundary_loss.maps import distance
 from boundary_loss.maps.distance import one_hot2dist
+from boundary_loss.maps.onehot import class2one_hot
+from tests.host_reads import assert_checked_once
 from tests.sliced_data import make_sliced_dataset
 
 
@@ -59,6 +65,33 @@ def test_gt_and_dist_map_transforms_with_spacing():
     np.testing.assert_array_equal(dist.numpy(), expected)
     normalised = normalised_dist_map_transform((0.5, 2.0, 3.0), 2)(labels)
     assert normalised.abs().amax() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fn", [dist_maps_on_device, normalised_dist_maps_on_device])
+def test_device_transforms_read_nothing_back_without_validation(fn, monkeypatch):
+    """The transforms of a batch on its device (--device_dist_maps, --augment): a training loop
+    checks its first batch (validate=True, the default) and passes validate=False for the next,
+    which read nothing back. Forced on CPU tensors: on the CPU the maps are computed on the host
+    (edt per sample), host work on host data by design, not a wait for a device."""
+    labels = np.zeros((2, 6, 7), dtype=np.int64)
+    labels[0, 2:4, 1:5] = 1
+    labels[1, 1:, 3:] = 1
+    one_hot = torch.stack([gt_transform((1, 1), 2)(sample) for sample in labels])
+    spacing = torch.tensor([[0.5, 2.0], [1.0, 1.0]])
+    on_the_cpu = fn(one_hot, spacing)
+    monkeypatch.setattr(distance, "on_device", lambda tensor: True)
+    maps = assert_checked_once(
+        monkeypatch, lambda: fn(one_hot, spacing), lambda: fn(one_hot, spacing, validate=False)
+    )
+    torch.testing.assert_close(maps, on_the_cpu)
+
+
+def test_gt_transform_is_class2one_hot():
+    labels = np.array([[0, 2, 1], [2, 2, 0]], dtype=np.uint8)
+    onehot = gt_transform((1, 1), 3)(labels)
+    expected = class2one_hot(torch.from_numpy(labels.astype(np.int64))[None], 3)[0]
+    assert onehot.dtype == torch.int32 and torch.equal(onehot, expected)
+    assert torch.equal(onehot, F.one_hot(torch.from_numpy(labels).long(), 3).movedim(-1, 0).int())
 
 
 def test_gt_transform_refuses_0_255_masks_with_the_fix():

@@ -15,6 +15,7 @@ from boundary_loss.maps import distance as utils
 from boundary_loss.maps.distance import one_hot2dist, one_hot2hd_dist
 from boundary_loss.maps.distance_torch import distance_to, one_hot2dist_torch, one_hot2hd_dist_torch
 from boundary_loss.metrics import hd_hd95, hd_hd95_torch
+from tests.host_reads import assert_checked_once
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -138,6 +139,46 @@ def test_one_hot2hd_dist_torch_matches_numpy(device: str) -> None:
 def test_bad_input_is_named(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "signed, dtype",
+    [(True, np.float32), (False, np.float32), (False, np.int32)],
+    ids=["one_hot2dist", "one_hot2hd_dist", "one_hot2hd_dist truncated"],
+)
+def test_device_maps_read_nothing_back_without_validation(signed, dtype, monkeypatch) -> None:
+    """The device path of `distance_maps` (`one_hot2dist_torch`, `one_hot2hd_dist_torch`), as a
+    training step calls it after its first batch (validate=False): nothing is read back, the
+    classes filling their image included (chosen on the device, not listed by `nonzero`). It is
+    forced here on CPU tensors: the CPU path of `distance_maps` computes per sample with edt /
+    scipy, which is host work on host data by design, not a wait for a device."""
+    rng = np.random.default_rng(31)
+    labels = random_labels(rng, (3, 9, 7), 3, "boxes")
+    labels[1] = 2  # class 2 fills sample 1
+    seg = torch.from_numpy(one_hot(labels, 3))
+    spacing = torch.tensor([[0.8, 1.3], [1.0, 1.0], [2.0, 0.5]])
+    monkeypatch.setattr(utils, "on_device", lambda tensor: True)
+    maps = assert_checked_once(
+        monkeypatch,
+        lambda: utils.distance_maps(seg, spacing, signed=signed, dtype=dtype),
+        lambda: utils.distance_maps(seg, spacing, signed=signed, dtype=dtype, validate=False),
+    )
+    transform = one_hot2dist if signed else one_hot2hd_dist
+    expected = [transform(seg[b].numpy(), spacing[b].tolist(), dtype=dtype) for b in range(3)]
+    np.testing.assert_allclose(maps.numpy(), np.stack(expected), rtol=1e-6, atol=1e-5)
+
+
+def test_without_validation_the_input_is_not_read() -> None:
+    """validate=False is for input checked once, or one-hot by construction: what only its
+    values tell is not checked then; its shapes still are."""
+    not_one_hot = torch.ones(1, 2, 3, 3)
+    with pytest.raises(ValueError, match="one-hot"):
+        one_hot2dist_torch(not_one_hot)
+    assert one_hot2dist_torch(not_one_hot, validate=False).shape == (1, 2, 3, 3)
+    with pytest.raises(ValueError, match="positive"):
+        one_hot2hd_dist_torch(torch.ones(1, 2, 3, 3), (1.0, -1.0))
+    with pytest.raises(ValueError, match="one per spatial"):
+        one_hot2dist_torch(torch.eye(2)[None, :, :, None], (1.0,), validate=False)
 
 
 # ------------------------------------------------------------------------- device HD / HD95

@@ -19,7 +19,7 @@ from scipy.ndimage import (
 from boundary_loss.maps.distance import one_hot2dist, one_hot2hd_dist
 from boundary_loss.maps.onehot import class2one_hot, one_hot, probs2class, probs2one_hot, simplex
 from boundary_loss.metrics import dice_batch, dice_coef, hausdorff
-from tests.host_reads import host_reads
+from tests.host_reads import assert_checked_once
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ONE_HOT_MSG = r"(?i)one[-_ ]?hot|simplex"
@@ -605,13 +605,9 @@ def test_dice_without_validation_reads_nothing_back_and_gives_the_same_value(fn,
     the value is the same. The shapes are still checked."""
     label = labels2onehot_torch(DICE_LABEL, 3)
     pred = labels2onehot_torch(DICE_PRED, 3)
-    with host_reads(monkeypatch) as reads:
-        checked = fn(label, pred)
-    assert reads, "validate=True reads the one-hot check's result back"
-    with host_reads(monkeypatch) as reads:
-        unchecked = fn(label, pred, validate=False)
-    assert reads == []
-    assert torch.equal(unchecked, checked)
+    assert_checked_once(
+        monkeypatch, lambda: fn(label, pred), lambda: fn(label, pred, validate=False)
+    )
     with pytest.raises(ValueError, match=r"(?i)shape"):
         fn(label, label[:1], validate=False)
     with pytest.raises(ValueError, match=ONE_HOT_MSG):

@@ -40,6 +40,7 @@ from torch.utils.data import (
 )
 
 from boundary_loss.maps.distance import distance_maps, one_hot2dist
+from boundary_loss.maps.onehot import indices2one_hot
 
 Resolution = tuple[float, ...]
 Transform = Callable[[Resolution, int], Callable[[object], Tensor]]
@@ -117,8 +118,9 @@ def _labels(item: object, K: int) -> Tensor:
 
 
 def _one_hot(item: object, K: int) -> Tensor:
-    """Checked labels (`_labels`) one-hot encoded: `K H W` int32, as utils.class2one_hot."""
-    return torch.nn.functional.one_hot(_labels(item, K), K).movedim(-1, 0).to(torch.int32)
+    """Checked labels (`_labels`) one-hot encoded: `K H W` int32, the encoding of
+    utils.class2one_hot (`onehot.indices2one_hot`, the labels being checked already)."""
+    return indices2one_hot(_labels(item, K)[None], K)[0]
 
 
 def gt_transform(resolution: Resolution, K: int) -> Callable[[object], Tensor]:
@@ -176,15 +178,22 @@ TRANSFORMS: dict[str, Transform] = {
 # reads the one-hot labels (gt_transform) and the distance maps are computed after augmentation.
 
 
-def dist_maps_on_device(one_hot: Tensor, spacing: Tensor) -> Tensor:
+def dist_maps_on_device(one_hot: Tensor, spacing: Tensor, validate: bool = True) -> Tensor:
     """dist_map_transform of a batch: `B K H W` one-hot and `B 2` in-plane spacing -> `B K H W`
-    float32 on the same device (`utils.distance_maps` chooses the transform)."""
-    return distance_maps(one_hot, spacing, dtype=np.float32)
+    float32 on the same device (`utils.distance_maps` chooses the transform).
+
+    `validate`: on an accelerator, check that the batch is one-hot and the spacing's values,
+    which reads them back (a synchronisation): a training loop checks its first batch and
+    passes False for the next. On the CPU the maps are host work, checked either way.
+    """
+    return distance_maps(one_hot, spacing, dtype=np.float32, validate=validate)
 
 
-def normalised_dist_maps_on_device(one_hot: Tensor, spacing: Tensor) -> Tensor:
+def normalised_dist_maps_on_device(
+    one_hot: Tensor, spacing: Tensor, validate: bool = True
+) -> Tensor:
     """normalised_dist_map_transform of a batch (see dist_maps_on_device)."""
-    return _normalise(dist_maps_on_device(one_hot, spacing))
+    return _normalise(dist_maps_on_device(one_hot, spacing, validate))
 
 
 DEVICE_TRANSFORMS: dict[Transform, Callable[[Tensor, Tensor], Tensor]] = {

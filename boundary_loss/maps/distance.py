@@ -281,6 +281,7 @@ def distance_maps(
     *,
     signed: bool = True,
     dtype: DTypeLike = np.float32,
+    validate: bool = True,
 ) -> Tensor:
     """Distance maps of a batch, on the batch's device: the one dispatcher between the torch
     transform (`on_device`) and the per-sample CPU functions.
@@ -293,6 +294,10 @@ def distance_maps(
         dtype: a float dtype, or an integer dtype for distances truncated to integers (the
             original's HausdorffLoss on its int32 prediction; floored on the device, which equals
             the truncation of these non-negative distances).
+        validate: on the device, check the masks (one-hot for the signed maps) and the spacing,
+            which reads them back (a synchronisation); a training step passes False after its
+            first batch, or for masks one-hot by construction. On the CPU the per-sample
+            functions always check them: that is host work on host data, not a wait.
 
     Returns:
         `B K *xyz` tensor on one_hot's device: float32 there; on the CPU of `dtype` when it is a
@@ -301,9 +306,9 @@ def distance_maps(
     B, D = one_hot.shape[0], one_hot.ndim - 2
     if on_device(one_hot):
         maps = (
-            one_hot2dist_torch(one_hot, spacing)
+            one_hot2dist_torch(one_hot, spacing, validate=validate)
             if signed
-            else one_hot2hd_dist_torch(one_hot, spacing)
+            else one_hot2hd_dist_torch(one_hot, spacing, validate=validate)
         )
         return maps if np.issubdtype(np.dtype(dtype), np.floating) else maps.floor()
     rows = np.ones((B, D)) if spacing is None else np.asarray(as_numpy(spacing), np.float64)

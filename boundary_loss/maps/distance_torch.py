@@ -36,8 +36,15 @@ MAX_CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**25}
 SpacingLike = Sequence[float] | Tensor | None
 
 
-def batch_spacing(spacing: SpacingLike, batch: int, ndim: int, device, dtype) -> Tensor:
+def batch_spacing(
+    spacing: SpacingLike, batch: int, ndim: int, device, dtype, *, validate: bool = True
+) -> Tensor:
     """`B ndim` spacing tensor from None, one sequence for all, or a `B ndim` tensor.
+
+    Its shape is checked on every call; `validate` also checks its values where they were
+    given: on the host for a sequence or a CPU tensor, which costs no read of the device; a
+    spacing already on an accelerator is read back, which a caller that checked it once skips
+    (`validate=False`).
 
     Raises:
         ValueError: naming `spacing` and its values: not one value per spatial axis (or one row
@@ -45,7 +52,8 @@ def batch_spacing(spacing: SpacingLike, batch: int, ndim: int, device, dtype) ->
     """
     if spacing is None:
         return torch.ones(batch, ndim, device=device, dtype=dtype)
-    spacing = torch.as_tensor(spacing, dtype=dtype).to(device)
+    given = torch.as_tensor(spacing, dtype=dtype)
+    spacing = given.to(device)
     if spacing.ndim == 1:
         spacing = spacing.expand(batch, -1)
     if spacing.shape != (batch, ndim):
@@ -53,7 +61,7 @@ def batch_spacing(spacing: SpacingLike, batch: int, ndim: int, device, dtype) ->
             f"spacing must have {ndim} values (one per spatial axis) or shape ({batch}, {ndim}), "
             f"got {spacing.tolist()} (shape {tuple(spacing.shape)})"
         )
-    if not bool(torch.all(torch.isfinite(spacing) & (spacing > 0))):
+    if validate and not bool(torch.all(torch.isfinite(given) & (given > 0))):
         raise ValueError(f"spacing values must be finite and positive, got {spacing.tolist()}")
     return spacing
 
@@ -90,6 +98,7 @@ def distance_to(
     *,
     squared: bool = False,
     dtype: torch.dtype = torch.float32,
+    validate: bool = True,
 ) -> Tensor:
     """Euclidean distance from every element to the nearest True element of its image.
 
@@ -100,6 +109,7 @@ def distance_to(
         ndim: number of spatial axes; default every axis but the first.
         squared: return squared distances.
         dtype: float32 (default) or float64.
+        validate: check the spacing's values (`batch_spacing`); nothing else is read.
 
     Returns:
         `mask.shape` tensor of `dtype` on mask's device: 0 on the True elements, inf in an image
@@ -111,7 +121,7 @@ def distance_to(
     if not 1 <= ndim <= mask.ndim - 1:
         raise ValueError(f"mask of shape {tuple(mask.shape)} cannot have {ndim} spatial axes")
     B = mask.shape[0]
-    spacing = batch_spacing(spacing, B, ndim, mask.device, dtype)
+    spacing = batch_spacing(spacing, B, ndim, mask.device, dtype, validate=validate)
     first = mask.ndim - ndim
     axes = sorted(range(first, mask.ndim), key=lambda a: -mask.shape[a])  # longest first
 
@@ -132,15 +142,25 @@ def _virtual_point_distance(shape: Sequence[int], spacing: Tensor) -> Tensor:
 
     `scipy.ndimage.distance_transform_edt` of an all-True array measures each voxel's distance to
     (-1, 0, ..., 0); the original's one_hot2dist inherits it for a class filling the image.
+
+    Args:
+        shape: the spatial shape `*xyz`.
+        spacing: `B ndim`, the spacing of each sample.
+
+    Returns:
+        `B 1 *xyz`: the distances of every sample (computed for all, so that the callers choose
+        the classes filling their image on the device, without reading which they are).
     """
+    B = spacing.shape[0]
     grids = torch.meshgrid(
         *[torch.arange(n, device=spacing.device, dtype=spacing.dtype) for n in shape],
         indexing="ij",
     )
-    sq = ((grids[0] + 1) * spacing[0]) ** 2
+    per_sample = [spacing[:, axis].view(B, *[1] * len(shape)) for axis in range(len(shape))]
+    sq = ((grids[0] + 1) * per_sample[0]) ** 2
     for axis in range(1, len(shape)):
-        sq = sq + (grids[axis] * spacing[axis]) ** 2
-    return sq.sqrt()
+        sq = sq + (grids[axis] * per_sample[axis]) ** 2
+    return sq.sqrt()[:, None]
 
 
 def one_hot2dist_torch(
@@ -149,6 +169,7 @@ def one_hot2dist_torch(
     *,
     spacing_offset: bool = False,
     dtype: torch.dtype = torch.float32,
+    validate: bool = True,
 ) -> Tensor:
     """Signed distance maps of a batch of one-hot label maps: `utils.one_hot2dist` per sample.
 
@@ -162,29 +183,35 @@ def one_hot2dist_torch(
         spacing: one value per spatial axis, a `B ndim` tensor (per sample), or None (1).
         spacing_offset: as in `utils.one_hot2dist`.
         dtype: float32 (default) or float64.
+        validate: check that seg is one-hot and the spacing's values, which reads them back
+            from the device (a synchronisation); False (a training step after its first batch,
+            or seg one-hot by construction) reads nothing. The shapes are checked either way.
 
     Returns:
         `B K *spatial` tensor of `dtype` on seg's device, equal to `utils.one_hot2dist(seg[b],
         spacing[b], dtype)` for every b (to float rounding).
 
     Raises:
-        ValueError: seg is not one-hot along axis 1, or a spacing of the wrong shape or value.
+        ValueError: seg of the wrong rank, a spacing of the wrong shape; with `validate`, seg
+            not one-hot along axis 1 or a spacing value that is not finite and positive.
     """
     if seg.ndim < 3:
         raise ValueError(f"seg must be B x K x spatial, got shape {tuple(seg.shape)}")
     B, K, *xyz = seg.shape
     masks = seg.bool()
-    if not (bool(torch.all((seg == 0) | (seg == 1))) and bool(torch.all(masks.sum(1) == 1))):
+    if validate and not (
+        bool(torch.all((seg == 0) | (seg == 1))) and bool(torch.all(masks.sum(1) == 1))
+    ):
         raise ValueError(
             f"seg must be one-hot along axis 1 (B x K x spatial, values 0/1 summing to 1), got "
             f"shape {tuple(seg.shape)}, dtype {seg.dtype}"
         )
     ndim = len(xyz)
-    spacing = batch_spacing(spacing, B, ndim, seg.device, dtype)
+    spacing = batch_spacing(spacing, B, ndim, seg.device, dtype, validate=validate)
     offset = spacing.amin(1) if spacing_offset else torch.ones(B, device=seg.device, dtype=dtype)
     offset = offset.view(B, 1, *[1] * ndim)
 
-    outside = distance_to(masks, spacing, ndim, dtype=dtype)  # B K *xyz, to class k
+    outside = distance_to(masks, spacing, ndim, dtype=dtype, validate=False)  # B K *xyz
     # Every voxel belongs to one class, so the distance to "not k" is the distance to the
     # nearest other class: the smallest of the others' maps, with no second transform per class
     # (utils.one_hot2dist does the same). The smallest map is 0 on the voxel's own class.
@@ -198,26 +225,26 @@ def one_hot2dist_torch(
     present = masks.flatten(2).any(-1)  # B K
     res = torch.where(present.view(B, K, *[1] * ndim), res, 0)
 
-    full = masks.flatten(2).all(-1)  # B K: a class filling its image
-    for b, k in full.nonzero().tolist():
-        res[b, k] = offset[b, 0] - _virtual_point_distance(xyz, spacing[b])
-    return res
+    full = masks.flatten(2).all(-1).view(B, K, *[1] * ndim)  # a class filling its image
+    return torch.where(full, offset - _virtual_point_distance(xyz, spacing), res)
 
 
-def one_hot2hd_dist_torch(seg: Tensor, spacing: SpacingLike = None) -> Tensor:
+def one_hot2hd_dist_torch(
+    seg: Tensor, spacing: SpacingLike = None, *, validate: bool = True
+) -> Tensor:
     """`utils.one_hot2hd_dist` per sample, float32: inside each mask, the distance to the
     nearest voxel outside it; 0 elsewhere (scipy's virtual-point distance for a full mask).
 
     Args:
         seg: binary tensor `B K *spatial` (need not be one-hot).
         spacing: as in `one_hot2dist_torch`.
+        validate: check the spacing's values (`batch_spacing`); nothing else is read.
     """
     if seg.ndim < 3:
         raise ValueError(f"seg must be B x K x spatial, got shape {tuple(seg.shape)}")
     B, K, *xyz = seg.shape
     masks = seg.bool()
-    spacing = batch_spacing(spacing, B, len(xyz), seg.device, torch.float32)
-    res = torch.where(masks, distance_to(~masks, spacing, len(xyz)), 0)
-    for b, k in masks.flatten(2).all(-1).nonzero().tolist():
-        res[b, k] = _virtual_point_distance(xyz, spacing[b])
-    return res
+    spacing = batch_spacing(spacing, B, len(xyz), seg.device, torch.float32, validate=validate)
+    res = torch.where(masks, distance_to(~masks, spacing, len(xyz), validate=False), 0)
+    full = masks.flatten(2).all(-1).view(B, K, *[1] * len(xyz))  # a mask filling its image
+    return torch.where(full, _virtual_point_distance(xyz, spacing), res)

@@ -5,8 +5,9 @@ over K (`simplex`); one-hot encodings are `torch.int32` (`class2one_hot`, `probs
 The names, signatures and behaviour are the original's (Kervadec et al., MIDL 2019 / MedIA 2021).
 
 Each `check_*` reads the tensor's values, a device-to-host synchronisation: callers on the
-training path run them once, not per batch. User input is validated with `ValueError` (never
-`assert`, which `python -O` removes).
+training path run them once, not per batch, and encode labels with `indices2one_hot`, which
+reads nothing. User input is validated with `ValueError` (never `assert`, which `python -O`
+removes).
 """
 
 from __future__ import annotations
@@ -135,9 +136,28 @@ def class2one_hot(seg: Tensor, K: int) -> Tensor:
             f"({describe(seg)}).{hint}"
         )
 
-    b, *img_shape = seg.shape
-    index = seg.to(torch.int64)[:, None, ...]
-    res = torch.zeros((b, K, *img_shape), dtype=torch.int32, device=seg.device)
+    return indices2one_hot(seg, K)
+
+
+def indices2one_hot(labels: Tensor, K: int) -> Tensor:
+    """One-hot encode class indices without reading them: the encoding of `class2one_hot`,
+    unchecked, for the training path.
+
+    A scatter, so nothing is read back from the device (`F.one_hot` reads the labels' extremes
+    on the CPU): an index outside 0..K-1 makes the scatter raise RuntimeError on the CPU and
+    stops a GPU kernel with an assertion; callers that want a message naming the values check
+    them first (`class2one_hot`) or on that failure (`label_losses.one_hot_labels`).
+
+    Args:
+        labels: `B *xyz` integer class indices (any integer dtype, or integral floats).
+        K: number of classes.
+
+    Returns:
+        `B K *xyz` torch.int32 one-hot tensor on labels' device, contiguous.
+    """
+    b, *img_shape = labels.shape
+    index = labels.to(torch.int64)[:, None, ...]
+    res = torch.zeros((b, K, *img_shape), dtype=torch.int32, device=labels.device)
     return res.scatter_(1, index, 1)
 
 
