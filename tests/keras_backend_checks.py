@@ -249,7 +249,7 @@ def test_half_precision_probabilities_get_the_tolerance_of_their_dtype():
     [
         (
             "idc",
-            r"SurfaceLoss: idc \[2\] out of range for 2 classes in y_pred \(shape "
+            r"SurfaceLoss: idc: \[2\] outside the 2 classes of y_pred \(shape "
             r"\(2, 8, 8, 2\)\)",
         ),
         (
@@ -263,9 +263,9 @@ def test_half_precision_probabilities_get_the_tolerance_of_their_dtype():
             r"\(2, 8, 2\)",
         ),
         ("empty", r"SurfaceLoss: y_pred is empty, shape \(0, 8, 8, 2\)"),
-        ("gdl idc", r"GeneralizedDiceLoss: idc \[0, 3\] out of range for 2 classes"),
-        ("region_idc", r"RegionBoundaryLoss: region_idc \[0, 2\] out of range for 2 classes"),
-        ("boundary_idc", r"RegionBoundaryLoss: boundary_idc \[5\] out of range for 2 classes"),
+        ("gdl idc", r"GeneralizedDiceLoss: idc: \[3\] outside the 2 classes of y_pred"),
+        ("region_idc", r"RegionBoundaryLoss: region_idc: \[2\] outside the 2 classes of y_pred"),
+        ("boundary_idc", r"RegionBoundaryLoss: boundary_idc: \[5\] outside the 2 classes"),
         (
             "compound grid",
             r"RegionBoundaryLoss: y_true shape \(2, 8, 6, 4\) does not match "
@@ -329,7 +329,10 @@ def test_dist_maps_refuses_1d_labels_and_an_empty_batch(labels, K, message):
             "weights: expected two finite numbers >= 0",
         ),
         (lambda: kl.RegionBoundaryLoss(weights=[1.0, False]), r"weights: .* got \[1.0, False\]"),
-        (lambda: kl.SurfaceLoss(idc=[True]), r"idc: expected a list of class indices"),
+        (
+            lambda: kl.SurfaceLoss(idc=[True]),
+            r"SurfaceLoss: idc must be a list of class indices, got \[True\]",
+        ),
         (lambda: kl.SurfaceLoss(validate="yes"), "validate: expected True or False, got 'yes'"),
         (
             lambda: kl.AlphaScheduler(kl.RegionBoundaryLoss(), step_size=float("nan")),

@@ -20,6 +20,7 @@ from boundary_loss.losses.idc_losses import LOSSES, AdjacencyEstimator, NonAdjac
 from boundary_loss.maps.adjacency import count_adjacency, forbidden_pairs, read_graph
 from boundary_loss.metrics import forbidden_adjacencies
 from boundary_loss.preprocessing.extract_adjacency import extract, main
+from tests.host_reads import assert_checked_once
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -333,7 +334,10 @@ def test_loss_through_get_loss_with_a_graph_file(tmp_path):
         ({"graph": [[1, 0, 2], [0, 1, 2]]}, r"square K x K matrix of counts, got \(2, 3\)"),
         ({"graph": [[1, -1], [-1, 1]]}, "non-negative integer counts"),
         ({"graph": "/nonexistent/graph.csv"}, "cannot read the adjacency graph /nonexistent"),
-        ({"graph": GRAPH_12, "idc": [0, 3]}, r"idc \[0, 3\] out of range for the 3 classes"),
+        (
+            {"graph": GRAPH_12, "idc": [0, 3]},
+            r"NonAdjacencyLoss: idc: \[3\] outside the 3 classes of the graph",
+        ),
         ({"graph": GRAPH_12, "lambda_": -2}, "lambda_ must be a finite non-negative number"),
     ],
 )
@@ -509,3 +513,17 @@ def test_cli_as_a_script(volumes, tmp_path):
     assert result.returncode == 1
     assert "error: " in result.stderr and "outside the 2 classes" in result.stderr
     assert not (tmp_path / "graph").exists()
+
+
+def test_loss_reads_nothing_back_after_its_first_call(monkeypatch):
+    """The simplex check of probs reads the device on the first call (or every call with
+    validate=True); the estimator and the penalty read nothing."""
+    probs, _ = random_probs((2, 3, 6, 5))
+    loss = NonAdjacencyLoss(idc=[0, 1, 2], graph=GRAPH_12)
+    assert_checked_once(monkeypatch, lambda: loss(probs))
+    with pytest.raises(ValueError, match="not a probability simplex"):
+        NonAdjacencyLoss(idc=[0, 1, 2], graph=GRAPH_12, validate=True)(probs * 2)
+    validating = NonAdjacencyLoss(idc=[0, 1, 2], graph=GRAPH_12, validate=True)
+    validating(probs)
+    with pytest.raises(ValueError, match="not a probability simplex"):
+        validating(probs * 2)

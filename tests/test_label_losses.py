@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from boundary_loss.losses import label_losses
 from boundary_loss.losses.idc_losses import GeneralizedDice, SurfaceLoss
 from boundary_loss.losses.label_losses import LabelBoundaryLoss, RegionBoundaryLoss
+from boundary_loss.maps import distance
 from boundary_loss.maps.distance import one_hot2dist
-from tests.host_reads import host_reads
+from tests.host_reads import assert_checked_once, host_reads
 
 
 def batch(shape: tuple[int, ...], K: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,8 +140,19 @@ def test_steal_floors_the_region_weight_and_state_resumes():
         ({"alpha": True}, "alpha: expected a finite number >= 0, got True"),
         ({"step_size": False}, "step_size: expected a finite number >= 0, got False"),
         ({"alpha": float("nan")}, "alpha: expected a finite number >= 0, got nan"),
-        ({"boundary_idc": "1"}, "boundary_idc: expected a list of class indices"),
-        ({"region_idc": [True]}, "region_idc: expected a list of class indices"),
+        (
+            {"boundary_idc": "1"},
+            "RegionBoundaryLoss: boundary_idc must be a list of class indices, got '1'",
+        ),
+        (
+            {"region_idc": [True]},
+            r"RegionBoundaryLoss: region_idc must be a list of class indices, got \[True\]",
+        ),
+        (
+            {"region_idc": [-1]},
+            r"RegionBoundaryLoss: region_idc must be class indices >= 0, got \[-1\]",
+        ),
+        ({"boundary_idc": []}, r"boundary_idc must name at least one class, got \[\]"),
         ({"validate": "yes"}, "validate: expected True or False, got 'yes'"),
     ],
 )
@@ -271,18 +282,16 @@ def test_meta_tensors_are_refused_naming_the_argument_and_the_device(meta):
     [
         (
             lambda: LabelBoundaryLoss([2]),
-            r"idc: \[2\] outside the 2 classes of inputs \(shape "
+            r"LabelBoundaryLoss: idc: \[2\] outside the 2 classes of inputs \(shape "
             r"\(2, 2, 8, 8\)\)",
         ),
         (
             lambda: RegionBoundaryLoss("gdl", region_idc=[0, 3]),
-            r"region_idc: \[0, 3\] outside "
-            r"the 2 classes",
+            r"RegionBoundaryLoss: region_idc: \[3\] outside the 2 classes of inputs",
         ),
         (
             lambda: RegionBoundaryLoss("ce", boundary_idc=[2]),
-            r"boundary_idc: \[2\] outside the "
-            r"2 classes",
+            r"RegionBoundaryLoss: boundary_idc: \[2\] outside the 2 classes of inputs",
         ),
     ],
     ids=["idc", "region_idc", "boundary_idc"],
@@ -295,29 +304,33 @@ def test_idc_beyond_the_classes_is_refused_on_every_call(make, message):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: LabelBoundaryLoss([1]), lambda: RegionBoundaryLoss()],
-    ids=["LabelBoundaryLoss", "RegionBoundaryLoss"],
+    [
+        lambda: LabelBoundaryLoss([1]),
+        lambda: LabelBoundaryLoss([1], spacing_offset=True),
+        lambda: RegionBoundaryLoss(),
+    ],
+    ids=["LabelBoundaryLoss", "spacing_offset", "RegionBoundaryLoss"],
 )
 def test_after_the_first_call_nothing_is_read_back_from_the_device(make, monkeypatch):
-    """The value checks read the device back once, on the first call; the next calls read
-    nothing. The distance transform is set aside: on the CPU it is computed by the host (edt /
-    scipy) by design, on a GPU by `distance_torch` (whose own reads are its business)."""
+    """The value checks (labels, probabilities, spacing) read the device back once, on the
+    first call; the next calls read nothing. The maps are computed by the transform of an
+    accelerator (`distance_torch`), forced here on CPU tensors: on the CPU the loss computes
+    them on the host (edt / scipy, `distance.one_hot2dist`), which is host work on host data by
+    design, not a wait for a device."""
     logits, labels = batch((2, 16, 16), 2, seed=9)
-    transform = label_losses.distance_maps
-    monkeypatch.setattr(
-        label_losses, "distance_maps", lambda one_hot, spacing: torch.zeros(one_hot.shape)
-    )
+    spacing = torch.tensor([[0.9, 1.2], [1.0, 0.7]])
+    on_the_cpu = make()(logits, labels, spacing)
+    monkeypatch.setattr(distance, "on_device", lambda tensor: True)
     loss = make()
+    first = assert_checked_once(monkeypatch, lambda: loss(logits, labels, spacing))
+    # The device's transform gives the maps of the CPU's, to float32 rounding.
+    torch.testing.assert_close(first, on_the_cpu)
+    validating = make()
+    validating.validate = True
+    validating(logits, labels, spacing)
     with host_reads(monkeypatch) as reads:
-        first = loss(logits, labels)
-    assert reads, "the first call reads the checks' result back"
-    with host_reads(monkeypatch) as reads:
-        again = [loss(logits, labels) for _ in range(2)]
-    assert reads == []
-    assert all(torch.equal(value, first) for value in again)
-    # The loss takes the same value with the real transform, checked or not.
-    monkeypatch.setattr(label_losses, "distance_maps", transform)
-    assert torch.equal(make()(logits, labels), loss(logits, labels))
+        validating(logits, labels, spacing)
+    assert reads, "validate=True checks every call"
 
 
 def test_values_are_checked_on_the_first_call_or_every_call_with_validate():

@@ -22,6 +22,8 @@ from boundary_loss.losses.idc_losses import (
     SurfaceLoss,
     get_loss,
 )
+from boundary_loss.maps import distance
+from tests.host_reads import assert_checked_once, host_reads
 
 EPS = 1e-10
 
@@ -326,7 +328,10 @@ def test_bad_calls(name):
         loss(probs, target[..., :3])
     with pytest.raises(ValueError, match="target is not a probability simplex"):
         loss(probs, target * 255)
-    with pytest.raises(ValueError, match="out of range for 2 classes"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{name}: idc: \[2\] outside the 2 classes of probs \(shape \(2, 2, 4, 4\)\)",
+    ):
         get_loss(name, idc=[0, 2])(probs, target)
     with pytest.raises(ValueError, match="B x K x spatial"):
         loss(probs[0, 0], target[0, 0])
@@ -378,3 +383,98 @@ def test_compound_loss_skips_zero_weights_and_logs_them_as_nan():
     assert values[0] is not None
     with pytest.raises(ValueError, match="one target and one weight per loss"):
         compound(probs, [labels], [1.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Host reads: the value checks read the device on the first call only (or with validate=True)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("CrossEntropy", {}),
+        ("GeneralizedDice", {}),
+        ("DiceLoss", {}),
+        ("FocalLoss", {"gamma": 2}),
+        ("SurfaceLoss", {}),
+        ("HausdorffLoss", {}),
+        ("HausdorffLoss", {"pred_dist": "exact"}),
+    ],
+)
+def test_after_the_first_call_nothing_is_read_back_from_the_device(name, kwargs, monkeypatch):
+    """The first call reads the value checks' results back; the next calls read nothing, and
+    give the same value. HausdorffLoss's maps come from the transform of an accelerator
+    (`distance_torch`), forced here on CPU tensors: on the CPU they are computed on the host
+    (edt / scipy per sample), which is host work on host data by design, not a device wait."""
+    monkeypatch.setattr(distance, "on_device", lambda tensor: True)
+    probs, target = random_case((8, 8), 3, seed=21)
+    if name == "SurfaceLoss":
+        target = torch.randn(target.shape, generator=torch.Generator().manual_seed(3))
+    loss = get_loss(name, idc=[0, 2], **kwargs)
+    first = assert_checked_once(monkeypatch, lambda: loss(probs, target))
+    validating = get_loss(name, idc=[0, 2], validate=True, **kwargs)
+    validating(probs, target)
+    with host_reads(monkeypatch) as reads:
+        assert torch.equal(validating(probs, target), first)
+    assert reads, "validate=True checks every call"
+
+
+def test_values_are_checked_on_the_first_call_or_every_call_with_validate():
+    probs, target = random_case((4, 4), 2, seed=22)
+    nan_probs = probs.clone()
+    nan_probs[0, 1, 0, 0] = math.nan
+    makers = (lambda **kw: CrossEntropy(idc=[0, 1], **kw), lambda **kw: DiceLoss(idc=[1], **kw))
+    for make in makers:
+        once, every = make(), make(validate=True)
+        with pytest.raises(ValueError, match="probs is not a probability simplex"):
+            once(probs * 2, target)  # a first call that fails stays a first call
+        once(probs, target), every(probs, target)
+        # Later, NaN probabilities give a NaN loss (nothing is read back) unless validate=True.
+        assert torch.isnan(once(nan_probs, target))
+        with pytest.raises(ValueError, match="probs is not a probability simplex"):
+            every(nan_probs, target)
+        with pytest.raises(ValueError, match="target is not a probability simplex"):
+            every(probs, target * 255)
+        # What the shapes tell is checked on every call.
+        with pytest.raises(ValueError, match="same shape"):
+            once(probs, target[..., :3])
+    surface, validating = SurfaceLoss(idc=[1]), SurfaceLoss(idc=[1], validate=True)
+    maps = torch.randn(target.shape, generator=torch.Generator().manual_seed(4))
+    surface(probs, maps), validating(probs, maps)
+    assert torch.isfinite(surface(probs, target))  # labels as maps: not read back any more
+    with pytest.raises(ValueError, match="dist_maps is one-hot"):
+        validating(probs, target)
+
+
+def test_validate_must_be_a_bool():
+    with pytest.raises(ValueError, match="CrossEntropy: validate: expected True or False"):
+        CrossEntropy(idc=[0], validate="yes")
+    with pytest.raises(ValueError, match=r"CrossEntropy: idc must be a list .* got \[True\]"):
+        CrossEntropy(idc=[True])
+
+
+def test_compound_loss_reads_nothing_and_its_raw_terms_stay_on_the_device(monkeypatch):
+    from boundary_loss.losses.idc_losses import CompoundLoss
+
+    probs, target = random_case((8, 8), 2, seed=23)
+    maps = torch.randn(target.shape, generator=torch.Generator().manual_seed(5))
+    compound = CompoundLoss(
+        [GeneralizedDice(idc=[0, 1]), SurfaceLoss(idc=[1]), CrossEntropy(idc=[0, 1])],
+        ["GeneralizedDice", "SurfaceLoss", "CrossEntropy"],
+    )
+    weights = [1.0, 0.01, 0.0]
+    first, first_values = compound(probs, [target, maps, target], weights)
+    with host_reads(monkeypatch) as reads:
+        total, values = compound(probs, [target, maps, target], weights)
+        raw = compound.raw_tensor(values)
+    assert reads == []
+    assert torch.equal(total, first) and values[2] is None
+    assert raw.dtype == torch.float32 and raw.shape == (3,) and math.isnan(raw[2])
+    assert torch.equal(raw[:2], torch.stack([v.float() for v in first_values[:2]]))
+    # `raw` is the same terms read back as floats.
+    floats = compound.raw(values)
+    assert floats[:2] == raw[:2].tolist() and math.isnan(floats[2])
+    none = CompoundLoss.raw_tensor([None, None])
+    assert none.shape == (2,) and torch.isnan(none).all()
+    assert CompoundLoss.raw([]) == [] and CompoundLoss.raw_tensor([]).shape == (0,)

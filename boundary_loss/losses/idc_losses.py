@@ -22,6 +22,12 @@ sums negative values. Only its gradient matters; used alone from scratch it can 
 empty prediction, which is why it is paired with a regional loss and its weight scheduled.
 
 Inputs are validated with ValueError naming the argument and its shape (`python -O` keeps it).
+What the types, shapes and `idc` tell is checked on every call, without reading the device. What
+needs the values (probabilities summing to one, a one-hot target, distance maps that are not the
+labels) is read back from the device, a synchronisation: it is checked on the first call of each
+loss object, or on every call with `validate=True` (the rule of `label_losses`). After the first
+call, NaN inputs give a NaN loss.
+
 Computation is in float32, as the original's `.type(torch.float32)`, whatever the input dtype
 (half precision from autocast included); FocalLoss, like the original's, keeps float64 inputs in
 float64.
@@ -32,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from numbers import Real
 
 import numpy as np
@@ -40,9 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, einsum
 
+from boundary_loss.losses.checks import check_flag, check_idc, check_idc_range
 from boundary_loss.maps.adjacency import as_graph, forbidden_pairs
 from boundary_loss.maps.distance import distance_maps
-from boundary_loss.maps.onehot import check_same_shape, check_simplex, one_hot, probs2one_hot
+from boundary_loss.maps.onehot import check_same_shape, check_simplex, indices2one_hot, one_hot
 
 EPS = 1e-10
 
@@ -50,36 +57,45 @@ EPS = 1e-10
 class _IdcLoss:
     """Base of the losses: holds and checks `idc`, validates the inputs of each call.
 
+    Args:
+        idc: the class indices supervised (negative ones count from the end, as the original).
+        validate: check the values (probabilities summing to one, the target's) on every call, a
+            device-to-host synchronisation each; False (the default): on the first call only.
+            Types, shapes and `idc` are checked on every call either way.
+
     `target` says what the second argument of a call is: "one-hot" labels, a signed
     "distance map", or None (the loss needs no ground truth); the training checks it against
     the `is_hot` flag of the loss's `--folders` entry."""
 
     target: str | None = "one-hot"
 
-    def __init__(self, *, idc: Sequence[int], **unknown: object) -> None:
+    def __init__(self, *, idc: Sequence[int], validate: bool = False, **unknown: object) -> None:
+        name = type(self).__name__
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}; it takes "
-                f"{self._arguments()}"
+                f"{name}: unknown argument(s) {sorted(unknown)}; it takes {self._arguments()}"
             )
-        valid = isinstance(idc, Iterable) and not isinstance(idc, str)
-        valid = valid and all(isinstance(i, int | np.integer) for i in idc)
-        if not valid:
-            raise ValueError(
-                f"{type(self).__name__}: idc must be a list of class indices, got {idc!r}"
-            )
-        if len(idc) == 0:
-            raise ValueError(f"{type(self).__name__}: idc must name at least one class")
-        self.idc: list[int] = list(idc)
+        self.idc: list[int] = check_idc(idc, f"{name}: idc", negative=True)
+        self.validate = check_flag(validate, f"{name}: validate")
+        self._values_checked = False  # the value checks passed once
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(idc={self.idc})"
 
     @classmethod
     def _arguments(cls) -> str:
-        return "idc"
+        return "idc, validate"
+
+    def _check(self, probs: Tensor, target: object) -> None:
+        """The checks of a call: `_check_static` always, `_check_values` (which reads the
+        device) on the first call that passes them, or on every call with `validate`."""
+        self._check_static(probs, target)
+        if self.validate or not self._values_checked:
+            self._check_values(probs, target)
+            self._values_checked = True
 
     def _check_probs(self, probs: Tensor) -> None:
+        """probs a `B K *xyz` tensor holding the classes `idc`: from its type and shape."""
         name = type(self).__name__
         if not torch.is_tensor(probs):
             raise TypeError(f"{name}: probs must be a torch.Tensor, got {type(probs).__name__}")
@@ -87,15 +103,18 @@ class _IdcLoss:
             raise ValueError(
                 f"{name}: probs must be a B x K x spatial tensor, got {tuple(probs.shape)}"
             )
-        K = probs.shape[1]
-        if not all(-K <= i < K for i in self.idc):
-            raise ValueError(f"{name}: idc {self.idc} out of range for {K} classes in probs")
-        check_simplex(probs, f"{name}: probs")
+        where = f"probs (shape {tuple(probs.shape)})"
+        check_idc_range(self.idc, probs.shape[1], f"{name}: idc", where, negative=True)
 
-    def _check(self, probs: Tensor, target: Tensor) -> None:
+    def _check_static(self, probs: Tensor, target: Tensor) -> None:
+        """What the types and shapes tell: nothing is read from the device."""
         self._check_probs(probs)
+        check_same_shape(probs, target, (f"{type(self).__name__}: probs", "target"))
+
+    def _check_values(self, probs: Tensor, target: Tensor) -> None:
+        """What needs the values, read back from the device: probs and target sum to one."""
         name = type(self).__name__
-        check_same_shape(probs, target, (f"{name}: probs", "target"))
+        check_simplex(probs, f"{name}: probs")
         check_simplex(target, f"{name}: target")
 
     @staticmethod
@@ -171,7 +190,7 @@ class SurfaceLoss(_IdcLoss):
 
     target = "distance map"
 
-    def __call__(self, probs: Tensor, dist_maps: Tensor) -> Tensor:
+    def _check_static(self, probs: Tensor, dist_maps: Tensor) -> None:
         self._check_probs(probs)
         name = type(self).__name__
         if not torch.is_tensor(dist_maps):
@@ -179,17 +198,45 @@ class SurfaceLoss(_IdcLoss):
                 f"{name}: dist_maps must be a torch.Tensor, got {type(dist_maps).__name__}"
             )
         check_same_shape(probs, dist_maps, (f"{name}: probs", "dist_maps"))
+
+    def _check_values(self, probs: Tensor, dist_maps: Tensor) -> None:
+        name = type(self).__name__
+        check_simplex(probs, f"{name}: probs")
         if one_hot(dist_maps):
             raise ValueError(
                 f"{name}: dist_maps is one-hot ({tuple(dist_maps.shape)}): it expects the signed "
                 "distance maps (dist_map_transform), not the labels"
             )
-        pc = self._float(probs[:, self.idc, ...])
-        dc = self._float(dist_maps[:, self.idc, ...])
-        return einsum("bk...,bk...->bk...", pc, dc).mean()
+
+    def __call__(self, probs: Tensor, dist_maps: Tensor) -> Tensor:
+        self._check(probs, dist_maps)
+        return boundary_term(probs, dist_maps, self.idc)
 
 
 BoundaryLoss = SurfaceLoss
+
+
+def _mean_product(a: Tensor, b: Tensor) -> Tensor:
+    """mean(a * b) of two `B K *xyz` tensors, in the einsum the original's losses write."""
+    return einsum("bk...,bk...->bk...", a, b).mean()
+
+
+def boundary_term(probs: Tensor, dist_maps: Tensor, idc: Sequence[int]) -> Tensor:
+    """The boundary loss's value, mean(p * d) over the classes `idc`, in float32, unchecked:
+    the one computation of `SurfaceLoss` and of the losses on labels
+    (`label_losses.LabelBoundaryLoss`, `RegionBoundaryLoss`).
+
+    Args:
+        probs: probabilities `B K *xyz`.
+        dist_maps: the signed distance maps `B K *xyz`.
+        idc: the classes supervised.
+
+    Returns:
+        A scalar float32 tensor.
+    """
+    pc = probs[:, idc, ...].to(torch.float32)
+    dc = dist_maps[:, idc, ...].to(torch.float32)
+    return _mean_product(pc, dc)
 
 
 class FocalLoss(_IdcLoss):
@@ -211,7 +258,7 @@ class FocalLoss(_IdcLoss):
 
     @classmethod
     def _arguments(cls) -> str:
-        return "idc, gamma"
+        return "idc, gamma, validate"
 
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
@@ -251,17 +298,19 @@ class HausdorffLoss(_IdcLoss):
 
     @classmethod
     def _arguments(cls) -> str:
-        return "idc, pred_dist"
+        return "idc, pred_dist, validate"
 
     def __call__(self, probs: Tensor, target: Tensor) -> Tensor:
         self._check(probs, target)
         pc = self._float(probs[:, self.idc, ...])  # B K' *xyz
         tc = self._float(target[:, self.idc, ...])
-        pred = probs2one_hot(probs.detach())[:, self.idc, ...]  # B K' *xyz int32
+        # The argmax prediction one-hot (`probs2one_hot`, without its checks: done by _check).
+        predicted = indices2one_hot(probs.detach().argmax(dim=1), probs.shape[1])
+        pred = predicted[:, self.idc, ...]  # B K' *xyz int32
         tdm, pdm = self.distance_maps(tc.detach(), pred)
         delta = (pc - tc) ** 2
         dtm = tdm.to(pc.dtype) ** 2 + pdm.to(pc.dtype) ** 2
-        return einsum("bk...,bk...->bk...", delta, dtm).mean()
+        return _mean_product(delta, dtm)
 
     def distance_maps(self, target: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
         """Dt and Dp (`B K' *xyz`, in pixels), where the tensors are (`utils.distance_maps`).
@@ -380,10 +429,8 @@ class NonAdjacencyLoss(_IdcLoss):
         except ValueError as error:
             raise ValueError(f"NonAdjacencyLoss: {error}") from None
         K = self.graph.shape[0]
-        if not all(-K <= i < K for i in self.idc):
-            raise ValueError(
-                f"NonAdjacencyLoss: idc {self.idc} out of range for the {K} classes of the graph"
-            )
+        where = f"the graph {self.graph_source}" if self.graph_source else "the graph"
+        check_idc_range(self.idc, K, "NonAdjacencyLoss: idc", where, negative=True)
         constrained = np.zeros((K, K), dtype=bool)
         classes = [i % K for i in self.idc]
         constrained[np.ix_(classes, classes)] = True
@@ -421,9 +468,9 @@ class NonAdjacencyLoss(_IdcLoss):
 
     @classmethod
     def _arguments(cls) -> str:
-        return "idc, graph, lambda_"
+        return "idc, graph, lambda_, validate"
 
-    def __call__(self, probs: Tensor, target: object = None) -> Tensor:
+    def _check_static(self, probs: Tensor, target: object) -> None:
         self._check_probs(probs)
         B, K, *xyz = probs.shape
         if K != len(self.graph):
@@ -435,6 +482,13 @@ class NonAdjacencyLoss(_IdcLoss):
             raise ValueError(
                 f"NonAdjacencyLoss: probs must be B K H W or B K X Y Z, got {tuple(probs.shape)}"
             )
+
+    def _check_values(self, probs: Tensor, target: object) -> None:
+        check_simplex(probs, "NonAdjacencyLoss: probs")
+
+    def __call__(self, probs: Tensor, target: object = None) -> Tensor:
+        self._check(probs, target)
+        B, K, *xyz = probs.shape
         p = self._float(probs)  # B K *xyz
         adjacency = AdjacencyEstimator(K, dims=len(xyz))(p)  # K K
         if self.n_forbidden == 0:
@@ -463,6 +517,10 @@ class CompoundLoss:
     nothing. Its raw value is logged as NaN. A scheduler that sets a weight from the term's raw
     value (the adjacency weight controller) needs every term: `skip_zero=False` computes them
     all, the zero-weight ones adding 0 to the sum.
+
+    A call reads nothing back from the device beyond its losses' own value checks (their first
+    call, see the module docstring): the terms stay tensors. `raw_tensor` stacks them on the
+    device for the logs; `raw` reads them as floats, one synchronisation for all.
 
     Args:
         losses: the loss objects, in order.
@@ -512,13 +570,29 @@ class CompoundLoss:
         return (sum(terms) if terms else None), values
 
     @staticmethod
-    def raw(values: Sequence[Tensor | None]) -> list[float]:
-        """The terms as floats for the logs, NaN where a term was skipped."""
+    def raw_tensor(values: Sequence[Tensor | None], device: torch.device | None = None) -> Tensor:
+        """The terms stacked, detached, float32, NaN where a term was skipped: on the terms'
+        device, read nothing back (a training loop adds them up there and reads the epoch's
+        sums once).
+
+        Args:
+            values: the terms of a call.
+            device: where the result goes when every term was skipped (default: the CPU).
+
+        Returns:
+            A float32 vector of one value per loss.
+        """
         computed = [v for v in values if v is not None]
-        floats = iter(
-            torch.stack([v.detach().float() for v in computed]).tolist() if computed else []
-        )
-        return [next(floats) if v is not None else math.nan for v in values]
+        device = computed[0].device if computed else device
+        skipped = torch.full((), math.nan, dtype=torch.float32, device=device)
+        terms = [skipped if v is None else v.detach().float() for v in values]
+        return torch.stack(terms) if terms else torch.empty(0, device=device)
+
+    @staticmethod
+    def raw(values: Sequence[Tensor | None]) -> list[float]:
+        """The terms as floats for the logs, NaN where a term was skipped: `raw_tensor` read
+        back, one synchronisation."""
+        return CompoundLoss.raw_tensor(values).tolist()
 
 
 def get_loss(name: str, **kwargs) -> _IdcLoss:

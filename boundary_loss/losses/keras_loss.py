@@ -41,11 +41,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from boundary_loss.losses.label_losses import check_weight
+from boundary_loss.losses.checks import (
+    check_flag,
+    check_idc_range,
+    check_optional_idc,
+    check_weight,
+)
+from boundary_loss.losses.weight_schedules import SCHEDULES
 from boundary_loss.maps.distance import one_hot2dist
 
 EPS = 1e-10
-SCHEDULES = ("steal", "add", "constant")
 # Machine epsilon of the half-precision dtypes: `utils.simplex`'s tolerance on their sums.
 HALF_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
 
@@ -155,17 +160,6 @@ def _classes(tensor, idc: Sequence[int] | None):
     return ops.take(tensor, list(idc), axis=-1)
 
 
-def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
-    if idc is None:
-        return None
-    valid = isinstance(idc, Sequence | np.ndarray) and not isinstance(idc, str) and len(idc) > 0
-    if not valid or not all(_is_integer(i) for i in idc):
-        raise ValueError(f"{what}: expected a list of class indices, got {idc!r}")
-    if min(idc) < 0:
-        raise ValueError(f"{what}: expected class indices >= 0, got {list(idc)}")
-    return [int(i) for i in idc]
-
-
 def surface_loss(y_true, y_pred, idc: Sequence[int] | None = None):
     """Per sample: mean over pixels and classes `idc` of probabilities times signed maps."""
     product = _classes(ops.cast(y_pred, "float32"), idc) * _classes(
@@ -226,10 +220,8 @@ def _check_y_pred(name: str, y_pred) -> int:
 
 
 def _check_idc_range(name: str, what: str, idc: Sequence[int], K: int, shape: tuple) -> None:
-    if max(idc) >= K:
-        raise ValueError(
-            f"{name}: {what} {list(idc)} out of range for {K} classes in y_pred (shape {shape})"
-        )
+    """`checks.check_idc_range` against the K classes of y_pred."""
+    check_idc_range(idc, K, f"{name}: {what}", f"y_pred (shape {shape})")
 
 
 def _check_pair(name: str, y_true, y_pred, idc: Sequence[int] | None) -> None:
@@ -320,9 +312,7 @@ class _ProbabilityLoss(keras.losses.Loss):
     def __init__(self, validate: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         _channels_last()
-        if not isinstance(validate, bool | np.bool_):
-            raise ValueError(f"validate: expected True or False, got {validate!r}")
-        self.validate = bool(validate)
+        self.validate = check_flag(validate, "validate")
         self._values_checked = False  # the value checks passed once, on values
         self._pred_dtype = keras.backend.floatx()
 
@@ -414,7 +404,7 @@ class SurfaceLoss(_ProbabilityLoss):
         **kwargs,
     ) -> None:
         super().__init__(validate, **{"name": "surface_loss", **kwargs})
-        self.idc = _check_idc(idc, "idc")
+        self.idc = check_optional_idc(idc, f"{type(self).__name__}: idc")
         if from_labels and keras.backend.backend() != "torch":
             raise ValueError(
                 f"from_labels: the maps are computed inside the loss with the torch backend only "
@@ -482,7 +472,7 @@ class GeneralizedDiceLoss(_ProbabilityLoss):
 
     def __init__(self, idc: Sequence[int] | None = None, validate: bool = False, **kwargs) -> None:
         super().__init__(validate, **{"name": "generalized_dice_loss", **kwargs})
-        self.idc = _check_idc(idc, "idc")
+        self.idc = check_optional_idc(idc, f"{type(self).__name__}: idc")
 
     def _failures(self, y_true, y_pred) -> Failures:
         name = type(self).__name__
@@ -534,8 +524,8 @@ class RegionBoundaryLoss(_ProbabilityLoss):
         **kwargs,
     ) -> None:
         super().__init__(validate, **{"name": "region_boundary_loss", **kwargs})
-        self.region_idc = _check_idc(region_idc, "region_idc")
-        self.boundary_idc = _check_idc(boundary_idc, "boundary_idc")
+        self.region_idc = check_optional_idc(region_idc, "RegionBoundaryLoss: region_idc")
+        self.boundary_idc = check_optional_idc(boundary_idc, "RegionBoundaryLoss: boundary_idc")
         if weights is None:
             current = [1.0, check_weight(alpha, "alpha")]
         else:

@@ -20,32 +20,42 @@ loss `(logits B K H W [D], integer labels B H W [D])` instead. The classes here 
 Bad input (labels out of range, float labels, a shape that does not match, a spacing of the wrong
 length) raises ValueError naming the argument and the value. What the shapes, dtypes and devices
 tell is checked on every call (ranks, shapes, an empty batch, `idc` against K, the meta device);
-what needs the values (labels within 0..K-1, probabilities summing to one, no NaN) is read back
-from the device, a synchronisation, so it is checked on the first call of each loss object only,
-or on every call with `validate=True`. After the first call, labels out of range still stop the
-loss on the CPU (ValueError) and in a CUDA kernel assertion on a GPU; NaN inputs give a NaN loss.
+what needs the values (labels within 0..K-1, probabilities summing to one, no NaN, spacing values
+finite and positive) is read back from the device, a synchronisation, so it is checked on the
+first call of each loss object only, or on every call with `validate=True`. After the first call,
+labels out of range still stop the loss on the CPU (ValueError) and in a CUDA kernel assertion on
+a GPU; NaN inputs give a NaN loss; the maps on the CPU still check their spacing (host work).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from numbers import Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from boundary_loss.losses.idc_losses import CrossEntropy, DiceLoss, GeneralizedDice
-from boundary_loss.losses.weight_schedules import AddWeightLoss, DummyScheduler, StealWeight
+from boundary_loss.losses.checks import (
+    check_flag,
+    check_idc_range,
+    check_optional_idc,
+    check_weight,
+)
+from boundary_loss.losses.idc_losses import CrossEntropy, DiceLoss, GeneralizedDice, boundary_term
+from boundary_loss.losses.weight_schedules import (
+    SCHEDULES,
+    AddWeightLoss,
+    DummyScheduler,
+    StealWeight,
+)
 from boundary_loss.maps.distance import distance_maps
 from boundary_loss.maps.distance_torch import batch_spacing, one_hot2dist_torch
-from boundary_loss.maps.onehot import check_simplex
+from boundary_loss.maps.onehot import check_simplex, indices2one_hot
 
 SpacingLike = Sequence[float] | Tensor | None
 
 REGION_LOSSES = {"gdl": GeneralizedDice, "dice": DiceLoss, "ce": CrossEntropy}
-SCHEDULES = ("steal", "add", "constant")
 
 
 def check_inputs(inputs: Tensor, labels: Tensor) -> int:
@@ -133,9 +143,9 @@ def check_values(probs: Tensor, labels: Tensor, K: int) -> None:
 
 
 def one_hot_labels(labels: Tensor, K: int) -> Tensor:
-    """`B K *xyz` int64 one-hot of integer labels `B *xyz`, without reading them back from the
-    device (`F.one_hot` reads their extremes on the CPU): a scatter, which refuses an index out
-    of range on the CPU (ValueError here) and by a kernel assertion on a GPU.
+    """`B K *xyz` int32 one-hot of integer labels `B *xyz`, without reading them back from the
+    device (`onehot.indices2one_hot`, a scatter), which refuses an index out of range on the
+    CPU (ValueError here, naming the values) and by a kernel assertion on a GPU.
 
     Args:
         labels: integer class indices `B *xyz`.
@@ -147,10 +157,8 @@ def one_hot_labels(labels: Tensor, K: int) -> Tensor:
     Raises:
         ValueError: labels outside 0..K-1 (CPU), as `check_label_values` words it.
     """
-    shape = (labels.shape[0], K, *labels.shape[1:])
-    one_hot = torch.zeros(shape, dtype=torch.long, device=labels.device)
     try:
-        return one_hot.scatter_(1, labels.long().unsqueeze(1), 1)
+        return indices2one_hot(labels, K)
     except RuntimeError:
         try:
             check_label_values(labels, K)  # the failure path may read the values: it names them
@@ -159,51 +167,26 @@ def one_hot_labels(labels: Tensor, K: int) -> Tensor:
         raise
 
 
-def check_spacing(spacing: SpacingLike, labels: Tensor) -> Tensor | None:
+def check_spacing(spacing: SpacingLike, labels: Tensor, validate: bool = True) -> Tensor | None:
     """`spacing` as a `B x ndim` float64 tensor on the CPU (None stays None), checked against
-    the labels (`distance_torch.batch_spacing`: a ValueError names it and its values)."""
+    the labels (`distance_torch.batch_spacing`: a ValueError names it and its values; the
+    values with `validate`, the first call of a loss)."""
     if spacing is None:
         return None
-    return batch_spacing(spacing, labels.shape[0], labels.dim() - 1, "cpu", torch.float64)
+    ndim = labels.dim() - 1
+    return batch_spacing(spacing, labels.shape[0], ndim, "cpu", torch.float64, validate=validate)
 
 
-def _check_idc(idc: Sequence[int] | None, what: str) -> list[int] | None:
-    if idc is None:
-        return None
-    valid = isinstance(idc, Sequence | np.ndarray) and not isinstance(idc, str) and len(idc) > 0
-    valid = valid and all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in idc)
-    if not valid or min(idc) < 0:
-        raise ValueError(f"{what}: expected a list of class indices >= 0, got {idc!r}")
-    return [int(i) for i in idc]
-
-
-def check_weight(value: object, name: str) -> float:
-    """A loss weight or step: a finite number >= 0 (a bool is none) as a float, else ValueError
-    naming it. Shared with keras_loss.py."""
-    is_number = isinstance(value, Real) and not isinstance(value, bool | np.bool_)
-    if not is_number or not 0 <= value < float("inf"):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
-
-
-def _check_idc_range(idc: Sequence[int], K: int, what: str, inputs: Tensor) -> None:
-    if max(idc) >= K:
-        raise ValueError(
-            f"{what}: {list(idc)} outside the {K} classes of inputs (shape {tuple(inputs.shape)})"
-        )
+def _where(inputs: Tensor) -> str:
+    """What holds the K classes, for `checks.check_idc_range`'s message."""
+    return f"inputs (shape {tuple(inputs.shape)})"
 
 
 class _Unchecked:
-    """Mixin for the region losses of `losses.py` used here: their per-call checks (a simplex
-    check of probabilities and target, each a device-to-host synchronisation) are skipped, the
-    inputs having been checked by `check_inputs` and `check_values` and the target being the
-    one-hot labels built here."""
+    """Mixin for the region losses of `losses.py` used here: their checks are skipped (the
+    simplex checks of probabilities and target read the device, and the region term is a new
+    object at each call, whose every call would be a first), the inputs having been checked by
+    `check_inputs` and `check_values` and the target being the one-hot labels built here."""
 
     def _check(self, probs: Tensor, target: Tensor) -> None:
         return None
@@ -212,13 +195,6 @@ class _Unchecked:
 _REGION_TERMS = {
     name: type(cls.__name__, (_Unchecked, cls), {}) for name, cls in REGION_LOSSES.items()
 }
-
-
-def boundary_term(probs: Tensor, dist: Tensor, idc: Sequence[int]) -> Tensor:
-    """`losses.SurfaceLoss`'s value, mean(p * d) over the classes `idc`, in float32, without
-    its guard against labels given as maps: the maps here are computed, and can hold only 0s and
-    1s (a class whose every pixel touches another, at unit spacing)."""
-    return (probs[:, idc].float() * dist[:, idc].float()).mean()
 
 
 class LabelBoundaryLoss:
@@ -252,18 +228,24 @@ class LabelBoundaryLoss:
         spacing_offset: bool = False,
         validate: bool = False,
     ) -> None:
-        self.idc = _check_idc(idc, "idc")
+        self.idc = check_optional_idc(idc, "LabelBoundaryLoss: idc")
         self.from_logits = bool(from_logits)
         self.spacing = spacing
         self.spacing_offset = bool(spacing_offset)
-        self.validate = _check_bool(validate, "validate")
+        self.validate = check_flag(validate, "validate")
         self._values_checked = False  # the value checks passed once
 
     def __repr__(self) -> str:
         return f"LabelBoundaryLoss(idc={self.idc}, from_logits={self.from_logits})"
 
     def distance_maps(
-        self, labels: Tensor, K: int, spacing: SpacingLike = None, one_hot: Tensor | None = None
+        self,
+        labels: Tensor,
+        K: int,
+        spacing: SpacingLike = None,
+        one_hot: Tensor | None = None,
+        *,
+        validate: bool = True,
     ) -> Tensor:
         """The signed maps `B K *xyz` (float32, labels' device) of integer labels: the exact
         torch transform on an accelerator, the CPU transforms of `utils` (faster there) on the
@@ -274,6 +256,9 @@ class LabelBoundaryLoss:
             K: the number of classes.
             spacing: as in a call (None: the constructor's).
             one_hot: `one_hot_labels(labels, K)` when the caller has it already.
+            validate: check the spacing's values (a call: on the first call, or every call
+                with the loss's `validate`). The one-hot labels, built by a scatter, are one-hot
+                by construction: the transform on the device does not read them to check it.
 
         Returns:
             The maps, without gradient.
@@ -282,11 +267,11 @@ class LabelBoundaryLoss:
             ValueError: labels outside 0..K-1 (on the CPU), a bad spacing.
         """
         one_hot = one_hot_labels(labels, K) if one_hot is None else one_hot
-        spacing = check_spacing(self.spacing if spacing is None else spacing, labels)
+        spacing = check_spacing(self.spacing if spacing is None else spacing, labels, validate)
         with torch.no_grad():
             if self.spacing_offset:
-                return one_hot2dist_torch(one_hot, spacing, spacing_offset=True)
-            return distance_maps(one_hot, spacing).to(labels.device)
+                return one_hot2dist_torch(one_hot, spacing, spacing_offset=True, validate=False)
+            return distance_maps(one_hot, spacing, validate=False).to(labels.device)
 
     def probabilities(self, inputs: Tensor) -> Tensor:
         """softmax over the classes of logits (float32), or the probabilities as given."""
@@ -295,12 +280,14 @@ class LabelBoundaryLoss:
     def __call__(self, inputs: Tensor, labels: Tensor, spacing: SpacingLike = None) -> Tensor:
         K = check_inputs(inputs, labels)
         idc = self.idc if self.idc is not None else list(range(K))
-        _check_idc_range(idc, K, "idc", inputs)
+        check_idc_range(idc, K, "LabelBoundaryLoss: idc", _where(inputs))
         probs = self.probabilities(inputs)
-        if self.validate or not self._values_checked:
+        due = self.validate or not self._values_checked
+        if due:
             check_values(probs, labels, K)
-            self._values_checked = True
-        return boundary_term(probs, self.distance_maps(labels, K, spacing), idc)
+        maps = self.distance_maps(labels, K, spacing, validate=due)
+        self._values_checked = True
+        return boundary_term(probs, maps, idc)
 
 
 class RegionBoundaryLoss:
@@ -344,11 +331,11 @@ class RegionBoundaryLoss:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
         alpha, step_size = check_weight(alpha, "alpha"), check_weight(step_size, "step_size")
-        self.validate = _check_bool(validate, "validate")
+        self.validate = check_flag(validate, "validate")
         self._values_checked = False  # the value checks passed once
         self.region_name, self.schedule = region, schedule
-        self.region_idc = _check_idc(region_idc, "region_idc")
-        boundary_idc = _check_idc(boundary_idc, "boundary_idc")
+        self.region_idc = check_optional_idc(region_idc, "RegionBoundaryLoss: region_idc")
+        boundary_idc = check_optional_idc(boundary_idc, "RegionBoundaryLoss: boundary_idc")
         self.boundary = LabelBoundaryLoss(boundary_idc, from_logits=from_logits, spacing=spacing)
         self.boundary_idc = self.boundary.idc
         self.weights = [1.0, alpha]
@@ -378,17 +365,17 @@ class RegionBoundaryLoss:
             raise ValueError(f"inputs: {K} class; the boundary term needs 2 classes or more")
         region_idc = self.region_idc if self.region_idc is not None else list(range(K))
         boundary_idc = self.boundary_idc if self.boundary_idc is not None else list(range(1, K))
-        _check_idc_range(region_idc, K, "region_idc", inputs)
-        _check_idc_range(boundary_idc, K, "boundary_idc", inputs)
+        check_idc_range(region_idc, K, "RegionBoundaryLoss: region_idc", _where(inputs))
+        check_idc_range(boundary_idc, K, "RegionBoundaryLoss: boundary_idc", _where(inputs))
         probs = self.boundary.probabilities(inputs)
-        if self.validate or not self._values_checked:
+        due = self.validate or not self._values_checked
+        if due:
             check_values(probs, labels, K)
-            self._values_checked = True
         one_hot = one_hot_labels(labels, K)
+        maps = self.boundary.distance_maps(labels, K, spacing, one_hot, validate=due)
+        self._values_checked = True
         region = _REGION_TERMS[self.region_name](idc=region_idc)(probs, one_hot)
-        boundary = boundary_term(
-            probs, self.boundary.distance_maps(labels, K, spacing, one_hot), boundary_idc
-        )
+        boundary = boundary_term(probs, maps, boundary_idc)
         return self.weights[0] * region + self.weights[1] * boundary
 
     def step(self) -> None:

@@ -20,6 +20,11 @@ from collections.abc import Sequence
 
 Weights = list[list[float]]
 
+# The schedules of the boundary weight alpha that the compound losses on labels offer by name
+# (`label_losses.RegionBoundaryLoss`, `keras_loss.AlphaScheduler`): the rules of `StealWeight`,
+# `AddWeightLoss` and `DummyScheduler`.
+SCHEDULES = ("steal", "add", "constant")
+
 
 class DummyScheduler:
     """Keeps the weights as they are."""
