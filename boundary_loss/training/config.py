@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compute_3d_dice", action="store_true", help="choose the best epoch by the 3D Dice"
     )
-    parser.add_argument("--save_train", action="store_true", help="also save train predictions")
+    parser.add_argument(
+        "--save_train",
+        action="store_true",
+        help="also save the training predictions, as png per epoch; this reads the predicted "
+        "classes of every training batch back from the device (a wait on a GPU each step)",
+    )
     parser.add_argument(
         "--use_spacing", action="store_true", help="transforms get the slice spacing (mm)"
     )

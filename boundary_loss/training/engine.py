@@ -8,9 +8,15 @@ Under torchrun each process runs its share of the batches; the records of every 
 gathered and put back in the single-process order (`summarise`), so every process takes the same
 decisions and rank 0 writes what one process would have written.
 
+A training step never waits for the device: the losses and the Dice of each batch stay there
+(`BatchLog`) and are read once, when the pass has run all its batches; the first batch of each
+loader alone is checked at once (the inputs' values, then the network output and the terms).
+Validation reads the predicted classes of each batch, which it keeps; `--save_train` does too.
+
 A NaN or infinite output or loss stops the pass with the epoch, the batch, its first slice and
-the loss named (`TrainingError`); a scheduler that handles NaN (the adjacency weight controller)
-gets to lower its weights and restart the epoch instead (`train_epoch`).
+the loss named (`TrainingError`), found when the pass ends (the first batch: at once); a
+scheduler that handles NaN (the adjacency weight controller) gets to lower its weights and
+restart the epoch instead (`train_epoch`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from math import isfinite
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +74,8 @@ class BatchRecord:
     """One batch of a pass, as logged; `position` is its place in the single-process order."""
 
     position: int
-    losses: list[float]
-    dices: np.ndarray  # B K
+    losses: list[float]  # raw terms, NaN where skipped
+    dices: np.ndarray | None  # B K (None until the log of its loader is settled)
     stems: list[str]
     spacing: np.ndarray  # B 3
     classes: np.ndarray | None = None  # B H W uint8 predictions (validation, --save_train)
@@ -158,9 +165,11 @@ def prepare_batch(
     targets: Targets,
     args: argparse.Namespace,
     augment: torch.Generator | None,
+    validate: bool = True,
 ) -> tuple[Tensor, list[Tensor], Tensor | None]:
     """The input, the loss targets and the ground truth of a batch on the device: augmented
-    (training with --augment), with the distance maps computed there (DEVICE_TRANSFORMS)."""
+    (training with --augment), with the distance maps computed there (DEVICE_TRANSFORMS; their
+    labels and spacing checked with `validate`, which reads them back)."""
     if augment is not None:
         hot = [not t.is_floating_point() for t in labels]
         image, labels, spacing = augment_batch(
@@ -168,7 +177,7 @@ def prepare_batch(
         )
     for i, fn in enumerate(targets.device_fns):
         if fn is not None:
-            labels[i] = fn(labels[i], spacing[:, :2])
+            labels[i] = fn(labels[i], spacing[:, :2], validate=validate)
     if args.channels_last:
         image = image.contiguous(
             memory_format=torch.channels_last if image.ndim == 4 else torch.channels_last_3d
@@ -177,58 +186,184 @@ def prepare_batch(
     return image, labels[: targets.n_losses], gt
 
 
+OUTPUT_ERROR = "the network output is NaN or infinite (diverged, or NaN in the input)"
+
+
+def terms_error(
+    names: Sequence[str], raw: Sequence[float], computed: Sequence[bool], where: str
+) -> str:
+    """The message of the first computed loss term that is NaN or infinite, "" when none is."""
+    bad = [(n, v) for n, v, c in zip(names, raw, computed, strict=True) if c and not isfinite(v)]
+    return f"{where}: loss {bad[0][0]} is {bad[0][1]}" if bad else ""
+
+
 def evaluate_losses(
     probs: Tensor,
     labels: Sequence[Tensor],
     losses: CompoundLoss,
     weights: Sequence[float],
     where: str,
-) -> tuple[Tensor | None, list[float], str]:
-    """The weighted loss of a batch, its raw terms (NaN where a zero weight skipped the term),
-    and an error message when the output or a term is NaN or infinite ("" otherwise)."""
-    if not torch.isfinite(probs).all():
-        return (
-            None,
-            [],
-            f"{where}: the network output is NaN or infinite (diverged, or NaN in the input)",
-        )
+    check: bool,
+) -> tuple[Tensor | None, list[Tensor | None], str]:
+    """The weighted loss of a batch and its terms (None where a zero weight skipped the term).
+
+    With `check` (the first batch of a loader) the output is checked before the losses see it
+    and the terms after, both read from the device, and the message of a NaN or infinite one
+    is returned ("" otherwise). Without it nothing is read: `BatchLog.settle` checks the
+    batch when the pass ends."""
+    if check and not torch.isfinite(probs).all():
+        return None, [], f"{where}: {OUTPUT_ERROR}"
     total, values = losses(probs, labels, weights)
-    raw = losses.raw(values)
-    bad = [
-        (n, v)
-        for n, v, t in zip(losses.names, raw, values, strict=True)
-        if t is not None and not np.isfinite(v)
-    ]
-    return total, raw, f"{where}: loss {bad[0][0]} is {bad[0][1]}" if bad else ""
+    if not check:
+        return total, values, ""
+    computed = [v is not None for v in values]
+    return total, values, terms_error(losses.names, losses.raw(values), computed, where)
+
+
+@dataclass
+class BatchLog:
+    """The batches of one loader as the device left them, read once when the pass ends.
+
+    Per batch: whether the network output was finite, the raw loss terms
+    (`CompoundLoss.raw_tensor`) and the 2D Dice, all on the device; and what the host holds
+    anyway (the slice names and spacing, the predictions a pass keeps) in its `BatchRecord`,
+    completed by `settle`."""
+
+    names: list[str]
+    device: torch.device
+    records: list[BatchRecord] = field(default_factory=list)
+    logged: list[bool] = field(default_factory=list)  # False: a padding repeat, not logged
+    wheres: list[str] = field(default_factory=list)
+    computed: list[list[bool]] = field(default_factory=list)
+    unfinite: list[Tensor] = field(default_factory=list)  # per batch, a bool on the device
+    terms: list[Tensor] = field(default_factory=list)  # per batch, float32, NaN if skipped
+    dices: list[Tensor | None] = field(default_factory=list)  # per batch B K; None: no gt
+
+    def add(
+        self,
+        record: BatchRecord,
+        logged: bool,
+        where: str,
+        probs: Tensor,
+        values: Sequence[Tensor | None],
+        dices: Tensor | None,
+    ) -> None:
+        """One batch, nothing read from the device."""
+        self.records.append(record)
+        self.logged.append(logged)
+        self.wheres.append(where)
+        self.computed.append([v is not None for v in values])
+        self.unfinite.append(~torch.isfinite(probs.detach()).all())
+        self.terms.append(CompoundLoss.raw_tensor(values, self.device))
+        self.dices.append(dices)
+
+    def settle(self, K: int) -> tuple[list[BatchRecord], str]:
+        """The logged records, their losses and Dice read from the device (one read each), and
+        the message of the first batch whose output or a computed term is NaN or infinite (""
+        when none is)."""
+        if not self.records:
+            return [], ""
+        unfinite = torch.stack(self.unfinite).tolist()
+        terms = torch.stack(self.terms).tolist()
+        labelled = [d for d in self.dices if d is not None]
+        dices = torch.cat(labelled).cpu().numpy() if labelled else None
+        records, error, row = [], "", 0
+        batches = zip(
+            self.records,
+            self.logged,
+            self.wheres,
+            self.computed,
+            unfinite,
+            terms,
+            self.dices,
+            strict=True,
+        )
+        for record, logged, where, computed, bad, raw, batch_dices in batches:
+            record.losses = raw
+            if not error:
+                error = (
+                    f"{where}: {OUTPUT_ERROR}"
+                    if bad
+                    else terms_error(self.names, record.losses, computed, where)
+                )
+            n = len(record.stems)
+            if batch_dices is None:  # an unlabelled loader (semi-supervised): no Dice
+                record.dices = np.full((n, K), np.nan, dtype=np.float32)
+            else:
+                record.dices, row = dices[row : row + n], row + n
+            if logged:
+                records.append(record)
+        return records, error
 
 
 def _record(
-    run: Pass, position: int, raw: list[float], probs: Tensor, gt: Tensor | None, batch: dict
-) -> BatchRecord:
-    """The log of one batch: raw losses, 2D Dice, and the predictions the pass keeps."""
+    run: Pass, position: int, probs: Tensor, gt: Tensor | None, batch: dict, check: bool
+) -> tuple[BatchRecord, Tensor | None]:
+    """The host's part of the log of one batch (its slices, their spacing and, validating or
+    with --save_train, the predicted classes, read here with the true ones in one copy), and
+    its 2D Dice on the device (None for an unlabelled loader; the one-hot check of the Dice on
+    the first batch only)."""
     K = run.args.n_class
     classes = probs.detach().argmax(dim=1)  # B H W
-    if gt is None:  # an unlabelled loader (semi-supervised): no Dice
-        dices = np.full((probs.shape[0], K), np.nan, dtype=np.float32)
-    else:
+    dices = None
+    if gt is not None:
         predicted = F.one_hot(classes, K).movedim(-1, 1).to(torch.int32)  # B K H W
-        dices = dice_coef(gt, predicted).cpu().numpy()
-    record = BatchRecord(position, raw, dices, list(batch["filenames"]), batch["spacing"].numpy())
-    if not run.train or run.args.save_train:
-        record.classes = classes.cpu().numpy().astype(np.uint8)
+        dices = dice_coef(gt, predicted, validate=check)
+    record = BatchRecord(position, [], None, list(batch["filenames"]), batch["spacing"].numpy())
     if not run.train and gt is not None:
-        record.gt = gt.argmax(dim=1).cpu().numpy().astype(np.uint8)
-    return record
+        both = torch.stack((classes, gt.argmax(dim=1))).to(torch.uint8).cpu().numpy()
+        record.classes, record.gt = both[0], both[1]
+    elif not run.train or run.args.save_train:
+        record.classes = classes.to(torch.uint8).cpu().numpy()
+    return record, dices
 
 
 def _stop_on_error(run: Pass, error: str) -> bool:
     """Raise on a NaN: at once when training (every process together) or in one process; under
-    torchrun, validation stops its loop and raises once every process is done (True)."""
+    torchrun, validation stops and raises once every process is done (True)."""
     if run.train and run.context.any(bool(error), run.device):
         raise TrainingError(f"{error or 'another process: NaN or infinite'}; stopping")
     if error and not run.context.active:
         raise TrainingError(f"{error}; stopping")
     return bool(error)
+
+
+def _refused(log: BatchLog, probs: Tensor, where: str, K: int) -> str:
+    """Why a loss that checks every call refused a later batch: the first NaN or infinite batch
+    logged, or this batch's output ("" if neither: the loss's own error stands)."""
+    _, error = log.settle(K)
+    if not error and not torch.isfinite(probs).all():
+        error = f"{where}: {OUTPUT_ERROR}"
+    return error
+
+
+class DataClock:
+    """The seconds a pass waits for its data, without synchronising a batch: the host's wait
+    for the loader and for its copy calls and, on CUDA, the copies' own time on the stream
+    (events around them, read when the loader ends)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host = 0.0
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def copy(self, batch: dict) -> tuple[Tensor, list[Tensor]]:
+        """`to_device(batch)`, its time on the stream recorded on CUDA."""
+        if self.device.type != "cuda":
+            return to_device(batch, self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        moved = to_device(batch, self.device)
+        end.record()
+        self.events.append((start, end))
+        return moved
+
+    def seconds(self) -> float:
+        """The seconds counted (waits for the last copy to end)."""
+        if not self.events:
+            return self.host
+        self.events[-1][1].synchronize()
+        return self.host + sum(a.elapsed_time(b) for a, b in self.events) / 1000
 
 
 def run_loader(
@@ -239,25 +374,26 @@ def run_loader(
     weights: Sequence[float],
     offset: int,
     bar: tqdm,
-) -> tuple[list[BatchRecord], float, int, str]:
+) -> tuple[BatchLog, float, int, str]:
     """One loader of a pass: its batches through the network (and the optimizer when
-    training). Returns the records, the seconds spent waiting for data, the slices and the
-    error of a validation stopped under torchrun ("" otherwise)."""
+    training). Returns the log of its batches (on the device, `BatchLog`), the seconds spent
+    waiting for data, the slices and the error of a first batch that stopped a validation
+    under torchrun ("" otherwise)."""
     n_batches, position = _sharding(loader)
     save = run.save_dir if not run.context.active else None  # else rank 0 saves after gathering
-    records, data_seconds, slices, error = [], 0.0, 0, ""
+    log, clock, slices = BatchLog(list(losses.names), run.device), DataClock(run.device), 0
     batches = iter(loader)
     for j in itertools.count():
         waiting = time.perf_counter()
         batch = next(batches, None)
         if batch is None:
+            clock.host += time.perf_counter() - waiting
             break
-        image, labels = to_device(batch, run.device)
-        if run.device.type == "cuda":  # the copy is asynchronous: count it as waiting
-            torch.cuda.current_stream(run.device).synchronize()
-        data_seconds += time.perf_counter() - waiting
+        image, labels = clock.copy(batch)
+        clock.host += time.perf_counter() - waiting
+        check = j == 0  # the first batch: its values checked at once
         image, labels, gt = prepare_batch(
-            image, labels, batch["spacing"], targets, run.args, run.augment
+            image, labels, batch["spacing"], targets, run.args, run.augment, check
         )
         if run.train:
             run.optimizer.zero_grad(set_to_none=True)
@@ -266,33 +402,39 @@ def run_loader(
         probs = F.softmax(run.args.temperature * logits.float(), dim=1)  # B K H W
         first = batch["filenames"][0]
         where = f"epoch {run.epoch}, {run.mode} batch {offset + j} (first slice {first})"
-        total, raw, error = evaluate_losses(probs, labels, losses, weights, where)
-        if _stop_on_error(run, error):
-            break
+        try:
+            total, values, error = evaluate_losses(probs, labels, losses, weights, where, check)
+        except ValueError:
+            refused = "" if check else _refused(log, probs, where, run.args.n_class)
+            if refused:
+                raise TrainingError(f"{refused}; stopping") from None
+            raise
+        if check and _stop_on_error(run, error):
+            return log, clock.seconds(), slices, error
         if run.train and total is not None:
             total.backward()
             run.optimizer.step()
         place = offset + j if position(j) is None else offset + position(j)
-        record = _record(run, place, raw, probs, gt, batch)
+        record, dices = _record(run, place, probs, gt, batch, check)
         if save is not None:
             save_predictions(record.classes, record.stems, save)
-        if position(j) is not None:  # a padding repeat is trained on, not logged
-            records.append(record)
+        # a padding repeat (no position) is trained on, not logged
+        log.add(record, position(j) is not None, where, probs, values, dices)
         slices += image.shape[0]
-        shown = {n: f"{v:.3g}" for n, v in zip(losses.names, raw, strict=True)}
-        if gt is not None:
-            shown = {"dice": f"{record.dices[:, run.args.metric_axis].mean():.3f}"} | shown
-        bar.set_postfix(shown)
         bar.update()
-    return records, data_seconds, slices, error
+    return log, clock.seconds(), slices, ""
 
 
 def do_epoch(run: Pass, phase: Phase, weights: Sequence[Sequence[float]]) -> EpochLog:
     """Train (`run.optimizer` given) or validate over the phase's loaders, logging losses, Dice
     and, when validating, the predicted volumes of each patient for the 3D metrics. Under
-    torchrun each process runs its share of the batches and the logs of all are gathered."""
+    torchrun each process runs its share of the batches and the logs of all are gathered.
+
+    The logs are read from the device once the loaders are done; a NaN or infinite output or
+    term found then stops the pass as it would have at its batch (every process agreeing in
+    one collective when training): the epoch's updates are lost either way."""
     run.net.train(run.train)
-    records: list[BatchRecord] = []
+    logs: list[BatchLog] = []
     data_seconds, slices, error, offset = 0.0, 0, "", 0
     total = sum(len(loader) for loader in phase.loaders)
     bar = tqdm(
@@ -307,30 +449,52 @@ def do_epoch(run: Pass, phase: Phase, weights: Sequence[Sequence[float]]) -> Epo
         for loader, targets, losses, ws in zip(
             phase.loaders, phase.targets, phase.losses, weights, strict=True
         ):
-            done, waited, n, error = run_loader(run, loader, targets, losses, ws, offset, bar)
-            records += done
+            log, waited, n, error = run_loader(run, loader, targets, losses, ws, offset, bar)
+            logs.append(log)
             data_seconds += waited
             slices += n
             if error:
                 break
             offset += _sharding(loader)[0]
-    elapsed = time.perf_counter() - start
-    gathered = run.context.gather((records, error, slices))
-    errors = [e for _, e, _ in gathered if e]
-    if errors:  # validation: raised once every process has finished its share
-        raise TrainingError(f"{errors[0]}; stopping")
-    records = [r for rs, _, _ in gathered for r in rs]
-    if run.context.active and run.context.writes and run.save_dir is not None:
-        for r in records:
-            save_predictions(r.classes, r.stems, run.save_dir)
-    timing = {
-        "seconds": elapsed,
-        "data_seconds": data_seconds,
-        "slices": sum(n for _, _, n in gathered),
-    }
-    sizes = [_sharding(loader)[0] for loader in phase.loaders]
-    n_losses = [len(losses) for losses in phase.losses]
-    return summarise(records, sizes, n_losses, run.args.n_class, run.args.grp_regex, timing)
+        records: list[BatchRecord] = []
+        for log in logs:
+            settled, found = log.settle(run.args.n_class)
+            records += settled
+            error = error or found
+        if run.train:
+            _stop_on_error(run, error)  # one collective under torchrun
+        elif error and not run.context.active:
+            raise TrainingError(f"{error}; stopping")
+        elapsed = time.perf_counter() - start
+        gathered = run.context.gather((records, error, slices))
+        errors = [e for _, e, _ in gathered if e]
+        if errors:  # validation: raised once every process has finished its share
+            raise TrainingError(f"{errors[0]}; stopping")
+        records = [r for rs, _, _ in gathered for r in rs]
+        if run.context.active and run.context.writes and run.save_dir is not None:
+            for r in records:
+                save_predictions(r.classes, r.stems, run.save_dir)
+        timing = {
+            "seconds": elapsed,
+            "data_seconds": data_seconds,
+            "slices": sum(n for _, _, n in gathered),
+        }
+        sizes = [_sharding(loader)[0] for loader in phase.loaders]
+        n_losses = [len(losses) for losses in phase.losses]
+        epoch = summarise(records, sizes, n_losses, run.args.n_class, run.args.grp_regex, timing)
+        bar.set_postfix(_shown(epoch, phase, run.args.metric_axis), refresh=True)
+    return epoch
+
+
+def _shown(log: EpochLog, phase: Phase, metric_axis: Sequence[int]) -> dict[str, str]:
+    """The progress bar's summary of a pass: its mean Dice and mean raw terms."""
+    names = max((losses.names for losses in phase.losses), key=len)
+    means = nan_mean_std(log.losses, 0)[0] if len(log.losses) else []
+    shown = {n: f"{v:.3g}" for n, v in zip(names, means, strict=False)}
+    labelled = log.dices[:, metric_axis]
+    if len(labelled) and not np.isnan(labelled).all():
+        shown = {"dice": f"{nan_mean_std(labelled, (0, 1))[0]:.3f}"} | shown
+    return shown
 
 
 def summarise(
