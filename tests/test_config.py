@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from boundary_loss.data.loader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
 from boundary_loss.training.config import (
+    Config,
     ConfigError,
     check_config,
     check_target,
@@ -123,3 +127,35 @@ def test_zero_weights_are_computed_for_the_adjacency_weight_controller(tmp_path)
         _args("--losses", losses, "--folders", folders, "--scheduler", "LambdaController")
     )
     assert not controlled.loss_fns[0].skip_zero
+
+
+GDL_SURFACE = (
+    "--losses",
+    "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]",
+    "--folders",
+    f"{B_DATA}+[('gt_npy', gt_transform, True), ('gt_npy', dist_map_transform, False)]",
+)
+
+
+def test_the_configuration_is_typed_frozen_and_records_the_arguments_as_given():
+    args = _args(*GDL_SURFACE, "--metric_axis", "0", "1", "--net_params", "{'nG': 4}")
+    config = check_config(args)
+    assert config.recorded == vars(args) and config.recorded is not vars(args)
+    assert config.metric_axis == (0, 1) and config.net_params == {"nG": 4}
+    assert config.dataset == Path("d") and config.workdir == Path("w")
+    assert config.training_folders == ("train",)
+    assert config.scheduler.handles_nan is False and len(config.loss_fns[0]) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_class = 3
+    # The other flags keep their name, type and value.
+    parsed = {"dataset", "workdir", "training_folders", "metric_axis", "net_params", "losses"}
+    plain = [f.name for f in dataclasses.fields(Config) if f.name in vars(args)]
+    assert len(plain) > 30
+    for name in set(plain) - parsed - {"scheduler"}:
+        assert getattr(config, name) == getattr(args, name), name
+        assert type(getattr(config, name)) is type(getattr(args, name)), name
+
+
+def test_net_params_must_be_a_dict():
+    with pytest.raises(ConfigError, match="--net_params must be a dict, got \\[4\\]"):
+        check_config(_args(*GDL_SURFACE, "--net_params", "[4]"))

@@ -33,7 +33,7 @@ from boundary_loss.io.distributed import Context
 from boundary_loss.losses.idc_losses import CompoundLoss, GeneralizedDice
 from boundary_loss.maps import distance
 from boundary_loss.training import main
-from boundary_loss.training.config import get_args
+from boundary_loss.training.config import check_config, get_args
 from boundary_loss.training.engine import Pass, TrainingError, do_epoch, train_epoch
 from tests.host_reads import HOST_METHODS
 from tests.sliced_data import make_sliced_dataset
@@ -82,7 +82,7 @@ def session(dataset: Path, workdir: Path, training: str, device: str = "cpu") ->
     line = replace(replace(line, "--network", network), "--batch_size", str(BATCH))
     if device != "cpu":
         line.remove("--cpu")
-    return main.open_session(get_args(line), Context(), torch.device(device))
+    return main.open_session(check_config(get_args(line)), Context(), torch.device(device))
 
 
 class Marked:
@@ -168,7 +168,7 @@ def mark(s: main.Session, window: Window) -> None:
 
 def first_progress(s: main.Session) -> main.Progress:
     weights = [[w for _, _, w in losses] for losses in s.config.losses]
-    return main.Progress(weights, {name: [] for name in s.arrays})
+    return main.Progress(weights=weights, history={name: [] for name in s.arrays})
 
 
 # ----------------------------------------------------------------------------------- the CPU
@@ -224,7 +224,7 @@ class NaNAt:
 
 
 def a_pass(s: main.Session, epoch: int = 0) -> Pass:
-    return Pass("train", s.model, s.device, s.args, epoch, s.context, s.optimizer)
+    return Pass("train", s.model, s.device, s.config, epoch, s.context, s.optimizer)
 
 
 def first_slices(s: main.Session) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from boundary_loss.training import main
+from boundary_loss.training.config import get_args
 from tests.cli import ROOT, assert_clean_error, on_small_disk, run_script, small_disk_available
 from tests.sliced_data import make_sliced_dataset
 
@@ -99,6 +100,10 @@ def test_two_epoch_run_writes_every_output(dataset, tmp_path):
     assert {"commit", "dirty", "command", "packages", "device", "seed"} <= set(prov)
     assert "--losses" in prov["command"] and prov["packages"]["torch"].startswith("2.13")
     assert json.loads((workdir / "args.json").read_text())["n_epoch"] == 2
+    # Every argument as given, as the command line parses it (a resume compares them).
+    given = vars(get_args(argv(dataset, workdir)))
+    assert json.loads((workdir / "args.json").read_text()) == given
+    assert last["args"] == given and state["args"] == given
     assert (workdir / "git.diff").exists()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from boundary_loss.data.loader import FolderSpec, dist_map_transform, gt_transform, tensor_transform
+from boundary_loss.losses.weight_schedules import SCHEDULERS, DummyScheduler
 from boundary_loss.training import engine as training
 from boundary_loss.training.engine import (
     NAN_RETRIES,
@@ -48,7 +49,7 @@ def test_on_device_distance_maps_are_read_as_labels_and_transformed_there():
 # ----------------------------------------------------------------------- a NaN during training
 
 
-class HalvingScheduler:
+class HalvingScheduler(DummyScheduler):
     """A scheduler that handles NaN as the adjacency LambdaController does: it lowers weights."""
 
     handles_nan = True
@@ -109,8 +110,18 @@ def test_without_a_nan_handling_scheduler_nothing_is_copied(monkeypatch):
     copies = []
     monkeypatch.setattr(training.copy, "deepcopy", lambda x: copies.append(x) or x)
     monkeypatch.setattr(training, "do_epoch", stepping_epoch(0, []))
-    assert train_epoch(a_pass(), None, [[1.0]], object()) == ("log", [[1.0]])
+    assert train_epoch(a_pass(), None, [[1.0]], DummyScheduler()) == ("log", [[1.0]])
     assert copies == []
     monkeypatch.setattr(training, "do_epoch", stepping_epoch(1, []))
     with pytest.raises(TrainingError, match="try 1"):
-        train_epoch(a_pass(), None, [[1.0]], object())
+        train_epoch(a_pass(), None, [[1.0]], DummyScheduler())
+
+
+def test_every_scheduler_declares_its_capabilities_on_the_class():
+    """The training reads `handles_nan` and `reads_losses` without probing: the base class
+    says False, the adjacency controller True for both."""
+    assert DummyScheduler.handles_nan is False and DummyScheduler.reads_losses is False
+    for name, cls in SCHEDULERS.items():
+        assert issubclass(cls, DummyScheduler), name
+        expected = name == "LambdaController"
+        assert (cls.handles_nan, cls.reads_losses) == (expected, expected), name

@@ -27,7 +27,18 @@ SCHEDULES = ("steal", "add", "constant")
 
 
 class DummyScheduler:
-    """Keeps the weights as they are."""
+    """Keeps the weights as they are. The base of every scheduler, with its capabilities:
+
+    Attributes:
+        handles_nan: after an epoch that produced a NaN or infinite loss, the training calls
+            the scheduler with `{"nan": True}` and restarts the epoch with the weights it
+            returns, instead of stopping (the epoch's first state is then copied each epoch).
+        reads_losses: the scheduler reads the raw value of every term (`tra_losses`), so a
+            term of weight 0 is computed all the same instead of skipped.
+    """
+
+    handles_nan: bool = False
+    reads_losses: bool = False
 
     def __call__(self, epoch: int, weights: Weights, metrics: dict | None = None) -> Weights:
         return [list(w) for w in weights]

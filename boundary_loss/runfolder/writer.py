@@ -9,7 +9,6 @@ disk is reported as such (torch's own writer turns it into an opaque RuntimeErro
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -22,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,31 @@ from boundary_loss.runfolder.schema import csv_columns
 
 ROOT = Path(__file__).resolve().parent
 PACKAGES = ("torch", "numpy", "scipy", "edt", "nibabel", "scikit-image", "matplotlib", "pillow")
+
+
+class RunConfig(Protocol):
+    """What the writer reads of a training's configuration (`training.config.Config`)."""
+
+    @property
+    def recorded(self) -> Mapping[str, object]: ...  # every argument as given, by flag
+
+    @property
+    def dataset(self) -> Path: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def csv(self) -> str: ...
+
+    @property
+    def network(self) -> str: ...
+
+    @property
+    def modalities(self) -> int: ...
+
+    @property
+    def n_class(self) -> int: ...
 
 
 def save_text(path: Path, text: str) -> None:
@@ -92,7 +117,7 @@ def dataset_identity(dataset: str | Path) -> dict[str, str | None]:
 
 
 def provenance(
-    args: argparse.Namespace, argv: Sequence[str], device: torch.device, context: Context
+    config: RunConfig, argv: Sequence[str], device: torch.device, context: Context
 ) -> dict:
     """What produced this run: code version, command, data, packages, device. No environment
     dump (it can hold secrets)."""
@@ -106,24 +131,24 @@ def provenance(
         "commit": git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)",
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
         "command": shlex.join(["python", "main.py", *argv]),
-        "data": dataset_identity(args.dataset),
+        "data": dataset_identity(config.dataset),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cuda": torch.version.cuda,
         "processes": context.world_size,
-        "seed": args.seed,
+        "seed": config.seed,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
 def write_start(
-    workdir: Path, args: argparse.Namespace, argv: Sequence[str], device, context: Context
+    workdir: Path, config: RunConfig, argv: Sequence[str], device, context: Context
 ) -> None:
-    """args.json, provenance.json and git.diff of a new run."""
-    save_json(workdir / "args.json", vars(args))
-    save_json(workdir / "provenance.json", provenance(args, argv, device, context))
+    """args.json (the arguments as given), provenance.json and git.diff of a new run."""
+    save_json(workdir / "args.json", config.recorded)
+    save_json(workdir / "provenance.json", provenance(config, argv, device, context))
     save_text(workdir / "git.diff", git("diff", "HEAD"))
 
 
@@ -155,7 +180,7 @@ def write_csv(
 
 def write_epoch(
     workdir: Path,
-    args: argparse.Namespace,
+    config: RunConfig,
     history: Mapping[str, list[np.ndarray]],
     lrs: Sequence[float],
     weight_log: Sequence,
@@ -166,7 +191,7 @@ def write_epoch(
     stacked = {name: np.stack(values) for name, values in history.items()}
     for name, array in stacked.items():
         save_npy(workdir / f"{name}.npy", array)
-    write_csv(workdir / args.csv, stacked, lrs, weight_log, loss_names)
+    write_csv(workdir / config.csv, stacked, lrs, weight_log, loss_names)
     save_json(workdir / "timing.json", list(timing), indent=1)
 
 
@@ -192,17 +217,17 @@ def read_timing(path: Path, epochs: int) -> list[dict]:
 
 
 def save_best(
-    workdir: Path, iter_dir: Path, net: nn.Module, epoch: int, metric: float, args
+    workdir: Path, iter_dir: Path, net: nn.Module, epoch: int, metric: float, config: RunConfig
 ) -> None:
     """best.pt (weights and what rebuilds the network), best_epoch/ and best_epoch.txt."""
     best = {
         "model": net.state_dict(),
         "epoch": epoch,
         "metric": metric,
-        "network": args.network,
-        "n_in": args.modalities,
-        "n_class": args.n_class,
-        "args": vars(args),
+        "network": config.network,
+        "n_in": config.modalities,
+        "n_class": config.n_class,
+        "args": dict(config.recorded),
     }
     save_torch(workdir / "best.pt", best)
     best_tmp = workdir / "best_epoch_tmp"

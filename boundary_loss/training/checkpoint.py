@@ -17,7 +17,6 @@ Every file is read with `torch.load(weights_only=True)`: no pickled code is ever
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -266,9 +265,16 @@ def record_resume(workdir: Path, entry: Mapping[str, Any]) -> None:
 
 
 def check_resume(
-    args: argparse.Namespace, workdir: Path, state: Mapping, start_epoch: int, context: Context
+    current: Mapping[str, Any], workdir: Path, state: Mapping, start_epoch: int, context: Context
 ) -> dict:
     """Refuse a resume whose configuration or process count differs from the recorded run's.
+
+    Args:
+        current: the arguments of the resume, by flag (`Config.recorded`).
+        workdir: the run folder.
+        state: its last.pt.
+        start_epoch: the first epoch the resume trains.
+        context: this process among the training's.
 
     Returns:
         The allowed changes (`RESUMABLE`), flag -> {"from", "to"}.
@@ -288,11 +294,9 @@ def check_resume(
                 "without it a resume cannot be checked: start the run again without --resume"
             ) from None
     parser = build_parser()
-    defaults = {name: parser.get_default(name) for name in vars(args)}
+    defaults = {name: parser.get_default(name) for name in current}
     try:
-        changes = resume_changes(
-            recorded, vars(args), defaults, canonical_args, start_epoch, source
-        )
+        changes = resume_changes(recorded, current, defaults, canonical_args, start_epoch, source)
     except ConfigError as error:
         raise CheckpointError(f"--resume: the recorded configuration ({source}): {error}") from None
     saved = state.get("processes", len(state["rng"]) if isinstance(state["rng"], list) else 1)

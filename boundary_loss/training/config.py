@@ -11,8 +11,10 @@ folders per loader (docs/conventions.md):
 - the short one: the input folder, then one folder per loss, the metrics reading the first
   one-hot loss folder (`len(folders) == len(losses) + 1`); a loader without one is unlabelled.
 
-`check_config` builds the losses, the scheduler and the per-loader folders (`Config`);
-`canonical_args` gives comparable values for a resume's configuration check.
+The command line stays here: `get_args` parses and checks it, and `check_config` turns it, once,
+into the typed, frozen `Config` that main.py and the epoch engine read (the flags' values, the
+losses, the scheduler and the per-loader folders; the arguments as given are kept for args.json,
+the checkpoints and a resume's check); `canonical_args` gives comparable values for that check.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from boundary_loss.data.loader import TRANSFORMS, FolderSpec
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.losses import checks
 from boundary_loss.losses.idc_losses import LOSSES, CompoundLoss, get_loss
-from boundary_loss.losses.weight_schedules import SCHEDULERS, get_scheduler
+from boundary_loss.losses.weight_schedules import SCHEDULERS, DummyScheduler, get_scheduler
 from boundary_loss.maps.adjacency import forbidden_pairs, read_graph
 from boundary_loss.networks.registry import NETWORKS
 from boundary_loss.runfolder.writer import dataset_identity
@@ -349,25 +351,78 @@ def check_idc(loss: str, idc: object, n_class: int) -> None:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """The parsed, cross-checked configuration of the loaders and losses, one entry per loader.
+    """The checked configuration of a training, built once from its command line
+    (`check_config`): what main.py and the epoch engine read, typed.
+
+    The flags keep their names (`--n_class` is `n_class`); `--net_params` and `--metric_axis`
+    are parsed, `--losses`, `--folders` and `--scheduler*` are given per training loader as
+    `losses`, `inputs`, `ground_truth`, `targets`, the built `loss_fns` and the `scheduler`.
+    `recorded` holds every argument as given, by flag: what args.json and the checkpoints
+    record, and what a resume compares (`checkpoint.check_resume`).
 
     Attributes:
-        losses: (name, kwargs, weight) of each loss.
-        inputs: the input folder.
-        ground_truth: the folder of the metrics' ground truth (one-hot), None when unlabelled.
-        targets: one folder per loss, its target.
-        loss_fns: the weighted losses, built once.
+        losses: per loader, (name, kwargs, weight) of each loss.
+        inputs: per loader, the input folder.
+        ground_truth: per loader, the folder of the metrics' ground truth (one-hot), None when
+            unlabelled.
+        targets: per loader, one folder per loss, its target.
+        loss_fns: per loader, the weighted losses, built once.
         scheduler: the loss-weight scheduler.
     """
 
+    # The data and its loaders
+    dataset: Path
+    workdir: Path
+    training_folders: tuple[str, ...]
+    validation_folder: str
+    val_loader_id: int
+    n_class: int
+    modalities: int
+    dimensions: int
+    batch_size: int
+    use_spacing: bool
+    in_memory: bool
+    debug: bool
+    group: bool
+    group_train: bool
+    grp_regex: str
+    workers: int
+    # The network and its optimisation
+    network: str
+    net_params: dict[str, object]
+    weights: str  # "" when the network starts from scratch
+    l_rate: float
+    use_sgd: bool
+    schedule: bool
+    schedule_rule: str
+    n_epoch: int
+    seed: int
+    threads: int
+    # One step
+    temperature: float
+    bf16: bool
+    channels_last: bool
+    augment: bool
+    augment_degrees: float
+    device_dist_maps: bool
+    save_train: bool
+    # The metrics and the run
+    metric_axis: tuple[int, ...]
+    compute_3d_dice: bool
+    csv: str
+    adjacency_graph: str  # "" without
+    resume: bool
+    evaluate: bool
+    # --losses, --folders and --scheduler, per loader
     losses: list[list[tuple[str, dict, float]]]
     inputs: list[FolderSpec]
     ground_truth: list[FolderSpec | None]
     targets: list[list[FolderSpec]]
     loss_fns: list[CompoundLoss]
-    scheduler: object
+    scheduler: DummyScheduler
+    recorded: dict[str, object]
 
 
 def split_folders(
@@ -400,7 +455,9 @@ def split_folders(
 
 
 def check_config(args: argparse.Namespace) -> Config:
-    """Parse --losses, --folders and --scheduler_params and check that they agree.
+    """The configuration of a parsed command line (`get_args`): --losses, --folders,
+    --scheduler_params and --net_params parsed and checked to agree, the losses and the
+    scheduler built.
 
     Raises:
         ConfigError: naming the flag, for every inconsistency.
@@ -431,7 +488,7 @@ def check_config(args: argparse.Namespace) -> Config:
         scheduler = get_scheduler(args.scheduler, params)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    skip_zero = not getattr(scheduler, "reads_losses", False)
+    skip_zero = not scheduler.reads_losses
     try:  # built once here: a loss may read a file (the adjacency graph) and warn
         loss_fns = [
             CompoundLoss(
@@ -456,7 +513,57 @@ def check_config(args: argparse.Namespace) -> Config:
     for compound, specs in zip(loss_fns, targets, strict=True):
         for fn, name, spec in zip(compound.losses, compound.names, specs, strict=True):
             check_target(name, fn.target, spec)
-    return Config(losses, inputs, ground_truth, targets, loss_fns, scheduler)
+    net_params = parse_literal(args.net_params, "--net_params")
+    if not isinstance(net_params, dict):
+        raise ConfigError(f"--net_params must be a dict, got {net_params!r}")
+    return Config(
+        dataset=Path(args.dataset),
+        workdir=Path(args.workdir),
+        training_folders=tuple(args.training_folders),
+        validation_folder=args.validation_folder,
+        val_loader_id=args.val_loader_id,
+        n_class=args.n_class,
+        modalities=args.modalities,
+        dimensions=args.dimensions,
+        batch_size=args.batch_size,
+        use_spacing=args.use_spacing,
+        in_memory=args.in_memory,
+        debug=args.debug,
+        group=args.group,
+        group_train=args.group_train,
+        grp_regex=args.grp_regex,
+        workers=args.workers,
+        network=args.network,
+        net_params=net_params,
+        weights=args.weights,
+        l_rate=args.l_rate,
+        use_sgd=args.use_sgd,
+        schedule=args.schedule,
+        schedule_rule=args.schedule_rule,
+        n_epoch=args.n_epoch,
+        seed=args.seed,
+        threads=args.threads,
+        temperature=args.temperature,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        augment=args.augment,
+        augment_degrees=args.augment_degrees,
+        device_dist_maps=args.device_dist_maps,
+        save_train=args.save_train,
+        metric_axis=tuple(args.metric_axis),
+        compute_3d_dice=args.compute_3d_dice,
+        csv=args.csv,
+        adjacency_graph=args.adjacency_graph,
+        resume=args.resume,
+        evaluate=args.evaluate,
+        losses=losses,
+        inputs=inputs,
+        ground_truth=ground_truth,
+        targets=targets,
+        loss_fns=loss_fns,
+        scheduler=scheduler,
+        recorded=dict(vars(args)),
+    )
 
 
 def check_target(loss: str, kind: str | None, spec: FolderSpec) -> None:
@@ -497,17 +604,17 @@ def canonical_args(values: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def read_forbidden(args: argparse.Namespace) -> np.ndarray | None:
+def read_forbidden(config: Config) -> np.ndarray | None:
     """The forbidden class pairs of --adjacency_graph (None without it)."""
-    if not args.adjacency_graph:
+    if not config.adjacency_graph:
         return None
     try:
-        forbidden = forbidden_pairs(read_graph(args.adjacency_graph))
+        forbidden = forbidden_pairs(read_graph(config.adjacency_graph))
     except (OSError, ValueError) as error:
         raise ConfigError(f"--adjacency_graph: {error}") from None
-    if forbidden.shape != (args.n_class, args.n_class):
+    if forbidden.shape != (config.n_class, config.n_class):
         raise ConfigError(
-            f"--adjacency_graph {args.adjacency_graph} is {forbidden.shape[0]} x "
-            f"{forbidden.shape[1]} for --n_class {args.n_class}"
+            f"--adjacency_graph {config.adjacency_graph} is {forbidden.shape[0]} x "
+            f"{forbidden.shape[1]} for --n_class {config.n_class}"
         )
     return forbidden

@@ -21,7 +21,6 @@ restart the epoch instead (`train_epoch`).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import time
@@ -47,9 +46,11 @@ from boundary_loss.data.loader import (
 )
 from boundary_loss.io.distributed import Context
 from boundary_loss.losses.idc_losses import CompoundLoss
+from boundary_loss.losses.weight_schedules import DummyScheduler
 from boundary_loss.metrics import dice_coef
 from boundary_loss.runfolder.ranking import nan_mean_std
 from boundary_loss.runfolder.writer import save_predictions
+from boundary_loss.training.config import Config
 
 NAN_RETRIES = 3
 
@@ -110,7 +111,7 @@ class Pass:
     mode: str  # "train" or "val"
     net: nn.Module
     device: torch.device
-    args: argparse.Namespace
+    config: Config
     epoch: int
     context: Context
     optimizer: torch.optim.Optimizer | None = None
@@ -163,7 +164,7 @@ def prepare_batch(
     labels: list[Tensor],
     spacing: Tensor,
     targets: Targets,
-    args: argparse.Namespace,
+    config: Config,
     augment: torch.Generator | None,
     validate: bool = True,
 ) -> tuple[Tensor, list[Tensor], Tensor | None]:
@@ -173,12 +174,12 @@ def prepare_batch(
     if augment is not None:
         hot = [not t.is_floating_point() for t in labels]
         image, labels, spacing = augment_batch(
-            image, labels, hot, spacing, args.augment_degrees, augment
+            image, labels, hot, spacing, config.augment_degrees, augment
         )
     for i, fn in enumerate(targets.device_fns):
         if fn is not None:
             labels[i] = fn(labels[i], spacing[:, :2], validate=validate)
-    if args.channels_last:
+    if config.channels_last:
         image = image.contiguous(
             memory_format=torch.channels_last if image.ndim == 4 else torch.channels_last_3d
         )
@@ -303,7 +304,7 @@ def _record(
     with --save_train, the predicted classes, read here with the true ones in one copy), and
     its 2D Dice on the device (None for an unlabelled loader; the one-hot check of the Dice on
     the first batch only)."""
-    K = run.args.n_class
+    K = run.config.n_class
     classes = probs.detach().argmax(dim=1)  # B H W
     dices = None
     if gt is not None:
@@ -313,7 +314,7 @@ def _record(
     if not run.train and gt is not None:
         both = torch.stack((classes, gt.argmax(dim=1))).to(torch.uint8).cpu().numpy()
         record.classes, record.gt = both[0], both[1]
-    elif not run.train or run.args.save_train:
+    elif not run.train or run.config.save_train:
         record.classes = classes.to(torch.uint8).cpu().numpy()
     return record, dices
 
@@ -393,19 +394,19 @@ def run_loader(
         clock.host += time.perf_counter() - waiting
         check = j == 0  # the first batch: its values checked at once
         image, labels, gt = prepare_batch(
-            image, labels, batch["spacing"], targets, run.args, run.augment, check
+            image, labels, batch["spacing"], targets, run.config, run.augment, check
         )
         if run.train:
             run.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.args.bf16):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.config.bf16):
             logits = run.net(image)
-        probs = F.softmax(run.args.temperature * logits.float(), dim=1)  # B K H W
+        probs = F.softmax(run.config.temperature * logits.float(), dim=1)  # B K H W
         first = batch["filenames"][0]
         where = f"epoch {run.epoch}, {run.mode} batch {offset + j} (first slice {first})"
         try:
             total, values, error = evaluate_losses(probs, labels, losses, weights, where, check)
         except ValueError:
-            refused = "" if check else _refused(log, probs, where, run.args.n_class)
+            refused = "" if check else _refused(log, probs, where, run.config.n_class)
             if refused:
                 raise TrainingError(f"{refused}; stopping") from None
             raise
@@ -458,7 +459,7 @@ def do_epoch(run: Pass, phase: Phase, weights: Sequence[Sequence[float]]) -> Epo
             offset += _sharding(loader)[0]
         records: list[BatchRecord] = []
         for log in logs:
-            settled, found = log.settle(run.args.n_class)
+            settled, found = log.settle(run.config.n_class)
             records += settled
             error = error or found
         if run.train:
@@ -481,8 +482,10 @@ def do_epoch(run: Pass, phase: Phase, weights: Sequence[Sequence[float]]) -> Epo
         }
         sizes = [_sharding(loader)[0] for loader in phase.loaders]
         n_losses = [len(losses) for losses in phase.losses]
-        epoch = summarise(records, sizes, n_losses, run.args.n_class, run.args.grp_regex, timing)
-        bar.set_postfix(_shown(epoch, phase, run.args.metric_axis), refresh=True)
+        epoch = summarise(
+            records, sizes, n_losses, run.config.n_class, run.config.grp_regex, timing
+        )
+        bar.set_postfix(_shown(epoch, phase, run.config.metric_axis), refresh=True)
     return epoch
 
 
@@ -491,7 +494,7 @@ def _shown(log: EpochLog, phase: Phase, metric_axis: Sequence[int]) -> dict[str,
     names = max((losses.names for losses in phase.losses), key=len)
     means = nan_mean_std(log.losses, 0)[0] if len(log.losses) else []
     shown = {n: f"{v:.3g}" for n, v in zip(names, means, strict=False)}
-    labelled = log.dices[:, metric_axis]
+    labelled = log.dices[:, list(metric_axis)]
     if len(labelled) and not np.isnan(labelled).all():
         shown = {"dice": f"{nan_mean_std(labelled, (0, 1))[0]:.3f}"} | shown
     return shown
@@ -538,14 +541,13 @@ def summarise(
 
 
 def train_epoch(
-    run: Pass, phase: Phase, weights: list[list[float]], scheduler
+    run: Pass, phase: Phase, weights: list[list[float]], scheduler: DummyScheduler
 ) -> tuple[EpochLog, list[list[float]]]:
     """One training epoch, and the weights it ended with. A scheduler that handles NaN
     (`handles_nan`, the adjacency LambdaController) gets the chance to lower its weights: the
     epoch restarts from its first state with the new weights, up to NAN_RETRIES times;
     otherwise a NaN stops the run, and the epoch's first state is not copied at all."""
-    handles_nan = getattr(scheduler, "handles_nan", False)
-    if not handles_nan:  # a NaN stops the run: no state to restart from is needed
+    if not scheduler.handles_nan:  # a NaN stops the run: no state to restart from is needed
         return do_epoch(run, phase, weights), weights
     saved = (copy.deepcopy(run.net.state_dict()), copy.deepcopy(run.optimizer.state_dict()))
     for attempt in range(NAN_RETRIES + 1):
@@ -561,13 +563,11 @@ def train_epoch(
     raise AssertionError("unreachable")
 
 
-def report_epoch(
-    args: argparse.Namespace, context: Context, what: str, values: dict, improved: bool
-) -> None:
+def report_epoch(config: Config, context: Context, what: str, values: dict, improved: bool) -> None:
     """One line per epoch on stdout (rank 0's under torchrun): the validation metrics."""
     if not context.writes:
         return
-    axis = args.metric_axis
+    axis = list(config.metric_axis)
     print(
         f">> {what}: val dice {values['val_dice'][:, axis].mean():.4f}, "
         f"3D dice {values['val_3d_dsc'][:, axis].mean():.4f}, "

@@ -10,10 +10,11 @@ original's makefile lines run unchanged (docs/conventions.md), e.g.
 [('gt_npy', gt_transform, True), ('gt_npy', dist_map_transform, False)]" \
         --scheduler=StealWeight --scheduler_params="{'to_steal': 0.01}"
 
-A training, in order: the command line is parsed and checked (`config.py`); the network, the
-optimizer and the loaders are built; a resume restores `last.pt` once its configuration is
-checked (`checkpoint.py`); each epoch trains and validates (`training.py`), measures the 3D
-metrics (`metrics.py`) and writes the run folder (`runwriter.py`, schema in `runfolder.py`).
+A training, in order: the command line is parsed and checked, once, into the typed
+configuration everything after reads (`config.Config`); the network, the optimizer and the
+loaders are built; a resume restores `last.pt` once its configuration is checked
+(`training.checkpoint`); each epoch trains and validates (`training.engine`), measures the 3D
+metrics (`metrics`) and writes the run folder (`runfolder.writer`, schema in `runfolder.schema`).
 `--evaluate` validates the `--weights` network once instead. Under torchrun (`make NPROC=4`) each
 process trains on its share of the batches with DistributedDataParallel; only rank 0 writes.
 """
@@ -48,7 +49,6 @@ from boundary_loss.training.config import (
     ConfigError,
     check_config,
     get_args,
-    parse_literal,
     read_forbidden,
 )
 from boundary_loss.training.engine import (
@@ -66,24 +66,27 @@ from boundary_loss.training.lr_schedule import PlateauHalving, original_halving
 TRAINING_ARRAYS = tuple(name for name in ARRAYS if name != ADJACENCY)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Session:
-    """What a training holds fixed: the network, its optimizer, the loaders and the references."""
+    """What a training holds fixed: its configuration, the network, its optimizer, the loaders
+    and the references."""
 
-    args: argparse.Namespace
+    config: Config
     context: Context
     device: torch.device
-    workdir: Path
     net: nn.Module  # the network (validated, saved)
     model: nn.Module  # what trains: the network or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
-    config: Config
     train: Phase
     val: Phase
     spacing_3d: dict
     forbidden: np.ndarray | None
     augment: torch.Generator | None
     plateau: PlateauHalving = field(default_factory=PlateauHalving)
+
+    @property
+    def workdir(self) -> Path:
+        return self.config.workdir
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -96,7 +99,7 @@ class Session:
         return max((losses.names for losses in self.train.losses), key=len)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Progress:
     """What changes from epoch to epoch, and what a resume restores."""
 
@@ -110,23 +113,23 @@ class Progress:
     best_epoch: int = -1
 
 
-def build_network(args, context: Context, device: torch.device) -> tuple[nn.Module, nn.Module]:
+def build_network(
+    config: Config, context: Context, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
     """The network (initialised from --weights when given) and what trains it under torchrun."""
-    net_params = parse_literal(args.net_params, "--net_params")
-    if not isinstance(net_params, dict):
-        raise ConfigError(f"--net_params must be a dict, got {net_params!r}")
+    network, net_params = config.network, config.net_params
     try:
-        net = get_network(args.network, args.modalities, args.n_class, **net_params).to(device)
+        net = get_network(network, config.modalities, config.n_class, **net_params).to(device)
     except TypeError as error:
-        raise ConfigError(f"--net_params {net_params} do not fit {args.network}: {error}") from None
-    if net.dimensions != args.dimensions:
+        raise ConfigError(f"--net_params {net_params} do not fit {network}: {error}") from None
+    if net.dimensions != config.dimensions:
         raise ConfigError(
-            f"--network {args.network} is {net.dimensions}D but --dimensions is {args.dimensions}"
+            f"--network {network} is {net.dimensions}D but --dimensions is {config.dimensions}"
         )
-    if args.weights:
-        checkpoint.load_weights(net, args.weights, args.network)
-    if args.channels_last:
-        layout = torch.channels_last if args.dimensions == 2 else torch.channels_last_3d
+    if config.weights:
+        checkpoint.load_weights(net, config.weights, network)
+    if config.channels_last:
+        layout = torch.channels_last if config.dimensions == 2 else torch.channels_last_3d
         net = net.to(memory_format=layout)
     model = net
     if context.active:
@@ -136,100 +139,97 @@ def build_network(args, context: Context, device: torch.device) -> tuple[nn.Modu
     return net, model
 
 
-def build_optimizer(args, net: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, net: nn.Module) -> torch.optim.Optimizer:
     """Adam (betas 0.9, 0.99) as the original, or SGD with --use_sgd."""
-    if args.use_sgd:
-        return torch.optim.SGD(net.parameters(), lr=args.l_rate, momentum=0.9, weight_decay=5e-4)
-    return torch.optim.Adam(net.parameters(), lr=args.l_rate, betas=(0.9, 0.99))
+    lr = config.l_rate
+    if config.use_sgd:
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
 
 
-def build_phases(args, config: Config, context: Context, device: torch.device) -> tuple:
+def build_phases(config: Config, context: Context, device: torch.device) -> tuple[Phase, Phase]:
     """The training loaders (one per --training_folders entry) and the validation loader, with
     the losses and targets each feeds."""
     common = {
-        "use_spacing": args.use_spacing,
-        "in_memory": args.in_memory,
-        "debug": args.debug,
-        "grp_regex": args.grp_regex,
-        "num_workers": args.workers,
+        "use_spacing": config.use_spacing,
+        "in_memory": config.in_memory,
+        "debug": config.debug,
+        "grp_regex": config.grp_regex,
+        "num_workers": config.workers,
         "pin_memory": device.type == "cuda",
         "rank": context.rank,
         "world_size": context.world_size,
     }
-    on_device = args.device_dist_maps or args.augment
+    on_device = config.device_dist_maps or config.augment
     read = [
         loader_targets(inputs, gt, targets, on_device)
         for inputs, gt, targets in zip(
             config.inputs, config.ground_truth, config.targets, strict=True
         )
     ]
-    dataset = Path(args.dataset)
     loaders = [
         make_loader(
-            dataset / folder,
+            config.dataset / folder,
             specs,
-            args.n_class,
-            batch_size=args.batch_size,
+            config.n_class,
+            batch_size=config.batch_size,
             train=True,
-            group=args.group_train,
-            seed=args.seed + i,
+            group=config.group_train,
+            seed=config.seed + i,
             **common,
         )
-        for i, (folder, (specs, _)) in enumerate(zip(args.training_folders, read, strict=True))
+        for i, (folder, (specs, _)) in enumerate(zip(config.training_folders, read, strict=True))
     ]
-    val_specs, val_targets = read[args.val_loader_id]
+    val_specs, val_targets = read[config.val_loader_id]
     val_loader = make_loader(
-        dataset / args.validation_folder,
+        config.dataset / config.validation_folder,
         val_specs,
-        args.n_class,
-        batch_size=args.batch_size,
+        config.n_class,
+        batch_size=config.batch_size,
         train=False,
-        group=args.group,
-        seed=args.seed,
+        group=config.group,
+        seed=config.seed,
         **common,
     )
     train = Phase(loaders, [t for _, t in read], config.loss_fns)
-    val = Phase([val_loader], [val_targets], [config.loss_fns[args.val_loader_id]])
+    val = Phase([val_loader], [val_targets], [config.loss_fns[config.val_loader_id]])
     return train, val
 
 
-def open_session(args, context: Context, device: torch.device) -> Session:
-    """Check the configuration and the run folder, and build everything the training needs."""
-    config = check_config(args)
-    workdir = Path(args.workdir)
-    if args.resume and not (workdir / "last.pt").exists():
+def open_session(config: Config, context: Context, device: torch.device) -> Session:
+    """Check the run folder, and build everything the training needs."""
+    workdir = config.workdir
+    if config.resume and not (workdir / "last.pt").exists():
         raise ConfigError(f"--resume: {workdir / 'last.pt'} not found (nothing to resume)")
-    if args.evaluate and (workdir / "last.pt").exists():
+    if config.evaluate and (workdir / "last.pt").exists():
         raise ConfigError(
             f"--evaluate: {workdir} holds a training, whose val_*.npy it would overwrite; give "
             "another --workdir"
         )
     if context.writes:
         workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint.set_seed(args.seed)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    net, model = build_network(args, context, device)
-    optimizer = build_optimizer(args, net)
-    train, val = build_phases(args, config, context, device)
-    spacing_3d = read_spacing_3d(Path(args.dataset) / "spacing_3d.json")
+    checkpoint.set_seed(config.seed)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    net, model = build_network(config, context, device)
+    optimizer = build_optimizer(config, net)
+    train, val = build_phases(config, context, device)
+    spacing_3d = read_spacing_3d(config.dataset / "spacing_3d.json")
     augment = None
-    if args.augment:  # its own stream: turning augmentation on leaves the other draws alone
-        augment = torch.Generator().manual_seed(args.seed * 7919 + context.rank)
+    if config.augment:  # its own stream: turning augmentation on leaves the other draws alone
+        augment = torch.Generator().manual_seed(config.seed * 7919 + context.rank)
     return Session(
-        args,
-        context,
-        device,
-        workdir,
-        net,
-        model,
-        optimizer,
-        config,
-        train,
-        val,
-        spacing_3d,
-        read_forbidden(args),
-        augment,
+        config=config,
+        context=context,
+        device=device,
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        train=train,
+        val=val,
+        spacing_3d=spacing_3d,
+        forbidden=read_forbidden(config),
+        augment=augment,
     )
 
 
@@ -242,13 +242,13 @@ def validate(s: Session, epoch: int, weights: list[list[float]], save_dir: Path 
         "val",
         s.net,
         s.device,
-        s.args,
+        s.config,
         epoch,
         s.context,
         save_dir=save_dir if s.context.writes else None,
     )
-    log = do_epoch(run, s.val, [weights[s.args.val_loader_id]])
-    dsc, hd, hd95 = metrics_3d(log.volumes, s.args.n_class, s.spacing_3d, s.device, s.context)
+    log = do_epoch(run, s.val, [weights[s.config.val_loader_id]])
+    dsc, hd, hd95 = metrics_3d(log.volumes, s.config.n_class, s.spacing_3d, s.device, s.context)
     values = {
         "val_loss": log.losses,
         "val_dice": log.dices,
@@ -268,14 +268,14 @@ def evaluate(s: Session, argv: Sequence[str], weights: list[list[float]]) -> Non
         for name, value in values.items():
             runwriter.save_npy(s.workdir / f"{name}.npy", value[None])
         runwriter.write_csv(
-            s.workdir / s.args.csv,
+            s.workdir / s.config.csv,
             {n: v[None] for n, v in values.items()},
-            [s.args.l_rate],
+            [s.config.l_rate],
             [weights],
             s.loss_names,
         )
-        runwriter.write_start(s.workdir, s.args, argv, s.device, s.context)
-    report_epoch(s.args, s.context, "evaluation", values, False)
+        runwriter.write_start(s.workdir, s.config, argv, s.device, s.context)
+    report_epoch(s.config, s.context, "evaluation", values, False)
 
 
 def resume(s: Session, argv: Sequence[str]) -> Progress:
@@ -284,7 +284,7 @@ def resume(s: Session, argv: Sequence[str]) -> Progress:
     last = s.workdir / "last.pt"
     state = checkpoint.read_last(last)  # on the CPU: the random states must stay CPU tensors
     start = int(state["epoch"]) + 1
-    changes = checkpoint.check_resume(s.args, s.workdir, state, start, s.context)
+    changes = checkpoint.check_resume(s.config.recorded, s.workdir, state, start, s.context)
     checkpoint.fit_state(s.net, checkpoint.model_state(state, last, "--resume"), last, "--resume")
     try:
         s.optimizer.load_state_dict(state["optimizer"])
@@ -319,18 +319,18 @@ def resume(s: Session, argv: Sequence[str]) -> Progress:
             "changed": changes,
         }
         checkpoint.record_resume(s.workdir, entry)
-        runwriter.save_json(s.workdir / "args.json", vars(s.args))
+        runwriter.save_json(s.workdir / "args.json", s.config.recorded)
     print(f">>> Resuming {s.workdir} after epoch {start - 1}", flush=True)
     timing = runwriter.read_timing(s.workdir / "timing.json", start)
     return Progress(
-        state["weights"],
-        {n: list(h) for n, h in history.items()},
-        state["lrs"],
-        state["weight_log"],
-        timing,
-        start,
-        state["best_metric"],
-        state["best_epoch"],
+        weights=state["weights"],
+        history={n: list(h) for n, h in history.items()},
+        lrs=state["lrs"],
+        weight_log=state["weight_log"],
+        timing=timing,
+        start_epoch=start,
+        best_metric=state["best_metric"],
+        best_epoch=state["best_epoch"],
     )
 
 
@@ -351,7 +351,7 @@ def last_state(s: Session, p: Progress, epoch: int) -> dict:
         "rng": s.context.gather(checkpoint.rng_state())
         if s.context.active
         else checkpoint.rng_state(),
-        "args": vars(s.args),
+        "args": dict(s.config.recorded),
         "processes": s.context.world_size,
     }
     if s.augment is not None:
@@ -362,18 +362,18 @@ def last_state(s: Session, p: Progress, epoch: int) -> dict:
 def train_one_epoch(s: Session, p: Progress, epoch: int) -> None:
     """Train, validate, record and checkpoint one epoch; then halve the learning rate and move
     the loss weights as scheduled."""
-    args = s.args
+    config = s.config
     for i, loader in enumerate(s.train.loaders):
         if loader.generator is not None:
-            loader.generator.manual_seed(args.seed * 100_003 + epoch * 101 + i)
+            loader.generator.manual_seed(config.seed * 100_003 + epoch * 101 + i)
         if hasattr(loader.batch_sampler, "set_epoch"):
             loader.batch_sampler.set_epoch(epoch)
     iter_dir = s.workdir / f"iter{epoch:03d}"
-    save_train = iter_dir / "train" if args.save_train and s.context.writes else None
+    save_train = iter_dir / "train" if config.save_train and s.context.writes else None
     run = Pass(
-        "train", s.model, s.device, args, epoch, s.context, s.optimizer, save_train, s.augment
+        "train", s.model, s.device, config, epoch, s.context, s.optimizer, save_train, s.augment
     )
-    log, p.weights = train_epoch(run, s.train, p.weights, s.config.scheduler)
+    log, p.weights = train_epoch(run, s.train, p.weights, config.scheduler)
     started = time.perf_counter()
     values = {"tra_loss": log.losses, "tra_dice": log.dices} | validate(
         s, epoch, p.weights, iter_dir / "val"
@@ -394,44 +394,46 @@ def train_one_epoch(s: Session, p: Progress, epoch: int) -> None:
     )
     if s.context.writes:
         runwriter.write_epoch(
-            s.workdir, args, p.history, p.lrs, p.weight_log, s.loss_names, p.timing
+            s.workdir, config, p.history, p.lrs, p.weight_log, s.loss_names, p.timing
         )
 
-    dices = values["val_3d_dsc" if args.compute_3d_dice else "val_dice"]
-    metric = float(dices[:, args.metric_axis].mean())
+    dices = values["val_3d_dsc" if config.compute_3d_dice else "val_dice"]
+    metric = float(dices[:, list(config.metric_axis)].mean())
     improved = metric > p.best_metric
     if improved:
         p.best_metric, p.best_epoch = metric, epoch
         if s.context.writes:
-            runwriter.save_best(s.workdir, iter_dir, s.net, epoch, metric, args)
-    if args.schedule:
-        rule = args.schedule_rule == "plateau"
+            runwriter.save_best(s.workdir, iter_dir, s.net, epoch, metric, config)
+    if config.schedule:
+        rule = config.schedule_rule == "plateau"
         if s.plateau.step(improved) if rule else original_halving(epoch, p.best_epoch):
             for group in s.optimizer.param_groups:
                 group["lr"] /= 2
-    p.weights = s.config.scheduler(
+    p.weights = config.scheduler(
         epoch, p.weights, {"val_dice": metric, "tra_losses": log.per_loader}
     )
     state = last_state(s, p, epoch)
     if s.context.writes:
         runwriter.save_torch(s.workdir / "last.pt", state)
-    report_epoch(s.args, s.context, f"epoch {epoch:3d}", values, improved)
+    report_epoch(config, s.context, f"epoch {epoch:3d}", values, improved)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], context: Context, device: torch.device):
-    """One training (or, with --evaluate, one validation of --weights) in this process."""
-    s = open_session(args, context, device)
-    weights = [[w for _, _, w in losses] for losses in s.config.losses]
-    if args.evaluate:
+    """One training (or, with --evaluate, one validation of --weights) in this process, from
+    its parsed command line: checked once into its `Config`, which everything after reads."""
+    config = check_config(args)
+    s = open_session(config, context, device)
+    weights = [[w for _, _, w in losses] for losses in config.losses]
+    if config.evaluate:
         evaluate(s, argv, weights)
         return
-    if args.resume:
+    if config.resume:
         progress = resume(s, argv)
     else:
-        progress = Progress(weights, {name: [] for name in s.arrays})
+        progress = Progress(weights=weights, history={name: [] for name in s.arrays})
         if context.writes:
-            runwriter.write_start(s.workdir, args, argv, device, context)
-    for epoch in range(progress.start_epoch, args.n_epoch):
+            runwriter.write_start(s.workdir, config, argv, device, context)
+    for epoch in range(progress.start_epoch, config.n_epoch):
         train_one_epoch(s, progress, epoch)
     if context.writes:
         print(
