@@ -1,4 +1,5 @@
-"""A small sliced dataset in the slicers' layout, for training tests (no slicer needed)."""
+"""A small sliced dataset in the slicers' layout, for training tests (no slicer needed), and the
+command line of a small training on it."""
 
 from __future__ import annotations
 
@@ -50,3 +51,26 @@ def make_sliced_dataset(
         (split_dir / "spacing.json").write_text(json.dumps(spacing))
     (root / "spacing_3d.json").write_text(json.dumps(spacing_3d))
     return root
+
+
+# The small trainings on this data: GDL plus the boundary loss, on the input, the ground truth and
+# its distance maps; STEAL: the paper's schedule of the boundary weight.
+LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
+FOLDERS = (
+    "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
+    "('gt_npy', dist_map_transform, False)]"
+)
+STEAL = ("--scheduler", "StealWeight", "--scheduler_params", "{'to_steal': 0.01}")
+
+
+def training_argv(
+    dataset: Path, workdir: Path, *extra: str, batch_size: int, n_epoch: int = 2
+) -> list[str]:
+    """main.py's arguments for a small training of Dimwit on the CPU on `make_sliced_dataset`'s
+    data (two classes, two channels, slices grouped by case), with LOSSES on FOLDERS, then
+    `extra`."""
+    paths = ["--dataset", str(dataset), "--workdir", str(workdir), "--cpu"]
+    network = "--network Dimwit --n_class 2 --modalities 2 --use_spacing".split()
+    sizes = ["--batch_size", str(batch_size), "--n_epoch", str(n_epoch)]
+    data = ["--grp_regex", r"(case_\d+_\d+)_\d+", "--losses", LOSSES, "--folders", FOLDERS]
+    return [*paths, *network, *sizes, *data, *extra]

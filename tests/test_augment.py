@@ -21,7 +21,7 @@ from boundary_loss.data.loader import (
 )
 from boundary_loss.maps.distance import one_hot2dist
 from boundary_loss.training import main
-from tests.sliced_data import make_sliced_dataset
+from tests.sliced_data import make_sliced_dataset, training_argv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -133,39 +133,8 @@ def test_augmented_dist_maps_are_recomputed_from_the_augmented_labels():
 # ----------------------------------------------------------- through main.py (options, --evaluate)
 
 
-LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
-FOLDERS = (
-    "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
-    "('gt_npy', dist_map_transform, False)]"
-)
-
-
 def _argv(dataset, workdir, *extra):
-    return [
-        "--dataset",
-        str(dataset),
-        "--workdir",
-        str(workdir),
-        "--network",
-        "Dimwit",
-        "--n_class",
-        "2",
-        "--modalities",
-        "2",
-        "--batch_size",
-        "3",
-        "--cpu",
-        "--n_epoch",
-        "2",
-        "--grp_regex",
-        r"(case_\d+_\d+)_\d+",
-        "--use_spacing",
-        "--losses",
-        LOSSES,
-        "--folders",
-        FOLDERS,
-        *extra,
-    ]
+    return training_argv(dataset, workdir, *extra, batch_size=3)
 
 
 @pytest.fixture(scope="module")

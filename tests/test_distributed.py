@@ -25,16 +25,10 @@ from boundary_loss.data.loader import (
     make_loader,
     npy_transform,
 )
-from tests.sliced_data import make_sliced_dataset
+from tests.sliced_data import STEAL, make_sliced_dataset, training_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL, SLICES, BATCH = 3, 3, 5, 2
-
-LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
-FOLDERS = (
-    "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
-    "('gt_npy', dist_map_transform, False)]"
-)
 
 
 # ------------------------------------------------------------------------- the sampler
@@ -76,35 +70,7 @@ def test_sharded_training_batches_are_padded_to_equal_counts(world_size: int):
 def _argv(dataset: Path, workdir: Path, *extra: str) -> list[str]:
     return [
         "main.py",
-        "--dataset",
-        str(dataset),
-        "--workdir",
-        str(workdir),
-        "--network",
-        "Dimwit",
-        "--n_class",
-        "2",
-        "--modalities",
-        "2",
-        "--batch_size",
-        str(BATCH),
-        "--cpu",
-        "--threads",
-        "1",
-        "--n_epoch",
-        "2",
-        "--grp_regex",
-        r"(case_\d+_\d+)_\d+",
-        "--use_spacing",
-        "--losses",
-        LOSSES,
-        "--folders",
-        FOLDERS,
-        "--scheduler",
-        "StealWeight",
-        "--scheduler_params",
-        "{'to_steal': 0.01}",
-        *extra,
+        *training_argv(dataset, workdir, "--threads", "1", *STEAL, *extra, batch_size=BATCH),
     ]
 
 

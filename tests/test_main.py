@@ -16,13 +16,8 @@ from PIL import Image
 from boundary_loss.training import main
 from boundary_loss.training.config import get_args
 from tests.cli import ROOT, assert_clean_error, on_small_disk, run_script, small_disk_available
-from tests.sliced_data import make_sliced_dataset
+from tests.sliced_data import FOLDERS, LOSSES, STEAL, make_sliced_dataset, training_argv
 
-LOSSES = "[('GeneralizedDice', {'idc': [0, 1]}, 1), ('SurfaceLoss', {'idc': [1]}, 0.01)]"
-FOLDERS = (
-    "[('in_npy', tensor_transform, False), ('gt_npy', gt_transform, True), "
-    "('gt_npy', dist_map_transform, False)]"
-)
 N_TRAIN, N_VAL, SLICES, BATCH = 3, 2, 4, 4
 
 
@@ -33,35 +28,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def argv(dataset: Path, workdir: Path, *extra: str, n_epoch: int = 2) -> list[str]:
-    return [
-        "--dataset",
-        str(dataset),
-        "--workdir",
-        str(workdir),
-        "--network",
-        "Dimwit",
-        "--n_class",
-        "2",
-        "--modalities",
-        "2",
-        "--batch_size",
-        str(BATCH),
-        "--cpu",
-        "--n_epoch",
-        str(n_epoch),
-        "--grp_regex",
-        r"(case_\d+_\d+)_\d+",
-        "--use_spacing",
-        "--losses",
-        LOSSES,
-        "--folders",
-        FOLDERS,
-        "--scheduler",
-        "StealWeight",
-        "--scheduler_params",
-        "{'to_steal': 0.01}",
-        *extra,
-    ]
+    return training_argv(dataset, workdir, *STEAL, *extra, batch_size=BATCH, n_epoch=n_epoch)
 
 
 def test_two_epoch_run_writes_every_output(dataset, tmp_path):
