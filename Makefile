@@ -19,7 +19,7 @@ format: $(PY_TEST_DEPS)
 test: lint
 	$(PY) -m pytest -q
 
-# The inner loop: the suite without the tests marked slow (tests/conftest.py), about a minute.
+# The inner loop: the suite without the tests marked slow (tests/conftest.py), about 2 minutes.
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 

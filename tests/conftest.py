@@ -20,6 +20,8 @@ SLOW_MODULES = frozenset(
         "test_slicing.py",  # the paper's slicers on generated cohorts
         "test_slice_nnunet.py",  # the nnU-Net slicer on crafted datasets
         "test_synthetic.py",  # the stand-in zips
+        "test_lineage.py",  # the lineage checker run as a script, many times
+        "test_dataset_lineage.py",  # the dataset pinner run as a script, many times
     }
 )
 
