@@ -24,7 +24,7 @@ import ast
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -516,46 +516,19 @@ def check_config(args: argparse.Namespace) -> Config:
     net_params = parse_literal(args.net_params, "--net_params")
     if not isinstance(net_params, dict):
         raise ConfigError(f"--net_params must be a dict, got {net_params!r}")
+    # The flags as parsed, by the field of the same name; --losses, --folders and --scheduler
+    # become the per-loader fields below.
+    built = {"losses", "inputs", "ground_truth", "targets", "loss_fns", "scheduler", "recorded"}
+    flags = {f.name: getattr(args, f.name) for f in fields(Config) if f.name not in built}
     return Config(
-        dataset=Path(args.dataset),
-        workdir=Path(args.workdir),
-        training_folders=tuple(args.training_folders),
-        validation_folder=args.validation_folder,
-        val_loader_id=args.val_loader_id,
-        n_class=args.n_class,
-        modalities=args.modalities,
-        dimensions=args.dimensions,
-        batch_size=args.batch_size,
-        use_spacing=args.use_spacing,
-        in_memory=args.in_memory,
-        debug=args.debug,
-        group=args.group,
-        group_train=args.group_train,
-        grp_regex=args.grp_regex,
-        workers=args.workers,
-        network=args.network,
-        net_params=net_params,
-        weights=args.weights,
-        l_rate=args.l_rate,
-        use_sgd=args.use_sgd,
-        schedule=args.schedule,
-        schedule_rule=args.schedule_rule,
-        n_epoch=args.n_epoch,
-        seed=args.seed,
-        threads=args.threads,
-        temperature=args.temperature,
-        bf16=args.bf16,
-        channels_last=args.channels_last,
-        augment=args.augment,
-        augment_degrees=args.augment_degrees,
-        device_dist_maps=args.device_dist_maps,
-        save_train=args.save_train,
-        metric_axis=tuple(args.metric_axis),
-        compute_3d_dice=args.compute_3d_dice,
-        csv=args.csv,
-        adjacency_graph=args.adjacency_graph,
-        resume=args.resume,
-        evaluate=args.evaluate,
+        **flags
+        | {
+            "dataset": Path(args.dataset),
+            "workdir": Path(args.workdir),
+            "training_folders": tuple(args.training_folders),
+            "net_params": net_params,
+            "metric_axis": tuple(args.metric_axis),
+        },
         losses=losses,
         inputs=inputs,
         ground_truth=ground_truth,
