@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_patches import WholeFileDataset
 from boundary_loss.data.loader import (
     DataError,
     FolderSpec,
@@ -235,6 +236,14 @@ def test_loading_processes_and_epochs_give_the_same_batches(split):
     assert not all(equal(a, b) for a, b in zip(inline, other_rank, strict=True))
 
 
+def test_the_benchmark_baseline_reads_the_same_patches(split):
+    """benchmarks/bench_patches.py times whole-file loading against the memory maps: the same
+    items either way."""
+    whole = WholeFileDataset(split, SPECS, K, PATCH, SPACING, 3, 2, 0)
+    data = dataset(split, iterations=2)
+    assert all(same_item(whole[i], data[i]) for i in range(len(data)))
+
+
 def test_debug_keeps_two_cases(split):
     assert dataset(split, debug=True).cases == ["case_0", "case_1"]
 
@@ -308,6 +317,13 @@ def test_bad_files_are_named(tmp_path, folder, array, message):
 @pytest.mark.parametrize("patch_size", [(8, 8), (8, 0, 8), (8.0, 8, 8), (8, 8, 8, 8), 8])
 def test_bad_patch_size(split, patch_size):
     refused(split, "patch_size must be three positive integers", patch_size=patch_size)
+
+
+def test_labels_read_one_hot_must_be_class_indices(split):
+    specs = [*SPECS[:2], FolderSpec("3d_distmap", gt_transform, True)]
+    message = r"3d_distmap/case_0\.npy: \('3d_distmap', gt_transform, True\) reads X Y Z class"
+    with pytest.raises(DataError, match=message):
+        PatchDataset(split, specs, K, PATCH, SPACING, 2, 2, 0)
 
 
 def test_missing_spacing(split):

@@ -289,6 +289,11 @@ class PatchDataset(Dataset):
                         f"{path}: shape {tuple(array.shape)} does not match the image "
                         f"{tuple(image.shape)} of {files[0]}"
                     )
+                if array.ndim == 4 and self.specs[s].transform is gt_transform:
+                    raise DataError(
+                        f"{path}: {describe_spec(self.specs[s])} reads X Y Z class indices, "
+                        f"got shape {tuple(array.shape)}"
+                    )
                 if array.ndim == 4:
                     self.pad_modes[s] = "edge"
                     if array.shape[0] != self.K:
