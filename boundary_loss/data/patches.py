@@ -58,6 +58,9 @@ OVERSAMPLE_FOREGROUND = 0.33
 MAX_LOCATIONS = 10_000
 LOCATIONS_SEED = 1234
 DEBUG_CASES = 2
+# The seed of process `rank` is seed + RANK_SEED_STRIDE * rank, so that it meets none of the
+# nearby seeds a training gives its other loaders.
+RANK_SEED_STRIDE = 1_000_003
 
 PATCH_MAPS_REFUSED = (dist_map_transform, normalised_dist_map_transform)
 
@@ -447,7 +450,8 @@ def make_patch_loader(
 ) -> DataLoader:
     """The training loader of random patches: `iterations` batches of `batch_size` per epoch.
 
-    Each process of a distributed training draws its own patches (seed + rank); the batches are
+    Each process of a distributed training draws its own patches (seed + RANK_SEED_STRIDE *
+    rank: far from the seeds of a training's other loaders, seed + 1, ...); the batches are
     already random, so nothing is shuffled. `loader.batch_sampler.set_epoch(epoch)` moves to the
     draws of another epoch. Loading processes persist across epochs, and batches are pinned
     when CUDA is available.
@@ -474,7 +478,7 @@ def make_patch_loader(
         spacing,
         batch_size,
         iterations,
-        seed + rank,
+        seed + RANK_SEED_STRIDE * rank,
         oversample=oversample,
         debug=debug,
     )
