@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,50 @@ def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple
     return ("ct", low, high, float(voxels.mean()), float(voxels.std()))
 
 
+def default_retain(n_cases: int) -> int:
+    """The validation cases of the seeded split by default: a fifth of the labelled cases, at
+    least one."""
+    return max(1, round(n_cases / 5))
+
+
+def split_cases(
+    description: DatasetDescription, fold: int, cases: Iterable[str], retain: int, seed: int
+) -> tuple[list[str], list[str], dict]:
+    """The train/val split of a dataset's labelled cases, as every tool of the chain makes it.
+
+    Args:
+        description: the dataset (its splits_final.json folds, when it has them).
+        fold: the fold of splits_final.json; without that file, only 0 is accepted.
+        cases: the labelled case ids.
+        retain: validation cases of the seeded split (`slicing.split_patients`).
+        seed: seed of that split.
+
+    Returns:
+        (train ids, val ids), each in natural order, and the entries split.json adds
+        ({"fold": fold} for a fold of splits_final.json, else none).
+
+    Raises:
+        DatasetError: a fold other than 0 without splits_final.json, or one not in it.
+        SliceError: `retain` not in 1 .. cases - 1 (seeded split).
+    """
+    source = description.root
+    if description.folds is None:
+        if fold != 0:
+            raise DatasetError(
+                f"--fold {fold}: {source} has no splits_final.json, so no folds; its split "
+                "is seeded (--seed, --retain)"
+            )
+        train, val = split_patients(cases, retain, seed)
+        return train, val, {}
+    if not 0 <= fold < len(description.folds):
+        raise DatasetError(
+            f"{source / 'splits_final.json'}: no fold {fold}; it holds folds 0 .. "
+            f"{len(description.folds) - 1}"
+        )
+    train, val = description.folds[fold]
+    return sorted(train, key=natural_key), sorted(val, key=natural_key), {"fold": fold}
+
+
 def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
     """The `Dataset` of an nnU-Net v2 or MSD folder, read from its dataset.json.
 
@@ -173,21 +218,7 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
     n_channels = len(description.channels)
 
     def split(found: Patients, retain: int, seed: int) -> tuple[list, list, dict]:
-        if description.folds is None:
-            if fold != 0:
-                raise DatasetError(
-                    f"--fold {fold}: {source} has no splits_final.json, so no folds; its split "
-                    "is seeded (--seed, --retain)"
-                )
-            train, val = split_patients(found, retain, seed)
-            return train, val, {}
-        if not 0 <= fold < len(description.folds):
-            raise DatasetError(
-                f"{source / 'splits_final.json'}: no fold {fold}; it holds folds 0 .. "
-                f"{len(description.folds) - 1}"
-            )
-        train, val = description.folds[fold]
-        return sorted(train, key=natural_key), sorted(val, key=natural_key), {"fold": fold}
+        return split_cases(description, fold, found, retain, seed)
 
     def plan(found: Patients, train: list[str]) -> tuple[Geometry, dict[str, object]]:
         spacings = check_headers(description)
@@ -220,7 +251,7 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
         n_classes=len(values),
         find_patients=lambda _: patients,
         label_map=tuple((v, i) for i, v in enumerate(values) if v != i),
-        default_retain=max(1, round(len(patients) / 5)),
+        default_retain=default_retain(len(patients)),
         split=split,
         plan=plan,
     )
