@@ -323,7 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--seed", type=int, default=0, help="seed of the split")
     add("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
     add("--patch", type=int, nargs="+", metavar="N", help="patch X Y Z (default: planned)")
-    add("--max_patch_voxels", type=int, default=plan3d.MAX_PATCH_VOXELS, help="of a planned patch")
+    add(
+        "--max_patch_voxels",
+        type=int,
+        default=plan3d.MAX_PATCH_VOXELS,
+        help="voxel budget of a patch",
+    )
     add("--batch_size", type=int, default=2, help="patches per batch (default 2)")
     add("--n_augment", type=int, default=0, choices=[0], help="0: augmented on the device")
     args = parser.parse_args(argv)
