@@ -8,6 +8,7 @@ Widths of 2 to 8 channels and volumes of a few hundred voxels keep the file fast
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -193,21 +194,22 @@ def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
 
 
 def test_a_few_optimisation_steps_reduce_the_loss() -> None:
-    """Twenty gradient-descent steps on two volumes whose label is the sign of the input."""
+    """Ten gradient-descent steps on two volumes whose label is the sign of the input."""
     torch.manual_seed(0)
     model = PlainUNet3D(1, 2, [[2, 2, 2]], [[3, 3, 3]] * 2, features=4)
     x = torch.randn(2, 1, 8, 8, 8)
     target = (x[:, 0] > 0).long()
     losses = []
-    for _ in range(20):
+    for _ in range(10):
         loss = nn.functional.cross_entropy(model(x), target)
         model.zero_grad()
         loss.backward()
         with torch.no_grad():
             for p in model.parameters():
-                p -= 0.3 * p.grad
+                p -= 0.5 * p.grad
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.7 * losses[0], losses
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

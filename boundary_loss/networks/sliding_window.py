@@ -183,7 +183,9 @@ def sliding_window(
 
     Args:
         predict: maps a batch of windows ``B C P_X P_Y P_Z`` to ``B K P_X P_Y P_Z`` (for
-            example the softmax of a network's logits), on the image's device.
+            example the softmax of a network's logits), on the image's device, each window on
+            its own (no mixing across the batch); it must not write into its input (a single
+            window may be passed as a view of `image`).
         image: one volume ``C X Y Z`` or ``1 C X Y Z``.
         patch_size: the window ``(P_X, P_Y, P_Z)``.
         overlap: the fraction of a window its neighbour overlaps along each axis, in [0, 1).
@@ -229,6 +231,8 @@ def sliding_window(
         total_weight[window] += weight
     flips = _flip_combinations(mirror_axes)
     share = 1 / (1 + len(flips))
+    # Batches of several windows are gathered into one buffer; a single window is passed as a
+    # view of the volume (no copy: `predict` must not write into its input).
     batch = torch.empty(
         (min(batch_size, len(windows)), volume.shape[0], *patch),
         dtype=volume.dtype,
@@ -237,9 +241,12 @@ def sliding_window(
     out: Tensor | None = None
     for first in range(0, len(windows), batch_size):
         chunk = windows[first : first + batch_size]
-        x = batch[: len(chunk)]
-        for i, window in enumerate(chunk):
-            x[i].copy_(volume[(slice(None), *window)])
+        if len(chunk) == 1:
+            x = volume[(None, slice(None), *chunk[0])]
+        else:
+            x = batch[: len(chunk)]
+            for i, window in enumerate(chunk):
+                x[i].copy_(volume[(slice(None), *window)])
         prediction = predict(x)
         if out is None:
             n_class = _check_prediction(prediction, len(chunk), patch)
