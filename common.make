@@ -134,6 +134,8 @@ REPORT := $(RESULTS)/report.md
 # The adjacency graph of the training labels (Ganaye et al., MICCAI 2018), for the datasets that
 # use it (TRAIN_DEPS = $(GRAPH)); kept beside the sliced data, not in it.
 GRAPH := $(ROOT)/$(DATA_NAME)_adjacency/graph.csv
+# Where its labels are read (a dataset makefile may set it first, e.g. for 3D volumes).
+GRAPH_OPT ?= $(SLICED)/train/gt $(@D) $(K) --pattern '*.png'
 
 REPO := $(shell basename "$$(git rev-parse --show-toplevel 2>/dev/null || pwd)")
 DATE := $(shell date +%y%m%d)
@@ -189,7 +191,7 @@ $(SLICED): $(UNPACKED) | $(PY_DEPS)
 # Class adjacencies of the training split's ground-truth slices (2D neighbourhoods, as the 2D
 # networks see them); graph.csv is written last, when graph.png is there.
 $(GRAPH): $(SLICED) | $(PY_DEPS)
-	$(PY) $(CFLAGS) preprocess/extract_adjacency.py $(SLICED)/train/gt $(@D) $(K) --pattern '*.png'
+	$(PY) $(CFLAGS) preprocess/extract_adjacency.py $(GRAPH_OPT)
 
 # One training per loss combination, in $@_tmp; RESUME=1 continues an interrupted one from its
 # last.pt instead of starting over.

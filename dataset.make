@@ -11,6 +11,11 @@
 # results/<name>/predictions/<training>/) -> report -> archive. Results in results/<name>/ (the
 # dataset folder's name), sliced data in data/sliced/<name>/. FOLD=N (N > 0) trains on fold N of
 # the dataset's splits_final.json, in results/<name>-foldN/ and data/sliced-foldN/.
+#
+# DIM=3: the same chain in 3D (docs/3d.md): whole volumes resampled to the median spacing, with
+# their distance maps, in data/prepared-3d/<name>/ (plan.json: normalisation, spacing, patch,
+# network) -> patch trainings of a 3D U-Net shaped by the spacing -> sliding-window validation
+# and predictions -> results/<name>-3d/. DIM=2 (slices, as the paper) is the default.
 
 ifeq ($(DATA),synthetic)
 DATASET ?= data/nnunet-synthetic/Dataset990_StandIn
@@ -41,9 +46,20 @@ override DATASET := $(patsubst %/,%,$(DATASET))
 DATA_NAME := $(notdir $(DATASET))
 LINEAGE ?= lineage/$(DATA_NAME).lineage
 FOLD ?= 0
-SUFFIX := $(if $(filter-out 0,$(FOLD)),-fold$(FOLD))
+DIM ?= 2
+ifeq ($(filter 2 3,$(DIM)),)
+$(error DIM=$(DIM): expected 2 (2D slices, the default) or 3 (3D patches of whole volumes))
+endif
+FOLD_SUFFIX := $(if $(filter-out 0,$(FOLD)),-fold$(FOLD))
+ifeq ($(DIM),3)
+SUFFIX := $(FOLD_SUFFIX)-3d
+ROOT := data/prepared$(SUFFIX)
+SLICER := preprocess/prepare_3d.py
+else
+SUFFIX := $(FOLD_SUFFIX)
 ROOT := data/sliced$(SUFFIX)
 SLICER := preprocess/slice_nnunet.py
+endif
 SOURCE_DIR := $(DATASET)
 # RETAIN=0: a fifth of the cases for validation (without splits_final.json).
 RETAIN ?= 0
@@ -60,7 +76,28 @@ include $(VARS)
 
 # The slicer's own arguments; SLICE_OPT (the user's) comes after them and wins.
 SLICER_ARGS := --fold $(FOLD)
+ifeq ($(DIM),3)
+# 3D: nnU-Net's 3d_fullres settings (Isensee et al., 2021): its plain U-Net shaped by the plan,
+# batches of 2 patches, 250 batches per epoch, SGD-free Adam as the 2D chain. PATCH="X Y Z"
+# replaces the plan's patch (the network is planned for it).
+NET ?= PlainUNet3D
+PATCH ?=
+SLICER_ARGS += $(if $(PATCH),--patch $(PATCH))
 ifeq ($(DATA),)
+EPC ?= 100
+BS ?= 2
+ITERS ?= 250
+else
+# Sized for a 2-core CPU: patches of 32 x 8 x 32 voxels (smaller than the volumes, so that some
+# hold no lesion and need the whole-volume maps), a network of width 8, 8 epochs of 12 batches.
+PATCH := $(or $(PATCH),32 8 32)
+EPC ?= 8
+BS ?= 2
+ITERS ?= 12
+LR ?= 3e-3
+NET_PARAMS ?= $(if $(filter PlainUNet3D,$(NET)),{'features': 8},{})
+endif
+else ifeq ($(DATA),)
 EPC ?= 100
 else
 # Sized for a 2-core CPU: slices at 64 x 64, a UNet of width 8, 10 epochs of batches of 4 at a
@@ -80,23 +117,40 @@ FG = {'idc': [$(FG_IDC)]}
 GDL = ('GeneralizedDice', $(ALL), 1)
 STEAL = --scheduler StealWeight --scheduler_params "{'to_steal': 0.01}"
 
+# The distance maps: of each 2D slice, computed by the loader; in 3D, always the whole
+# volume's (precomputed at its spacing), cut out with each patch.
+ifeq ($(DIM),3)
+DIST := ('3d_distmap', raw_npy_transform, False)
+DEFINED := ce gdl gdl_surface_steal boundary
+else
+DIST := ('gt_npy', dist_map_transform, False)
 DEFINED := ce gdl gdl_surface_steal gdl_3d_surface_steal boundary
+endif
 ce_LOSSES = [('CrossEntropy', $(ALL), 1)]
 ce_FOLDERS = $(B_DATA)+[$(GT)]
 gdl_LOSSES = [$(GDL)]
 gdl_FOLDERS = $(B_DATA)+[$(GT)]
 # The boundary loss on the foreground classes, its weight raised by the steal schedule.
 gdl_surface_steal_LOSSES = [$(GDL), ('SurfaceLoss', $(FG), 0.01)]
-gdl_surface_steal_FOLDERS = $(B_DATA)+[$(GT), ('gt_npy', dist_map_transform, False)]
+gdl_surface_steal_FOLDERS = $(B_DATA)+[$(GT), $(DIST)]
 gdl_surface_steal_OPT = $(STEAL)
+# 2D: the slices of the 3D maps computed on the whole volume.
 gdl_3d_surface_steal_LOSSES = $(gdl_surface_steal_LOSSES)
 gdl_3d_surface_steal_FOLDERS = $(B_DATA)+[$(GT), ('3d_distmap', raw_npy_transform, False)]
 gdl_3d_surface_steal_OPT = $(STEAL)
 # The boundary loss alone on every class, as the original's ACDC training.
 boundary_LOSSES = [('BoundaryLoss', $(ALL), 1)]
-boundary_FOLDERS = $(B_DATA)+[('gt_npy', dist_map_transform, False)]
+boundary_FOLDERS = $(B_DATA)+[$(DIST)]
 
+ifeq ($(DIM),3)
+TRAIN_OPT = --dimensions 3 --compute_3d_dice --schedule --iterations $(ITERS) \
+	$(if $(PATCH),--patch_size $(PATCH))
+# The 3D graph: adjacencies of the training volumes in 3D neighbourhoods.
+GRAPH_OPT = $(SLICED)/train/gt_npy $(@D) $(K) --pattern '*.npy' --dims 3
+PREDICT_MODULE := boundary_loss.inference.predict3d
+else
 TRAIN_OPT = --use_spacing --compute_3d_dice --in_memory --schedule
+endif
 CURVES := tra_loss val_loss val_dice val_3d_dsc val_3d_hd95
 BOXPLOTS := val_3d_dsc
 REPORT_METRICS := val_dice val_3d_dsc val_3d_hausdorff val_3d_hd95
@@ -111,7 +165,7 @@ ce_adj_LOSSES = [('CrossEntropy', $(ALL), 1), $(ADJ_LOSS)]
 ce_adj_FOLDERS = $(B_DATA)+[$(GT), $(GT)]
 ce_adj_OPT = $(LAMBDA)
 boundary_adj_LOSSES = [('BoundaryLoss', $(ALL), 1), $(ADJ_LOSS)]
-boundary_adj_FOLDERS = $(B_DATA)+[('gt_npy', dist_map_transform, False), $(GT)]
+boundary_adj_FOLDERS = $(B_DATA)+[$(DIST), $(GT)]
 boundary_adj_OPT = $(LAMBDA)
 TRAIN_OPT += --adjacency_graph $(GRAPH)
 TRAIN_DEPS = $(GRAPH)
@@ -129,6 +183,8 @@ TRN := $(TRAININGS)
 # The training every other one is compared with, patient by patient, in the report.
 BASELINE ?= gdl
 
+# Predictions: slice by slice (2D), or by sliding windows over whole volumes (DIM=3).
+PREDICT_MODULE ?= boundary_loss.inference.predict
 PREDICTIONS = $(addprefix $(RESULTS)/predictions/,$(RUNS))
 PRODUCTS = $(PREDICTIONS)
 REPORT_OPT = --predictions $(PREDICTIONS)
@@ -160,5 +216,5 @@ $(VARS): $(CHECKED) | $(PY_DEPS)
 predict: $(PREDICTIONS)
 
 $(RESULTS)/predictions/%: $(RESULTS)/% $(SLICED) | $(PY_DEPS)
-	$(PY) $(CFLAGS) -m boundary_loss.inference.predict --run $< --sliced $(SLICED) --source $(DATASET) \
+	$(PY) $(CFLAGS) -m $(PREDICT_MODULE) --run $< --sliced $(SLICED) --source $(DATASET) \
 		--lineage $(LINEAGE) --dest $@

@@ -432,15 +432,21 @@ def forbidden_adjacencies(
 
 
 def adjacency_violations(
-    volumes: Mapping[str, Mapping[str, np.ndarray]], forbidden: np.ndarray
+    volumes: Mapping[str, Mapping[str, np.ndarray]], forbidden: np.ndarray, dims: int = 2
 ) -> np.ndarray:
     """Forbidden adjacencies in each patient's prediction (sorted by name): `P 2` array of the
-    forbidden voxel pairs and the connected components involved, counted slice by slice (2D
-    neighbourhoods, as the graph of the 2D training slices and the 2D estimator)."""
+    forbidden voxel pairs and the connected components involved, counted slice by slice with
+    `dims` 2 (2D neighbourhoods, as the graph of the 2D training slices and the 2D estimator),
+    or in the whole volume with `dims` 3 (3D neighbourhoods, as a 3D training's graph)."""
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
     keys = sorted(volumes)
     res = np.zeros((len(keys), 2), dtype=np.float32)
     for i, key in enumerate(keys):
         pred = volumes[key]["pred"]  # X Y Z
+        if dims == 3:
+            res[i] = forbidden_adjacencies(pred, forbidden)
+            continue
         for z in range(pred.shape[-1]):
             res[i] += forbidden_adjacencies(pred[..., z], forbidden)
     return res

@@ -89,8 +89,9 @@ class PredictError(Exception):
 # made before the marker existed: boundary_loss_predict replaces only those (atomic.staged_folder).
 TOOL, LEGACY = "predict.py", ("predictions.json",)
 METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
-# Where dataset.make pins a dataset's files, by the dataset folder's name.
-LINEAGES = Path(__file__).resolve().parent / "lineage"
+# Where dataset.make pins a dataset's files, by the dataset folder's name: lineage/ of the
+# folder make runs in (the checkout), as dataset.make writes it.
+LINEAGES = Path("lineage")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +180,10 @@ def load_network(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict
     except (CheckpointError, KeyError, TypeError) as error:
         raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
     if getattr(net, "dimensions", 2) != 2:
-        raise PredictError(f"{path}: a {net.dimensions}D network; predictions need a 2D one")
+        raise PredictError(
+            f"{path}: a {net.dimensions}D network; predict a 3D training with "
+            "boundary_loss.inference.predict3d"
+        )
     return net.to(device).eval(), best
 
 
@@ -287,9 +291,16 @@ def check_source(files: Sequence[Path], root: Path, lineage_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
+def read_record(path: Path) -> dict:
+    """A JSON record of the prepared data (split.json, source.json).
+
+    Raises:
+        PredictError: missing or not JSON.
+    """
     if not path.is_file():
-        raise PredictError(f"{path}: file not found (expected a folder sliced by slice_nnunet.py)")
+        raise PredictError(
+            f"{path}: file not found (expected a folder of slice_nnunet.py or prepare_3d.py)"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -324,8 +335,8 @@ def predict(
         check_replaceable(dest, TOOL, "--dest", LEGACY)
     except FolderError as error:
         raise PredictError(str(error)) from None
-    source = _read_json(sliced / "source.json")
-    split = _read_json(sliced / "split.json")
+    source = read_record(sliced / "source.json")
+    split = read_record(sliced / "split.json")
     try:
         description = read_dataset(dataset or source["dataset"])
         values = list(source["labels"].values())
@@ -351,7 +362,7 @@ def predict(
         raise PredictError(str(error)) from None
     if diverged:
         check_run_data(run, sliced)
-        return _write_diverged(run, dest, description.root, val, test)
+        return write_diverged(run, dest, description.root, val, test)
     net, best = load_network(run, device)
     channels, classes = len(source["channels"]), len(values)
     if (best["n_in"], best["n_class"]) != (channels, classes):
@@ -410,7 +421,7 @@ def predict(
     return dest
 
 
-def _write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> Path:
+def write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> Path:
     """The predictions folder of a diverged run (every 3D metric NaN, no best.pt): no NIfTI
     file, a metrics.csv without rows, and predictions.json saying why, so that the report and
     the archive are still made; a warning names the run."""

@@ -69,12 +69,28 @@ def dataset_of(run: Path) -> Path:
     return Path(read_json(run / "args.json")[0]["dataset"])
 
 
+def slice_arrays(dataset: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first channel of a validation slice and its ground truth: the slice's own files
+    (2D data), or the slice of the whole volume along the plan's slice axis (3D data, holding a
+    plan.json; stems `<case>_00_<slice>`, as a 3D training saves its predicted slices)."""
+    plan = dataset / "plan.json"
+    if not plan.is_file():
+        image = np.load(dataset / "val" / "in_npy" / f"{stem}.npy")[0]
+        return image, np.load(dataset / "val" / "gt_npy" / f"{stem}.npy")
+    case, index = stem.rsplit("_00_", 1)
+    axis = int(read_json(plan)[0]["slice_axis"])
+    volume = np.load(dataset / "val" / "in_npy" / f"{case}.npy", mmap_mode="r")[0]
+    truth = np.load(dataset / "val" / "gt_npy" / f"{case}.npy", mmap_mode="r")
+    return np.take(volume, int(index), axis=axis), np.take(truth, int(index), axis=axis)
+
+
 def image_and_truth(dataset: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
     """The first channel of a validation slice (scaled to [0, 1]) and its ground truth."""
-    image = np.load(dataset / "val" / "in_npy" / f"{stem}.npy")[0].astype(np.float64)
+    image, truth = slice_arrays(dataset, stem)
+    image = image.astype(np.float64)
     low, high = image.min(), image.max()
     image = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    return image, np.load(dataset / "val" / "gt_npy" / f"{stem}.npy")
+    return image, np.asarray(truth)
 
 
 def prediction(run: Path, stem: str, epoch: int | None = None) -> np.ndarray:

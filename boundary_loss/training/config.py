@@ -36,6 +36,7 @@ from boundary_loss.losses.idc_losses import LOSSES, CompoundLoss, get_loss
 from boundary_loss.losses.weight_schedules import SCHEDULERS, DummyScheduler, get_scheduler
 from boundary_loss.maps.adjacency import forbidden_pairs, read_graph
 from boundary_loss.networks.registry import NETWORKS
+from boundary_loss.preprocessing.plan3d import read_plan
 from boundary_loss.runfolder.writer import dataset_identity
 
 
@@ -135,6 +136,19 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compute the distance-map targets on the device (the GPU) from the labels",
     )
+    parser.add_argument(
+        "--patch_size",
+        type=int,
+        nargs=3,
+        default=None,
+        help="--dimensions 3: the training patch, X Y Z voxels (default: the plan's, plan.json)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=250,
+        help="--dimensions 3: training batches per epoch (nnU-Net's 250)",
+    )
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network")
     parser.add_argument("--channels_last", action="store_true", help="channels-last memory")
     parser.add_argument(
@@ -168,8 +182,10 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if args.evaluate and not args.weights:
         parser.error("--evaluate needs --weights (a best.pt or last.pt)")
-    if args.augment and args.dimensions != 2:
-        parser.error("--augment transforms 2D slices: it needs --dimensions 2")
+    if args.iterations < 1:
+        parser.error(f"--iterations must be at least 1, got {args.iterations}")
+    if args.patch_size is not None and min(args.patch_size) < 1:
+        parser.error(f"--patch_size must be 3 positive sizes, got {args.patch_size}")
     if not 0 <= args.augment_degrees <= 180:
         parser.error(f"--augment_degrees must be within 0..180, got {args.augment_degrees}")
     if not all(0 <= k < args.n_class for k in args.metric_axis):
@@ -389,6 +405,10 @@ class Config:
     group_train: bool
     grp_regex: str
     workers: int
+    # 3D (--dimensions 3): the plan of the prepared data (plan.json), the patch, batches/epoch
+    plan: dict | None
+    patch_size: tuple[int, ...] | None
+    iterations: int
     # The network and its optimisation
     network: str
     net_params: dict[str, object]
@@ -452,6 +472,10 @@ def split_folders(
         f"ground truth and one folder per loss ({n_losses + 2}, as the original), or the input "
         f"and one folder per loss ({n_losses + 1})"
     )
+
+
+# Transforms that compute distance maps from the labels they are given: on a 3D patch, wrong.
+ON_PATCH = frozenset({"dist_map_transform", "normalised_dist_map_transform"})
 
 
 def check_config(args: argparse.Namespace) -> Config:
@@ -519,6 +543,10 @@ def check_config(args: argparse.Namespace) -> Config:
     # The flags as parsed, by the field of the same name; --losses, --folders and --scheduler
     # become the per-loader fields below.
     built = {"losses", "inputs", "ground_truth", "targets", "loss_fns", "scheduler", "recorded"}
+    built.add("plan")
+    plan, patch_size = None, None
+    if args.dimensions == 3:
+        plan, patch_size = check_3d(args, net_params, targets)
     flags = {f.name: getattr(args, f.name) for f in fields(Config) if f.name not in built}
     return Config(
         **flags
@@ -528,6 +556,8 @@ def check_config(args: argparse.Namespace) -> Config:
             "training_folders": tuple(args.training_folders),
             "net_params": net_params,
             "metric_axis": tuple(args.metric_axis),
+            "plan": plan,
+            "patch_size": patch_size,
         },
         losses=losses,
         inputs=inputs,
@@ -537,6 +567,54 @@ def check_config(args: argparse.Namespace) -> Config:
         scheduler=scheduler,
         recorded=dict(vars(args)),
     )
+
+
+def check_3d(
+    args: argparse.Namespace, net_params: dict, targets: list[list[FolderSpec]]
+) -> tuple[dict, tuple[int, ...]]:
+    """The plan and the patch of a 3D training (--dimensions 3), checked against its flags.
+
+    Raises:
+        ConfigError: no readable plan.json in --dataset, a patch the plan's network cannot
+            take, a distance-map folder that would compute the maps on the patch, or a flag
+            that only 2D slices have.
+    """
+    path = Path(args.dataset) / "plan.json"
+    try:
+        plan = read_plan(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"--dimensions 3: {error} (--dataset must be a folder written by "
+            "preprocess/prepare_3d.py)"
+        ) from None
+    if plan["n_class"] != args.n_class:
+        raise ConfigError(f"--n_class {args.n_class}, but {path} has {plan['n_class']} classes")
+    if len(plan["channels"]) != args.modalities:
+        raise ConfigError(
+            f"--modalities {args.modalities}, but {path} has {len(plan['channels'])} channels"
+        )
+    for flag in ("device_dist_maps", "group", "group_train", "save_train", "channels_last"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag} is for 2D slices; a 3D training does not take it")
+    for specs in targets:
+        for spec in specs:
+            if spec.transform.__name__ in ON_PATCH:
+                raise ConfigError(
+                    f"--folders: ({spec.folder!r}, {spec.transform.__name__}) would compute the "
+                    "distance maps on each 3D patch, where a class outside the patch gets no "
+                    "distances; use the maps of the whole volume, ('3d_distmap', "
+                    "raw_npy_transform, False)"
+                )
+    patch = tuple(args.patch_size or plan["patch_size"])
+    if args.network == "PlainUNet3D":
+        pools = net_params.get("pools", plan["network"]["pools"])
+        factor = [math.prod(p[a] for p in pools) for a in range(3)]
+        if any(s % f for s, f in zip(patch, factor, strict=True)):
+            raise ConfigError(
+                f"--patch_size {list(patch)}: each size must be a multiple of {factor}, the "
+                f"downsampling of the network's pools {pools} ({path})"
+            )
+    return plan, patch
 
 
 def check_target(loss: str, kind: str | None, spec: FolderSpec) -> None:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from boundary_loss.data.augment import augment_batch
+from boundary_loss.data.augment3d import augment_batch_3d
 from boundary_loss.data.loader import (
     DEVICE_TRANSFORMS,
     FolderSpec,
@@ -45,6 +46,7 @@ from boundary_loss.data.loader import (
     gt_transform,
 )
 from boundary_loss.io.distributed import Context
+from boundary_loss.losses.deep_supervision import deep_supervision_loss
 from boundary_loss.losses.idc_losses import CompoundLoss
 from boundary_loss.losses.weight_schedules import DummyScheduler
 from boundary_loss.metrics import dice_coef
@@ -173,9 +175,12 @@ def prepare_batch(
     labels and spacing checked with `validate`, which reads them back)."""
     if augment is not None:
         hot = [not t.is_floating_point() for t in labels]
-        image, labels, spacing = augment_batch(
-            image, labels, hot, spacing, config.augment_degrees, augment
-        )
+        if image.ndim == 5:  # 3D patches: flips and right-angle rotations, maps kept exact
+            image, labels, spacing = augment_batch_3d(image, labels, hot, spacing, augment)
+        else:
+            image, labels, spacing = augment_batch(
+                image, labels, hot, spacing, config.augment_degrees, augment
+            )
     for i, fn in enumerate(targets.device_fns):
         if fn is not None:
             labels[i] = fn(labels[i], spacing[:, :2], validate=validate)
@@ -399,8 +404,10 @@ def run_loader(
         if run.train:
             run.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.config.bf16):
-            logits = run.net(image)
-        probs = F.softmax(run.config.temperature * logits.float(), dim=1)  # B K H W
+            outputs = run.net(image)
+        # a deep-supervised network also gives its lower-resolution outputs when training
+        logits, coarse = (outputs[0], outputs[1:]) if isinstance(outputs, list) else (outputs, [])
+        probs = F.softmax(run.config.temperature * logits.float(), dim=1)  # B K *xyz
         first = batch["filenames"][0]
         where = f"epoch {run.epoch}, {run.mode} batch {offset + j} (first slice {first})"
         try:
@@ -413,6 +420,9 @@ def run_loader(
         if check and _stop_on_error(run, error):
             return log, clock.seconds(), slices, error
         if run.train and total is not None:
+            if coarse:
+                scaled = [F.softmax(run.config.temperature * c.float(), dim=1) for c in coarse]
+                total = deep_supervision_loss(total, values, scaled, labels, losses, weights)
             total.backward()
             run.optimizer.step()
         place = offset + j if position(j) is None else offset + position(j)

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from boundary_loss.data.loader import DataError, make_loader, read_spacing_3d
+from boundary_loss.data.patches import make_patch_loader
 from boundary_loss.io.atomic import DISK_FULL, disk_full_message
 from boundary_loss.io.console import worker_message
 from boundary_loss.io.distributed import Context, LaunchError, setup, teardown
@@ -61,6 +62,7 @@ from boundary_loss.training.engine import (
     train_epoch,
 )
 from boundary_loss.training.lr_schedule import PlateauHalving, original_halving
+from boundary_loss.training.validate3d import VolumeValidation, validate_volumes, volume_validation
 
 # What every training writes each epoch; ADJACENCY too with --adjacency_graph.
 TRAINING_ARRAYS = tuple(name for name in ARRAYS if name != ADJACENCY)
@@ -78,7 +80,7 @@ class Session:
     model: nn.Module  # what trains: the network or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     train: Phase
-    val: Phase
+    val: Phase | VolumeValidation  # 2D: a loader of slices; 3D: whole volumes
     spacing_3d: dict
     forbidden: np.ndarray | None
     augment: torch.Generator | None
@@ -118,6 +120,8 @@ def build_network(
 ) -> tuple[nn.Module, nn.Module]:
     """The network (initialised from --weights when given) and what trains it under torchrun."""
     network, net_params = config.network, config.net_params
+    if config.plan is not None and network == "PlainUNet3D":  # shaped by the plan's spacing
+        net_params = dict(config.plan["network"]) | net_params
     try:
         net = get_network(network, config.modalities, config.n_class, **net_params).to(device)
     except TypeError as error:
@@ -145,6 +149,47 @@ def build_optimizer(config: Config, net: nn.Module) -> torch.optim.Optimizer:
     if config.use_sgd:
         return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
+
+
+def build_phases_3d(
+    config: Config, context: Context, device: torch.device
+) -> tuple[Phase, VolumeValidation]:
+    """A 3D training's patch loaders (one per --training_folders entry: `iterations` batches of
+    random patches per epoch, the maps cut from the whole-volume maps) and its whole-volume
+    validation."""
+    spacing = read_spacing_3d(config.dataset / "spacing_3d.json")
+    read = [
+        loader_targets(inputs, gt, targets, on_device=False)
+        for inputs, gt, targets in zip(
+            config.inputs, config.ground_truth, config.targets, strict=True
+        )
+    ]
+    loaders = [
+        make_patch_loader(
+            config.dataset / folder,
+            specs,
+            config.n_class,
+            config.patch_size,
+            spacing,
+            batch_size=config.batch_size,
+            iterations=config.iterations,
+            seed=config.seed + i,
+            workers=config.workers,
+            rank=context.rank,
+            world_size=context.world_size,
+            debug=config.debug,
+        )
+        for i, (folder, (specs, _)) in enumerate(zip(config.training_folders, read, strict=True))
+    ]
+    specs, targets = read[config.val_loader_id]
+    val = volume_validation(
+        config.dataset / config.validation_folder,
+        specs,
+        targets.n_losses,
+        targets.gt_index,
+        config.loss_fns[config.val_loader_id],
+    )
+    return Phase(loaders, [t for _, t in read], config.loss_fns), val
 
 
 def build_phases(config: Config, context: Context, device: torch.device) -> tuple[Phase, Phase]:
@@ -213,7 +258,8 @@ def open_session(config: Config, context: Context, device: torch.device) -> Sess
         torch.set_num_threads(config.threads)
     net, model = build_network(config, context, device)
     optimizer = build_optimizer(config, net)
-    train, val = build_phases(config, context, device)
+    build = build_phases_3d if config.dimensions == 3 else build_phases
+    train, val = build(config, context, device)
     spacing_3d = read_spacing_3d(config.dataset / "spacing_3d.json")
     augment = None
     if config.augment:  # its own stream: turning augmentation on leaves the other draws alone
@@ -238,6 +284,8 @@ def validate(s: Session, epoch: int, weights: list[list[float]], save_dir: Path 
     processes that hold different numbers of batches) and its 3D metrics. Every process first
     takes rank 0's BatchNorm statistics: each updated its own."""
     s.context.broadcast_buffers(s.net)
+    if isinstance(s.val, VolumeValidation):
+        return validate_3d(s, weights[s.config.val_loader_id], save_dir)
     run = Pass(
         "val",
         s.net,
@@ -258,6 +306,25 @@ def validate(s: Session, epoch: int, weights: list[list[float]], save_dir: Path 
     }
     if s.forbidden is not None:
         values[ADJACENCY] = adjacency_violations(log.volumes, s.forbidden)
+    return values
+
+
+def validate_3d(s: Session, weights: list[float], save_dir: Path | None) -> dict:
+    """A 3D training's validation: whole volumes by sliding windows (`validate3d`), their 3D
+    metrics at the target spacing, forbidden adjacencies counted in 3D."""
+    values, volumes = validate_volumes(
+        s.net,
+        s.val,
+        weights,
+        config=s.config,
+        device=s.device,
+        context=s.context,
+        save_dir=save_dir,
+    )
+    dsc, hd, hd95 = metrics_3d(volumes, s.config.n_class, s.spacing_3d, s.device, s.context)
+    values |= {"val_3d_dsc": dsc, "val_3d_hausdorff": hd, "val_3d_hd95": hd95}
+    if s.forbidden is not None:
+        values[ADJACENCY] = adjacency_violations(volumes, s.forbidden, dims=3)
     return values
 
 

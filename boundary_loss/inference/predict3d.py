@@ -1,0 +1,280 @@
+"""Predict 3D NIfTI label volumes in the source geometry from a 3D training.
+
+Usage: python -m boundary_loss.inference.predict3d --run RUN --sliced PREPARED --dest DIR
+       [--source DATASET] [--lineage LINEAGE] [--mirror] [--cpu] [--batch_size 2]
+
+For data prepared by preprocess/prepare_3d.py (`PREPARED`, holding `plan.json`, `split.json` and
+`cases.json`) and a 3D training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`
+what boundary_loss.inference.predict writes for a 2D training:
+
+- `<case><ending>`: one label volume per validation case and per test case (imagesTs), in its
+  own geometry: each case is read from the source dataset, normalised and resampled to the
+  plan's target spacing as prepare_3d.py did, predicted whole by sliding windows (the training
+  patch, overlap 0.5, Gaussian importance; `--mirror`: test-time mirroring along every axis),
+  its class probabilities resampled back to the case's own grid (linear, per class, as
+  nnU-Net does) and turned into classes there, then into dataset.json's label values; the file
+  keeps the source image's affine and header;
+- `metrics.csv`: 3D Dice, HD and HD95 (mm) per validation case and class, from the written files
+  against the source label files, at the source spacing;
+- `predictions.json`: the run, its best epoch, the cases and the files.
+
+The same checks as the 2D predictions come first: the run was trained on `PREPARED` (the md5 of
+its split.json), the source files match their lineage, and `DIR` is missing, empty or an earlier
+output of this command. Errors are one line: `error: <message>`, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boundary_loss.inference.predict import (
+    LEGACY,
+    LINEAGES,
+    METRICS_COLUMNS,
+    TOOL,
+    PredictError,
+    case_metrics,
+    check_run_data,
+    check_source,
+    default_lineage,
+    read_record,
+    source_shape,
+    write_diverged,
+    write_labels,
+)
+from boundary_loss.io.atomic import (
+    DISK_FULL,
+    FolderError,
+    check_replaceable,
+    disk_full_message,
+    staged_folder,
+)
+from boundary_loss.io.console import ArgumentParser
+from boundary_loss.networks.registry import get_network
+from boundary_loss.preprocessing.nnunet_format import read_dataset
+from boundary_loss.preprocessing.plan3d import read_plan
+from boundary_loss.preprocessing.prepare_3d import prepare_images
+from boundary_loss.preprocessing.resample import resample_probabilities
+from boundary_loss.preprocessing.volumes import SliceError, Volume, load_images
+from boundary_loss.runfolder.schema import divergence
+from boundary_loss.training.checkpoint import (
+    CheckpointError,
+    fit_state,
+    model_state,
+    read_checkpoint,
+)
+from boundary_loss.training.config import parse_literal
+from boundary_loss.training.validate3d import predict_case
+
+
+def load_network_3d(run: Path, plan: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The 3D network of `run/best.pt`, rebuilt from its recorded arguments and the plan.
+
+    Raises:
+        PredictError: no best.pt, one that does not rebuild, or a 2D network.
+    """
+    path = run / "best.pt"
+    if not path.is_file():
+        raise PredictError(f"{path}: file not found (expected the best weights of a training)")
+    try:
+        best = read_checkpoint(path, "--run")
+        state = model_state(best, path, "--run")
+        params = parse_literal(best["args"].get("net_params", "{}"), "net_params")
+        if best["network"] == "PlainUNet3D":
+            params = dict(plan["network"]) | params
+        net = get_network(best["network"], best["n_in"], best["n_class"], **params)
+        fit_state(net, state, path, "--run")
+    except (CheckpointError, KeyError, TypeError, ValueError) as error:
+        raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
+    if getattr(net, "dimensions", 2) != 3:
+        raise PredictError(
+            f"{path}: a {net.dimensions}D network; predict a 2D training with "
+            "boundary_loss.inference.predict"
+        )
+    return net.to(device).eval(), best
+
+
+def predict_3d(
+    run: Path,
+    prepared: Path,
+    dest: Path,
+    device: torch.device,
+    batch_size: int,
+    dataset: Path | None = None,
+    lineage: Path | None = None,
+    mirror: bool = False,
+) -> Path:
+    """Write the predictions of the 3D training `run` for the validation and test cases of the
+    dataset prepared in `prepared` into `dest`.
+
+    Args:
+        run: the training's folder (best.pt).
+        prepared: the prepare_3d.py output the run was trained on.
+        dest: the output folder, replaced when complete.
+        device: where the network runs.
+        batch_size: windows per forward pass.
+        dataset: the source dataset folder (None: the one prepare_3d.py read).
+        lineage: the lineage file pinning the source (None: `lineage/<its name>.lineage` when
+            present, else the source is not checked, with a warning).
+        mirror: test-time mirroring along the three axes (8 passes per window).
+
+    Raises:
+        PredictError, SliceError: see the module docstring.
+    """
+    try:
+        check_replaceable(dest, TOOL, "--dest", LEGACY)
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    try:
+        plan = read_plan(prepared / "plan.json")
+    except (OSError, ValueError) as error:
+        raise PredictError(f"{error} (--sliced: expected a folder of prepare_3d.py)") from None
+    split = read_record(prepared / "split.json")
+    try:
+        description = read_dataset(dataset or plan["dataset"])
+        values = [int(value) for _, value in plan["labels"]]
+        val = list(split["val"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise PredictError(
+            f"{prepared}: plan.json or split.json is not as prepare_3d.py writes it ({error!r})"
+        ) from None
+    training = {c.cid: c for c in description.training}
+    test = [c.cid for c in description.test]
+    missing = [cid for cid in val if cid not in training]
+    if missing:
+        raise PredictError(f"{description.root}: cases {missing[:5]} of {prepared} are gone")
+    cases = {**{cid: training[cid] for cid in val}, **{c.cid: c for c in description.test}}
+    try:
+        diverged = divergence(run).diverged
+    except ValueError as error:
+        raise PredictError(str(error)) from None
+    if diverged:
+        check_run_data(run, prepared)
+        return write_diverged(run, dest, description.root, val, test)
+    net, best = load_network_3d(run, plan, device)
+    channels = len(plan["channels"])
+    if (best["n_in"], best["n_class"]) != (channels, len(values)):
+        raise PredictError(
+            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
+            f"classes, but {prepared} has {channels} channels and {len(values)} classes"
+        )
+    check_run_data(run, prepared)
+    lineage = lineage or default_lineage(description.root)
+    if lineage is None:
+        print(
+            f"warning: {description.root} is not checked against a lineage (no --lineage, no "
+            f"{LINEAGES / (description.root.name + '.lineage')}): the metrics use its files as "
+            "they are now",
+            file=sys.stderr,
+        )
+    else:
+        read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
+        check_source(read, description.root, lineage)
+    patch = tuple(best["args"].get("patch_size") or plan["patch_size"])
+    mirror_axes = (0, 1, 2) if mirror else ()
+    ending = (
+        ".nii.gz" if str(cases[val[0] if val else test[0]].images[0]).endswith(".gz") else ".nii"
+    )
+    label_names = {name: int(value) for name, value in plan["labels"]}
+    try:
+        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
+            rows, files = [], {}
+            for cid in [*val, *test]:
+                case = cases[cid]
+                raw, spacing, _, paths = load_images(
+                    Volume(cid, case.images, None, case.four_d), channels
+                )
+                image = torch.from_numpy(prepare_images(raw, spacing, paths, plan))[None]
+                probs = predict_case(
+                    net, image.to(device), patch, batch_size, mirror_axes=mirror_axes
+                )
+                back = resample_probabilities(
+                    probs[0].cpu().numpy(),
+                    source_shape(case),
+                    spacing=plan["target_spacing"],
+                    target_spacing=spacing,
+                )
+                labels = np.asarray(values, dtype=np.uint8)[back.argmax(axis=0)]
+                path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
+                files[cid] = path.name
+                if case.label is not None:
+                    for row in case_metrics(path, case.label, label_names):
+                        rows.append({"case": cid, **row})
+            with open(tmp / "metrics.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, METRICS_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+            record = {
+                "run": str(run),
+                "best_epoch": best.get("epoch"),
+                "dataset": str(description.root),
+                "dimensions": 3,
+                "mirror": mirror,
+                "validation": val,
+                "test": test,
+                "files": files,
+            }
+            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise PredictError(disk_full_message(error, dest.parent)) from None
+        where = error.filename or dest
+        raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    parser: argparse.ArgumentParser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a 3D training's folder")
+    parser.add_argument(
+        "--sliced", required=True, type=Path, help="the prepared data (prepare_3d.py output)"
+    )
+    parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="the dataset folder (default: the plan's)"
+    )
+    parser.add_argument(
+        "--lineage",
+        type=Path,
+        default=None,
+        help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
+    )
+    parser.add_argument(
+        "--mirror", action="store_true", help="test-time mirroring along the three axes"
+    )
+    parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
+    parser.add_argument("--batch_size", type=int, default=2, help="windows per forward pass")
+    args = parser.parse_args(argv)
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if use_cuda else "cpu")
+    try:
+        dest = predict_3d(
+            args.run,
+            args.sliced,
+            args.dest,
+            device,
+            max(args.batch_size, 1),
+            args.source,
+            args.lineage,
+            args.mirror,
+        )
+    except (PredictError, SliceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"predictions of {args.run} written to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
