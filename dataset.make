@@ -88,12 +88,13 @@ EPC ?= 100
 BS ?= 2
 ITERS ?= 250
 else
-# Sized for a 2-core CPU: patches of 32 x 8 x 32 voxels (smaller than the volumes, so that some
-# hold no lesion and need the whole-volume maps), a network of width 8, 8 epochs of 12 batches.
+# Sized for a 2-core CPU: patches of 32 x 8 x 32 voxels, smaller than the volumes (about
+# 56 x 12 x 46), so that their maps need the structures outside them; a network of width 8,
+# 20 epochs of 25 batches.
 PATCH := $(or $(PATCH),32 8 32)
-EPC ?= 8
+EPC ?= 20
 BS ?= 2
-ITERS ?= 12
+ITERS ?= 25
 LR ?= 3e-3
 NET_PARAMS ?= $(if $(filter PlainUNet3D,$(NET)),{'features': 8},{})
 endif

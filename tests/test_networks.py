@@ -28,6 +28,16 @@ SMALL_CASES = [
     ("Dimwit", {}, (2, 2, 16, 12), 3),
     ("Dummy", {}, (2, 1, 8, 8), 2),
     ("Dimwit3D", {}, (2, 1, 8, 6, 4), 2),
+    (
+        "PlainUNet3D",
+        {
+            "pools": [[2, 1, 2], [2, 2, 2]],
+            "kernels": [[3, 1, 3], [3, 3, 3], [3, 3, 3]],
+            "features": 2,
+        },
+        (2, 1, 8, 4, 8),
+        2,
+    ),
 ]
 SMALL_IDS = [case[0] for case in SMALL_CASES]
 
@@ -45,6 +55,7 @@ def test_registry_has_every_network_and_dimensions() -> None:
         "Dimwit",
         "Dummy",
         "Dimwit3D",
+        "PlainUNet3D",
     }
     assert networks.Dummy is networks.Dimwit
     expected_dims = {
@@ -55,6 +66,7 @@ def test_registry_has_every_network_and_dimensions() -> None:
         "Dimwit": 2,
         "Dummy": 2,
         "Dimwit3D": 3,
+        "PlainUNet3D": 3,
     }
     assert {name: cls.dimensions for name, cls in NETWORKS.items()} == expected_dims
     assert {name for name, _, _, _ in SMALL_CASES} == set(NETWORKS)

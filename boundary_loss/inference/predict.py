@@ -335,6 +335,11 @@ def predict(
         check_replaceable(dest, TOOL, "--dest", LEGACY)
     except FolderError as error:
         raise PredictError(str(error)) from None
+    if (sliced / "plan.json").is_file():
+        raise PredictError(
+            f"--sliced {sliced}: 3D data of prepare_3d.py; predict its trainings with "
+            "boundary_loss.inference.predict3d"
+        )
     source = read_record(sliced / "source.json")
     split = read_record(sliced / "split.json")
     try:
