@@ -135,7 +135,9 @@ REPORT := $(RESULTS)/report.md
 # use it (TRAIN_DEPS = $(GRAPH)); kept beside the sliced data, not in it.
 GRAPH := $(ROOT)/$(DATA_NAME)_adjacency/graph.csv
 # Where its labels are read (a dataset makefile may set it first, e.g. for 3D volumes).
-GRAPH_OPT ?= $(SLICED)/train/gt $(@D) $(K) --pattern '*.png'
+ifndef GRAPH_OPT
+GRAPH_OPT = $(SLICED)/train/gt $(@D) $(K) --pattern '*.png'
+endif
 
 REPO := $(shell basename "$$(git rev-parse --show-toplevel 2>/dev/null || pwd)")
 DATE := $(shell date +%y%m%d)

@@ -148,9 +148,11 @@ TRAIN_OPT = --dimensions 3 --compute_3d_dice --schedule --iterations $(ITERS) \
 	$(if $(PATCH),--patch_size $(PATCH))
 # The 3D graph: adjacencies of the training volumes in 3D neighbourhoods.
 GRAPH_OPT = $(SLICED)/train/gt_npy $(@D) $(K) --pattern '*.npy' --dims 3
+# Predictions by sliding windows over whole volumes (2D: slice by slice).
 PREDICT_MODULE := boundary_loss.inference.predict3d
 else
 TRAIN_OPT = --use_spacing --compute_3d_dice --in_memory --schedule
+PREDICT_MODULE := boundary_loss.inference.predict
 endif
 CURVES := tra_loss val_loss val_dice val_3d_dsc val_3d_hd95
 BOXPLOTS := val_3d_dsc
@@ -184,8 +186,6 @@ TRN := $(TRAININGS)
 # The training every other one is compared with, patient by patient, in the report.
 BASELINE ?= gdl
 
-# Predictions: slice by slice (2D), or by sliding windows over whole volumes (DIM=3).
-PREDICT_MODULE ?= boundary_loss.inference.predict
 PREDICTIONS = $(addprefix $(RESULTS)/predictions/,$(RUNS))
 PRODUCTS = $(PREDICTIONS)
 REPORT_OPT = --predictions $(PREDICTIONS)

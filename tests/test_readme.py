@@ -228,7 +228,7 @@ def test_docs_links_lead_somewhere():
 # A table of make variables has a `default` column whose cells read `real / synthetic`, or one
 # value for both, then in brackets a dataset's own: `100 / 20 (ACDC 100 / 12)`. `none` and `off`
 # stand for an empty value. The table speaks of the makefiles its header names (`dataset.make`),
-# else of the paper's three.
+# else of the paper's three; `dataset.make DIM=3` in a header speaks of its 3D chain.
 PAPER = ("isles.make", "wmh.make", "acdc.make")
 KEYS = {"ISLES": "isles.make", "WMH": "wmh.make", "ACDC": "acdc.make"}
 VALUE = r"`[^`]*`|[^\s/(),`]+"
@@ -241,6 +241,7 @@ CELL = re.compile(rf"({BASE})(?: \(({EXCEPTION}(?:, {EXCEPTION})*)\))?")
 BRANCHES = {
     **{m: {"real": ("", "synthetic-full"), "synthetic": ("synthetic",)} for m in PAPER},
     "dataset.make": {"real": ("",), "synthetic": ("synthetic", "synthetic-msd")},
+    "dataset.make DIM=3": {"real": ("",), "synthetic": ("synthetic", "synthetic-msd")},
 }
 
 
@@ -273,7 +274,7 @@ def stated_defaults(doc: Path) -> dict[tuple[str, str, str], str]:
         columns = [i for i, title in enumerate(header) if title.lower().startswith("default")]
         if not columns:
             continue
-        scope = re.findall(r"\b\w+\.make\b", " ".join(header)) or list(PAPER)
+        scope = re.findall(r"\b\w+\.make\b(?: DIM=3)?", " ".join(header)) or list(PAPER)
         for row in rows:
             name = re.fullmatch(r"`([A-Z][A-Z0-9_]*)(?:=[^`]*)?`", row[0])
             assert name, f"{doc.name}: {row[0]!r} is not a make variable (`NAME` or `NAME=...`)"
@@ -308,10 +309,12 @@ def makefiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @cache
 def make_values(folder: Path, makefile: str, data: str, names: tuple[str, ...]) -> dict[str, str]:
-    """The values Make gives `names` in a makefile, for a DATA value ("": the real data)."""
-    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DATA", "DATASET", *names}
+    """The values Make gives `names` in a makefile, for a DATA value ("": the real data);
+    `makefile` may carry variables after its name (`dataset.make DIM=3`)."""
+    makefile, *args = makefile.split()
+    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DATA", "DATASET", "DIM", *names}
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    args = [f"DATA={data}"] if data else []
+    args += [f"DATA={data}"] if data else []
     if makefile == "dataset.make" and not data:
         args.append("DATASET=data/Dataset001_Unread")  # never read: its rules do not run here
     recipe = "".join(f"$(info {name}=$({name}))" for name in names) + "@:"
@@ -356,18 +359,18 @@ def assigned_with_default(makefile: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("doc", "sources", "in_prose"),
+    ("docs", "sources", "in_prose"),
     [
-        ("pipeline.md", ("common.make", "twoclass.make", *PAPER), set()),
-        ("own-dataset.md", ("dataset.make",), {"DATASET", "LINEAGE", "TRAININGS"}),
+        (("pipeline.md",), ("common.make", "twoclass.make", *PAPER), set()),
+        (("own-dataset.md", "3d.md"), ("dataset.make",), {"DATASET", "LINEAGE", "TRAININGS"}),
     ],
 )
-def test_every_user_variable_has_its_default_in_the_docs(doc, sources, in_prose):
-    """Each variable the makefiles let a user override is in the table of its page (the few
-    whose default is a path or a list are described in the prose there)."""
-    stated = {name for _, name, _ in stated_defaults(ROOT / "docs" / doc)}
+def test_every_user_variable_has_its_default_in_the_docs(docs, sources, in_prose):
+    """Each variable the makefiles let a user override is in the tables of its pages (the few
+    whose default is a path or a list are described in the prose of the first)."""
+    stated = {name for doc in docs for _, name, _ in stated_defaults(ROOT / "docs" / doc)}
     wanted = set().union(*map(assigned_with_default, sources)) - in_prose
-    assert wanted <= stated, f"docs/{doc} gives no default for {sorted(wanted - stated)}"
-    text = (ROOT / "docs" / doc).read_text()
+    assert wanted <= stated, f"docs/{docs} give no default for {sorted(wanted - stated)}"
+    text = (ROOT / "docs" / docs[0]).read_text()
     for name in in_prose:
-        assert f"`{name}`" in text, f"docs/{doc} does not describe {name}"
+        assert f"`{name}`" in text, f"docs/{docs[0]} does not describe {name}"
