@@ -148,8 +148,11 @@ TRAIN_OPT = --dimensions 3 --compute_3d_dice --schedule --iterations $(ITERS) \
 	$(if $(PATCH),--patch_size $(PATCH))
 # The 3D graph: adjacencies of the training volumes in 3D neighbourhoods.
 GRAPH_OPT = $(SLICED)/train/gt_npy $(@D) $(K) --pattern '*.npy' --dims 3
-# Predictions by sliding windows over whole volumes (2D: slice by slice).
+# Predictions by sliding windows over whole volumes (2D: slice by slice); MIRROR=1 adds
+# test-time mirroring along the three axes.
 PREDICT_MODULE := boundary_loss.inference.predict3d
+MIRROR ?=
+PREDICT_OPT := $(if $(MIRROR),--mirror)
 else
 TRAIN_OPT = --use_spacing --compute_3d_dice --in_memory --schedule
 PREDICT_MODULE := boundary_loss.inference.predict
@@ -218,4 +221,4 @@ predict: $(PREDICTIONS)
 
 $(RESULTS)/predictions/%: $(RESULTS)/% $(SLICED) | $(PY_DEPS)
 	$(PY) $(CFLAGS) -m $(PREDICT_MODULE) --run $< --sliced $(SLICED) --source $(DATASET) \
-		--lineage $(LINEAGE) --dest $@
+		--lineage $(LINEAGE) --dest $@ $(PREDICT_OPT)
