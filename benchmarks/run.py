@@ -12,8 +12,11 @@ from benchmarks import (
     bench_core,
     bench_device,
     bench_label_loss,
+    bench_patches,
     bench_slicing,
+    bench_sliding_window,
     bench_training,
+    bench_training_3d,
 )
 from benchmarks.harness import BENCHMARKS_MD, RESULTS_JSON, summary, write
 
@@ -24,6 +27,9 @@ BENCHES = {
     **bench_device.BENCHES,
     **bench_label_loss.BENCHES,
     **bench_training.BENCHES,
+    **bench_patches.BENCHES,
+    **bench_sliding_window.BENCHES,
+    **bench_training_3d.BENCHES,
 }
 
 

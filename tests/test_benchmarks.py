@@ -20,7 +20,8 @@ import torch
 from medpy.metric.binary import hd as medpy_hd
 from medpy.metric.binary import hd95 as medpy_hd95
 
-from benchmarks import bench_device, bench_label_loss, bench_training, harness
+from benchmarks import bench_device, bench_label_loss, bench_training, bench_training_3d, harness
+from benchmarks import run as bench_run
 from benchmarks.harness import Figure, merge, not_yet_measured, render, write
 from boundary_loss.losses.label_losses import LabelBoundaryLoss
 from boundary_loss.maps.distance import one_hot2dist
@@ -345,3 +346,47 @@ def test_isles_chain_scratch_copy_builds_the_chain(tmp_path):
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.count("main.py --dataset data/isles-synthetic-full/isles") == 4
     assert "--n_epoch 100" in plan.stdout
+
+
+def test_run_registers_the_3d_benches():
+    assert {"patch_loader", "sliding_window", "training_3d"} <= set(bench_run.BENCHES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The 3D training benchmark: its figures from the runs, and one tiny real run
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_3d_figures_from_the_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls = []
+
+    def fake(prepared: Path, workers: int) -> bench_training.Run:
+        calls.append((prepared, workers))
+        # workers 0: 40 patches in 8 s, 2 s of it waiting; workers 2: in 5 s, 0.25 s waiting
+        seconds, data = (8.0, 2.0) if workers == 0 else (5.0, 0.25)
+        return bench_training.Run(("--workers", str(workers)), 40, seconds, data, 20.0)
+
+    throughput, share = bench_training_3d.training_3d(run=fake, prepare=lambda: tmp_path)
+    assert calls == [(tmp_path, 0), (tmp_path, 2)] * bench_training_3d.ROUNDS  # alternated
+    assert throughput.unit == "patches/s" and throughput.name.endswith("--workers 2, CPU")
+    assert throughput.value == pytest.approx(8.0) and throughput.baseline_value == 5.0
+    assert throughput.ratio == pytest.approx(1.6) and throughput.meets_target is None
+    assert share.unit == "%" and share.value == pytest.approx(5.0)
+    assert share.baseline_value == pytest.approx(25.0) and share.ratio == pytest.approx(5.0)
+    assert share.target_max == 10 and share.meets_target is True
+    shares = [", ".join([v] * bench_training_3d.ROUNDS) for v in ("25.0", "5.0")]
+    assert f"--workers 0 {shares[0]}%; --workers 2 {shares[1]}%" in share.notes
+
+
+def test_training_3d_run_on_the_prepared_standin(tmp_path):
+    prepared = bench_training_3d.prepared_standin(tmp_path)
+    assert bench_training_3d.prepared_standin(tmp_path) == prepared  # made once
+    assert (prepared / "plan.json").is_file() and not (prepared.parent / "source").exists()
+    sizes = {"epochs": 2, "iterations": 2, "net_params": "{'features': 4}"}
+    threads = torch.get_num_threads()
+    run = bench_training_3d.train(prepared, 0, cache=tmp_path, **sizes)
+    assert run.slices == 2 * bench_training_3d.BATCH  # the second epoch's patches
+    assert run.train_seconds > 0 and 0 <= run.data_seconds <= run.train_seconds
+    assert not (tmp_path / "training-3d-run_tmp").exists()  # the run folder is removed
+    assert torch.get_num_threads() == threads  # --threads 1 of the run undone
