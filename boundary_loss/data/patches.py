@@ -413,12 +413,23 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """The batches of one epoch of a PatchDataset, in order, each index carrying its epoch.
 
     The epoch travels with the indices, so loading processes that persist across epochs draw the
-    epoch's patches without being told (`set_epoch` runs in the main process only).
+    epoch's patches without being told (`set_epoch` runs in the main process only). Under
+    torchrun each process draws its own batches; `position` places this process's j-th batch
+    in the epoch's log of every process (batch j of rank r at j x world_size + r).
     """
 
-    def __init__(self, dataset: PatchDataset) -> None:
+    def __init__(self, dataset: PatchDataset, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = dataset
         self.epoch = 0
+        self.rank, self.world_size = rank, world_size
+
+    def batches_of_all(self) -> int:
+        """The batches of one epoch over every process."""
+        return self.dataset.iterations * self.world_size
+
+    def position(self, j: int) -> int:
+        """The place of this process's j-th batch in the log of every process's batches."""
+        return j * self.world_size + self.rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -484,7 +495,7 @@ def make_patch_loader(
     )
     return DataLoader(
         dataset,
-        batch_sampler=EpochBatchSampler(dataset),
+        batch_sampler=EpochBatchSampler(dataset, rank, world_size),
         collate_fn=collate,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),

@@ -45,6 +45,7 @@ from boundary_loss.data.loader import (
     group_key,
     gt_transform,
 )
+from boundary_loss.data.patches import EpochBatchSampler
 from boundary_loss.io.distributed import Context
 from boundary_loss.losses.deep_supervision import deep_supervision_loss
 from boundary_loss.losses.idc_losses import CompoundLoss
@@ -151,6 +152,8 @@ def _sharding(loader: torch.utils.data.DataLoader) -> tuple[int, Callable[[int],
     sampler = loader.batch_sampler
     if isinstance(sampler, ShardedBatchSampler):
         return len(sampler.base), sampler.position
+    if isinstance(sampler, EpochBatchSampler):  # 3D patches: each process draws its own
+        return sampler.batches_of_all(), sampler.position
     return len(loader), lambda j: j
 
 
