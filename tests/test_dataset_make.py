@@ -78,6 +78,32 @@ def test_chain_builds_every_product_with_nifti_predictions(built):
     assert not list(repo.rglob("*_tmp"))
 
 
+def test_3d_chain_builds_every_product_in_its_own_folders(built):
+    """DIM=3 on the same stand-in: prepared volumes, the 3D graph, patch trainings, NIfTI
+    predictions in the source geometry, report and archive, all in folders of their own."""
+    repo, _ = built
+    runs = ["gdl_surface_steal", "boundary_adj"]
+    three_d = ["DIM=3", "NET=PlainUNet3D", "NET_PARAMS={'features': 4}", "ITERS=2"]
+    make(repo, "DATA=synthetic", *three_d, f"TRAININGS={' '.join(runs)}")
+    prepared = repo / "data" / "prepared-3d" / NAME
+    assert (prepared / "plan.json").is_file() and (prepared / "train" / "3d_distmap").is_dir()
+    assert (repo / "data" / "prepared-3d" / f"{NAME}_adjacency" / "graph.csv").is_file()
+    results = repo / "results" / f"{NAME}-3d"
+    dataset = repo / "data" / "nnunet-synthetic" / NAME
+    for run in runs:
+        args = (results / run / "args.json").read_text()
+        assert '"dimensions": 3' in args and "3d_distmap" in args
+        written = nib.load(str(results / "predictions" / run / "standin_101.nii.gz"))
+        image = nib.load(str(dataset / "imagesTs" / "standin_101_0000.nii.gz"))
+        assert written.shape == image.shape and np.array_equal(written.affine, image.affine)
+    assert "val_adjacency" in (results / "report.md").read_text()
+    (archive,) = (repo / "archives").glob(f"*-{NAME}-3d.tar.gz")
+    listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
+    assert f"results/{NAME}-3d/predictions/boundary_adj/standin_101.nii.gz" in listing.stdout
+    assert (results / "pictures").is_dir()
+    assert not list(repo.rglob("*_tmp"))
+
+
 def test_second_make_builds_nothing(built):
     repo, _ = built
     before = products(repo)
