@@ -1,8 +1,9 @@
 """Numerical core: distance maps and 3D surface metrics against the original's way.
 
 - `one_hot2dist` against the original boundary-loss implementation: a per-class loop of two
-  `scipy.ndimage.distance_transform_edt` calls, on a K=4 256x256 cardiac-like slice and on a
-  K=2 256x256x40 lesion volume with spacing (0.9, 0.9, 5). Target: at least 3x, same values.
+  `scipy.ndimage.distance_transform_edt` calls, on a K=4 256x256 cardiac-like slice (target
+  5x), a K=2 256x256x40 lesion volume with spacing (0.9, 0.9, 5) (target 3x), and whole-volume
+  maps at scale: a K=4 256x256x128 volume with spacing (0.9, 0.9, 3) (target 10x). Same values.
 - 3D `hd` + `hd95` together (`metrics.hd_hd95`) against medpy's `hd` and `hd95` calls on the same
   volume. Target: at least 5x, same values.
 """
@@ -19,6 +20,7 @@ from boundary_loss.maps.distance import one_hot2dist
 from boundary_loss.metrics import hd_hd95
 
 SPACING_3D = (0.9, 0.9, 5.0)
+SPACING_ORGAN = (0.9, 0.9, 3.0)
 
 
 def original_one_hot2dist(seg: np.ndarray, resolution=None, dtype=None) -> np.ndarray:
@@ -59,6 +61,20 @@ def lesion_volume(shape=(256, 256, 40), seed: int = 0) -> np.ndarray:
     return vol
 
 
+def organ_volume(shape=(256, 256, 128), spacing=SPACING_ORGAN) -> np.ndarray:
+    """K=4 one-hot volume, ellipsoids in mm: an organ (1) about a lesion (2), a vessel (3) apart.
+
+    Class shares about 90.4%, 8.6%, 0.9% and 0.15% of the voxels.
+    """
+    x, y, z = (np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing, strict=True))
+    x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[((x - 115) / 70) ** 2 + ((y - 115) / 55) ** 2 + ((z - 190) / 120) ** 2 < 1] = 1
+    labels[((x - 125) / 30) ** 2 + ((y - 115) / 25) ** 2 + ((z - 190) / 60) ** 2 < 1] = 2
+    labels[((x - 60) / 15) ** 2 + ((y - 170) / 12) ** 2 + ((z - 150) / 40) ** 2 < 1] = 3
+    return np.stack([labels == k for k in range(4)]).astype(np.float32)
+
+
 def _same(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
     return bool(np.allclose(a, b, rtol=rtol, atol=0))
 
@@ -73,7 +89,7 @@ def distance_map_2d() -> Figure:
         lambda: original_one_hot2dist(seg, dtype=np.float32),
         baseline_name="per-class scipy distance_transform_edt loop (the original's one_hot2dist)",
         repeat=60,
-        target_ratio=3,
+        target_ratio=5,
         same_values=bool(np.array_equal(ours, base)),
         notes="unit spacing: values identical bit for bit (np.array_equal).",
     )
@@ -117,8 +133,29 @@ def hausdorff_3d() -> Figure:
     )
 
 
+def distance_map_volume() -> Figure:
+    seg = organ_volume()
+    ours = one_hot2dist(seg, SPACING_ORGAN, dtype=np.float32)
+    base = original_one_hot2dist(seg, SPACING_ORGAN, dtype=np.float32)
+    worst = float(np.max(np.abs(ours - base) / np.maximum(np.abs(base), np.finfo(np.float32).tiny)))
+    shares = ", ".join(f"{share:.2%}" for share in seg.mean(axis=(1, 2, 3)))
+    return speedup(
+        "one_hot2dist, whole-volume maps at scale: K=4 256x256x128 volume, spacing (0.9, 0.9, 3)",
+        lambda: one_hot2dist(seg, SPACING_ORGAN, dtype=np.float32),
+        lambda: original_one_hot2dist(seg, SPACING_ORGAN, dtype=np.float32),
+        baseline_name="per-class scipy distance_transform_edt loop (the original's one_hot2dist)",
+        repeat=3,
+        target_ratio=10,
+        same_values=_same(ours, base, rtol=1e-5),
+        notes=f"organ, lesion inside it, vessel apart (class shares {shares}); one_hot2dist with "
+        f"its default threads (every core); values equal to 1e-5 relative (largest {worst:.1e}, "
+        "float32 output).",
+    )
+
+
 BENCHES = {
     "distance_map_2d": distance_map_2d,
     "distance_map_3d": distance_map_3d,
+    "distance_map_volume": distance_map_volume,
     "hausdorff_3d": hausdorff_3d,
 }

@@ -5,6 +5,7 @@ hand, brute-force all-pairs distances over coordinate lists, or scipy's distance
 """
 
 import math
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from scipy.ndimage import (
     uniform_filter,
 )
 
+from boundary_loss.maps import distance
 from boundary_loss.maps.distance import one_hot2dist, one_hot2hd_dist
 from boundary_loss.maps.onehot import class2one_hot, one_hot, probs2class, probs2one_hot, simplex
 from boundary_loss.metrics import dice_batch, dice_coef, hausdorff
@@ -342,6 +344,215 @@ def test_distance_maps_reject_bad_resolution(fn, resolution):
     seg = labels2onehot_np(SQUARE_LABELS, 2)
     with pytest.raises(ValueError, match=r"(?i)resolution|spacing"):
         fn(seg, resolution=resolution, dtype=np.float64)
+
+
+# One transform per class and the minimum over the other classes for the inside, cropped boxes,
+# float32 squared distances from edt, threads: each case below against the original's formula
+# written with scipy (`scipy_signed_dist`), to 1e-5 relative (exact zeros where it has zeros).
+
+
+def scipy_signed_dist(seg: np.ndarray, spacing=None, offset: float = 1.0) -> np.ndarray:
+    """The original's per-class formula with scipy's float64 transforms, and the offset given."""
+    out = np.zeros(seg.shape, dtype=np.float64)
+    for k, mask in enumerate(np.asarray(seg).astype(bool)):
+        if mask.any():
+            neg = ~mask
+            out[k] = (
+                distance_transform_edt(neg, sampling=spacing) * neg
+                - (distance_transform_edt(mask, sampling=spacing) - offset) * mask
+            )
+    return out
+
+
+def assert_relative(res: np.ndarray, expected: np.ndarray, rtol: float = 1e-5) -> float:
+    """Every value within rtol of the reference, relative to it (so its zeros exactly); returns
+    the largest relative difference."""
+    diff = np.abs(res.astype(np.float64) - expected)
+    scale = np.abs(expected)
+    assert np.all(diff <= rtol * scale), (
+        f"{int(np.sum(diff > rtol * scale))} values beyond {rtol:g} relative; largest difference "
+        f"{diff.max():.3g} at reference {expected.flat[np.argmax(diff)]:.6g}"
+    )
+    return float(np.max(np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)))
+
+
+def signed_case(case: str, shape: tuple[int, ...], K: int, seed: int = 0) -> np.ndarray:
+    """`K *shape` uint8 one-hot map of a named layout.
+
+    smooth: blobs of every class; salt: salt and pepper; absent: class K-1 has no voxel;
+    all_but_one: class 0 everywhere except one inner voxel of class 1 (the other classes absent);
+    corner_voxel: the same with the voxel in a corner; border: class 1 a slab along the first
+    face, class K-1 the far corner voxel, the rest blobs.
+    """
+    rng = np.random.default_rng(seed)
+    labels = random_labels(rng, shape, K, smooth=case != "salt")
+    if case == "absent":
+        labels[labels == K - 1] = 0
+    elif case in ("all_but_one", "corner_voxel"):
+        labels[...] = 0
+        labels[tuple(n // 2 for n in shape) if case == "all_but_one" else (-1,) * len(shape)] = 1
+    elif case == "border":
+        labels[labels == 1] = 0
+        labels[:2] = 1
+        labels[(-1,) * len(shape)] = K - 1
+    return labels2onehot_np(labels, K)
+
+
+SIGNED_LAYOUTS = ["smooth", "salt", "absent", "all_but_one", "corner_voxel", "border"]
+SIGNED_GRIDS = [
+    ((24, 19), (1.0, 1.0)),
+    ((24, 19), (0.9, 2.5)),
+    ((12, 10, 7), (1.0, 1.0, 1.0)),
+    ((12, 10, 7), (0.9, 0.9, 3.0)),
+    ((12, 10, 7), (1.5, 0.7, 2.0)),
+]
+
+
+@pytest.mark.parametrize("K", [2, 4])
+@pytest.mark.parametrize("case", SIGNED_LAYOUTS)
+@pytest.mark.parametrize("shape, spacing", SIGNED_GRIDS)
+def test_one_hot2dist_matches_scipy(shape, spacing, case, K):
+    seg = signed_case(case, shape, K, seed=len(shape) + K)
+    expected = scipy_signed_dist(seg, spacing)
+    if case == "absent" or (case in ("all_but_one", "corner_voxel") and K == 4):
+        assert not seg[-1].any()
+    for dtype in (np.float32, np.float64):
+        res = one_hot2dist(seg, spacing, dtype=dtype)
+        assert res.dtype == dtype and res.shape == seg.shape
+        assert_relative(res, expected)
+        for k in np.flatnonzero(~seg.reshape(K, -1).any(axis=1)):
+            np.testing.assert_array_equal(res[k], 0)  # an absent class: zeros, as the original
+        if set(spacing) == {1.0}:  # unit grid: the original's values bit for bit
+            np.testing.assert_array_equal(res, expected.astype(dtype))
+
+
+@pytest.mark.parametrize("shape, spacing", SIGNED_GRIDS)
+def test_one_hot2dist_spacing_offset_matches_scipy(shape, spacing):
+    seg = signed_case("smooth", shape, 4, seed=7)
+    res = one_hot2dist(seg, spacing, dtype=np.float64, spacing_offset=True)
+    assert_relative(res, scipy_signed_dist(seg, spacing, offset=min(spacing)))
+
+
+@pytest.mark.parametrize("seg_dtype", [np.float32, np.float64, np.float16])
+def test_one_hot2dist_dtype_none_keeps_float_input(seg_dtype):
+    seg = signed_case("smooth", (12, 10, 7), 4).astype(seg_dtype)
+    spacing = (0.9, 0.9, 3.0)
+    res = one_hot2dist(seg, spacing)
+    assert res.dtype == seg_dtype
+    expected = scipy_signed_dist(seg, spacing)
+    # float16 keeps 11 significant bits, so its values are the reference's to 2^-11
+    assert_relative(res, expected, rtol=1e-3 if seg_dtype == np.float16 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint8])
+@pytest.mark.parametrize("shape, spacing", [SIGNED_GRIDS[1], SIGNED_GRIDS[3]])
+def test_one_hot2dist_integer_dtypes_truncate_the_scipy_values(shape, spacing, dtype):
+    """Integer outputs: the original's float64 values cast as numpy casts them (truncation)."""
+    seg = signed_case("smooth", shape, 4, seed=3)
+    res = one_hot2dist(seg, spacing, dtype=dtype)
+    assert res.dtype == dtype
+    expected = np.zeros(seg.shape, dtype=dtype)
+    expected[...] = scipy_signed_dist(seg, spacing)  # the original: zeros_like, then assignment
+    np.testing.assert_array_equal(res, expected)
+
+
+def test_one_hot2dist_non_contiguous_inputs():
+    base = signed_case("smooth", (20, 18, 9), 4, seed=5)
+    spacing = (0.9, 0.9, 3.0)
+    views = {
+        "strided": base[:, ::2, 1:, :],
+        "fortran": np.asfortranarray(base),
+        "swapped axes": base.transpose(0, 2, 1, 3),
+        "reversed": base[:, ::-1, :, ::-1],
+        "class axis last": np.moveaxis(np.moveaxis(base, 0, -1).copy(), -1, 0),
+    }
+    for name, seg in views.items():
+        assert not seg.flags.c_contiguous, name
+        res = one_hot2dist(seg, spacing, dtype=np.float32)
+        assert res.flags.c_contiguous, name
+        assert_relative(res, scipy_signed_dist(np.ascontiguousarray(seg), spacing))
+    tensor = torch.from_numpy(base).permute(0, 2, 1, 3)  # a tensor view
+    assert_relative(
+        one_hot2dist(tensor, spacing, dtype=np.float32),
+        scipy_signed_dist(tensor.contiguous().numpy(), spacing),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+@pytest.mark.parametrize("shape, spacing", [((40, 36), (0.9, 2.5)), ((20, 18, 9), (0.9, 0.9, 3.0))])
+def test_one_hot2dist_threads_do_not_change_values(shape, spacing, dtype, monkeypatch):
+    """Float maps: edt's threads; integer maps: scipy's transforms of the classes on a pool."""
+    seg = signed_case("smooth", shape, 4, seed=9)
+    one = one_hot2dist(seg, spacing, dtype=dtype, threads=1)
+    if dtype == np.float32:
+        assert_relative(one, scipy_signed_dist(seg, spacing))
+    for threads in (None, 2, 3):
+        np.testing.assert_array_equal(one_hot2dist(seg, spacing, dtype, threads=threads), one)
+    # edt's own threads start at 2^20 voxels; on this small map too once that bound is lowered
+    monkeypatch.setattr(distance, "_PARALLEL_MIN_VOXELS", 0)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(one_hot2dist(seg, spacing, dtype, threads=threads), one)
+
+
+@pytest.mark.parametrize(
+    "shape, spacing", [((40,), (0.7,)), ((40,), None), ((6, 5, 4, 3), (0.9, 1.1, 2.0, 3.0))]
+)
+def test_one_hot2dist_other_ranks_match_scipy(shape, spacing):
+    """1D and 4D maps take scipy's transform: the original's values bit for bit."""
+    seg = signed_case("smooth", shape, 3, seed=13)
+    for dtype in (np.float32, np.float64):
+        res = one_hot2dist(seg, spacing, dtype=dtype)
+        np.testing.assert_array_equal(res, scipy_signed_dist(seg, spacing).astype(dtype))
+
+
+@pytest.mark.parametrize("spacing", [g[1] for g in SIGNED_GRIDS])
+def test_one_hot2dist_takes_edt_on_usual_spacings(spacing):
+    """The float32 probe passes edt's values for these grids: the comparisons above test edt's
+    transform, not the scipy fallback kept for offsets that cancel (spacings near one voxel)."""
+    assert distance._float32_is_enough(spacing, 1.0)
+    assert not distance._float32_is_enough((0.99999,) * len(spacing), 1.0)
+
+
+def _integer_maps_in_child(queue) -> None:
+    seg = signed_case("smooth", (20, 18, 9), 4, seed=9)
+    queue.put(one_hot2dist(seg, (0.9, 0.9, 3.0), np.int32, threads=2))
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method"
+)
+# Python 3.12+ warns on forking a process with threads, which is the case tested here
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*:DeprecationWarning")
+def test_one_hot2dist_thread_pool_after_fork():
+    """A forked child (a data-loader worker) copies its parent's thread pool without threads:
+    it must build its own rather than wait on the copy."""
+    seg = signed_case("smooth", (20, 18, 9), 4, seed=9)
+    parent = one_hot2dist(seg, (0.9, 0.9, 3.0), np.int32, threads=2)  # starts the pool here
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_integer_maps_in_child, args=(queue,))
+    child.start()
+    try:
+        np.testing.assert_array_equal(queue.get(timeout=30), parent)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_one_hot2dist_rejects_bad_threads(threads):
+    with pytest.raises(ValueError, match="threads"):
+        one_hot2dist(labels2onehot_np(SQUARE_LABELS, 2), dtype=np.float32, threads=threads)
+
+
+def test_one_hot2dist_larger_volume_matches_scipy():
+    """A 4-class anisotropic volume large enough for real crops: blobs, one of them on a face."""
+    shape, spacing = (48, 40, 24), (0.9, 0.9, 3.0)
+    seg = signed_case("border", shape, 4, seed=11)
+    res = one_hot2dist(seg, spacing, dtype=np.float32, threads=2)
+    assert_relative(res, scipy_signed_dist(seg, spacing))
 
 
 # ---------------------------------------------------------------------------- one_hot2hd_dist
