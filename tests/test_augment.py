@@ -182,7 +182,7 @@ def test_augmentation_changes_training_but_not_validation_inputs(dataset, tmp_pa
     "extra, message",
     [
         (("--evaluate",), "--evaluate needs --weights"),
-        (("--augment", "--dimensions", "3"), "--augment transforms 2D slices"),
+        (("--iterations", "0"), "--iterations must be at least 1"),
         (("--augment_degrees", "200"), "within 0..180"),
     ],
 )
