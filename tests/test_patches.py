@@ -77,8 +77,8 @@ def dataset(root: Path, batch_size: int = 3, iterations: int = 10, seed: int = 0
 
 
 def expected_patch(root: Path, case: str, lower) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The image, one-hot labels and maps of the box at `lower`, from the whole volumes: maps at
-    the clamped coordinates (edge padding), image 0 and labels background outside."""
+    """The image, one-hot labels and maps of the box at `lower`, from the whole volumes: image 0,
+    labels background and maps 0 outside."""
     image = np.load(root / "in_npy" / f"{case}.npy")
     labels = np.load(root / "gt_npy" / f"{case}.npy")
     maps = np.load(root / "3d_distmap" / f"{case}.npy")
@@ -89,7 +89,7 @@ def expected_patch(root: Path, case: str, lower) -> tuple[np.ndarray, np.ndarray
     return (
         np.where(inside_box, image[(slice(None), *clamped)], 0),
         one_hot(np.where(inside_box, labels[clamped], 0)),
-        maps[(slice(None), *clamped)],
+        np.where(inside_box, maps[(slice(None), *clamped)], 0),
     )
 
 
@@ -105,7 +105,7 @@ def centre_class(item: dict) -> int:
 
 def test_patches_are_the_whole_volumes_cut_and_padded(split):
     data = dataset(split, iterations=12)
-    padded_x = 0
+    forced = 0
     for i in range(len(data)):
         item = data[i]
         case, lower = data.draw(0, i)
@@ -118,14 +118,15 @@ def test_patches_are_the_whole_volumes_cut_and_padded(split):
         np.testing.assert_array_equal(item["labels"][0].numpy(), hot)
         np.testing.assert_array_equal(item["labels"][1].numpy(), maps)
         torch.testing.assert_close(item["spacing"], torch.tensor(SPACING[item["filename"]]))
-        padded_x += int(lower[0] < 0 or lower[0] + PATCH[0] > SHAPE[0])
-        if not data.forced(i):
-            assert lower[1] == -1  # 10 voxels centred in 12: one padded on each side
-    assert padded_x > 0  # forced patches centred near the border reach past it
+        # inside the volume along X and Z, which hold the patch; centred along Y, which does not
+        assert 0 <= lower[0] <= SHAPE[0] - PATCH[0] and 0 <= lower[2] <= SHAPE[2] - PATCH[2]
+        assert lower[1] == -1  # 10 voxels centred in 12: one padded on each side
+        forced += data.forced(i)
+    assert forced > 0  # forced patches, centred near a border, were moved inside too
 
 
 def test_padding_values(split):
-    """Outside the volume: image 0, labels background, maps the edge values of the volume."""
+    """Outside the volume: image 0, labels background, maps 0 (out of the boundary term)."""
     data = dataset(split)
     item = data[0]
     case, lower = data.draw(0, 0)
@@ -136,8 +137,9 @@ def test_padding_values(split):
         assert (item["images"][:, :, y_patch] == 0).all()
         assert (item["labels"][0][0, :, y_patch] == 1).all()
         assert (item["labels"][0][1:, :, y_patch] == 0).all()
-        edge = maps[:, x, y_volume, z]
-        np.testing.assert_array_equal(item["labels"][1][:, :, y_patch].numpy(), edge)
+        assert (item["labels"][1][:, :, y_patch] == 0).all()
+        row = 1 if y_patch == 0 else PATCH[1] - 2  # the volume's first and last rows: cut
+        np.testing.assert_array_equal(item["labels"][1][:, :, row].numpy(), maps[:, x, y_volume, z])
 
 
 def test_a_background_patch_carries_the_whole_volume_distances(split):
@@ -151,28 +153,31 @@ def test_a_background_patch_carries_the_whole_volume_distances(split):
         if item["filename"] != "case_0" or hot[1:].any():
             continue
         found += 1
-        assert (maps[1] > 0).all() and (maps[2] > 0).all()
+        inside = maps[:, :, 1:-1]  # Y: 10 voxels centred in 12, one row padded with 0 each side
+        assert (inside[1] > 0).all() and (inside[2] > 0).all()
+        assert (maps[:, :, [0, -1]] == 0).all()
         spacing = SPACING["case_0"]
         on_patch = one_hot2dist(hot, spacing, dtype=np.float32)
         assert (on_patch[1:] == 0).all()  # what a patch's own maps would say: nothing
-        assert np.abs(maps[1:] - on_patch[1:]).min() > 0.5
+        assert np.abs(inside[1:] - on_patch[1:, :, 1:-1]).min() > 0.5
     assert found > 0
 
 
 @pytest.mark.parametrize("batch_size, forced", [(1, []), (2, [1]), (3, [2]), (6, [4, 5])])
 def test_exactly_the_forced_samples_are_centred_on_foreground(split, batch_size, forced):
-    """nnU-Net's rule, worked out by hand: sample j is forced when j >= round(B * 0.67)."""
+    """nnU-Net's rule, worked out by hand: sample j is forced when j >= round(B * 0.67); a
+    forced patch holds the foreground voxel it was centred on (moved inside the volume)."""
     data = dataset(split, batch_size=batch_size, iterations=max(60 // batch_size, 10))
     present = {name: set(np.unique(lab).tolist()) - {0} for name, lab in case_labels().items()}
     chosen = set()
     for i in range(len(data)):
         item = data[i]
-        k = centre_class(item)
+        held = {k for k in range(1, K) if item["labels"][0][k].any()}
         if i % batch_size in forced and present[item["filename"]]:
-            assert k in present[item["filename"]]
-            chosen.add((item["filename"], k))
+            assert held & present[item["filename"]]
+            chosen |= {(item["filename"], k) for k in held}
         else:  # random patches, and forced ones of the background-only case
-            assert k == 0
+            assert centre_class(item) == 0
     if forced:
         assert {("case_0", 1), ("case_0", 2), ("case_1", 1)} <= chosen
 

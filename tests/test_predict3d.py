@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -88,4 +89,19 @@ def test_a_2d_run_or_other_data_is_refused(trained, tmp_path, capsys):
     argv = ["--run", str(tmp_path), "--sliced", str(prepared), "--dest", str(tmp_path / "o")]
     assert predict3d.main([*argv, "--cpu"]) == 1
     assert "error: " in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_prepared_again_with_another_plan_is_refused(trained, tmp_path, capsys):
+    """Same split, another plan (here another patch): the network would not be rebuilt as
+    trained, so the predictions are refused, naming the plan."""
+    source, prepared, run = trained
+    again = tmp_path / "prepared"
+    shutil.copytree(prepared, again)
+    plan = json.loads((again / "plan.json").read_text())
+    plan["patch_size"] = [2 * n for n in plan["patch_size"]]
+    (again / "plan.json").write_text(json.dumps(plan))
+    argv = ["--run", str(run), "--sliced", str(again), "--dest", str(tmp_path / "o"), "--cpu"]
+    assert predict3d.main([*argv, "--source", str(source)]) == 1
+    assert "trained with another plan than" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -63,9 +63,9 @@ def argv(prepared: Path, workdir: Path, *extra: str, n_epoch: int = 2) -> list[s
 
 
 def whole_volume_crop(prepared: Path, case: str, lower, patch) -> np.ndarray:
-    """The box of a case's whole-volume maps, edge-padded past the volume: cut here with numpy."""
+    """The box of a case's whole-volume maps, 0 past the volume: cut here with numpy."""
     whole = np.load(prepared / "train" / "3d_distmap" / f"{case}.npy")
-    padded = np.pad(whole, [(0, 0), *[(p, p) for p in patch]], mode="edge")
+    padded = np.pad(whole, [(0, 0), *[(p, p) for p in patch]])
     box = tuple(slice(lo + p, lo + 2 * p) for lo, p in zip(lower, patch, strict=True))
     return padded[(slice(None), *box)]
 
@@ -103,9 +103,10 @@ def test_standin_patches_without_the_lesion_carry_its_distances(prepared):
         one_hot, maps = item["labels"][0].numpy(), item["labels"][1].numpy()
         if not (labels == LESION).any() or one_hot[LESION].any():
             continue
-        np.testing.assert_array_equal(
-            maps, whole_volume_crop(prepared, case, data.draw(0, index)[1], small)
-        )
+        lower = data.draw(0, index)[1]
+        np.testing.assert_array_equal(maps, whole_volume_crop(prepared, case, lower, small))
+        inside = np.load(prepared / "train" / "gt_npy" / f"{case}.npy").shape
+        assert all(0 <= lo <= n - p for lo, n, p in zip(lower, inside, small, strict=True))
         assert (maps[LESION] > 0).all()
         assert not one_hot2dist(one_hot, spacing[case], dtype=np.float32)[LESION].any()
         found += 1

@@ -20,9 +20,11 @@ dataset larger than the memory trains. Items have the form of the 2D loader's (`
 Sampling follows nnU-Net (Isensee et al., Nature Methods 2021; nnU-Net's data loader): a case
 drawn uniformly; the last samples of each batch centred on a foreground voxel (its
 `oversample_foreground_percent` = 0.33: sample j of a batch of B is forced when j >= round(B *
-(1 - 0.33))), the others at a uniform position inside the volume. Patches reaching past the
-volume are padded: the image with 0, the labels with the background class, the distance maps
-with their edge values (numpy's "edge" padding).
+(1 - 0.33))), moved inside the volume where it is at least the patch, the others at a uniform
+position inside the volume. Along an axis where the volume is smaller than the patch, the patch
+is centred and padded: the image with 0, the labels with the background class, the distance maps
+with 0, so that the boundary term leaves the padded voxels out (a distance there would contradict
+the background label: the field of view ends, the structures need not).
 
 The distance maps are cut from the whole-volume maps, never recomputed on the patch: a patch's
 own maps would measure distances to the patch's border and miss every object outside it, which
@@ -106,12 +108,11 @@ def check_patch_size(patch_size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)
 
 
-def crop(array: np.ndarray, lower: Sequence[int], patch: Sequence[int], mode: str) -> np.ndarray:
+def crop(array: np.ndarray, lower: Sequence[int], patch: Sequence[int]) -> np.ndarray:
     """The box `lower` .. `lower + patch` of the last three axes of `array` (`... X Y Z`), copied.
 
     Only the part inside the volume is read (from a memory map, only its pages); the rest is
-    padded: `mode` "constant" with 0, "edge" with the nearest value inside the volume (the box
-    must overlap the volume then).
+    padded with 0.
 
     Returns:
         `... *patch` array, a new array of array's dtype.
@@ -125,7 +126,7 @@ def crop(array: np.ndarray, lower: Sequence[int], patch: Sequence[int], mode: st
     if not any(before) and not any(after):
         return np.array(region)
     widths = [(0, 0)] * (array.ndim - 3) + list(zip(before, after, strict=True))
-    return np.pad(np.asarray(region), widths, mode=mode)
+    return np.pad(np.asarray(region), widths)
 
 
 class PatchDataset(Dataset):
@@ -207,7 +208,6 @@ class PatchDataset(Dataset):
         self.transforms = [volume_transform(spec) for spec in self.specs]
         self._arrays: dict[tuple[int, int], np.ndarray] = {}
         self.shapes: list[tuple[int, int, int]] = []
-        self.pad_modes: list[str] = ["constant"] * len(self.specs)
         self.label_spec: int | None = None
         self.locations: list[dict[int, np.ndarray]] = []  # per case: class -> flat indices
         self._check_arrays()
@@ -298,7 +298,6 @@ class PatchDataset(Dataset):
                         f"got shape {tuple(array.shape)}"
                     )
                 if array.ndim == 4:
-                    self.pad_modes[s] = "edge"
                     if array.shape[0] != self.K:
                         raise DataError(
                             f"{path}: {array.shape[0]} maps, expected one per class (K = "
@@ -382,7 +381,11 @@ class PatchDataset(Dataset):
             classes = sorted(locations)
             voxels = locations[classes[int(rng.integers(len(classes)))]]
             voxel = np.unravel_index(voxels[int(rng.integers(len(voxels)))], tuple(shape))
-            return case, np.asarray(voxel, dtype=np.int64) - self.patch // 2
+            centred = np.asarray(voxel, dtype=np.int64) - self.patch // 2
+            # kept inside the volume where it is at least the patch (nnU-Net does the same),
+            # centred on it where it is smaller: the voxel stays inside the patch either way
+            room = shape - self.patch
+            return case, np.where(room >= 0, np.clip(centred, 0, np.maximum(room, 0)), room // 2)
         room = shape - self.patch
         lower = [int(rng.integers(r + 1)) if r >= 0 else r // 2 for r in room.tolist()]
         return case, np.asarray(lower, dtype=np.int64)
@@ -396,7 +399,7 @@ class PatchDataset(Dataset):
         lower_list, patch = lower.tolist(), self.patch.tolist()
         tensors = []
         for s, spec in enumerate(self.specs):
-            array = crop(self.array(case, s), lower_list, patch, self.pad_modes[s])
+            array = crop(self.array(case, s), lower_list, patch)
             try:
                 tensors.append(self.transforms[s](resolution, self.K)(array))
             except (DataError, ValueError) as error:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,27 @@ def load_network_3d(run: Path, plan: dict, device: torch.device) -> tuple[torch.
     return net.to(device).eval(), best
 
 
+def check_plan(run: Path, prepared: Path) -> None:
+    """Refuse a run whose data was prepared with another plan than `prepared/plan.json` (data
+    prepared again with another patch, spacing or normalisation under the same split).
+
+    Raises:
+        PredictError: the recorded plan's md5 differs, or none was recorded.
+    """
+    try:
+        data = json.loads((run / "provenance.json").read_text()).get("data", {})
+        recorded = data.get("plan_md5")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    found = hashlib.md5((prepared / "plan.json").read_bytes()).hexdigest()
+    if recorded != found:
+        raise PredictError(
+            f"--run {run} was trained with another plan than {prepared / 'plan.json'} "
+            f"(md5 {recorded}, now {found}): the data was prepared again since; predict with the "
+            "data the run was trained on, or train again"
+        )
+
+
 def predict_3d(
     run: Path,
     prepared: Path,
@@ -167,6 +189,12 @@ def predict_3d(
             f"classes, but {prepared} has {channels} channels and {len(values)} classes"
         )
     check_run_data(run, prepared)
+    check_plan(run, prepared)
+    if list(description.channels) != list(plan["channels"]):
+        raise PredictError(
+            f"{description.root}: channels {list(description.channels)}, but {prepared} was "
+            f"prepared from channels {plan['channels']}; give the dataset of the run (--source)"
+        )
     lineage = lineage or default_lineage(description.root)
     if lineage is None:
         print(
@@ -269,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.lineage,
             args.mirror,
         )
-    except (PredictError, SliceError) as error:
+    except (PredictError, SliceError, ValueError) as error:  # ValueError: the network's checks
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"predictions of {args.run} written to {dest}")

@@ -1,7 +1,8 @@
 """Deep supervision: the regional terms also on a network's lower-resolution outputs.
 
 nnU-Net (Isensee et al., Nature Methods 2021) trains its U-Net on every decoder stage's output,
-the target downsampled to each, with the weights 1/2**i normalised to sum to 1. Here the
+the target downsampled to each, with the weights 1/2**i normalised to sum to 1, the lowest
+resolution's set to 0 (PlainUNet3D does not give that output at all). Here the
 regional terms (`REGIONAL`: cross-entropy and the Dice family) are spread over the scales that
 way, while the boundary and adjacency terms stay on the full-resolution output alone, with
 their own weights: a distance map cannot be downsampled as a label map can, and the boundary

@@ -109,11 +109,16 @@ def git(*args: str) -> str:
 def dataset_identity(dataset: str | Path) -> dict[str, str | None]:
     """Where the sliced data is and which it is: its absolute path and the md5 of its
     `split.json` (which names every patient of each split), so that runs on the same data
-    are recognised whatever the folder was called, and runs on other data are not."""
+    are recognised whatever the folder was called, and runs on other data are not; for 3D
+    data, also the md5 of its `plan.json` (the normalisation, spacing, patch and network)."""
     path = Path(dataset).resolve()
     split = path / "split.json"
     digest = hashlib.md5(split.read_bytes()).hexdigest() if split.is_file() else None
-    return {"path": str(path), "split_md5": digest}
+    identity = {"path": str(path), "split_md5": digest}
+    plan = path / "plan.json"
+    if plan.is_file():
+        identity["plan_md5"] = hashlib.md5(plan.read_bytes()).hexdigest()
+    return identity
 
 
 def provenance(

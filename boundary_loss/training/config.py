@@ -608,6 +608,17 @@ def check_3d(
     patch = tuple(args.patch_size or plan["patch_size"])
     if args.network == "PlainUNet3D":
         pools = net_params.get("pools", plan["network"]["pools"])
+        valid = isinstance(pools, list | tuple) and all(
+            isinstance(p, list | tuple)
+            and len(p) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in p)
+            for p in pools
+        )
+        if not valid:
+            raise ConfigError(
+                f"--net_params pools {pools!r}: expected a list of [x, y, z] strides (positive "
+                "integers), one per downsampling, as plan.json's network.pools"
+            )
         factor = [math.prod(p[a] for p in pools) for a in range(3)]
         if any(s % f for s, f in zip(patch, factor, strict=True)):
             raise ConfigError(

@@ -178,6 +178,7 @@ def build_phases_3d(
             rank=context.rank,
             world_size=context.world_size,
             debug=config.debug,
+            oversample=config.plan["oversample_foreground"],
         )
         for i, (folder, (specs, _)) in enumerate(zip(config.training_folders, read, strict=True))
     ]
