@@ -32,12 +32,15 @@ import torch
 from boundary_loss.io.distributed import Context
 from boundary_loss.losses.idc_losses import CompoundLoss, GeneralizedDice
 from boundary_loss.maps import distance
+from boundary_loss.preprocessing.prepare_3d import prepare_3d
+from boundary_loss.preprocessing.synthetic_nnunet import write_nnunet
 from boundary_loss.training import main
 from boundary_loss.training.config import check_config, get_args
 from boundary_loss.training.engine import Pass, TrainingError, do_epoch, train_epoch
 from tests.host_reads import HOST_METHODS
 from tests.sliced_data import make_sliced_dataset
 from tests.test_main import argv, replace
+from tests.test_train_3d import argv as argv_3d
 
 N_TRAIN, SLICES, BATCH = 3, 4, 2  # 6 training batches of 2 slices
 
@@ -321,3 +324,48 @@ def test_steady_training_steps_never_synchronise_on_cuda(dataset, tmp_path, trai
         torch.cuda.set_sync_debug_mode(0)
     assert window.steps == N_TRAIN * SLICES // BATCH - 1
     assert np.isfinite(np.stack(progress.history["tra_loss"])).all()
+
+
+# ------------------------------------------------------------------------------ 3D patches
+
+
+@pytest.fixture(scope="module")
+def prepared_3d(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("standin3d")
+    source = write_nnunet(root / "source")
+    return prepare_3d(source, root / "prepared", patch=(32, 8, 32), progress=False)
+
+
+def session_3d(prepared: Path, workdir: Path, device: str = "cpu") -> main.Session:
+    """A 3D training with augmentation and deep supervision, the heaviest 3D step."""
+    params = "{'features': 4, 'deep_supervision': True}"
+    line = argv_3d(prepared, workdir, "--augment", "--net_params", params)
+    if device != "cpu":
+        line.remove("--cpu")
+    return main.open_session(check_config(get_args(line)), Context(), torch.device(device))
+
+
+def test_steady_3d_training_steps_read_no_tensor_value(prepared_3d, tmp_path, monkeypatch):
+    s = session_3d(prepared_3d, tmp_path / "run")
+    window = Window()
+    mark(s, window)
+    progress = first_progress(s)
+    with counting(monkeypatch, window):
+        for epoch in range(2):
+            main.train_one_epoch(s, progress, epoch)
+    assert window.reads == [], "\n".join(window.reads)
+    assert window.steps == 2 * (s.config.iterations - 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_steady_3d_training_steps_never_synchronise_on_cuda(prepared_3d, tmp_path):
+    s = session_3d(prepared_3d, tmp_path / "run", device="cuda")
+    progress = first_progress(s)
+    main.train_one_epoch(s, progress, 0)
+    window = Window(lambda steady: torch.cuda.set_sync_debug_mode("error" if steady else 0))
+    mark(s, window)
+    try:
+        main.train_one_epoch(s, progress, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert window.steps == s.config.iterations - 1

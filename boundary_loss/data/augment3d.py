@@ -16,11 +16,12 @@ batchgenerators):
   (the mean kept; nnU-Net also clips to the channel's former range, left out here).
 
 Every decision is drawn on the CPU from the given generator, the same number of draws whatever
-the batch holds. The noise itself is drawn on the image's device with `torch.randn` (the
-device's global random stream: seed it, `torch.manual_seed`, for repeatable noise). Nothing is
-read back to the host: the spacing test, the choice of the transform and the voxel moves are
-tensor operations (one gather per tensor with an index built on the device), so the function
-never waits for the device.
+the batch holds, and turned there (with the spacing, which the loader keeps on the host) into
+one small table per batch: the moves of each patch and its intensity factors. That table goes to
+the image's device in one asynchronous copy (from pinned memory on CUDA); the noise itself is
+drawn on the device with `torch.randn` (the device's global random stream: seed it,
+`torch.manual_seed`, for repeatable noise). Nothing is read back from the device and no copy
+waits for it: the voxel moves are one gather per tensor with an index built there.
 """
 
 from __future__ import annotations
@@ -121,16 +122,15 @@ def source_maps(d: Draw3D, allowed: Tensor, shape: Sequence[int]) -> Tensor:
     return total
 
 
-def _gather_index(maps: Tensor, shape: Sequence[int], device: torch.device) -> Tensor:
-    """Flat source index of every output voxel: `B X Y Z` int64 on `device`.
+def _gather_index(weights: Tensor, offset: Tensor, shape: Sequence[int]) -> Tensor:
+    """Flat source index of every output voxel: `B X Y Z` int64 on the weights' device.
 
     With source = A output + t and strides s of the X Y Z layout, the flat source index is
-    s.t + sum over output axes e of (s.A)_e output_e: one weight per axis and an offset.
+    s.t + sum over output axes e of (s.A)_e output_e: one weight per axis (`B 3`) and an offset
+    (`B`).
     """
     X, Y, Z = shape
-    strides = torch.tensor([Y * Z, Z, 1], dtype=torch.float64, device=maps.device)
-    weights = torch.einsum("d,bde->be", strides, maps[:, :3, :3]).round().long().to(device)
-    offset = torch.einsum("d,bd->b", strides, maps[:, :3, 3]).round().long().to(device)
+    device = weights.device
     ox = torch.arange(X, device=device)[:, None, None]
     oy = torch.arange(Y, device=device)[None, :, None]
     oz = torch.arange(Z, device=device)[None, None, :]
@@ -145,18 +145,40 @@ def _move(t: Tensor, index: Tensor) -> Tensor:
     return torch.gather(t.reshape(B, C, -1), 2, flat).reshape(t.shape)
 
 
-def _intensity(image: Tensor, d: Draw3D) -> Tensor:
-    """Noise, brightness and contrast of each selected patch (`B C X Y Z` float)."""
-    device, dtype = image.device, image.dtype
-    sigma = torch.where(d.noise, d.noise_sigma, 0.0).to(device, dtype)
-    noise = torch.randn(image.shape, device=device, dtype=dtype)
-    image = image + noise * sigma.view(-1, 1, 1, 1, 1)
-    factor = torch.where(d.brightness[:, None], d.brightness_factor, 1.0).to(device, dtype)
-    image = image * factor[:, :, None, None, None]
+def _batch_table(d: Draw3D, maps: Tensor, shape: Sequence[int]) -> Tensor:
+    """What the device needs of a batch's draw, in one float64 `B (5 + 2C + 1)` table on the
+    host: the gather weights (3) and offset (1) of each patch, its noise deviation (1), its
+    brightness factors (C), its contrast factors (C, 1 where not drawn) and contrast flag (1)."""
+    X, Y, Z = shape
+    strides = torch.tensor([Y * Z, Z, 1], dtype=torch.float64, device=maps.device)
+    weights = torch.einsum("d,bde->be", strides, maps[:, :3, :3]).round()
+    offset = torch.einsum("d,bd->b", strides, maps[:, :3, 3]).round()
+    sigma = torch.where(d.noise, d.noise_sigma, 0.0).double()
+    factor = torch.where(d.brightness[:, None], d.brightness_factor, 1.0).double()
+    columns = [sigma[:, None], factor, d.contrast_factor.double(), d.contrast[:, None].double()]
+    drawn = torch.cat(columns, dim=1).to(maps.device)
+    return torch.cat([weights, offset[:, None], drawn], dim=1)
+
+
+def _to_device(table: Tensor, device: torch.device) -> Tensor:
+    """The host table on `device` in one copy that does not wait (pinned memory on CUDA)."""
+    if device.type == "cuda" and table.device.type == "cpu":
+        table = table.pin_memory()
+    return table.to(device, non_blocking=True)
+
+
+def _intensity(image: Tensor, table: Tensor) -> Tensor:
+    """Noise, brightness and contrast of each selected patch (`B C X Y Z` float), from the
+    batch's table on the image's device."""
+    C, dtype = image.shape[1], image.dtype
+    sigma = table[:, 4].to(dtype).view(-1, 1, 1, 1, 1)
+    factor = table[:, 5 : 5 + C].to(dtype)[:, :, None, None, None]
+    contrast = table[:, 5 + C : 5 + 2 * C].to(dtype)[:, :, None, None, None]
+    chosen = table[:, 5 + 2 * C].bool().view(-1, 1, 1, 1, 1)
+    image = image + torch.randn(image.shape, device=image.device, dtype=dtype) * sigma
+    image = image * factor
     mean = image.mean(dim=(2, 3, 4), keepdim=True)
-    contrast = d.contrast_factor.to(device, dtype)[:, :, None, None, None]
-    contrasted = (image - mean) * contrast + mean
-    return torch.where(d.contrast.to(device).view(-1, 1, 1, 1, 1), contrasted, image)
+    return torch.where(chosen, (image - mean) * contrast + mean, image)
 
 
 def augment_batch_3d(
@@ -173,7 +195,8 @@ def augment_batch_3d(
         labels: `B K X Y Z` tensors on image's device: one-hot labels or real-valued maps (the
             voxels move exactly, so both kinds are moved alike and keep their dtype).
         hot: per target, whether it is one-hot (as the 2D augment_batch takes it).
-        spacing: `B 3` voxel spacing (X Y Z), on any device; returned permuted as the axes.
+        spacing: `B 3` voxel spacing (X Y Z), on the host as the loader gives it (on a device,
+            the table of the batch is built there); returned permuted as the axes.
         generator: a CPU generator, drawing every decision (`draw_3d`).
 
     Returns:
@@ -201,10 +224,11 @@ def augment_batch_3d(
 
     d = draw_3d(B, C, generator)
     allowed = rotation_allowed(spacing, shape)
-    maps = source_maps(d, allowed, shape)
-    index = _gather_index(maps, shape, image.device)
+    maps = source_maps(d, allowed, shape)  # on the spacing's device: the host, from the loader
+    table = _to_device(_batch_table(d, maps, shape), image.device)
+    index = _gather_index(table[:, :3].long(), table[:, 3].long(), shape)
     # Output axis e has the spacing of the source axis it reads: |A|[d, e] picks it.
     moved = torch.einsum("bde,bd->be", maps[:, :3, :3].abs(), spacing.to(torch.float64))
-    image = _intensity(_move(image, index), d)
+    image = _intensity(_move(image, index), table)
     labels = [_move(t, index) for t in labels]
     return image, labels, moved.to(spacing.dtype)
