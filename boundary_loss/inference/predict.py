@@ -42,7 +42,7 @@ import csv
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -59,7 +59,7 @@ from boundary_loss.io.atomic import (
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.metrics import hd_hd95
 from boundary_loss.networks.registry import get_network
-from boundary_loss.preprocessing.nnunet_format import Case, read_dataset
+from boundary_loss.preprocessing.nnunet_format import Case, DatasetDescription, read_dataset
 from boundary_loss.preprocessing.verify_lineage import LineageError, md5sum, read_lineage
 from boundary_loss.preprocessing.volumes import (
     Geometry,
@@ -360,7 +360,6 @@ def predict(
     if missing:
         raise PredictError(f"{description.root}: cases {missing[:5]} of {sliced} are gone")
     cases = {**{cid: training[cid] for cid in val}, **{cid: testing[cid] for cid in test}}
-    wanted = [*val, *test]
     try:
         diverged = divergence(run).diverged
     except ValueError as error:  # a damaged metric array, named
@@ -376,6 +375,26 @@ def predict(
             f"classes, but {sliced} has {channels} channels and {classes} classes"
         )
     check_run_data(run, sliced)
+    check_lineage(description, cases, lineage)
+
+    def labels_of(cid: str, case: Case) -> np.ndarray:
+        volume = Volume(cid, case.images, None, case.four_d)
+        images, _, _ = load_volume(volume, values, label_map, shape, geometry)
+        classes = predict_volume(net, images, device, batch_size)
+        return to_source_grid(classes, source_shape(case), geometry.axis, values)
+
+    record = {"run": str(run), "best_epoch": best.get("epoch"), "dataset": str(description.root)}
+    record |= {"validation": val, "test": test}
+    return write_cases(dest, cases, labels_of, source["labels"], record)
+
+
+def check_lineage(description: DatasetDescription, cases: dict[str, Case], lineage: Path | None):
+    """Check the files of `cases` against `lineage` (None: `lineage/<dataset name>.lineage` when
+    present, else a warning that the source is unchecked).
+
+    Raises:
+        PredictError: see `check_source`.
+    """
     lineage = lineage or default_lineage(description.root)
     if lineage is None:
         print(
@@ -384,38 +403,42 @@ def predict(
             "they are now",
             file=sys.stderr,
         )
-    else:
-        read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
-        check_source(read, description.root, lineage)
-    ending = ".nii.gz" if str(cases[wanted[0]].images[0]).endswith(".gz") else ".nii"
+        return
+    read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
+    check_source(read, description.root, lineage)
 
+
+def write_cases(
+    dest: Path,
+    cases: dict[str, Case],
+    labels_of: Callable[[str, Case], np.ndarray],
+    label_values: dict[str, int],
+    record: dict,
+) -> Path:
+    """Write the predictions folder: each case's labels (`labels_of`: label values on the
+    source grid) as NIfTI in its image's geometry, the metrics of the labelled ones
+    (metrics.csv) and `record` with the files (predictions.json), staged and moved into `dest`.
+
+    Raises:
+        PredictError: `dest` is not replaceable, or a file cannot be read or written.
+    """
+    first = next(iter(cases.values())).images[0]
+    ending = ".nii.gz" if str(first).endswith(".gz") else ".nii"
     try:
         with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
             rows, files = [], {}
-            for cid in wanted:
-                case = cases[cid]
-                volume = Volume(cid, case.images, None, case.four_d)
-                images, _, _ = load_volume(volume, values, label_map, shape, geometry)
-                classes = predict_volume(net, images, device, batch_size)
-                labels = to_source_grid(classes, source_shape(case), geometry.axis, values)
-                path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
+            for cid, case in cases.items():
+                path = write_labels(labels_of(cid, case), case.images[0], tmp / f"{cid}{ending}")
                 files[cid] = path.name
                 if case.label is not None:
-                    for row in case_metrics(path, case.label, source["labels"]):
+                    for row in case_metrics(path, case.label, label_values):
                         rows.append({"case": cid, **row})
             with open(tmp / "metrics.csv", "w", newline="") as handle:
                 writer = csv.DictWriter(handle, METRICS_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-            record = {
-                "run": str(run),
-                "best_epoch": best.get("epoch"),
-                "dataset": str(description.root),
-                "validation": val,
-                "test": test,
-                "files": files,
-            }
-            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+            text = json.dumps(record | {"files": files}, indent=1)
+            (tmp / "predictions.json").write_text(text + "\n")
     except FolderError as error:
         raise PredictError(str(error)) from None
     except OSError as error:
@@ -450,14 +473,15 @@ def write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> 
     return dest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
-    parser: argparse.ArgumentParser = ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str, data: str, batch: str, batch_size: int) -> ArgumentParser:
+    """The command line both prediction commands share (`data`: what --sliced is; `batch`:
+    what a forward pass holds)."""
+    parser = ArgumentParser(description=description)
     parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
-    parser.add_argument("--sliced", required=True, type=Path, help="the slice_nnunet.py output")
+    parser.add_argument("--sliced", required=True, type=Path, help=data)
     parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
     parser.add_argument(
-        "--source", type=Path, default=None, help="the dataset folder (default: source.json's)"
+        "--source", type=Path, default=None, help="the dataset folder (default: the one prepared)"
     )
     parser.add_argument(
         "--lineage",
@@ -466,10 +490,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
     )
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
-    parser.add_argument("--batch_size", type=int, default=32, help="slices per forward pass")
+    parser.add_argument("--batch_size", type=int, default=batch_size, help=f"{batch} per pass")
+    return parser
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """CUDA when present, unless --cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    parser = build_parser(__doc__.splitlines()[0], "the slice_nnunet.py output", "slices", 32)
     args = parser.parse_args(argv)
-    use_cuda = torch.cuda.is_available() and not args.cpu
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = device_of(args)
     try:
         dest = predict(
             args.run,

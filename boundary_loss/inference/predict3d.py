@@ -25,8 +25,6 @@ output of this command. Errors are one line: `error: <message>`, exit status 1.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import hashlib
 import json
 import sys
@@ -38,29 +36,20 @@ import torch
 
 from boundary_loss.inference.predict import (
     LEGACY,
-    LINEAGES,
-    METRICS_COLUMNS,
     TOOL,
     PredictError,
-    case_metrics,
+    build_parser,
+    check_lineage,
     check_run_data,
-    check_source,
-    default_lineage,
+    device_of,
     read_record,
     source_shape,
+    write_cases,
     write_diverged,
-    write_labels,
 )
-from boundary_loss.io.atomic import (
-    DISK_FULL,
-    FolderError,
-    check_replaceable,
-    disk_full_message,
-    staged_folder,
-)
-from boundary_loss.io.console import ArgumentParser
+from boundary_loss.io.atomic import FolderError, check_replaceable
 from boundary_loss.networks.registry import get_network
-from boundary_loss.preprocessing.nnunet_format import read_dataset
+from boundary_loss.preprocessing.nnunet_format import Case, read_dataset
 from boundary_loss.preprocessing.plan3d import read_plan
 from boundary_loss.preprocessing.prepare_3d import prepare_images
 from boundary_loss.preprocessing.resample import resample_probabilities
@@ -195,97 +184,37 @@ def predict_3d(
             f"{description.root}: channels {list(description.channels)}, but {prepared} was "
             f"prepared from channels {plan['channels']}; give the dataset of the run (--source)"
         )
-    lineage = lineage or default_lineage(description.root)
-    if lineage is None:
-        print(
-            f"warning: {description.root} is not checked against a lineage (no --lineage, no "
-            f"{LINEAGES / (description.root.name + '.lineage')}): the metrics use its files as "
-            "they are now",
-            file=sys.stderr,
-        )
-    else:
-        read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
-        check_source(read, description.root, lineage)
+    check_lineage(description, cases, lineage)
     patch = tuple(best["args"].get("patch_size") or plan["patch_size"])
     mirror_axes = (0, 1, 2) if mirror else ()
-    ending = (
-        ".nii.gz" if str(cases[val[0] if val else test[0]].images[0]).endswith(".gz") else ".nii"
-    )
-    label_names = {name: int(value) for name, value in plan["labels"]}
-    try:
-        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
-            rows, files = [], {}
-            for cid in [*val, *test]:
-                case = cases[cid]
-                raw, spacing, _, paths = load_images(
-                    Volume(cid, case.images, None, case.four_d), channels
-                )
-                image = torch.from_numpy(prepare_images(raw, spacing, paths, plan))[None]
-                probs = predict_case(
-                    net, image.to(device), patch, batch_size, mirror_axes=mirror_axes
-                )
-                back = resample_probabilities(
-                    probs[0].cpu().numpy(),
-                    source_shape(case),
-                    spacing=plan["target_spacing"],
-                    target_spacing=spacing,
-                )
-                labels = np.asarray(values, dtype=np.uint8)[back.argmax(axis=0)]
-                path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
-                files[cid] = path.name
-                if case.label is not None:
-                    for row in case_metrics(path, case.label, label_names):
-                        rows.append({"case": cid, **row})
-            with open(tmp / "metrics.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, METRICS_COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            record = {
-                "run": str(run),
-                "best_epoch": best.get("epoch"),
-                "dataset": str(description.root),
-                "dimensions": 3,
-                "mirror": mirror,
-                "validation": val,
-                "test": test,
-                "files": files,
-            }
-            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
-    except FolderError as error:
-        raise PredictError(str(error)) from None
-    except OSError as error:
-        if error.errno in DISK_FULL:
-            raise PredictError(disk_full_message(error, dest.parent)) from None
-        where = error.filename or dest
-        raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
-    return dest
+
+    def labels_of(cid: str, case: Case) -> np.ndarray:
+        raw, spacing, _, paths = load_images(Volume(cid, case.images, None, case.four_d), channels)
+        image = torch.from_numpy(prepare_images(raw, spacing, paths, plan))[None]
+        probs = predict_case(net, image.to(device), patch, batch_size, mirror_axes=mirror_axes)
+        back = resample_probabilities(
+            probs[0].cpu().numpy(),
+            source_shape(case),
+            spacing=plan["target_spacing"],
+            target_spacing=spacing,
+        )
+        return np.asarray(values, dtype=np.uint8)[back.argmax(axis=0)]
+
+    record = {"run": str(run), "best_epoch": best.get("epoch"), "dataset": str(description.root)}
+    record |= {"dimensions": 3, "mirror": mirror, "validation": val, "test": test}
+    label_values = {name: int(value) for name, value in plan["labels"]}
+    return write_cases(dest, cases, labels_of, label_values, record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
-    parser: argparse.ArgumentParser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="a 3D training's folder")
-    parser.add_argument(
-        "--sliced", required=True, type=Path, help="the prepared data (prepare_3d.py output)"
-    )
-    parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
-    parser.add_argument(
-        "--source", type=Path, default=None, help="the dataset folder (default: the plan's)"
-    )
-    parser.add_argument(
-        "--lineage",
-        type=Path,
-        default=None,
-        help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
-    )
+    data = "the prepared data of the run (prepare_3d.py output)"
+    parser = build_parser(__doc__.splitlines()[0], data, "windows", 2)
     parser.add_argument(
         "--mirror", action="store_true", help="test-time mirroring along the three axes"
     )
-    parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
-    parser.add_argument("--batch_size", type=int, default=2, help="windows per forward pass")
     args = parser.parse_args(argv)
-    use_cuda = torch.cuda.is_available() and not args.cpu
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = device_of(args)
     try:
         dest = predict_3d(
             args.run,
