@@ -499,26 +499,31 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
-    parser = build_parser(__doc__.splitlines()[0], "the slice_nnunet.py output", "slices", 32)
-    args = parser.parse_args(argv)
-    device = device_of(args)
+def run_command(predictor: Callable[..., Path], args: argparse.Namespace, *extra: object) -> int:
+    """Run a prediction command's `predictor` on its parsed flags (then `extra`): 0, or 1 with
+    one `error:` line on anything a user can cause (ValueError: a network's input checks)."""
     try:
-        dest = predict(
+        dest = predictor(
             args.run,
             args.sliced,
             args.dest,
-            device,
+            device_of(args),
             max(args.batch_size, 1),
             args.source,
             args.lineage,
+            *extra,
         )
-    except (PredictError, SliceError) as error:
+    except (PredictError, SliceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"predictions of {args.run} written to {dest}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    parser = build_parser(__doc__.splitlines()[0], "the slice_nnunet.py output", "slices", 32)
+    return run_command(predict, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

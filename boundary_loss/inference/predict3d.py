@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +40,8 @@ from boundary_loss.inference.predict import (
     build_parser,
     check_lineage,
     check_run_data,
-    device_of,
     read_record,
+    run_command,
     source_shape,
     write_cases,
     write_diverged,
@@ -53,7 +52,7 @@ from boundary_loss.preprocessing.nnunet_format import Case, read_dataset
 from boundary_loss.preprocessing.plan3d import read_plan
 from boundary_loss.preprocessing.prepare_3d import prepare_images
 from boundary_loss.preprocessing.resample import resample_probabilities
-from boundary_loss.preprocessing.volumes import SliceError, Volume, load_images
+from boundary_loss.preprocessing.volumes import Volume, load_images
 from boundary_loss.runfolder.schema import divergence
 from boundary_loss.training.checkpoint import (
     CheckpointError,
@@ -214,23 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--mirror", action="store_true", help="test-time mirroring along the three axes"
     )
     args = parser.parse_args(argv)
-    device = device_of(args)
-    try:
-        dest = predict_3d(
-            args.run,
-            args.sliced,
-            args.dest,
-            device,
-            max(args.batch_size, 1),
-            args.source,
-            args.lineage,
-            args.mirror,
-        )
-    except (PredictError, SliceError, ValueError) as error:  # ValueError: the network's checks
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"predictions of {args.run} written to {dest}")
-    return 0
+    return run_command(predict_3d, args, args.mirror)
 
 
 if __name__ == "__main__":
