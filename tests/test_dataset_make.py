@@ -82,7 +82,7 @@ def test_3d_chain_builds_every_product_in_its_own_folders(built):
     """DIM=3 on the same stand-in: prepared volumes, the 3D graph, patch trainings, NIfTI
     predictions in the source geometry, report and archive, all in folders of their own."""
     repo, _ = built
-    runs = ["gdl_surface_steal", "boundary_adj"]
+    runs = ["boundary_adj"]  # the whole-volume maps, the 3D graph and the adjacency metric
     three_d = ["DIM=3", "NET=PlainUNet3D", "NET_PARAMS={'features': 4}", "ITERS=2"]
     make(repo, "DATA=synthetic", *three_d, f"TRAININGS={' '.join(runs)}")
     prepared = repo / "data" / "prepared-3d" / NAME

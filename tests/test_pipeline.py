@@ -224,6 +224,8 @@ def test_cut_generated_zip_is_generated_again_and_unpacked(tmp_path):
 
 def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):
     dataset, repo, _ = built
+    if dataset != "isles":  # the training rule is common.make's, the same for every dataset
+        pytest.skip("one dataset is enough for the training rule")
     results = repo / "results" / f"{dataset}-synthetic"
     first_run, second_run = DATASETS[dataset]["runs"][:2]
     shutil.rmtree(results / second_run)
