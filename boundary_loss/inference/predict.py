@@ -161,11 +161,15 @@ def source_shape(case: Case) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_network(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The network of `run/best.pt`, rebuilt from the arguments recorded in it.
+def load_network(
+    run: Path, device: torch.device, dimensions: int = 2, plan: dict | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """The network of `run/best.pt`, rebuilt from the arguments recorded in it (a PlainUNet3D
+    from its plan's pools and kernels too).
 
     Raises:
-        PredictError: no best.pt, or one that does not rebuild.
+        PredictError: no best.pt, one that does not rebuild, or a network of other dimensions
+            than this command's.
     """
     path = run / "best.pt"
     if not path.is_file():
@@ -173,17 +177,17 @@ def load_network(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict
     try:
         best = read_checkpoint(path, "--run")
         state = model_state(best, path, "--run")
-        args = best["args"]
-        params = parse_literal(args.get("net_params", "{}"), "net_params")
+        params = parse_literal(best["args"].get("net_params", "{}"), "net_params")
+        if plan is not None and best["network"] == "PlainUNet3D":
+            params = dict(plan["network"]) | params
         net = get_network(best["network"], best["n_in"], best["n_class"], **params)
         fit_state(net, state, path, "--run")
-    except (CheckpointError, KeyError, TypeError) as error:
+    except (CheckpointError, KeyError, TypeError, ValueError) as error:
         raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
-    if getattr(net, "dimensions", 2) != 2:
-        raise PredictError(
-            f"{path}: a {net.dimensions}D network; predict a 3D training with "
-            "boundary_loss.inference.predict3d"
-        )
+    found = getattr(net, "dimensions", 2)
+    if found != dimensions:
+        other = "boundary_loss.inference.predict" + ("3d" if found == 3 else "")
+        raise PredictError(f"{path}: a {found}D network; predict a {found}D training with {other}")
     return net.to(device).eval(), best
 
 

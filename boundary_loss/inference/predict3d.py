@@ -40,6 +40,7 @@ from boundary_loss.inference.predict import (
     build_parser,
     check_lineage,
     check_run_data,
+    load_network,
     read_record,
     run_command,
     source_shape,
@@ -47,48 +48,13 @@ from boundary_loss.inference.predict import (
     write_diverged,
 )
 from boundary_loss.io.atomic import FolderError, check_replaceable
-from boundary_loss.networks.registry import get_network
 from boundary_loss.preprocessing.nnunet_format import Case, read_dataset
 from boundary_loss.preprocessing.plan3d import read_plan
 from boundary_loss.preprocessing.prepare_3d import prepare_images
 from boundary_loss.preprocessing.resample import resample_probabilities
 from boundary_loss.preprocessing.volumes import Volume, load_images
 from boundary_loss.runfolder.schema import divergence
-from boundary_loss.training.checkpoint import (
-    CheckpointError,
-    fit_state,
-    model_state,
-    read_checkpoint,
-)
-from boundary_loss.training.config import parse_literal
 from boundary_loss.training.validate3d import predict_case
-
-
-def load_network_3d(run: Path, plan: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The 3D network of `run/best.pt`, rebuilt from its recorded arguments and the plan.
-
-    Raises:
-        PredictError: no best.pt, one that does not rebuild, or a 2D network.
-    """
-    path = run / "best.pt"
-    if not path.is_file():
-        raise PredictError(f"{path}: file not found (expected the best weights of a training)")
-    try:
-        best = read_checkpoint(path, "--run")
-        state = model_state(best, path, "--run")
-        params = parse_literal(best["args"].get("net_params", "{}"), "net_params")
-        if best["network"] == "PlainUNet3D":
-            params = dict(plan["network"]) | params
-        net = get_network(best["network"], best["n_in"], best["n_class"], **params)
-        fit_state(net, state, path, "--run")
-    except (CheckpointError, KeyError, TypeError, ValueError) as error:
-        raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
-    if getattr(net, "dimensions", 2) != 3:
-        raise PredictError(
-            f"{path}: a {net.dimensions}D network; predict a 2D training with "
-            "boundary_loss.inference.predict"
-        )
-    return net.to(device).eval(), best
 
 
 def check_plan(run: Path, prepared: Path) -> None:
@@ -169,7 +135,7 @@ def predict_3d(
     if diverged:
         check_run_data(run, prepared)
         return write_diverged(run, dest, description.root, val, test)
-    net, best = load_network_3d(run, plan, device)
+    net, best = load_network(run, device, dimensions=3, plan=plan)
     channels = len(plan["channels"])
     if (best["n_in"], best["n_class"]) != (channels, len(values)):
         raise PredictError(
