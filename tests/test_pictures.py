@@ -97,13 +97,15 @@ def test_pictures_and_gifs(runs, tmp_path):
     assert {p["patient"] for p in record["pictures"]} == set(PATIENTS)
     for picture in record["pictures"]:
         with Image.open(dest / picture["file"]) as image:
-            # two rows of slices, one column per run, 300 x 300 pixels each
-            assert image.size == (2 * 300, 2 * 300)
+            # two rows of slices, one column per run, 400 x 400 pixels each
+            assert image.size == (2 * 400, 2 * 400)
     assert len(record["gifs"]) == 3 * len(runs)
     for gif in record["gifs"]:
         with Image.open(dest / gif["file"]) as image:
             assert image.n_frames == EPOCHS  # one frame per epoch
-            assert image.size == (2 * SIZE, 2 * (SIZE + 4))
+            # the crop (the whole 16 x 16 slice: the margin of 8 pixels reaches its borders)
+            # and its 4-pixel bar, scaled by round(256 / 16) = 16
+            assert image.size == (16 * SIZE, 16 * (SIZE + 4))
     assert not (tmp_path / "pictures_tmp").exists()
 
 
@@ -219,3 +221,54 @@ def test_seeds_are_aggregated(runs, tmp_path):
     # gdl: per-run means 0.7 and 0.5 -> 0.6 +- 0.1 over its 2 seeds
     assert "| gdl | 2 | 0.6000 +- 0.1000 (min 0.5000, max 0.7000) |" in text
     assert "with 3 patients and 2 seeds" in text
+
+
+def test_crop_box_by_hand():
+    """A 6 x 6 square (rows 30-35, columns 30-35) and a prediction 2 rows lower (32-37): their
+    union spans 8 rows, so the square box has a margin of max(8, 0.5 x 8) = 8 pixels: 24 wide,
+    centred on the union (rows (30 + 38 - 24) // 2 = 22 .. 45, columns (30 + 36 - 24) // 2 = 21
+    .. 44)."""
+    truth = np.zeros((64, 64), bool)
+    truth[30:36, 30:36] = True
+    pred = np.roll(truth, 2, axis=0)
+    assert pictures.crop_box([truth, pred]) == (slice(22, 46), slice(21, 45))
+    # at the border the box moves inside the image; an empty one keeps the whole image
+    corner = np.zeros((64, 64), bool)
+    corner[0:4, 60:64] = True
+    assert pictures.crop_box([corner]) == (slice(0, 20), slice(44, 64))
+    assert pictures.crop_box([np.zeros((64, 64), bool)]) == (slice(0, 64), slice(0, 64))
+
+
+def near(picture: np.ndarray, colour: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels of an RGB(A) picture are within `tolerance` of `colour`, channel by
+    channel."""
+    return int((np.abs(picture[..., :3].astype(int) - colour) <= tolerance).all(axis=-1).sum())
+
+
+def test_truth_and_prediction_in_two_colours_with_a_legend(tmp_path):
+    """On a known case, the picture draws the ground truth in orange and the prediction in blue
+    (Okabe and Ito's), and says which is which; the GIF frame does too, with its epoch."""
+    data = tmp_path / "data"
+    for folder in ("in_npy", "gt_npy"):
+        (data / "val" / folder).mkdir(parents=True)
+    gt = np.zeros((64, 64), np.uint8)
+    gt[30:36, 30:36] = 1
+    np.save(data / "val" / "in_npy" / "p1_0000.npy", np.full((1, 64, 64), 0.5, np.float32))
+    np.save(data / "val" / "gt_npy" / "p1_0000.npy", gt)
+    run = tmp_path / "run"
+    (run / "best_epoch" / "val").mkdir(parents=True)
+    Image.fromarray(np.roll(gt, 2, axis=0)).save(run / "best_epoch" / "val" / "p1_0000.png")
+    (run / "args.json").write_text(json.dumps({"dataset": str(data), "grp_regex": REGEX}))
+    dest = pictures.contour_picture([run], "p1", [1], tmp_path / "picture.png")
+    drawn = np.asarray(Image.open(dest).convert("RGB"))
+    assert near(drawn, pictures.TRUTH_COLOUR) > 50
+    assert near(drawn, pictures.PREDICTION_COLOUR) > 50
+    assert near(drawn, (230, 60, 60)) == 0  # no third colour: one per role, not per class
+    truth = gt[22:46, 21:45]  # the crop of the picture's box
+    frame = np.asarray(
+        pictures.frame(np.full((24, 24), 0.5), np.roll(truth, 2, axis=0), truth, 3, 5)
+    )
+    assert (frame == pictures.TRUTH_COLOUR).all(axis=-1).sum() > 0  # the truth's border
+    tinted = np.round(0.5 * 127.5 + 0.5 * np.array(pictures.PREDICTION_COLOUR))
+    assert near(frame, tuple(tinted.astype(int)), 1) > 0  # the prediction, tinted blue
+    assert frame.shape[:2] == (11 * (24 + 4), 11 * 24)  # scaled by round(256 / 24) = 11

@@ -7,11 +7,15 @@ For each run, its best, median and worst validation patient by 3D Dice at the ep
 (`report.patients`; the mean over `--classes`) are chosen. For each chosen patient, one picture
 `DIR/patient_<name>.png` shows, side by side across the runs, two slices of the validation image
 (its first channel): the slice with the largest ground-truth area of the classes, and the slice
-where the runs' predictions disagree most with the ground truth; the ground truth is drawn as
-solid contours, each run's prediction at its best epoch as dashed ones. For the patients chosen
-for the first run, `DIR/<run>_<name>.gif` animates each run's prediction of the largest slice over
-the epochs, one frame per epoch (from `iter<NNN>/val/`, which every epoch saves; the bar at the
-bottom fills with the epochs), as the original project did with ImageMagick's `convert`.
+where the runs' predictions disagree most with the ground truth. Each panel is cropped around
+what it shows (the ground truth and every run's prediction of the classes, with a margin of half
+their extent, at least 8 pixels, as a square) and drawn 400 pixels wide; the ground truth is a
+solid orange contour, each run's prediction at its best epoch a dashed blue one, with a legend
+(orange and blue from Okabe and Ito's palette, told apart by colour-blind readers). For the
+patients chosen for the first run, `DIR/<run>_<name>.gif` animates each run's prediction of the
+largest slice over the epochs, cropped the same way, one frame per epoch with its number written
+on it (from `iter<NNN>/val/`, which every epoch saves; the bar at the bottom fills with the
+epochs), as the original project did with ImageMagick's `convert`.
 A diverged run (every value of its 3D metrics NaN, `runfolder.schema.divergence`) has nothing to
 show and may have saved no predictions: it is left out, named in `pictures.json` (`diverged`) and in
 a warning. `DIR/pictures.json` lists the files with what they show. Everything is written in
@@ -33,7 +37,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
+from matplotlib.lines import Line2D
+from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
 from boundary_loss.io.atomic import FolderError, check_replaceable, staged_folder
@@ -41,12 +46,14 @@ from boundary_loss.io.console import ArgumentParser
 from boundary_loss.report.patients import at_checkpoint, patient_names, validation_stems
 from boundary_loss.runfolder.schema import divergence, read_json
 
-PANEL_INCHES, DPI = 3.0, 100  # each panel of a picture: 300 x 300 pixels
-GIF_SCALE, GIF_MS = 2, 400  # GIF frames: twice the slice size, 0.4 s each
+PANEL_INCHES, DPI = 4.0, 100  # each panel of a picture: 400 x 400 pixels
+GIF_WIDTH, GIF_MS = 256, 400  # GIF frames: the crop scaled to about 256 pixels wide, 0.4 s each
+# Okabe and Ito's orange and blue (Color Universal Design, 2008): apart for colour-blind readers.
+TRUTH_COLOUR, PREDICTION_COLOUR = (230, 159, 0), (0, 114, 178)
+CONTEXT, MIN_MARGIN = 0.5, 8  # the crop's margin: half the structure's extent, at least 8 pixels
 # The name in the marker of a pictures folder, and the record file of those made before the
 # marker existed: report.pictures replaces only those (atomic.staged_folder).
 TOOL, LEGACY = "pictures.py", ("pictures.json",)
-COLOURS = ((230, 60, 60), (60, 120, 230), (240, 200, 40), (160, 80, 200), (60, 200, 200))
 
 
 def choose(names: list[str], dice: np.ndarray) -> dict[str, str]:
@@ -109,28 +116,71 @@ def pick_slices(runs: list[Path], patient: str, classes: list[int]) -> tuple[str
     return largest, max(stems, key=lambda s: (errors[s], s))
 
 
+def crop_box(masks: list[np.ndarray], context: float = CONTEXT) -> tuple[slice, slice]:
+    """The square box around everything the masks hold (`H W` each), with a margin of `context`
+    times its extent (at least MIN_MARGIN pixels), moved inside the image; the whole image when
+    the masks are empty or the box would not fit."""
+    shape = masks[0].shape
+    union = np.logical_or.reduce(masks)
+    if not union.any():
+        return slice(0, shape[0]), slice(0, shape[1])
+    found = [np.flatnonzero(union.any(axis=1 - a)) for a in (0, 1)]
+    extent = max(int(f[-1] - f[0]) + 1 for f in found)
+    side = extent + 2 * max(MIN_MARGIN, int(np.ceil(context * extent)))
+    box = []
+    for f, size in zip(found, shape, strict=True):
+        if side >= size:
+            box.append(slice(0, size))
+            continue
+        start = (int(f[0]) + int(f[-1]) + 1 - side) // 2
+        start = min(max(start, 0), size - side)
+        box.append(slice(start, start + side))
+    return box[0], box[1]
+
+
+def legend_handles() -> list[Line2D]:
+    return [
+        Line2D([], [], color=np.array(TRUTH_COLOUR) / 255, linestyle="solid", label="ground truth"),
+        Line2D(
+            [], [], color=np.array(PREDICTION_COLOUR) / 255, linestyle="dashed", label="prediction"
+        ),
+    ]
+
+
 def contour_picture(runs: list[Path], patient: str, classes: list[int], dest: Path) -> Path:
-    """Two slices of a patient (rows) for every run (columns): ground truth solid, prediction
-    dashed, one colour per class."""
+    """Two slices of a patient (rows) for every run (columns), each cropped around the structure:
+    the ground truth's contours solid orange, the run's prediction dashed blue."""
     dataset = dataset_of(runs[0])
     largest, worst = pick_slices(runs, patient, classes)
     figure, axes = plt.subplots(
         2, len(runs), figsize=(PANEL_INCHES * len(runs), 2 * PANEL_INCHES), squeeze=False, dpi=DPI
     )
+    truth_colour, prediction_colour = (
+        np.array(TRUTH_COLOUR) / 255,
+        np.array(PREDICTION_COLOUR) / 255,
+    )
     for row, (stem, what) in enumerate(((largest, "largest lesion"), (worst, "most errors"))):
         image, truth = image_and_truth(dataset, stem)
+        preds = {run: prediction(run, stem) for run in runs}
+        box = crop_box([np.isin(m, classes) for m in (truth, *preds.values())])
         for col, run in enumerate(runs):
             ax = axes[row, col]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            pred = prediction(run, stem)
+            ax.imshow(image[box], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             for k in classes:
-                colour = np.array(COLOURS[(k - 1) % len(COLOURS)]) / 255
-                for mask, style in ((truth == k, "solid"), (pred == k, "dashed")):
+                for mask, colour, style in (
+                    (truth[box] == k, truth_colour, "solid"),
+                    (preds[run][box] == k, prediction_colour, "dashed"),
+                ):
                     if mask.any() and not mask.all():
-                        ax.contour(mask, levels=[0.5], colors=[colour], linestyles=style)
-            ax.set_title(f"{run.name}\n{stem} ({what})", fontsize=7)
+                        ax.contour(
+                            mask, levels=[0.5], colors=[colour], linestyles=style, linewidths=1.5
+                        )
+            rows, cols = box
+            where = f"rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}"
+            ax.set_title(f"{run.name}\n{stem} ({what})\n{where}", fontsize=8)
             ax.axis("off")
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.01, wspace=0.02, hspace=0.15)
+    figure.legend(handles=legend_handles(), loc="upper right", fontsize=8, framealpha=0.9)
+    figure.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.01, wspace=0.02, hspace=0.2)
     figure.savefig(dest, dpi=DPI)
     plt.close(figure)
     return dest
@@ -140,27 +190,36 @@ def epochs_of(run: Path) -> int:
     return len([p for p in run.glob("iter[0-9][0-9][0-9]") if p.is_dir()])
 
 
-def frame(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, done: float) -> Image.Image:
-    """One GIF frame: the image with the prediction tinted, the ground truth's border in white,
-    and a bar at the bottom filled to `done` (so that no two epochs give the same frame)."""
+def frame(
+    image: np.ndarray, pred: np.ndarray, truth: np.ndarray, epoch: int, epochs: int
+) -> Image.Image:
+    """One GIF frame: the image with the prediction tinted blue, the ground truth's border in
+    orange, the epoch's number written at the top, and a bar at the bottom filled to the share of
+    epochs done (so that no two epochs give the same frame); scaled to about GIF_WIDTH pixels."""
     rgb = np.repeat((image * 255)[..., None], 3, axis=-1)
-    for k in np.unique(pred[pred > 0]):
-        rgb[pred == k] = 0.5 * rgb[pred == k] + 0.5 * np.array(COLOURS[(k - 1) % len(COLOURS)])
+    tinted = pred > 0
+    rgb[tinted] = 0.5 * rgb[tinted] + 0.5 * np.array(PREDICTION_COLOUR)
     mask = truth > 0
-    rgb[mask & ~binary_erosion(mask)] = 255
+    rgb[mask & ~binary_erosion(mask)] = TRUTH_COLOUR
     bar = np.zeros((4, rgb.shape[1], 3))
-    bar[:, : max(1, round(done * rgb.shape[1]))] = (255, 255, 255)
+    bar[:, : max(1, round((epoch + 1) / epochs * rgb.shape[1]))] = (255, 255, 255)
     out = np.concatenate([rgb, bar]).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(out).resize(
-        (out.shape[1] * GIF_SCALE, out.shape[0] * GIF_SCALE), Image.NEAREST
+    scale = max(1, round(GIF_WIDTH / out.shape[1]))
+    picture = Image.fromarray(out).resize(
+        (out.shape[1] * scale, out.shape[0] * scale), Image.NEAREST
     )
+    ImageDraw.Draw(picture).text((3, 2), f"epoch {epoch}", fill=(255, 255, 255))
+    return picture
 
 
 def epoch_gif(run: Path, stem: str, dest: Path) -> Path:
-    """The prediction of one slice at every epoch, one frame each."""
+    """The prediction of one slice at every epoch, one frame each, cropped around the ground
+    truth and the predictions."""
     image, truth = image_and_truth(dataset_of(run), stem)
     n = epochs_of(run)
-    frames = [frame(image, prediction(run, stem, e), truth, (e + 1) / n) for e in range(n)]
+    preds = [prediction(run, stem, e) for e in range(n)]
+    box = crop_box([truth > 0, *(p > 0 for p in preds)])
+    frames = [frame(image[box], p[box], truth[box], e, n) for e, p in enumerate(preds)]
     frames[0].save(dest, save_all=True, append_images=frames[1:], duration=GIF_MS, loop=0)
     return dest
 
