@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from boundary_loss.report.paired import METHOD, Comparison, compare, signed
+from boundary_loss.report.paired import (
+    METHOD,
+    Comparison,
+    compare,
+    grouped_sentence,
+    p_text,
+    signed,
+)
 
 
 def loop_bootstrap(differences: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
@@ -287,3 +294,67 @@ def test_method_paragraph():
     assert "\n" not in METHOD
     for phrase in ("with replacement", "2.5th and 97.5th", "two-sided Wilcoxon", "p < 0.05"):
         assert phrase in METHOD
+
+
+def test_grouped_sentence_says_each_training_once_grouped_by_decision() -> None:
+    """One sentence per training: the metrics grouped by decision, the sample said once."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.5, 0.7, size=20)
+    dice = compare(
+        base + 0.05, base, run="surface", baseline="gdl", metric="val_3d_dsc", higher_is_better=True
+    )
+    hd = compare(
+        base + 2.0,
+        base,
+        run="surface",
+        baseline="gdl",
+        metric="val_3d_hausdorff",
+        higher_is_better=False,
+    )
+    hd95 = compare(
+        base + rng.normal(0, 1, 20),
+        base,
+        run="surface",
+        baseline="gdl",
+        metric="val_3d_hd95",
+        higher_is_better=False,
+    )
+    assert (dice.verdict, hd.verdict, hd95.verdict) == (
+        "better",
+        "worse",
+        "no detectable difference",
+    )
+    text = grouped_sentence([hd95, hd, dice], {"val_3d_dsc": "3D Dice", "val_3d_hd95": "HD95"})
+    assert text == (
+        f"surface against gdl, over 20 patients: better on 3D Dice ({signed(dice.mean_difference)}"
+        f", 95% CI {signed(dice.ci_low)} to {signed(dice.ci_high)}, Wilcoxon p < 0.001); worse "
+        f"on val_3d_hausdorff ({signed(hd.mean_difference)}, 95% CI {signed(hd.ci_low)} to "
+        f"{signed(hd.ci_high)}, Wilcoxon p < 0.001); no detectable difference on HD95 "
+        f"({signed(hd95.mean_difference)}, 95% CI {signed(hd95.ci_low)} to "
+        f"{signed(hd95.ci_high)}, {p_text(hd95.p_value, 20)})."
+    )
+    assert text.count("surface") == 1 and text.count("patients") == 1
+
+
+def test_grouped_sentence_names_each_sample_when_they_differ() -> None:
+    """Metrics compared on different patients (a NaN left out) carry their own sample."""
+    a = compare(
+        [0.6, 0.7, 0.8], [0.5, 0.6, 0.7], run="r", baseline="b", metric="m1", higher_is_better=True
+    )
+    b = compare(
+        [0.6, np.nan, 0.8],
+        [0.5, 0.6, 0.6],
+        run="r",
+        baseline="b",
+        metric="m2",
+        higher_is_better=True,
+    )
+    text = grouped_sentence([a, b])
+    assert text.startswith("r against b: no detectable difference on m1 (")
+    assert ", 3 patients) and m2 (" in text and text.endswith(", 2 patients).")
+    with pytest.raises(ValueError, match="other runs"):
+        grouped_sentence(
+            [a, compare([1, 2], [0, 1], run="x", baseline="b", metric="m", higher_is_better=True)]
+        )
+    with pytest.raises(ValueError, match="no comparison"):
+        grouped_sentence([])

@@ -28,6 +28,7 @@ array is one seed). The method:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -336,6 +337,61 @@ def sentence(
         f"No detectable difference between {run} and {baseline} on {metric} with {sample}: "
         f"{mean} on average {interval}, {test}."
     )
+
+
+DECISIONS = ("better", "worse", "no detectable difference")  # the order of a grouped sentence
+
+
+def _join(items: Sequence[str]) -> str:
+    """ "a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def grouped_sentence(results: Sequence[Comparison], names: Mapping[str, str] | None = None) -> str:
+    """The comparisons of one training with its baseline on several metrics, in one sentence.
+
+    The metrics are grouped by decision (better, then worse, then no detectable difference), each
+    with its mean difference, confidence interval and test; the sample is said once when every
+    metric has the same one, else with each metric.
+
+    Args:
+        results: comparisons of the same run and baseline (one per metric), in the order shown.
+        names: the metrics' names in the sentence (e.g. {"val_3d_dsc": "3D Dice"}); a metric not
+            in it is named as it is.
+
+    Returns:
+        e.g. "gdl_surface_steal against gdl, over 20 patients: better on 3D Dice (+0.031, 95% CI
+        +0.012 to +0.05, Wilcoxon p = 0.008); no detectable difference on HD (-0.41, 95% CI -1.2
+        to +0.33, Wilcoxon p = 0.27) and HD95 (...)."
+
+    Raises:
+        ValueError: no comparison, or comparisons of different runs or baselines.
+    """
+    if not results:
+        raise ValueError("no comparison to put in a sentence")
+    run, baseline = results[0].run, results[0].baseline
+    if any((r.run, r.baseline) != (run, baseline) for r in results):
+        raise ValueError(f"comparisons of other runs than {run} against {baseline} in one sentence")
+    names = names or {}
+    samples = {(r.n_patients, r.n_seeds) for r in results}
+    shared = len(samples) == 1
+    head = f"{run} against {baseline}"
+    if shared:
+        head += f", over {sample_text(results[0].n_patients, results[0].n_seeds)}"
+
+    def detail(r: Comparison) -> str:
+        text = (
+            f"{names.get(r.metric, r.metric)} ({signed(r.mean_difference)}, 95% CI "
+            f"{signed(r.ci_low)} to {signed(r.ci_high)}, {p_text(r.p_value, r.n_patients)}"
+        )
+        return text + (")" if shared else f", {sample_text(r.n_patients, r.n_seeds)})")
+
+    parts = [
+        f"{decision} on {_join([detail(r) for r in results if r.verdict == decision])}"
+        for decision in DECISIONS
+        if any(r.verdict == decision for r in results)
+    ]
+    return f"{head}: {'; '.join(parts)}."
 
 
 def compare(
