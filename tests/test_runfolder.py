@@ -378,3 +378,72 @@ def test_divergence_reads_the_3d_arrays_of_the_folder(tmp_path: Path) -> None:
         (),
         "",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's plan (plan.json): what preprocesses a new scan
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_plan_of_sliced_nnunet_data_has_the_slicers_records(tmp_path: Path) -> None:
+    """2D: channels, labels in class order, each normalisation as the 3D plan writes it, the
+    slice axis and shape; the CT statistics survive as numbers."""
+    from boundary_loss.preprocessing.plan3d import plan_norms
+    from boundary_loss.runfolder.writer import run_plan
+
+    norms = [["ct", -10.5, 200.25, 40.125, 12.0625], ["zscore"]]
+    source = {
+        "dataset": "/data/Dataset001_X",
+        "name": "Dataset001_X",
+        "channels": ["CT", "T2"],
+        "normalisation": norms,
+        "labels": {"background": 0, "organ": 1, "lesion": 3},
+        "axis": 1,
+        "test": [],
+    }
+    (tmp_path / "source.json").write_text(json.dumps(source))
+    (tmp_path / "split.json").write_text(json.dumps({"shape": [64, 48], "train": [], "val": []}))
+    plan = run_plan(tmp_path)
+    assert plan["dimensions"] == 2 and plan["name"] == "Dataset001_X"
+    assert plan["channels"] == ["CT", "T2"]
+    assert list(plan["labels"].items()) == [("background", 0), ("organ", 1), ("lesion", 3)]
+    assert plan["grid"] == {"axis": 1, "shape": [64, 48]}
+    assert plan_norms(plan) == tuple(tuple(n) for n in norms)
+    assert json.loads(json.dumps(plan)) == plan  # plain JSON
+
+
+def test_run_plan_of_3d_data_is_its_whole_plan(tmp_path: Path) -> None:
+    from boundary_loss.runfolder.writer import run_plan
+
+    grid = {
+        "dimensions": 3,
+        "name": "Dataset001_X",
+        "channels": ["T2"],
+        "labels": [["background", 0], ["organ", 2]],
+        "n_class": 2,
+        "target_spacing": [1.0, 1.0, 2.5],
+        "median_shape": [40, 40, 20],
+        "normalisation": [{"channel": "T2", "scheme": "zscore"}],
+        "patch_size": [32, 32, 16],
+        "batch_size": 2,
+        "network": {"pools": [[2, 2, 2]], "kernels": [[3, 3, 3], [3, 3, 3]]},
+        "slice_axis": 2,
+        "oversample_foreground": 0.33,
+        "resampling": {"image": "cubic", "labels": "linear", "maps": "edt"},
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(grid))
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": []}))
+    plan = run_plan(tmp_path)
+    assert plan["dimensions"] == 3 and plan["grid"] == grid
+    assert plan["labels"] == {"background": 0, "organ": 2}
+    assert plan["normalisation"] == grid["normalisation"] and plan["channels"] == ["T2"]
+
+
+def test_no_run_plan_without_the_records_and_a_message_for_damaged_ones(tmp_path: Path) -> None:
+    from boundary_loss.runfolder.writer import run_plan
+
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": []}))
+    assert run_plan(tmp_path) is None  # the ISLES, WMH and ACDC slicers write no source.json
+    (tmp_path / "source.json").write_text(json.dumps({"channels": ["CT"]}))
+    with pytest.raises(ValueError, match="source.json or split.json is not as slice_nnunet.py"):
+        run_plan(tmp_path)

@@ -17,6 +17,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -30,6 +31,7 @@ from torch import nn
 
 from boundary_loss.io.atomic import atomic_write, write_text_atomic
 from boundary_loss.io.distributed import Context
+from boundary_loss.preprocessing.plan3d import check_plan, norm_entry
 from boundary_loss.runfolder.ranking import nan_mean_std
 from boundary_loss.runfolder.schema import csv_columns
 
@@ -121,6 +123,60 @@ def dataset_identity(dataset: str | Path) -> dict[str, str | None]:
     return identity
 
 
+def run_plan(dataset: str | Path) -> dict | None:
+    """What preprocesses a new scan as the run's training data was preprocessed, without that
+    data: the run's `plan.json` (docs/run-folder.md), from the records of the data's preparer.
+
+    Args:
+        dataset: the training data (`--dataset`): slices of preprocess/slice_nnunet.py (holding
+            source.json and split.json) or volumes of preprocess/prepare_3d.py (plan.json).
+
+    Returns:
+        `dimensions` (2 or 3), `name` (the dataset's), `channels` (dataset.json's names, in
+        order), `labels` (name -> value, in class-index order), `normalisation` (one entry per
+        channel, as the 3D plan writes them: `plan3d.norm_entry`) and `grid`: in 2D the slice
+        `axis` and slice `shape`, in 3D the whole plan of prepare_3d.py (target spacing, patch,
+        the network's pools and kernels, ...). None for data without those records (the
+        slicers of ISLES, WMH and ACDC).
+
+    Raises:
+        ValueError: the records are there but not as their preparer writes them.
+    """
+    folder = Path(dataset)
+    if (folder / "plan.json").is_file():
+        path = folder / "plan.json"
+        grid = check_plan(json.loads(path.read_text(encoding="utf-8")), path)
+        return {
+            "dimensions": 3,
+            "name": grid["name"],
+            "channels": list(grid["channels"]),
+            "labels": {name: int(value) for name, value in grid["labels"]},
+            "normalisation": list(grid["normalisation"]),
+            "grid": grid,
+        }
+    if not ((folder / "source.json").is_file() and (folder / "split.json").is_file()):
+        return None
+    source = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+    split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+    try:
+        channels = [str(c) for c in source["channels"]]
+        norms = [tuple(n) for n in source["normalisation"]]
+        if len(norms) != len(channels):
+            raise ValueError(f"{len(norms)} normalisations for {len(channels)} channels")
+        return {
+            "dimensions": 2,
+            "name": str(source.get("name", folder.name)),
+            "channels": channels,
+            "labels": {str(name): int(value) for name, value in source["labels"].items()},
+            "normalisation": [norm_entry(*pair) for pair in zip(channels, norms, strict=True)],
+            "grid": {"axis": int(source["axis"]), "shape": [int(n) for n in split["shape"]]},
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"{folder}: source.json or split.json is not as slice_nnunet.py writes it ({error!r})"
+        ) from None
+
+
 def provenance(
     config: RunConfig, argv: Sequence[str], device: torch.device, context: Context
 ) -> dict:
@@ -151,10 +207,24 @@ def provenance(
 def write_start(
     workdir: Path, config: RunConfig, argv: Sequence[str], device, context: Context
 ) -> None:
-    """args.json (the arguments as given), provenance.json and git.diff of a new run."""
+    """args.json (the arguments as given), provenance.json, git.diff and, for data of
+    slice_nnunet.py or prepare_3d.py, plan.json (`run_plan`) of a new run.
+
+    Records of the data that are not as their preparer writes them leave the run without
+    plan.json, with a warning: the training goes on, only predictions on new scans need it.
+    """
     save_json(workdir / "args.json", config.recorded)
     save_json(workdir / "provenance.json", provenance(config, argv, device, context))
     save_text(workdir / "git.diff", git("diff", "HEAD"))
+    try:
+        plan = run_plan(config.dataset)
+    except (OSError, ValueError) as error:
+        print(f"warning: no plan.json in {workdir}: {error}", file=sys.stderr)
+        plan = None
+    if plan is None:
+        (workdir / "plan.json").unlink(missing_ok=True)  # a run folder used before, other data
+    else:
+        save_json(workdir / "plan.json", plan, indent=1)
 
 
 def write_csv(
