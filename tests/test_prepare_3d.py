@@ -21,10 +21,12 @@ import pytest
 
 from boundary_loss.io.atomic import MARKER
 from boundary_loss.maps.distance import one_hot2dist
+from boundary_loss.preprocessing import slice_nnunet
 from boundary_loss.preprocessing.plan3d import plan_network, read_plan
 from boundary_loss.preprocessing.prepare_3d import TOOL, main
 from boundary_loss.preprocessing.resample import resample_image, resample_labels
 from boundary_loss.preprocessing.slice_nnunet import nnunet_dataset
+from boundary_loss.preprocessing.slicing import seeded_folds
 from boundary_loss.preprocessing.synthetic_nnunet import write_nnunet
 from tests.cli import assert_clean_error, error_lines, run_script
 from tests.volume_data import SHAPE, SPACINGS, make_dataset, save_nii
@@ -155,6 +157,32 @@ def test_fold_of_splits_final(tiny, tmp_path):
             ["case_001", "case_003"],
         )
     )
+
+
+def test_seeded_fold_is_the_2d_slicers(tiny, tmp_path):
+    """Without splits_final.json, fold 2 of the five seeded folds: the split the 2D slicer's
+    command line writes for the same arguments, recorded with its fold."""
+    assert prepare(tiny, tmp_path / "out", "--fold", 2, "--retain", 1) == 0
+    split = read_json(tmp_path / "out" / "split.json")
+    argv = ["--source_dir", tiny, "--dest_dir", tmp_path / "2d", "--fold", 2, "--retain", 1]
+    argv += ["--seed", SEED, "--shape", 20, 18, "--workers", 1]
+    assert slice_nnunet.main([str(a) for a in argv]) == 0
+    sliced = read_json(tmp_path / "2d" / "split.json")
+    assert {k: split[k] for k in ("train", "val", "seed", "fold", "folds")} == {
+        k: sliced[k] for k in ("train", "val", "seed", "fold", "folds")
+    }
+    ids = [f"case_{n:03d}" for n in range(1, 6)]
+    val = seeded_folds(ids, 1, SEED)[2]
+    assert split == {
+        "dataset": "Dataset001_Tiny",
+        "seed": SEED,
+        "retain": 1,
+        "train": sorted(set(ids) - set(val)),
+        "val": val,
+        "fold": 2,
+        "folds": 5,
+    }
+    assert sorted(p.stem for p in (tmp_path / "out" / "val" / "in_npy").iterdir()) == val
 
 
 def test_maps_are_one_hot2dist_of_the_stored_labels(prepared):
@@ -307,12 +335,16 @@ BAD = {
     "channels on two grids": (other_grid, ()),
     "patch of two sizes": (None, ("--patch", 16, 8)),
     "patch not divisible": (None, ("--patch", 20, 8, 18)),
-    "bad fold": (None, ("--fold", 2)),
+    "bad fold": (None, ("--fold", 5)),
+    "negative fold": (None, ("--fold", -1)),
+    "retain leaving too few to the folds": (None, ("--fold", 2)),
 }
 NAMED = {
     "patch of two sizes": "--patch [16, 8]: expected three positive sizes",
     "patch not divisible": "--patch 20 8 18: not divisible along each axis by 2^(its poolings)",
-    "bad fold": "--fold 2: ",
+    "bad fold": "has no splits_final.json, so its folds are the 5 seeded ones",
+    "negative fold": "--fold -1: ",
+    "retain leaving too few to the folds": "--retain 2: leaves 3 of the 5 patients to folds 1 .. 4",
 }
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from boundary_loss.preprocessing.nnunet_format import MSD, NNUNET, DatasetError, read_dataset
+from boundary_loss.preprocessing.slice_nnunet import default_retain, split_cases
+from boundary_loss.preprocessing.slicing import seeded_folds, split_patients
 from boundary_loss.preprocessing.synthetic_nnunet import write_msd, write_nnunet
 from boundary_loss.preprocessing.volumes import SliceError, load_nifti
 from tests.cli import assert_clean_error, run_script
@@ -354,7 +356,8 @@ def bad_ignore_label(folder: Path):
 
 def bad_fold_without_splits(folder: Path):
     root = make_nnunet(folder / "ds")
-    return root, ["--fold", "1"], [f"--fold 1: {root} has no splits_final.json"]
+    needles = [f"--fold 5: {root} has no splits_final.json", "5 seeded ones", "expected 0 .. 4"]
+    return root, ["--fold", "5"], needles
 
 
 def bad_test_image_channels(folder: Path):
@@ -516,7 +519,7 @@ BAD_INPUTS = {
     "fold out of range": bad_fold_out_of_range,
     "unknown axis": bad_axis,
     "ignore label": bad_ignore_label,
-    "fold without splits_final.json": bad_fold_without_splits,
+    "fold 5 without splits_final.json": bad_fold_without_splits,
     "test image channel count": bad_test_image_channels,
     "splits_final.json case twice in a fold": bad_splits_case_twice,
     "pixdim unset without sform": bad_unset_pixdim_without_sform,
@@ -909,6 +912,88 @@ def test_ct_statistics_are_the_training_foreground(standin, nnunet_out):
     # the validation cases are left out: with them the figures differ
     everything = foreground_statistics(standin["nnunet"], split["train"] + split["val"])
     assert everything[2:] != pytest.approx([mean, std], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ seeded folds
+
+
+def test_seeded_folds_without_splits_final(standin):
+    """Without splits_final.json, fold 0 is the seeded split and folds 1 .. 4 share the rest."""
+    description = read_dataset(standin["nnunet"])
+    ids = [case.cid for case in description.training]
+    retain = default_retain(len(ids))
+    assert (len(ids), retain) == (16, 3)
+    train, val, entries = split_cases(description, 0, ids, retain, 0)
+    assert (train, val) == split_patients(ids, retain, 0) and entries == {}
+    validated = []
+    for fold in range(5):
+        train, val, entries = split_cases(description, fold, reversed(ids), retain, 0)
+        assert val == seeded_folds(ids, retain, 0)[fold]
+        assert sorted(train + val) == ids and not set(train) & set(val)
+        assert entries == ({} if fold == 0 else {"fold": fold, "folds": 5})
+        assert len(val) == (3, 4, 3, 3, 3)[fold]
+        assert split_cases(description, fold, ids, retain, 0) == (train, val, entries)
+        validated += val
+    assert sorted(validated) == ids  # each case validated once
+    seeded = {seed: split_cases(description, 2, ids, retain, seed)[1] for seed in range(3)}
+    assert len({tuple(val) for val in seeded.values()}) > 1  # the seed changes the folds
+
+
+@pytest.mark.parametrize("fold", [5, -1])
+def test_seeded_fold_out_of_range_is_refused(standin, fold):
+    description = read_dataset(standin["nnunet"])
+    ids = [case.cid for case in description.training]
+    root = standin["nnunet"]
+    with pytest.raises(DatasetError) as error:
+        split_cases(description, fold, ids, 3, 0)
+    assert str(error.value) == (
+        f"--fold {fold}: {root} has no splits_final.json, so its folds are the 5 seeded ones "
+        "(--seed, --retain): expected 0 .. 4"
+    )
+
+
+def test_seeded_folds_need_a_validation_case_each(standin, tmp_path):
+    description = read_dataset(standin["nnunet"])
+    ids = [case.cid for case in description.training]
+    with pytest.raises(SliceError, match="--retain 13: leaves 3 of the 16 patients"):
+        split_cases(description, 1, ids, 13, 0)
+    assert split_cases(description, 1, ids, 12, 0)[1] != []
+    root = make_nnunet(tmp_path / "ds", n_cases=4)
+    few = read_dataset(root)
+    with pytest.raises(DatasetError, match=f"--fold 3: {root} holds 4 labelled cases, fewer"):
+        split_cases(few, 3, ["case_001", "case_002", "case_003", "case_004"], 1, 0)
+    assert split_cases(few, 0, ["case_001", "case_002", "case_003", "case_004"], 1, 0)[2] == {}
+
+
+def test_seeded_fold_sliced_and_recorded(tmp_path):
+    """The command line slices fold 2 of the seeded folds and records it in split.json; fold 0's
+    split.json is the one every slicer writes, with no fold entry."""
+    root = make_nnunet(tmp_path / "ds", n_cases=6)
+    X, _, Z = TINY
+    args = ("--shape", X, Z, "--workers", 1, "--seed", 4)
+    fold2 = sliced(root, tmp_path / "fold2", "--fold", 2, *args)
+    fold0 = sliced(root, tmp_path / "fold0", "--fold", 0, *args)
+    ids = [f"case_{n:03d}" for n in range(1, 7)]
+    folds = seeded_folds(ids, 1, 4)  # a fifth of 6 cases: 1
+    split = read_json(fold2 / "split.json")
+    assert split == {
+        "dataset": "ds",
+        "seed": 4,
+        "retain": len(folds[2]),
+        "n_augment": 0,
+        "shape": [X, Z],
+        "train": sorted(set(ids) - set(folds[2])),
+        "val": folds[2],
+        "fold": 2,
+        "folds": 5,
+    }
+    for name in ("train", "val"):
+        cases = {p.stem.split("_00_")[0] for p in (fold2 / name / "in_npy").iterdir()}
+        assert cases == set(split[name])
+    train, val = split_patients(ids, 1, 4)
+    assert val == folds[0]
+    expected = {"dataset": "ds", "seed": 4, "retain": 1, "n_augment": 0, "shape": [X, Z]}
+    assert read_json(fold0 / "split.json") == {**expected, "train": train, "val": val}
 
 
 # ------------------------------------------------------------------------------ a small dataset

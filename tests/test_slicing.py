@@ -36,7 +36,12 @@ from boundary_loss.preprocessing.slice_acdc import ACDC
 from boundary_loss.preprocessing.slice_isles import ISLES
 from boundary_loss.preprocessing.slice_wmh import WMH
 from boundary_loss.preprocessing.slices import draw_transform
-from boundary_loss.preprocessing.slicing import SliceError, slice_dataset, split_patients
+from boundary_loss.preprocessing.slicing import (
+    SliceError,
+    seeded_folds,
+    slice_dataset,
+    split_patients,
+)
 from boundary_loss.preprocessing.synthetic import generate
 from boundary_loss.preprocessing.unpack import unpack
 from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
@@ -459,6 +464,45 @@ def test_split_is_a_seeded_shuffle_of_sorted_ids():
         assert set(train) == set(ids) - set(val)
     # pinned: the same on every machine and Python version
     assert split_patients(["a", "b", "c", "d", "e"], 2, 0) == (["a", "d", "e"], ["b", "c"])
+
+
+@pytest.mark.parametrize(
+    ("n", "retain"), [(5, 1), (16, 3), (16, 6), (17, 3), (17, 4), (23, 5), (23, 1), (23, 19)]
+)
+def test_seeded_folds_partition_the_cases(n, retain):
+    ids = [f"case_{k:03d}" for k in range(1, n + 1)]
+    for seed in (0, 7):
+        folds = seeded_folds(reversed(ids), retain, seed)  # input order does not matter
+        assert len(folds) == 5
+        # fold 0 is the seeded split of every slicer
+        train, val = split_patients(ids, retain, seed)
+        assert folds[0] == val and sorted(train + val) == ids
+        # each case validated in exactly one fold
+        assert sorted(case for fold in folds for case in fold) == ids
+        # the rest of the shuffle cut in order into four parts, the larger ones first
+        ordered = sorted(ids)
+        random.Random(seed).shuffle(ordered)
+        sizes = [len(fold) for fold in folds[1:]]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+        assert sum(sizes) == n - retain and min(sizes) >= 1
+        start = retain
+        for fold, size in zip(folds[1:], sizes, strict=True):
+            assert fold == sorted(ordered[start : start + size], key=lambda c: int(c[5:]))
+            start += size
+        assert seeded_folds(ids, retain, seed) == folds  # deterministic
+
+
+def test_seeded_folds_pinned_and_refused():
+    # pinned: the same on every machine and Python version (fold 0 as in the test above)
+    folds = [["c", "e"], ["a", "b"], ["f"], ["d"], ["g"]]
+    assert seeded_folds(list("gfedcba"), 2, 0) == folds
+    assert split_patients(list("abcdefg"), 2, 0) == (["a", "b", "d", "f", "g"], folds[0])
+    with pytest.raises(SliceError, match="4 patients cannot fill 5 folds"):
+        seeded_folds(["a", "b", "c", "d"], 1, 0)
+    with pytest.raises(SliceError, match=r"--retain 3: leaves 3 of the 6 patients .* at most 2"):
+        seeded_folds(list("abcdef"), 3, 0)
+    with pytest.raises(SliceError, match="--retain 0: expected at least 1"):
+        seeded_folds(list("abcdef"), 0, 0)
 
 
 def test_split_json_same_seed_same_split(isles_src, isles_out, tmp_path):

@@ -5,8 +5,10 @@ Usage: python preprocess/prepare_3d.py --source_dir DATASET --dest_dir DEST [--r
        (`--n_augment 0`, which the makefiles pass to every slicer, is accepted)
 
 The source is read, checked and split as the 2D slicer (`slice_nnunet`) does for the same
-arguments (fold `--fold` of splits_final.json, else the seeded shuffle keeping `--retain` cases,
-by default a fifth, for validation); then, as nnU-Net's 3d_fullres (Isensee et al., 2021):
+arguments (fold `--fold` of splits_final.json, else fold `--fold`, 0 .. 4, of the five seeded
+folds: fold 0 the seeded shuffle keeping `--retain` cases, by default a fifth, for validation,
+folds 1 .. 4 the rest of that shuffle in four near-equal parts); then, as nnU-Net's 3d_fullres
+(Isensee et al., 2021):
 
 - the target spacing is the per-axis median spacing of the labelled cases;
 - each channel is normalised on its source grid by the scheme its name chooses (`CT`: clipped to
@@ -230,7 +232,8 @@ def prepare_3d(
             tool, replaced once the new one is complete.
         retain: validation cases of the seeded split (0: a fifth of the labelled cases).
         seed: seed of that split.
-        fold: the fold of splits_final.json, when the dataset has one.
+        fold: the fold of splits_final.json, when the dataset has one; else of the five seeded
+            folds (0 .. 4; fold 0 is the seeded split, `slice_nnunet.split_cases`).
         patch: the network's patch (X Y Z voxels at the target spacing); None: planned.
         max_patch_voxels: the most voxels of a planned patch.
         batch_size: the training's patches per batch, recorded in plan.json.
@@ -321,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--dest_dir", required=True, help="output folder (an earlier output is replaced)")
     add("--retain", type=int, default=0, help="validation cases (default 0: a fifth of them)")
     add("--seed", type=int, default=0, help="seed of the split")
-    add("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
+    add(
+        "--fold",
+        type=int,
+        default=0,
+        help="fold of splits_final.json, else of the 5 seeded folds: 0 .. 4 (default 0)",
+    )
     add("--patch", type=int, nargs="+", metavar="N", help="patch X Y Z (default: planned)")
     add(
         "--max_patch_voxels",

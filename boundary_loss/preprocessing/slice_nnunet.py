@@ -6,9 +6,11 @@ Usage: python preprocess/slice_nnunet.py --source_dir DATASET --dest_dir DIR [--
 
 The source is a dataset folder holding `dataset.json` in either layout (preprocess/nnunet_format.py
 says which forms are read). Its labelled cases are split into training and validation: by fold
-`--fold` of its `splits_final.json` when it has one, else by the seeded shuffle of the other
-slicers (`--retain` cases for validation, by default a fifth of them). Then, as nnU-Net's 2D
-configuration does (Isensee et al., Nature Methods 2021):
+`--fold` of its `splits_final.json` when it has one, else by fold `--fold` (0 .. 4) of five seeded
+folds cut from the seeded shuffle of the other slicers: fold 0 validates its first `--retain` cases
+(by default a fifth of them; the other slicers' split), folds 1 .. 4 the rest, in four parts whose
+sizes differ by at most one (`slicing.seeded_folds`). Then, as nnU-Net's 2D configuration does
+(Isensee et al., Nature Methods 2021):
 
 - the slices are taken along the axis of coarsest spacing: the largest median voxel size of the
   training cases (`--axis auto`; a tie goes to the last of the tied axes, so an isotropic dataset
@@ -44,7 +46,7 @@ import numpy as np
 
 from boundary_loss.preprocessing.nnunet_format import DatasetDescription, DatasetError, read_dataset
 from boundary_loss.preprocessing.slices import OUTPUT_FOLDERS
-from boundary_loss.preprocessing.slicing import Dataset, run_cli, split_patients
+from boundary_loss.preprocessing.slicing import Dataset, run_cli, seeded_folds, split_patients
 from boundary_loss.preprocessing.volumes import (
     Geometry,
     Patients,
@@ -156,6 +158,10 @@ def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple
     return ("ct", low, high, float(voxels.mean()), float(voxels.std()))
 
 
+# The folds of a dataset without splits_final.json (`slicing.seeded_folds`), as nnU-Net's five.
+SEEDED_FOLDS = 5
+
+
 def default_retain(n_cases: int) -> int:
     """The validation cases of the seeded split by default: a fifth of the labelled cases, at
     least one."""
@@ -169,28 +175,44 @@ def split_cases(
 
     Args:
         description: the dataset (its splits_final.json folds, when it has them).
-        fold: the fold of splits_final.json; without that file, only 0 is accepted.
+        fold: the fold of splits_final.json; without that file, one of the `SEEDED_FOLDS`
+            seeded folds (`slicing.seeded_folds`): fold 0 is the seeded split of
+            `slicing.split_patients` (`retain` cases), folds 1 .. 4 share the other cases.
         cases: the labelled case ids.
-        retain: validation cases of the seeded split (`slicing.split_patients`).
+        retain: validation cases of the seeded split (fold 0).
         seed: seed of that split.
 
     Returns:
         (train ids, val ids), each in natural order, and the entries split.json adds
-        ({"fold": fold} for a fold of splits_final.json, else none).
+        ({"fold": fold} for a fold of splits_final.json, {"fold": fold, "folds": 5} for a
+        seeded fold 1 .. 4, none for the seeded fold 0, which is the split of every slicer).
 
     Raises:
-        DatasetError: a fold other than 0 without splits_final.json, or one not in it.
-        SliceError: `retain` not in 1 .. cases - 1 (seeded split).
+        DatasetError: a fold not in splits_final.json, or, without it, not in 0 .. 4, or 1 .. 4
+            with fewer than five cases.
+        SliceError: `retain` not in 1 .. cases - 1, or for folds 1 .. 4 leaving fewer than four
+            cases to them (seeded split).
     """
     source = description.root
     if description.folds is None:
-        if fold != 0:
+        if not 0 <= fold < SEEDED_FOLDS:
             raise DatasetError(
-                f"--fold {fold}: {source} has no splits_final.json, so no folds; its split "
-                "is seeded (--seed, --retain)"
+                f"--fold {fold}: {source} has no splits_final.json, so its folds are the "
+                f"{SEEDED_FOLDS} seeded ones (--seed, --retain): expected 0 .. {SEEDED_FOLDS - 1}"
             )
-        train, val = split_patients(cases, retain, seed)
-        return train, val, {}
+        if fold == 0:
+            train, val = split_patients(cases, retain, seed)
+            return train, val, {}
+        ids = sorted(cases)
+        if len(ids) < SEEDED_FOLDS:
+            raise DatasetError(
+                f"--fold {fold}: {source} holds {len(ids)} labelled cases, fewer than the "
+                f"{SEEDED_FOLDS} seeded folds, which need one validation case each; only fold "
+                "0 can be used"
+            )
+        val = seeded_folds(ids, retain, seed, SEEDED_FOLDS)[fold]
+        train = sorted(set(ids) - set(val), key=natural_key)
+        return train, val, {"fold": fold, "folds": SEEDED_FOLDS}
     if not 0 <= fold < len(description.folds):
         raise DatasetError(
             f"{source / 'splits_final.json'}: no fold {fold}; it holds folds 0 .. "
@@ -258,7 +280,12 @@ def nnunet_dataset(source: Path, fold: int, axis: str) -> Dataset:
 
 
 def _own_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fold", type=int, default=0, help="fold of splits_final.json (default 0)")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=0,
+        help="fold of splits_final.json, else of the 5 seeded folds: 0 .. 4 (default 0)",
+    )
     parser.add_argument(
         "--axis", default="auto", help="axis sliced along: auto (coarsest spacing), 0, 1 or 2"
     )

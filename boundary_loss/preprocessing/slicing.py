@@ -70,6 +70,7 @@ __all__ = [
     "Volume",
     "build_parser",
     "run_cli",
+    "seeded_folds",
     "slice_dataset",
     "split_patients",
 ]
@@ -134,6 +135,50 @@ def split_patients(patients: Iterable[str], retain: int, seed: int) -> tuple[lis
     random.Random(seed).shuffle(ids)
     val, train = ids[:retain], ids[retain:]
     return sorted(train, key=natural_key), sorted(val, key=natural_key)
+
+
+def seeded_folds(
+    patients: Iterable[str], retain: int, seed: int, n_folds: int = 5
+) -> list[list[str]]:
+    """The validation cases of each of `n_folds` seeded folds, cut from `split_patients`' shuffle.
+
+    The ids are sorted and shuffled with `random.Random(seed)` exactly as `split_patients` does;
+    fold 0 validates the first `retain` of them (so its split is `split_patients`' split), and
+    the other `n_folds - 1` folds validate the rest, cut in the shuffled order into consecutive
+    parts whose sizes differ by at most one, the larger parts first (17 ids, retain 3: 3, then
+    4, 4, 3, 3). Every id is validated in exactly one fold; a fold trains on all the others.
+
+    Returns:
+        one list of validation ids per fold, each in natural order.
+
+    Raises:
+        SliceError: `retain` not in 1 .. number of patients - 1; fewer patients than folds, or
+            a `retain` leaving fewer than `n_folds - 1` to the other folds (each fold needs a
+            validation patient).
+    """
+    ids = sorted(patients)
+    if n_folds < 2:
+        raise ValueError(f"n_folds {n_folds}: expected at least 2")
+    split_patients(ids, retain, seed)  # the same refusal of `retain`
+    rest = len(ids) - retain
+    if len(ids) < n_folds:
+        raise SliceError(
+            f"{len(ids)} patients cannot fill {n_folds} folds, which need one validation "
+            "patient each"
+        )
+    if rest < n_folds - 1:
+        raise SliceError(
+            f"--retain {retain}: leaves {rest} of the {len(ids)} patients to folds 1 .. "
+            f"{n_folds - 1}, which need one validation patient each; expected at most "
+            f"{len(ids) - n_folds + 1}"
+        )
+    random.Random(seed).shuffle(ids)
+    folds, start = [ids[:retain]], retain
+    for k in range(n_folds - 1):
+        size = rest // (n_folds - 1) + (k < rest % (n_folds - 1))
+        folds.append(ids[start : start + size])
+        start += size
+    return [sorted(fold, key=natural_key) for fold in folds]
 
 
 def _check_settings(shape: Sequence[int], n_augment: int, workers: int) -> None:
