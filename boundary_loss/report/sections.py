@@ -19,7 +19,7 @@ import numpy as np
 
 from boundary_loss.report import patients
 from boundary_loss.report.page import Block, Table
-from boundary_loss.report.paired import METHOD, compare, grouped_sentence
+from boundary_loss.report.paired import METHOD, Comparison, compare, grouped_sentence
 from boundary_loss.runfolder.schema import seed_of, training_of
 
 # The metrics' names in the sentences of the paired comparisons (distances in mm).
@@ -30,7 +30,8 @@ def _fmt(value: float) -> str:
     return "nan" if np.isnan(value) else f"{value:.4f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> Block:
+def table_block(header: list[str], rows: list[list[str]]) -> Block:
+    """A table block without bold cells."""
     return Block("table", table=Table(header, rows, [[False] * len(header) for _ in rows]))
 
 
@@ -79,7 +80,7 @@ def seed_blocks(runs: Sequence, metrics: Sequence[str]) -> list[Block]:
         "per-run means of the table above (each at that run's best epoch), with the smallest and "
         "largest of them; a diverged seed is left out."
     )
-    return [Block("h2", "Over seeds"), Block("p", text), _table(header, rows)]
+    return [Block("h2", "Over seeds"), Block("p", text), table_block(header, rows)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,12 +107,37 @@ def patient_blocks(
             f" Diverged runs ({', '.join(diverged)}) have no value: their column says so, "
             f"their rows of {csv_dest.name} hold nan."
         )
-    return [Block("h2", "Per patient"), Block("p", text), _table(header, rows)]
+    return [Block("h2", "Per patient"), Block("p", text), table_block(header, rows)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Paired comparisons
 # ---------------------------------------------------------------------------------------------
+
+
+COMPARISON_HEADER = [
+    "training",
+    "metric",
+    "patients",
+    "seeds",
+    "mean difference",
+    "95% CI",
+    "Wilcoxon p",
+]
+
+
+def comparison_row(training: str, result: Comparison) -> list[str]:
+    """A row of the comparisons' table (COMPARISON_HEADER)."""
+    p = "-" if result.p_value is None else f"{result.p_value:.3g}"
+    return [
+        training,
+        result.metric,
+        str(result.n_patients),
+        str(result.n_seeds),
+        f"{result.mean_difference:+.4f}",
+        f"{result.ci_low:+.4f} to {result.ci_high:+.4f}",
+        p,
+    ]
 
 
 def comparison_blocks(
@@ -205,21 +231,10 @@ def comparison_blocks(
                 higher_is_better=metric == "val_3d_dsc",
             )
             results.append(result)
-            p = "-" if result.p_value is None else f"{result.p_value:.3g}"
-            rows.append(
-                [
-                    training,
-                    metric,
-                    str(result.n_patients),
-                    str(result.n_seeds),
-                    f"{result.mean_difference:+.4f}",
-                    f"{result.ci_low:+.4f} to {result.ci_high:+.4f}",
-                    p,
-                ]
-            )
+            rows.append(comparison_row(training, result))
         if results:  # one sentence per training, its metrics grouped by decision
             sentences.append(grouped_sentence(results, SENTENCE_NAMES))
-    header = ["training", "metric", "patients", "seeds", "mean difference", "95% CI", "Wilcoxon p"]
+    header = COMPARISON_HEADER
     where = (
         f"Each run's per-patient values at the epoch of its best.pt (best_epoch.txt, chosen by "
         f"3D Dice), classes {list(columns)}; the table above shows each metric at its own best "
@@ -229,7 +244,7 @@ def comparison_blocks(
         heading,
         Block("p", where),
         *(Block("p", s) for s in sentences),
-        _table(header, rows),
+        table_block(header, rows),
         Block("p", METHOD),
     ]
 
@@ -344,7 +359,7 @@ def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
         "the cases, then each case (Dice / HD95), as in predictions/<run>/metrics.csv."
     )
     blocks = [Block("h2", "Predictions in the source geometry"), Block("p", text)]
-    blocks.append(_table(header, rows))
+    blocks.append(table_block(header, rows))
     for name in classes:
         per_case = []
         for case in cases:
@@ -354,5 +369,5 @@ def prediction_blocks(folders: Sequence[str | Path]) -> list[Block]:
                 cells.append(f"{_fmt(dice[0])} / {_fmt(hd95[0])}" if dice else "-")
             per_case.append([case, *cells])
         blocks.append(Block("h3", f"{name}: Dice / HD95 (mm) per case"))
-        blocks.append(_table(["case", *found], per_case))
+        blocks.append(table_block(["case", *found], per_case))
     return blocks

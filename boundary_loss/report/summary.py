@@ -60,7 +60,9 @@ import numpy as np
 
 from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.io.console import ArgumentParser
-from boundary_loss.report.page import Table, build_page, render_html, render_markdown
+from boundary_loss.report.crossval import pair_blocks
+from boundary_loss.report.folds import gather
+from boundary_loss.report.page import Block, Table, build_page, render_html, render_markdown
 from boundary_loss.report.runs import RunSummary, summarise
 from boundary_loss.report.sections import (
     comparison_blocks,
@@ -72,6 +74,7 @@ from boundary_loss.report.sections import (
 from boundary_loss.runfolder.schema import (
     better,
     column_name,
+    training_of,
 )
 
 
@@ -238,6 +241,7 @@ def write_report(
     patient_columns: Sequence[int] | None = None,
     baseline: str | None = None,
     pictures: str | Path | None = None,
+    pair: str | Path | None = None,
 ) -> list[Path]:
     """Write the Markdown page (and its HTML twin, same base name, `.html`).
 
@@ -255,6 +259,9 @@ def write_report(
         baseline: a training to compare every other one with, patient by patient (and seed by
             seed): bootstrap confidence interval and Wilcoxon test (report.paired); None: none.
         pictures: a report.pictures output folder to show; None: none.
+        pair: the other dimension's results folder of the same cases (3D for a 2D report, 2D
+            for a 3D one): each training paired with itself there, case by case
+            (`report.crossval.pair_blocks`); None: none.
 
     Returns:
         The files written.
@@ -277,6 +284,8 @@ def write_report(
     extra = seed_blocks(runs, metrics)
     if baseline is not None:
         extra += comparison_blocks(folders, baseline, patient_columns or [1], metrics, diverged)
+    if pair is not None:
+        extra += pair_section(folders, Path(pair), baseline, patient_columns or [1])
     if patient_columns is not None:
         extra += patient_blocks(folders, patient_columns, dest.parent / "per_patient.csv", diverged)
     if pictures is not None:
@@ -289,6 +298,22 @@ def write_report(
     for path, text in pages.items():
         write_text_atomic(path, text)
     return list(pages)
+
+
+def pair_section(
+    folders: Sequence[Path], other: Path, baseline: str | None, columns: Sequence[int]
+) -> list[Block]:
+    """2D against 3D for the runs of one results folder and `other`, the other dimension's.
+
+    Raises:
+        ValueError: runs of several results folders, or see `report.folds.gather` and `across`.
+    """
+    parents = {Path(f).parent for f in folders}
+    if len(parents) != 1:
+        raise ValueError("--pair needs the runs of one results folder")
+    trainings = list(dict.fromkeys(training_of(Path(f).name) for f in folders))
+    own = gather([parents.pop()], columns, trainings)
+    return pair_blocks(own, gather([other], columns), baseline, columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +358,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--baseline", default=None, help="compare every training with this one, per patient"
     )
     parser.add_argument("--pictures", type=Path, default=None, help="a report.pictures folder")
+    parser.add_argument(
+        "--pair",
+        type=Path,
+        default=None,
+        help="the other dimension's results folder of the same cases (2D against 3D)",
+    )
     return parser
 
 
@@ -371,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 columns if args.patients or args.baseline else None,
                 args.baseline,
                 args.pictures,
+                args.pair,
             )
             print("wrote " + ", ".join(map(str, written)))
     except (OSError, ValueError) as err:

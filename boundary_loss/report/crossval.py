@@ -1,0 +1,309 @@
+"""The cross-validation report: every case of the dataset, each from its own fold.
+
+Usage: python -m boundary_loss.report.crossval --folds DIR [DIR ...] --dest REPORT.md
+       [--html] [--columns 1 2] [--baseline gdl] [--trainings ce gdl ...] [--pair DIR [DIR ...]]
+       [--title TITLE]
+
+`--folds`: one results folder per fold (`results/<name>/`, `results/<name>-fold1/`, ...; the 3D
+chain's `results/<name>-3d/`, `results/<name>-fold1-3d/`, ...). The page (Markdown, and HTML with
+`--html`) and `per_case.csv` beside it hold:
+
+- each training's mean and standard deviation over every case of its out-of-fold 3D Dice, HD and
+  HD95 (each case at the epoch of its own fold's best.pt; `report.folds`), and its mean 3D Dice
+  in each fold;
+- with `--baseline`: every other training against it, paired over every case (and seed by seed),
+  with the bootstrap interval and the Wilcoxon test of `report.paired`, one sentence per training;
+- with `--pair`: the other dimension's folds of the same cases (2D for a 3D report, 3D for a 2D
+  one): each training in 3D against the same training in 2D, case by case ("did 3D help?"), and
+  in 3D every training against the baseline ("did the boundary loss help in 3D?");
+- each case's values (the mean over seeds) with its fold, and each run folder with its best
+  epoch and commit.
+
+Errors are one line: `error: <message>`, exit status 1; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from boundary_loss.io.atomic import write_text_atomic
+from boundary_loss.io.console import ArgumentParser
+from boundary_loss.report.folds import METRICS, Cohort, across, against_baseline, gather
+from boundary_loss.report.page import Block, render_html, render_markdown
+from boundary_loss.report.paired import METHOD, Comparison, grouped_sentence
+from boundary_loss.report.sections import (
+    COMPARISON_HEADER,
+    SENTENCE_NAMES,
+    comparison_row,
+    table_block,
+)
+from boundary_loss.runfolder.schema import read_int, read_json
+
+WHERE = (
+    "Each case's value is the mean over classes {columns} of its 3D metric at the epoch of its "
+    "own fold's best.pt (best_epoch.txt, chosen by 3D Dice); HD and HD95 in mm."
+)
+
+
+def _mean_sd(values: np.ndarray) -> str:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "nan"
+    return f"{finite.mean():.4f} +- {finite.std():.4f}"
+
+
+def seed_mean(cohort: Cohort, training: str, metric: str) -> np.ndarray:
+    """Each case's value averaged over the training's seeds (NaN where none is finite)."""
+    values = cohort.array(training, metric, list(cohort.values[training]))
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=0)
+    sums = np.where(finite, values, 0.0).sum(axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def summary_blocks(cohort: Cohort) -> list[Block]:
+    """The out-of-fold table: per training, mean +- sd over cases, and the mean Dice per fold."""
+    folds = range(len(cohort.folders))
+    header = ["training", "seeds", "cases", "3D Dice", "HD", "HD95", "3D Dice per fold"]
+    rows = []
+    for training in cohort.values:
+        means = {m: seed_mean(cohort, training, m) for m in METRICS}
+        per_fold = []
+        for fold in folds:
+            mask = np.array([cohort.fold_of[c] == fold for c in cohort.cases])
+            per_fold.append(_mean_sd(means["val_3d_dsc"][mask]).split(" ")[0])
+        counted = int(np.isfinite(means["val_3d_dsc"]).sum())
+        cells = [_mean_sd(means[m]) for m in METRICS]
+        rows.append(
+            [training, str(len(cohort.values[training])), str(counted), *cells, ", ".join(per_fold)]
+        )
+    return [Block("h2", f"Out of fold ({cohort.label})"), table_block(header, rows)]
+
+
+def comparison_section(
+    heading: str, text: str, found: dict[str, list[Comparison]], key: str
+) -> list[Block]:
+    """A heading, a paragraph, one sentence per training and the table of its comparisons
+    (`key`: what a row's first cell names, "training" or "pair")."""
+    sentences, rows = [], []
+    for training, results in found.items():
+        if not results:
+            sentences.append(f"{training}: no case has a finite value in both: not compared.")
+            continue
+        sentences.append(grouped_sentence(results, SENTENCE_NAMES))
+        rows += [comparison_row(training, r) for r in results]
+    header = [key, *COMPARISON_HEADER[1:]]
+    header[2] = "cases"
+    return [
+        Block("h2", heading),
+        Block("p", text),
+        *(Block("p", s) for s in sentences),
+        table_block(header, rows),
+    ]
+
+
+def pair_blocks(own: Cohort, other: Cohort, baseline: str | None, columns: Sequence[int]):
+    """2D against 3D: each training in 3D against itself in 2D over the cases both validated,
+    and (with a baseline) each 3D training against the baseline in 3D."""
+    first, second = (own, other) if own.label == "2D" else (other, own)
+    found, alone = across(first, second)
+    text = (
+        f"Each training in {second.label} against the same training in {first.label}, paired "
+        f"case by case (and seed by seed): did {second.label} help? "
+        + WHERE.format(columns=list(columns))
+    )
+    if alone:
+        text += f" Cases validated in only one of them, left out: {', '.join(alone)}."
+    blocks = comparison_section(f"{first.label} against {second.label}", text, found, "training")
+    if baseline is not None and baseline in second.values:
+        blocks += comparison_section(
+            f"In {second.label}, against {baseline}: did it help?",
+            f"Every training of the {second.label} runs against {baseline}, over every case.",
+            against_baseline(second, baseline),
+            "training",
+        )
+    return blocks
+
+
+def case_rows(cohort: Cohort) -> tuple[list[str], list[list[str]]]:
+    """The per-case table: case, fold, then `Dice / HD / HD95` of each training (seed means)."""
+    means = {t: {m: seed_mean(cohort, t, m) for m in METRICS} for t in cohort.values}
+    header = ["case", "fold", *(f"{t}: Dice / HD / HD95" for t in cohort.values)]
+    rows = []
+    for i, case in enumerate(cohort.cases):
+        cells = [" / ".join(f"{means[t][m][i]:.4f}" for m in METRICS) for t in cohort.values]
+        rows.append([case, cohort.folders[cohort.fold_of[case]].name, *cells])
+    return header, rows
+
+
+def case_csv(cohort: Cohort) -> str:
+    """per_case.csv: one row per case, training and seed."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["case", "fold", "training", "seed", *METRICS])
+    for training, seeds in cohort.values.items():
+        for seed, values in seeds.items():
+            for i, case in enumerate(cohort.cases):
+                fold = cohort.folders[cohort.fold_of[case]].name
+                row = [f"{values[m][i]:.6g}" for m in METRICS]
+                writer.writerow([case, fold, training, "" if seed is None else seed, *row])
+    return out.getvalue()
+
+
+def run_items(cohort: Cohort) -> list[Block]:
+    """Each fold's run folders with the epoch of their best.pt and their commit."""
+    blocks = [Block("h2", "Runs")]
+    for index, folder in enumerate(cohort.folders):
+        items = []
+        for seeds in cohort.runs.values():
+            for fold_runs in seeds.values():
+                run = fold_runs[index]
+                provenance = read_json(run / "provenance.json")[0] or {}
+                epoch = read_int(run / "best_epoch.txt")
+                state = "diverged" if run in cohort.diverged else f"best epoch {epoch}"
+                items.append((run.name, f"{state}, commit {provenance.get('commit', '?')}", False))
+        blocks += [Block("h3", str(folder)), Block("items", items=tuple(items))]
+    return blocks
+
+
+def build_blocks(
+    cohort: Cohort,
+    title: str,
+    columns: Sequence[int],
+    baseline: str | None,
+    other: Cohort | None,
+) -> list[Block]:
+    """The page: description, out-of-fold table, comparisons, pairing, cases, runs."""
+    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    n_folds = len(cohort.folders)
+    text = (
+        f"{len(cohort.cases)} cases, each validated once, in {n_folds} fold"
+        f"{'s' if n_folds > 1 else ''} ({', '.join(str(f) for f in cohort.folders)}). "
+        + WHERE.format(columns=list(columns))
+    )
+    blocks = [Block("h1", title), Block("p", f"Generated {date}."), Block("p", text)]
+    if cohort.diverged:
+        names = ", ".join(str(r) for r in cohort.diverged)
+        blocks.append(Block("p", f"Diverged runs (no value for their cases): {names}."))
+    blocks += summary_blocks(cohort)
+    if baseline is not None:
+        blocks += comparison_section(
+            f"Against {baseline}: did it help?",
+            f"Every training against {baseline}, paired over every case of the dataset. "
+            + WHERE.format(columns=list(columns)),
+            against_baseline(cohort, baseline),
+            "training",
+        )
+    if other is not None:
+        blocks += pair_blocks(cohort, other, baseline, columns)
+    if baseline is not None or other is not None:
+        blocks.append(Block("p", METHOD.replace("patient", "case")))
+    header, rows = case_rows(cohort)
+    blocks += [
+        Block("h2", "Per case"),
+        Block(
+            "p",
+            "Each case's 3D Dice / HD / HD95 in its own fold (the mean over seeds); "
+            "also in per_case.csv, one row per seed.",
+        ),
+        table_block(header, rows),
+    ]
+    return blocks + run_items(cohort)
+
+
+def write_crossval(
+    folds: Sequence[str | Path],
+    dest: str | Path,
+    columns: Sequence[int],
+    baseline: str | None = None,
+    trainings: Sequence[str] | None = None,
+    pair: Sequence[str | Path] = (),
+    title: str | None = None,
+    html_page: bool = False,
+) -> list[Path]:
+    """Write the cross-validation page (and per_case.csv beside it); returns the files.
+
+    Raises:
+        ValueError, FileNotFoundError: see `report.folds.gather`; `dest` not ending in .md.
+    """
+    dest = Path(dest)
+    if dest.suffix != ".md":
+        raise ValueError(f"--dest {dest} must end in .md (the HTML page is written next to it)")
+    cohort = gather(folds, columns, trainings)
+    if baseline is not None and baseline not in cohort.values:
+        raise ValueError(
+            f"--baseline {baseline}: no such training among {', '.join(cohort.values)}"
+        )
+    other = gather(pair, columns) if pair else None
+    if other is not None and other.label == cohort.label:
+        raise ValueError(f"--pair: {other.label} runs like --folds; give the other dimension's")
+    title = title or f"Cross-validation: {len(cohort.cases)} cases, {len(cohort.folders)} folds"
+    blocks = build_blocks(cohort, title, columns, baseline, other)
+    pages = {dest: render_markdown(blocks), dest.parent / "per_case.csv": case_csv(cohort)}
+    if html_page:
+        pages[dest.with_suffix(".html")] = render_html(blocks)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in pages.items():
+        write_text_atomic(path, text)
+    return list(pages)
+
+
+def get_parser() -> ArgumentParser:
+    """The command line."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--folds", nargs="+", required=True, type=Path, help="one results folder per fold"
+    )
+    parser.add_argument("--dest", required=True, type=Path, help="the page to write (.md)")
+    parser.add_argument("--html", action="store_true", help="also write the page as .html")
+    parser.add_argument(
+        "--columns", nargs="+", type=int, default=[1], help="classes averaged (default: 1)"
+    )
+    parser.add_argument("--baseline", default=None, help="compare every training with this one")
+    parser.add_argument(
+        "--trainings",
+        nargs="+",
+        default=None,
+        help="the trainings (default: those of the first fold)",
+    )
+    parser.add_argument(
+        "--pair",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="the other dimension's results folders of the same folds",
+    )
+    parser.add_argument("--title", default=None, help="page title")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    args = get_parser().parse_args(argv)
+    try:
+        written = write_crossval(
+            args.folds,
+            args.dest,
+            args.columns,
+            args.baseline,
+            args.trainings,
+            args.pair,
+            args.title,
+            args.html,
+        )
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

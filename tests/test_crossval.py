@@ -1,0 +1,220 @@
+"""The cross-validation report: each case once, with the value from its own fold; the paired
+statistics over every case; 2D against 3D case by case (boundary_loss/report/folds.py,
+crossval.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boundary_loss.report import crossval, folds
+from boundary_loss.report.paired import compare
+
+REGEX = r"(case_\d+)_\d+"
+
+
+def make_run(
+    results: Path,
+    name: str,
+    cases: dict[str, float],
+    best: int,
+    dimensions: int = 2,
+    epochs: int = 3,
+) -> Path:
+    """A run folder as main.py writes it, for the cases of one fold: class 1's 3D Dice at epoch
+    `best` (best_epoch.txt) is `cases[case]`, HD 10 - 10 x Dice and HD95 half of it; every other
+    epoch holds 0.1 Dice and 50 mm, which a value read at the wrong epoch would show."""
+    run = results / name
+    (run / "best_epoch" / "val").mkdir(parents=True)
+    names = sorted(cases)
+    for case in names:
+        (run / "best_epoch" / "val" / f"{case}_00_0000.png").write_bytes(b"png")
+    args = {"grp_regex": REGEX, "n_epoch": epochs, "dimensions": dimensions}
+    (run / "args.json").write_text(json.dumps(args))
+    (run / "provenance.json").write_text(json.dumps({"commit": "abc1234"}))
+    (run / "best_epoch.txt").write_text(f"{best}\n")
+    dice = np.array([cases[c] for c in names])
+    for metric, value in (
+        ("val_3d_dsc", dice),
+        ("val_3d_hausdorff", 10 - 10 * dice),
+        ("val_3d_hd95", 5 - 5 * dice),
+    ):
+        data = np.zeros((epochs, len(names), 2))
+        data[:, :, 0] = 1.0 if metric == "val_3d_dsc" else 0.0
+        data[:, :, 1] = 0.1 if metric == "val_3d_dsc" else 50.0
+        data[best, :, 1] = value
+        np.save(run / f"{metric}.npy", data)
+    return run
+
+
+FOLD_CASES = [["case_001", "case_004"], ["case_002", "case_003", "case_005"]]
+
+
+def dice_of(training: str, case: str, dimensions: int = 2) -> float:
+    """A distinct Dice per training, case and dimension."""
+    base = {"gdl": 0.5, "boundary": 0.6}[training] + (0.05 if dimensions == 3 else 0.0)
+    return base + 0.01 * int(case[-3:])
+
+
+@pytest.fixture
+def two_folds(tmp_path: Path) -> list[Path]:
+    """Two folds' results folders (results/data, results/data-fold1) of gdl and boundary, their
+    best epochs different (1 in fold 0, 2 in fold 1)."""
+    folders = [tmp_path / "results" / "data", tmp_path / "results" / "data-fold1"]
+    for index, (folder, cases) in enumerate(zip(folders, FOLD_CASES, strict=True)):
+        for training in ("gdl", "boundary"):
+            make_run(folder, training, {c: dice_of(training, c) for c in cases}, best=1 + index)
+    return folders
+
+
+def test_each_case_appears_once_with_the_value_of_its_own_fold(two_folds):
+    cohort = folds.gather(two_folds, [1])
+    assert cohort.label == "2D"
+    assert cohort.cases == ["case_001", "case_002", "case_003", "case_004", "case_005"]
+    assert cohort.fold_of == {
+        "case_001": 0,
+        "case_004": 0,
+        "case_002": 1,
+        "case_003": 1,
+        "case_005": 1,
+    }
+    for training in ("gdl", "boundary"):
+        values = cohort.values[training][None]
+        expected = [dice_of(training, c) for c in cohort.cases]
+        np.testing.assert_allclose(values["val_3d_dsc"], expected)
+        np.testing.assert_allclose(values["val_3d_hausdorff"], 10 - 10 * np.array(expected))
+        np.testing.assert_allclose(values["val_3d_hd95"], 5 - 5 * np.array(expected))
+
+
+def test_folds_that_validate_a_case_twice_are_refused(two_folds, tmp_path):
+    overlapping = tmp_path / "results" / "data-fold2"
+    for training in ("gdl", "boundary"):
+        make_run(overlapping, training, {"case_001": 0.5, "case_009": 0.5}, best=1)
+    with pytest.raises(ValueError, match="case case_001 is validated in .*data and .*data-fold2"):
+        folds.gather([two_folds[0], overlapping], [1])
+
+
+def test_a_training_missing_from_a_fold_is_refused(two_folds):
+    shutil.rmtree(two_folds[1] / "boundary")
+    with pytest.raises(ValueError, match=r"data-fold1: no run of boundary; train it in this fold"):
+        folds.gather(two_folds, [1])
+
+
+def test_the_comparison_pairs_every_case_of_every_fold(two_folds):
+    cohort = folds.gather(two_folds, [1])
+    found = folds.against_baseline(cohort, "gdl")
+    (dice, hd, hd95) = found["boundary"]
+    gdl = np.array([dice_of("gdl", c) for c in cohort.cases])
+    boundary = np.array([dice_of("boundary", c) for c in cohort.cases])
+    expected = compare(
+        boundary, gdl, run="boundary", baseline="gdl", metric="val_3d_dsc", higher_is_better=True
+    )
+    assert dice == expected
+    assert dice.n_patients == 5 and dice.mean_difference == pytest.approx(0.1)
+    assert hd.mean_difference == pytest.approx(-1.0) and hd.metric == "val_3d_hausdorff"
+    assert hd95.mean_difference == pytest.approx(-0.5)
+
+
+def test_the_page_and_the_csv_hold_every_case_once(two_folds, tmp_path):
+    dest = tmp_path / "results" / "data-cv" / "report.md"
+    code = crossval.main(
+        ["--folds", *map(str, two_folds), "--dest", str(dest), "--html", "--baseline", "gdl"]
+    )
+    assert code == 0
+    page = dest.read_text()
+    assert "5 cases, each validated once, in 2 folds" in page
+    assert (
+        "boundary against gdl, over 5 patients: no detectable difference on 3D Dice (+0.1" in page
+    )
+    assert (dest.parent / "report.html").is_file()
+    with open(dest.parent / "per_case.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["case"], r["fold"]) for r in rows if r["training"] == "boundary"] == [
+        ("case_001", "data"),
+        ("case_002", "data-fold1"),
+        ("case_003", "data-fold1"),
+        ("case_004", "data"),
+        ("case_005", "data-fold1"),
+    ]
+    for row in rows:
+        assert float(row["val_3d_dsc"]) == pytest.approx(dice_of(row["training"], row["case"]))
+
+
+def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
+    three_d = [tmp_path / "results" / "data-3d", tmp_path / "results" / "data-fold1-3d"]
+    for index, (folder, cases) in enumerate(zip(three_d, FOLD_CASES, strict=True)):
+        for training in ("gdl", "boundary"):
+            make_run(
+                folder,
+                training,
+                {c: dice_of(training, c, 3) for c in cases},
+                best=2 - index,
+                dimensions=3,
+            )
+    dest = tmp_path / "cv-3d" / "report.md"
+    code = crossval.main(
+        [
+            "--folds",
+            *map(str, three_d),
+            "--dest",
+            str(dest),
+            "--baseline",
+            "gdl",
+            "--pair",
+            *map(str, two_folds),
+        ]
+    )
+    assert code == 0
+    page = dest.read_text()
+    assert "## 2D against 3D" in page
+    assert "boundary 3D against boundary 2D, over 5 patients" in page
+    assert "gdl 3D against gdl 2D, over 5 patients" in page
+    assert "| boundary | val_3d_dsc | 5 | 1 | +0.0500 |" in page
+    assert "## In 3D, against gdl: did it help?" in page
+
+    # The single-fold report pairs the same way (report.py --pair).
+    from boundary_loss.report.summary import main as report_main
+
+    out = tmp_path / "single" / "report.md"
+    runs = [str(three_d[0] / "gdl"), str(three_d[0] / "boundary")]
+    code = report_main(
+        [
+            "--folders",
+            *runs,
+            "--metrics",
+            "val_3d_dsc",
+            "--columns",
+            "1",
+            "--dest",
+            str(out),
+            "--baseline",
+            "gdl",
+            "--pair",
+            str(two_folds[0]),
+        ]
+    )
+    assert code == 0
+    assert "boundary 3D against boundary 2D, over 2 patients" in out.read_text()
+
+
+def test_runs_of_one_dimension_on_both_sides_are_refused(two_folds, tmp_path, capsys):
+    code = crossval.main(
+        [
+            "--folds",
+            str(two_folds[0]),
+            "--dest",
+            str(tmp_path / "r.md"),
+            "--pair",
+            str(two_folds[1]),
+        ]
+    )
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --pair: 2D runs like --folds; give the other dimension's"
+    )
+    assert not (tmp_path / "r.md").exists()
