@@ -2,6 +2,12 @@
 
 Usage: python -m boundary_loss.inference.predict --run RUN --sliced SLICED --dest DIR
        [--source DATASET] [--lineage LINEAGE] [--cpu] [--batch_size 32]
+   or: python -m boundary_loss.inference.predict --run RUN [RUN ...] --input DIR --output DIR
+       [--mirror] [--cpu] [--batch_size N]
+
+The second form, chosen by --input, predicts new scans with a 2D or 3D run or an ensemble of
+runs (boundary_loss.inference.predict_new, docs/predict-new.md); the flags of one form are
+refused in the other (exit status 2). The rest of this docstring is the first form's.
 
 For a dataset sliced by preprocess/slice_nnunet.py (`SLICED`, holding `source.json` and
 `split.json`) and a training of main.py on it (`RUN`, holding `best.pt`), writes into `DIR`:
@@ -38,157 +44,47 @@ Everything is written into `DIR_tmp/DIR` and moved to `DIR` when complete
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from boundary_loss.io.atomic import (
-    DISK_FULL,
-    FolderError,
-    check_replaceable,
-    disk_full_message,
-    staged_folder,
+from boundary_loss.inference.predict_new import (
+    METRICS_COLUMNS,
+    NEW_SCAN_FLAGS,
+    PredictError,
+    add_new_scan_flags,
+    device_of,
+    load_network,
+    run_new_scans,
+    slice_logits,
+    source_shape,
+    to_source_grid,
+    write_cases,
 )
+from boundary_loss.inference.predict_new import write_labels as write_labels  # re-exported
+from boundary_loss.io.atomic import FolderError, check_replaceable, staged_folder
 from boundary_loss.io.console import ArgumentParser
-from boundary_loss.metrics import hd_hd95
-from boundary_loss.networks.registry import get_network
 from boundary_loss.preprocessing.nnunet_format import Case, DatasetDescription, read_dataset
 from boundary_loss.preprocessing.verify_lineage import LineageError, md5sum, read_lineage
-from boundary_loss.preprocessing.volumes import (
-    Geometry,
-    SliceError,
-    Volume,
-    load_nifti,
-    load_volume,
-    read_header,
-    resize_labels,
-    slice_order,
-)
+from boundary_loss.preprocessing.volumes import Geometry, SliceError, Volume, load_volume
 from boundary_loss.runfolder.schema import divergence
-from boundary_loss.training.checkpoint import (
-    CheckpointError,
-    fit_state,
-    model_state,
-    read_checkpoint,
-)
-from boundary_loss.training.config import parse_literal
-
-
-class PredictError(Exception):
-    """The run, the sliced data or the source cannot give predictions; the message says why."""
-
 
 # The name in the marker of a predictions folder, and the record file of the predictions folders
 # made before the marker existed: boundary_loss_predict replaces only those (atomic.staged_folder).
 TOOL, LEGACY = "predict.py", ("predictions.json",)
-METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
 # Where dataset.make pins a dataset's files, by the dataset folder's name: lineage/ of the
 # folder make runs in (the checkout), as dataset.make writes it.
 LINEAGES = Path("lineage")
 
 
 # ---------------------------------------------------------------------------------------------
-# Undoing the slicing
+# The 2D network on the slices of a case
 # ---------------------------------------------------------------------------------------------
-
-
-def to_source_grid(
-    classes: np.ndarray, source_shape: Sequence[int], axis: int, values: Sequence[int]
-) -> np.ndarray:
-    """Class indices of the slices (`H W Z`, Z along the sliced axis) -> label values on the
-    source grid.
-
-    Args:
-        classes: `H W Z` class indices, as the slicer's gt_npy slices stacked in order.
-        source_shape: the source volume's shape (X, Y, Z).
-        axis: the source axis that was sliced.
-        values: the label value of each class index (dataset.json's labels, by value).
-
-    Returns:
-        The source-shaped label volume (uint8: label values are at most 255). Exact for the
-        slicer's own labels when the slice shape is at least the source's in-plane size.
-    """
-    order = slice_order(axis)
-    in_plane = tuple(int(source_shape[a]) for a in order[:2])
-    if classes.shape[2] != source_shape[order[2]]:
-        raise PredictError(
-            f"{classes.shape[2]} slices for a source of {source_shape[order[2]]} along axis {axis}"
-        )
-    resized = resize_labels(classes.astype(np.uint8), in_plane)
-    volume = np.transpose(resized, np.argsort(order))
-    return np.asarray(values, dtype=np.uint8)[volume]
-
-
-def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
-    """Write a label volume with the affine and header of its source image.
-
-    Args:
-        volume: `X Y Z` label values on the source grid.
-        reference: the source image (its first channel file, or the Decathlon's 4D file).
-        dest: the NIfTI file to write (`.nii.gz` or `.nii`).
-    """
-    image = nib.load(str(reference))
-    spacing = read_header(reference, None if image.ndim == 3 else image.shape[3])[1]
-    header = image.header.copy()
-    header.set_data_dtype(volume.dtype)
-    header.set_slope_inter(1.0, 0.0)
-    header.set_intent("none")  # a Decathlon 4D image may say "vector"
-    header["cal_min"], header["cal_max"] = 0, int(volume.max())  # not the image's window
-    out = nib.Nifti1Image(volume, image.affine, header)
-    out.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
-    out.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
-    out.header.set_xyzt_units(*image.header.get_xyzt_units())
-    out.header.set_zooms(spacing)  # the source's spacing, also where its pixdim was left unset
-    nib.save(out, str(dest))
-    return dest
-
-
-def source_shape(case: Case) -> tuple[int, int, int]:
-    """The 3D shape of a case's images, from the header of its first file."""
-    shape = nib.load(str(case.images[0])).shape
-    return tuple(int(s) for s in shape[:3])
-
-
-# ---------------------------------------------------------------------------------------------
-# The network
-# ---------------------------------------------------------------------------------------------
-
-
-def load_network(
-    run: Path, device: torch.device, dimensions: int = 2, plan: dict | None = None
-) -> tuple[torch.nn.Module, dict]:
-    """The network of `run/best.pt`, rebuilt from the arguments recorded in it (a PlainUNet3D
-    from its plan's pools and kernels too).
-
-    Raises:
-        PredictError: no best.pt, one that does not rebuild, or a network of other dimensions
-            than this command's.
-    """
-    path = run / "best.pt"
-    if not path.is_file():
-        raise PredictError(f"{path}: file not found (expected the best weights of a training)")
-    try:
-        best = read_checkpoint(path, "--run")
-        state = model_state(best, path, "--run")
-        params = parse_literal(best["args"].get("net_params", "{}"), "net_params")
-        if plan is not None and best["network"] == "PlainUNet3D":
-            params = dict(plan["network"]) | params
-        net = get_network(best["network"], best["n_in"], best["n_class"], **params)
-        fit_state(net, state, path, "--run")
-    except (CheckpointError, KeyError, TypeError, ValueError) as error:
-        raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
-    found = getattr(net, "dimensions", 2)
-    if found != dimensions:
-        other = "boundary_loss.inference.predict" + ("3d" if found == 3 else "")
-        raise PredictError(f"{path}: a {found}D network; predict a {found}D training with {other}")
-    return net.to(device).eval(), best
 
 
 @torch.no_grad()
@@ -196,31 +92,10 @@ def predict_volume(
     net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
 ) -> np.ndarray:
     """Class indices `H W Z` of a prepared `C H W Z` volume, slice by slice."""
-    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # Z C H W
-    classes = []
-    for start in range(0, len(slices), batch_size):
-        logits = net(slices[start : start + batch_size].to(device))
-        classes.append(logits.float().argmax(dim=1).cpu())
+    classes = [
+        logits.argmax(dim=1).cpu() for logits in slice_logits(net, images, device, batch_size)
+    ]
     return torch.cat(classes).numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics from the written files
-# ---------------------------------------------------------------------------------------------
-
-
-def case_metrics(prediction: Path, label: Path, labels: dict[str, int]) -> list[dict]:
-    """3D Dice, HD and HD95 (mm, at the label file's spacing) per class of one written
-    prediction against its label file."""
-    truth, spacing, _ = load_nifti(label)
-    pred = load_nifti(prediction)[0]
-    rows = []
-    for name, value in labels.items():
-        p, t = pred == value, truth == value
-        dice = (2 * float((p & t).sum()) + 1e-8) / (float(p.sum() + t.sum()) + 1e-8)
-        hd, hd95 = hd_hd95(p, t, voxelspacing=spacing)
-        rows.append({"class": name, "value": value, "dice": dice, "hd": hd, "hd95": hd95})
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +264,9 @@ def predict(
 
     record = {"run": str(run), "best_epoch": best.get("epoch"), "dataset": str(description.root)}
     record |= {"validation": val, "test": test}
-    return write_cases(dest, cases, labels_of, source["labels"], record)
+    return write_cases(
+        dest, cases, labels_of, source["labels"], record, tool=TOOL, flag="--dest", legacy=LEGACY
+    )
 
 
 def check_lineage(description: DatasetDescription, cases: dict[str, Case], lineage: Path | None):
@@ -410,47 +287,6 @@ def check_lineage(description: DatasetDescription, cases: dict[str, Case], linea
         return
     read = [f for c in cases.values() for f in (*c.images, c.label) if f is not None]
     check_source(read, description.root, lineage)
-
-
-def write_cases(
-    dest: Path,
-    cases: dict[str, Case],
-    labels_of: Callable[[str, Case], np.ndarray],
-    label_values: dict[str, int],
-    record: dict,
-) -> Path:
-    """Write the predictions folder: each case's labels (`labels_of`: label values on the
-    source grid) as NIfTI in its image's geometry, the metrics of the labelled ones
-    (metrics.csv) and `record` with the files (predictions.json), staged and moved into `dest`.
-
-    Raises:
-        PredictError: `dest` is not replaceable, or a file cannot be read or written.
-    """
-    first = next(iter(cases.values())).images[0]
-    ending = ".nii.gz" if str(first).endswith(".gz") else ".nii"
-    try:
-        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
-            rows, files = [], {}
-            for cid, case in cases.items():
-                path = write_labels(labels_of(cid, case), case.images[0], tmp / f"{cid}{ending}")
-                files[cid] = path.name
-                if case.label is not None:
-                    for row in case_metrics(path, case.label, label_values):
-                        rows.append({"case": cid, **row})
-            with open(tmp / "metrics.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, METRICS_COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            text = json.dumps(record | {"files": files}, indent=1)
-            (tmp / "predictions.json").write_text(text + "\n")
-    except FolderError as error:
-        raise PredictError(str(error)) from None
-    except OSError as error:
-        if error.errno in DISK_FULL:
-            raise PredictError(disk_full_message(error, dest.parent)) from None
-        where = error.filename or dest
-        raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
-    return dest
 
 
 def write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> Path:
@@ -477,30 +313,56 @@ def write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> 
     return dest
 
 
-def build_parser(description: str, data: str, batch: str, batch_size: int) -> ArgumentParser:
-    """The command line both prediction commands share (`data`: what --sliced is; `batch`:
-    what a forward pass holds)."""
+# The flags of each mode of boundary_loss_predict: the run's own data (one run), new scans
+# (boundary_loss.inference.predict_new, one run or an ensemble).
+OWN_DATA_FLAGS = ("--sliced", "--dest", "--source", "--lineage")
+
+
+def build_parser(
+    description: str, data: str, batch: str, batch_size: int | None, modes: str = "own"
+) -> ArgumentParser:
+    """The command line the prediction commands share.
+
+    Args:
+        description: the command's first docstring line.
+        data: what --sliced is.
+        batch: what a forward pass holds.
+        batch_size: the default of --batch_size (None: chosen by the runs' dimensions).
+        modes: "own" (--run RUN --sliced --dest: a run's own data), "new" (--run RUN [RUN ...]
+            --input --output: new scans) or "both" (either; `main` tells them apart).
+    """
     parser = ArgumentParser(description=description)
-    parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
-    parser.add_argument("--sliced", required=True, type=Path, help=data)
-    parser.add_argument("--dest", required=True, type=Path, help="folder for the NIfTI files")
-    parser.add_argument(
-        "--source", type=Path, default=None, help="the dataset folder (default: the one prepared)"
-    )
-    parser.add_argument(
-        "--lineage",
-        type=Path,
-        default=None,
-        help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
-    )
+    several = "a training's folder (best.pt); several: an ensemble (new scans only)"
+    if modes == "own":
+        parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
+    else:
+        parser.add_argument("--run", required=True, type=Path, nargs="+", help=several)
+    if modes in ("own", "both"):
+        own = modes == "own"
+        parser.add_argument("--sliced", required=own, type=Path, help=data)
+        parser.add_argument(
+            "--dest", required=own, type=Path, help="folder for the NIfTI files (own data)"
+        )
+        parser.add_argument(
+            "--source",
+            type=Path,
+            default=None,
+            help="the dataset folder (default: the one prepared)",
+        )
+        parser.add_argument(
+            "--lineage",
+            type=Path,
+            default=None,
+            help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
+        )
+    if modes in ("new", "both"):
+        add_new_scan_flags(parser, required=modes == "new")
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
-    parser.add_argument("--batch_size", type=int, default=batch_size, help=f"{batch} per pass")
+    default = f"default {batch_size}" if batch_size else "default 32 in 2D, 2 in 3D"
+    parser.add_argument(
+        "--batch_size", type=int, default=batch_size, help=f"{batch} per pass ({default})"
+    )
     return parser
-
-
-def device_of(args: argparse.Namespace) -> torch.device:
-    """CUDA when present, unless --cpu."""
-    return torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
 
 
 def run_command(predictor: Callable[..., Path], args: argparse.Namespace, *extra: object) -> int:
@@ -525,9 +387,59 @@ def run_command(predictor: Callable[..., Path], args: argparse.Namespace, *extra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
-    parser = build_parser(__doc__.splitlines()[0], "the slice_nnunet.py output", "slices", 32)
-    return run_command(predict, parser.parse_args(argv))
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line; 2 for flags
+    that do not go together).
+
+    With --input, the runs predict new scans (boundary_loss.inference.predict_new); otherwise
+    one run predicts its own data (--sliced, --dest). The flags of one mode are refused in the
+    other.
+    """
+    batch = "slices (2D) or windows (3D, new scans)"
+    parser = build_parser(
+        __doc__.splitlines()[0], "the slice_nnunet.py output", batch, None, modes="both"
+    )
+    parser.usage = (
+        "%(prog)s --run RUN --sliced SLICED --dest DIR [--source DATASET] [--lineage LINEAGE] "
+        "[--cpu] [--batch_size N]\n       %(prog)s --run RUN [RUN ...] --input DIR --output DIR "
+        "[--mirror] [--cpu] [--batch_size N]"
+    )
+    parser.description = (
+        f"{parser.description.rstrip('.')}; or, with --input, label files for new scans "
+        "(boundary_loss.inference.predict_new)."
+    )
+    args = parser.parse_args(argv)
+    given = {
+        flag
+        for flag in (*OWN_DATA_FLAGS, *NEW_SCAN_FLAGS)
+        if getattr(args, flag[2:]) not in (None, False)
+    }
+    own = [flag for flag in OWN_DATA_FLAGS if flag in given]
+    new = [flag for flag in NEW_SCAN_FLAGS if flag in given]
+    if own and new:
+        parser.error(
+            f"{', '.join(new)} (predictions on new scans) and {', '.join(own)} (predictions of "
+            "a run's own data) do not go together: give --input and --output, or --sliced and "
+            "--dest"
+        )
+    if new:
+        missing = [flag for flag in ("--input", "--output") if flag not in given]
+        if missing:
+            parser.error(f"new scans need --input and --output (missing: {', '.join(missing)})")
+        return run_new_scans(args)
+    missing = [flag for flag in ("--sliced", "--dest") if flag not in given]
+    if missing:
+        parser.error(
+            f"the following arguments are required: {', '.join(missing)} (or --input and "
+            "--output to predict new scans)"
+        )
+    if len(args.run) > 1:
+        parser.error(
+            f"--run: {len(args.run)} runs; an ensemble predicts new scans only (--input, "
+            "--output): --sliced predicts the own data of one run"
+        )
+    args.run = args.run[0]
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    return run_command(predict, args)
 
 
 if __name__ == "__main__":

@@ -36,25 +36,28 @@ import torch
 from boundary_loss.inference.predict import (
     LEGACY,
     TOOL,
-    PredictError,
     build_parser,
     check_lineage,
     check_run_data,
-    load_network,
     read_record,
     run_command,
+    write_diverged,
+)
+from boundary_loss.inference.predict_new import (
+    PredictError,
+    case_probabilities,
+    labels_on_source_grid,
+    load_network,
+    run_patch,
     source_shape,
     write_cases,
-    write_diverged,
 )
 from boundary_loss.io.atomic import FolderError, check_replaceable
 from boundary_loss.preprocessing.nnunet_format import Case, read_dataset
 from boundary_loss.preprocessing.plan3d import read_plan
 from boundary_loss.preprocessing.prepare_3d import prepare_images
-from boundary_loss.preprocessing.resample import resample_probabilities
 from boundary_loss.preprocessing.volumes import Volume, load_images
 from boundary_loss.runfolder.schema import divergence
-from boundary_loss.training.validate3d import predict_case
 
 
 def check_plan(run: Path, prepared: Path) -> None:
@@ -150,25 +153,22 @@ def predict_3d(
             f"prepared from channels {plan['channels']}; give the dataset of the run (--source)"
         )
     check_lineage(description, cases, lineage)
-    patch = tuple(best["args"].get("patch_size") or plan["patch_size"])
-    mirror_axes = (0, 1, 2) if mirror else ()
+    patch = run_patch(best, plan)
 
     def labels_of(cid: str, case: Case) -> np.ndarray:
         raw, spacing, _, paths = load_images(Volume(cid, case.images, None, case.four_d), channels)
-        image = torch.from_numpy(prepare_images(raw, spacing, paths, plan))[None]
-        probs = predict_case(net, image.to(device), patch, batch_size, mirror_axes=mirror_axes)
-        back = resample_probabilities(
-            probs[0].cpu().numpy(),
-            source_shape(case),
-            spacing=plan["target_spacing"],
-            target_spacing=spacing,
+        image = prepare_images(raw, spacing, paths, plan)
+        probs = case_probabilities(net, image, device, patch, batch_size, mirror)
+        return labels_on_source_grid(
+            probs.cpu().numpy(), source_shape(case), plan["target_spacing"], spacing, values
         )
-        return np.asarray(values, dtype=np.uint8)[back.argmax(axis=0)]
 
     record = {"run": str(run), "best_epoch": best.get("epoch"), "dataset": str(description.root)}
     record |= {"dimensions": 3, "mirror": mirror, "validation": val, "test": test}
     label_values = {name: int(value) for name, value in plan["labels"]}
-    return write_cases(dest, cases, labels_of, label_values, record)
+    return write_cases(
+        dest, cases, labels_of, label_values, record, tool=TOOL, flag="--dest", legacy=LEGACY
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

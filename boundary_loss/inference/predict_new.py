@@ -1,0 +1,861 @@
+"""Predict label files for new scans with a trained run, or an ensemble of runs (its folds).
+
+Usage: python -m boundary_loss.inference.predict_new --run RUN [RUN ...] --input DIR --output DIR
+       [--mirror] [--cpu] [--batch_size N]
+       (the same as `python -m boundary_loss.inference.predict` or `boundary_loss_predict` with
+       --input)
+
+`DIR` (--input) holds images named as nnU-Net names them, `<case>_<XXXX>.nii.gz` (or `.nii`),
+XXXX the 4-digit channel index (0000 first), one 3D file per channel, no labels; other files
+(notes, a dataset.json) are left alone. Each `RUN` is a training of main.py on data of
+preprocess/slice_nnunet.py or preprocess/prepare_3d.py: its `plan.json` (written by main.py,
+docs/run-folder.md) says how its training data was preprocessed, so that each scan is prepared
+the same way without that data:
+
+- 2D runs: each channel normalised as the slicer did (`volumes.load_volume`, the run's own
+  normalisation: its fold's CT statistics), the volume sliced along the recorded axis and the
+  slices resized to the recorded shape; the network's softmax probabilities slice by slice;
+- 3D runs: each channel normalised and resampled to the plan's target spacing
+  (`prepare_3d.prepare_images`); the softmax probabilities by sliding windows of the run's
+  training patch (`predict3d.case_probabilities`; `--mirror`: test-time mirroring along the three
+  axes).
+
+Several runs are an ensemble: each prepares the scan with its own plan, their probabilities are
+averaged on the common grid (2D: the slices; 3D: the target spacing), and then, as one run's are:
+2D: the argmax, resized back to the image's in-plane size by nearest neighbour and its axes put
+back in order (`predict.to_source_grid`); 3D: resampled back to the image's grid per class and
+the argmax taken there (`predict3d.labels_on_source_grid`). The runs must agree on the dimensions,
+the channels, the labels and the grid (2D: slice axis and shape; 3D: target spacing).
+
+`DIR` (--output) receives one `<case>.nii.gz` per case (`.nii` for `.nii` scans): dataset.json's
+label values, uint8, with the affine and header of the case's first channel file
+(`predict.write_labels`); and `predictions.json`: the runs and their best epochs, the cases and
+the files. No metrics (the scans have no labels). It is built in `DIR_tmp/DIR` and moved in when
+complete (`io.atomic.staged_folder`), replacing only a missing or empty folder or an earlier output
+of this command (its `.written_by.json` names predict_new.py).
+
+Refused before anything is written, with one line `error: <message>` and exit status 1: a run
+without plan.json or without best.pt; runs whose dimensions, channels, labels or grids differ;
+`--mirror` with 2D runs; an input folder without any `<case>_<XXXX>.nii(.gz)` image, a NIfTI file
+named otherwise, a case without exactly the runs' channels, a channel whose shape or affine
+differs from its case's first channel; an output folder that is not this command's to replace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from boundary_loss.io.atomic import (
+    DISK_FULL,
+    FolderError,
+    check_replaceable,
+    disk_full_message,
+    staged_folder,
+)
+from boundary_loss.io.console import ArgumentParser
+from boundary_loss.metrics import hd_hd95
+from boundary_loss.networks.registry import get_network
+from boundary_loss.preprocessing.nnunet_format import Case
+from boundary_loss.preprocessing.plan3d import SCHEMES, check_plan, plan_norms
+from boundary_loss.preprocessing.prepare_3d import prepare_images
+from boundary_loss.preprocessing.resample import resample_probabilities
+from boundary_loss.preprocessing.volumes import (
+    Geometry,
+    SliceError,
+    Volume,
+    check_same_grid,
+    load_images,
+    load_nifti,
+    load_volume,
+    natural_key,
+    read_header,
+    resize_labels,
+    slice_order,
+)
+from boundary_loss.runfolder.schema import divergence
+from boundary_loss.training.checkpoint import (
+    CheckpointError,
+    fit_state,
+    model_state,
+    read_checkpoint,
+)
+from boundary_loss.training.config import parse_literal
+from boundary_loss.training.validate3d import predict_case
+
+# The name in the marker of an output folder: only a folder so marked (or a missing or empty one)
+# is replaced. Not predict.py's: an output of the own-data predictions is never replaced here.
+TOOL = "predict_new.py"
+# An image of a new scan: `<case>_<XXXX>.nii.gz` or `.nii`, XXXX the channel.
+IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(?:\.gz)?)")
+NIFTI_ENDINGS = (".nii", ".nii.gz")
+# What `timings` receives, in seconds summed over the cases: reading, normalising and slicing or
+# resampling the scans; the networks (forward passes, softmax, average, argmax, the copy back to
+# the host, which waits for the device); back to each scan's grid; the files written.
+PHASES = ("preprocess", "network", "restore", "write")
+BATCH_SIZES = {2: 32, 3: 2}  # slices, windows per forward pass, by default
+ENSEMBLE = (
+    "the runs of an ensemble must come from one dataset and one plan (the folds of one "
+    "dataset.make chain)"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps every prediction shares (predict.py and predict3d.py import them from here)
+# ---------------------------------------------------------------------------------------------
+
+
+class PredictError(Exception):
+    """The run, the sliced data or the source cannot give predictions; the message says why."""
+
+
+METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """CUDA when present, unless --cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+
+
+def to_source_grid(
+    classes: np.ndarray, source_shape: Sequence[int], axis: int, values: Sequence[int]
+) -> np.ndarray:
+    """Class indices of the slices (`H W Z`, Z along the sliced axis) -> label values on the
+    source grid.
+
+    Args:
+        classes: `H W Z` class indices, as the slicer's gt_npy slices stacked in order.
+        source_shape: the source volume's shape (X, Y, Z).
+        axis: the source axis that was sliced.
+        values: the label value of each class index (dataset.json's labels, by value).
+
+    Returns:
+        The source-shaped label volume (uint8: label values are at most 255). Exact for the
+        slicer's own labels when the slice shape is at least the source's in-plane size.
+    """
+    order = slice_order(axis)
+    in_plane = tuple(int(source_shape[a]) for a in order[:2])
+    if classes.shape[2] != source_shape[order[2]]:
+        raise PredictError(
+            f"{classes.shape[2]} slices for a source of {source_shape[order[2]]} along axis {axis}"
+        )
+    resized = resize_labels(classes.astype(np.uint8), in_plane)
+    volume = np.transpose(resized, np.argsort(order))
+    return np.asarray(values, dtype=np.uint8)[volume]
+
+
+def write_labels(volume: np.ndarray, reference: Path, dest: Path) -> Path:
+    """Write a label volume with the affine and header of its source image.
+
+    Args:
+        volume: `X Y Z` label values on the source grid.
+        reference: the source image (its first channel file, or the Decathlon's 4D file).
+        dest: the NIfTI file to write (`.nii.gz` or `.nii`).
+    """
+    image = nib.load(str(reference))
+    spacing = read_header(reference, None if image.ndim == 3 else image.shape[3])[1]
+    header = image.header.copy()
+    header.set_data_dtype(volume.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")  # a Decathlon 4D image may say "vector"
+    header["cal_min"], header["cal_max"] = 0, int(volume.max())  # not the image's window
+    out = nib.Nifti1Image(volume, image.affine, header)
+    out.set_qform(image.get_qform(), code=int(image.header["qform_code"]))
+    out.set_sform(image.get_sform(), code=int(image.header["sform_code"]))
+    out.header.set_xyzt_units(*image.header.get_xyzt_units())
+    out.header.set_zooms(spacing)  # the source's spacing, also where its pixdim was left unset
+    nib.save(out, str(dest))
+    return dest
+
+
+def source_shape(case: Case) -> tuple[int, int, int]:
+    """The 3D shape of a case's images, from the header of its first file."""
+    shape = nib.load(str(case.images[0])).shape
+    return tuple(int(s) for s in shape[:3])
+
+
+def load_network(
+    run: Path, device: torch.device, dimensions: int = 2, plan: dict | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """The network of `run/best.pt`, rebuilt from the arguments recorded in it (a PlainUNet3D
+    from its plan's pools and kernels too).
+
+    Raises:
+        PredictError: no best.pt, one that does not rebuild, or a network of other dimensions
+            than this command's.
+    """
+    path = run / "best.pt"
+    if not path.is_file():
+        raise PredictError(f"{path}: file not found (expected the best weights of a training)")
+    try:
+        best = read_checkpoint(path, "--run")
+        state = model_state(best, path, "--run")
+        params = parse_literal(best["args"].get("net_params", "{}"), "net_params")
+        if plan is not None and best["network"] == "PlainUNet3D":
+            params = dict(plan["network"]) | params
+        net = get_network(best["network"], best["n_in"], best["n_class"], **params)
+        fit_state(net, state, path, "--run")
+    except (CheckpointError, KeyError, TypeError, ValueError) as error:
+        raise PredictError(f"{path}: cannot rebuild the network ({error})") from None
+    found = getattr(net, "dimensions", 2)
+    if found != dimensions:
+        other = "boundary_loss.inference.predict" + ("3d" if found == 3 else "")
+        raise PredictError(f"{path}: a {found}D network; predict a {found}D training with {other}")
+    return net.to(device).eval(), best
+
+
+def slice_logits(
+    net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """The network's logits (`B K H W`, on `device`, float32) of a prepared `C H W Z` volume,
+    batch by batch of `batch_size` slices, in slice order (call under `torch.no_grad`)."""
+    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # Z C H W
+    for start in range(0, len(slices), batch_size):
+        yield net(slices[start : start + batch_size].to(device)).float()
+
+
+@torch.no_grad()
+def predict_probabilities(
+    net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """Softmax probabilities `Z K H W` (on `device`) of a prepared `C H W Z` volume, slice by
+    slice; nothing is brought back to the host."""
+    logits = slice_logits(net, images, device, batch_size)
+    return torch.cat([torch.softmax(batch, dim=1) for batch in logits])
+
+
+def run_patch(best: dict, plan: dict) -> tuple[int, ...]:
+    """The sliding window of a run: its training patch (best.pt's `patch_size`, else the
+    plan's)."""
+    return tuple(best["args"].get("patch_size") or plan["patch_size"])
+
+
+def case_probabilities(
+    net: torch.nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    patch: Sequence[int],
+    batch_size: int,
+    mirror: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities `K X Y Z` (on `device`) of a case prepared at the plan's target
+    spacing (`prepare_images`), by sliding windows of `patch` (`validate3d.predict_case`);
+    `mirror`: test-time mirroring along the three axes."""
+    mirror_axes = (0, 1, 2) if mirror else ()
+    tensor = torch.from_numpy(image)[None].to(device)
+    return predict_case(net, tensor, tuple(patch), batch_size, mirror_axes=mirror_axes)[0]
+
+
+def labels_on_source_grid(
+    probs: np.ndarray,
+    shape: Sequence[int],
+    target_spacing: Sequence[float],
+    spacing: Sequence[float],
+    values: Sequence[int],
+) -> np.ndarray:
+    """Label values on a case's own grid from its probabilities at the target spacing:
+    resampled back per class (linear, nnU-Net's separate z), argmax there, then dataset.json's
+    label value of each class.
+
+    Args:
+        probs: `K X Y Z` probabilities at `target_spacing`.
+        shape: the case's own shape (X, Y, Z).
+        target_spacing: the plan's target spacing (mm).
+        spacing: the case's own spacing (mm).
+        values: the label value of each class index.
+
+    Returns:
+        `X Y Z` uint8 label values.
+    """
+    back = resample_probabilities(
+        probs, tuple(shape), spacing=target_spacing, target_spacing=spacing
+    )
+    return np.asarray(values, dtype=np.uint8)[back.argmax(axis=0)]
+
+
+def case_metrics(prediction: Path, label: Path, labels: dict[str, int]) -> list[dict]:
+    """3D Dice, HD and HD95 (mm, at the label file's spacing) per class of one written
+    prediction against its label file."""
+    truth, spacing, _ = load_nifti(label)
+    pred = load_nifti(prediction)[0]
+    rows = []
+    for name, value in labels.items():
+        p, t = pred == value, truth == value
+        dice = (2 * float((p & t).sum()) + 1e-8) / (float(p.sum() + t.sum()) + 1e-8)
+        hd, hd95 = hd_hd95(p, t, voxelspacing=spacing)
+        rows.append({"class": name, "value": value, "dice": dice, "hd": hd, "hd95": hd95})
+    return rows
+
+
+def write_cases(
+    dest: Path,
+    cases: dict[str, Case],
+    labels_of: Callable[[str, Case], np.ndarray],
+    label_values: dict[str, int],
+    record: dict,
+    *,
+    tool: str,
+    flag: str,
+    legacy: Sequence[str] = (),
+    metrics: bool = True,
+    timings: dict[str, float] | None = None,
+) -> Path:
+    """Write the predictions folder: each case's labels (`labels_of`: label values on the
+    source grid) as NIfTI in its image's geometry, the metrics of the labelled ones
+    (metrics.csv) and `record` with the files (predictions.json), staged and moved into `dest`.
+
+    Args:
+        dest: the output folder.
+        cases: the cases, by id, in the order written.
+        labels_of: a case's label volume on its source grid.
+        label_values: dataset.json's labels (name -> value), for the metrics.
+        record: what predictions.json holds besides the files.
+        tool: the name in the folder's marker: only an earlier output of `tool` is replaced.
+        flag: how the user named `dest`, for messages.
+        legacy: the record files of `tool`'s outputs made before the marker existed.
+        metrics: write metrics.csv (False: cases without labels, no metrics.csv at all).
+        timings: seconds added under "write" (the NIfTI files and the records), when given.
+
+    Raises:
+        PredictError: `dest` is not replaceable, or a file cannot be read or written.
+    """
+    first = next(iter(cases.values())).images[0]
+    ending = ".nii.gz" if str(first).endswith(".gz") else ".nii"
+    writing = 0.0
+    try:
+        with staged_folder(dest, tool, flag, legacy) as tmp:
+            rows, files = [], {}
+            for cid, case in cases.items():
+                labels = labels_of(cid, case)
+                start = time.perf_counter()
+                path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
+                files[cid] = path.name
+                if metrics and case.label is not None:
+                    for row in case_metrics(path, case.label, label_values):
+                        rows.append({"case": cid, **row})
+                writing += time.perf_counter() - start
+            start = time.perf_counter()
+            if metrics:
+                with open(tmp / "metrics.csv", "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, METRICS_COLUMNS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            text = json.dumps(record | {"files": files}, indent=1)
+            (tmp / "predictions.json").write_text(text + "\n")
+            writing += time.perf_counter() - start
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise PredictError(disk_full_message(error, dest.parent)) from None
+        where = error.filename or dest
+        raise PredictError(f"{where}: cannot be read or written ({error.strerror})") from None
+    if timings is not None:
+        timings["write"] = timings.get("write", 0.0) + writing
+    return dest
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of the ensemble, ready to predict.
+
+    Attributes:
+        run: its folder.
+        plan: its plan.json (checked).
+        net: its network from best.pt, on the device, in eval mode.
+        best_epoch: the epoch of best.pt.
+        norms: each channel's normalisation (`volumes.normalise_channel`'s tuples).
+        patch: the sliding window of a 3D run (its training patch); None in 2D.
+    """
+
+    run: Path
+    plan: dict
+    net: torch.nn.Module
+    best_epoch: int | None
+    norms: tuple[tuple, ...]
+    patch: tuple[int, ...] | None
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs
+# ---------------------------------------------------------------------------------------------
+
+
+def check_run_plan(plan: object, path: Path) -> dict:
+    """Check a run's plan.json as main.py writes it (`runfolder.writer.run_plan`).
+
+    Raises:
+        ValueError: naming the file and what is wrong.
+    """
+
+    def wrong(what: str) -> ValueError:
+        return ValueError(f"{path}: {what}; expected a plan as main.py writes it")
+
+    if not isinstance(plan, dict):
+        raise wrong("not a JSON object")
+    missing = [
+        k for k in ("dimensions", "channels", "labels", "normalisation", "grid") if k not in plan
+    ]
+    if missing:
+        raise wrong(f"key {missing[0]!r} missing")
+    if plan["dimensions"] not in (2, 3):
+        raise wrong(f"dimensions is {plan['dimensions']!r}, not 2 or 3")
+    channels, labels = plan["channels"], plan["labels"]
+    if not (isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)):
+        raise wrong(f"channels is {channels!r}, not a list of names")
+    if not (
+        isinstance(labels, dict)
+        and len(labels) >= 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in labels.values())
+    ):
+        raise wrong(f"labels is {labels!r}, not names -> values")
+    norms = plan["normalisation"]
+    if not (
+        isinstance(norms, list)
+        and len(norms) == len(channels)
+        and all(isinstance(n, dict) and n.get("scheme") in SCHEMES for n in norms)
+    ):
+        raise wrong(f"normalisation is {norms!r}, not one entry per channel")
+    grid = plan["grid"]
+    if plan["dimensions"] == 3:
+        check_plan(grid, path)
+        return plan
+    shape = grid.get("shape") if isinstance(grid, dict) else None
+    if not (
+        isinstance(grid, dict)
+        and grid.get("axis") in (0, 1, 2)
+        and isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(n, int) and n > 0 for n in shape)
+    ):
+        raise wrong(f"grid is {grid!r}, not {{'axis': 0|1|2, 'shape': [H, W]}}")
+    return plan
+
+
+def read_run_plan(run: Path) -> dict:
+    """The checked plan.json of a run, once its folder and best.pt are found.
+
+    Raises:
+        PredictError: no such folder, no plan.json (a run on other data, or trained before plans
+            were recorded), a damaged one, or no best.pt (a diverged run).
+    """
+    if not run.is_dir():
+        raise PredictError(f"--run {run}: folder not found (expected a training's folder)")
+    if not any((run / name).is_file() for name in ("best.pt", "args.json")):
+        raise PredictError(
+            f"--run {run}: not a training's folder (no best.pt, no args.json); expected the "
+            "folder of a training of main.py"
+        )
+    path = run / "plan.json"
+    if not path.is_file():
+        raise PredictError(
+            f"--run {run}: no plan.json, so nothing says how to prepare a new scan for it: the "
+            "run was not trained on data of dataset.make (preprocess/slice_nnunet.py or "
+            "preprocess/prepare_3d.py), or was trained before runs recorded their plan; "
+            "`python -m boundary_loss.inference.predict --sliced` predicts its own data"
+        )
+    try:
+        plan = check_run_plan(json.loads(path.read_text(encoding="utf-8")), path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PredictError(f"{path}: not a readable JSON file ({error})") from None
+    except ValueError as error:
+        raise PredictError(str(error)) from None
+    if not (run / "best.pt").is_file():
+        try:
+            diverged = divergence(run).diverged
+        except ValueError:  # a damaged metric array: the run is not usable either way
+            diverged = False
+        why = (
+            "the run diverged (all its 3D metrics are NaN), so it kept no best weights"
+            if diverged
+            else "no best weights (a training that never finished an epoch, or moved files)"
+        )
+        raise PredictError(f"--run {run}: no best.pt: {why}; leave it out of --run")
+    return plan
+
+
+def grid_of(plan: dict) -> dict:
+    """What the runs of an ensemble must share to average their probabilities: 2D the slice
+    axis and shape, 3D the target spacing."""
+    grid = plan["grid"]
+    if plan["dimensions"] == 2:
+        return {"axis": grid["axis"], "shape": grid["shape"]}
+    return {"target_spacing": grid["target_spacing"]}
+
+
+def check_agreement(plans: Sequence[tuple[Path, dict]]) -> None:
+    """Refuse an ensemble whose runs differ in dimensions, channels, labels or grid.
+
+    Raises:
+        PredictError: naming the first two runs that differ, what differs and both values.
+    """
+    first_run, first = plans[0]
+    aspects = (
+        ("dimensions", lambda p: p["dimensions"]),
+        ("channels", lambda p: p["channels"]),
+        ("labels", lambda p: list(p["labels"].items())),
+        ("grids", grid_of),
+    )
+    for run, plan in plans[1:]:
+        for what, of in aspects:
+            if of(plan) != of(first):
+                if what == "labels":
+                    mine, theirs = first["labels"], plan["labels"]
+                else:
+                    mine, theirs = of(first), of(plan)
+                raise PredictError(
+                    f"--run {first_run} and --run {run}: different {what} ({mine} and "
+                    f"{theirs}); {ENSEMBLE}"
+                )
+
+
+def load_member(run: Path, plan: dict, device: torch.device) -> Member:
+    """The network of a run (best.pt) with what its predictions need.
+
+    Raises:
+        PredictError: a network that does not rebuild, of other dimensions than the plan's, or
+            for other channel or class counts.
+    """
+    dimensions = plan["dimensions"]
+    net, best = load_network(run, device, dimensions, plan["grid"] if dimensions == 3 else None)
+    channels, classes = len(plan["channels"]), len(plan["labels"])
+    if (best["n_in"], best["n_class"]) != (channels, classes):
+        raise PredictError(
+            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
+            f"classes, but {run / 'plan.json'} has {channels} channels and {classes} classes"
+        )
+    patch = run_patch(best, plan["grid"]) if dimensions == 3 else None
+    return Member(run, plan, net, best.get("epoch"), plan_norms(plan), patch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scans
+# ---------------------------------------------------------------------------------------------
+
+
+def find_scans(folder: Path) -> dict[str, dict[int, Path]]:
+    """The image files of `folder`, by case then channel index, cases in natural order.
+
+    Raises:
+        PredictError: no folder, a NIfTI file not named `<case>_<XXXX>.nii(.gz)`, one channel
+            of a case twice, or no image at all.
+    """
+    if not folder.is_dir():
+        raise PredictError(f"--input {folder}: folder not found (expected the new scans)")
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(NIFTI_ENDINGS):
+            continue
+        match = IMAGE_NAME.fullmatch(path.name)
+        if match is None:
+            raise PredictError(
+                f"{path}: not named <case>_<XXXX>.nii.gz (XXXX the channel: 0000, 0001, ...); "
+                "expected the images of the new scans only, named as nnU-Net names them"
+            )
+        channels = found.setdefault(match["case"], {})
+        channel = int(match["channel"])
+        if channel in channels:
+            raise PredictError(
+                f"{path}: channel {channel} of case {match['case']} again (also "
+                f"{channels[channel].name}); expected one file per channel"
+            )
+        channels[channel] = path
+    if not found:
+        raise PredictError(
+            f"--input {folder}: no image named <case>_<XXXX>.nii.gz or .nii (XXXX the channel, "
+            "0000 first); expected the new scans as nnU-Net names them"
+        )
+    return dict(sorted(found.items(), key=lambda item: natural_key(item[0])))
+
+
+def check_scans(
+    folder: Path, found: dict[str, dict[int, Path]], channels: Sequence[str]
+) -> dict[str, Case]:
+    """The cases of the scans, each checked from its headers: the runs' channels, exactly, and
+    every channel on the grid of the first (shape, spacing and affine).
+
+    Raises:
+        PredictError: a case with other channels, naming the files found and those expected.
+        SliceError: an unreadable or non-3D file, a channel on another grid than the first.
+    """
+    expected = list(range(len(channels)))
+    cases = {}
+    for cid, files in found.items():
+        if sorted(files) != expected:
+            ending = next(iter(files.values())).name.removeprefix(cid)[5:]
+            have = ", ".join(files[c].name for c in sorted(files))
+            want = ", ".join(f"{cid}_{c:04d}{ending}" for c in expected)
+            raise PredictError(
+                f"--input {folder}: case {cid} has the channel files {have}; expected {want} "
+                f"(the runs' {len(channels)} channels: {', '.join(channels)})"
+            )
+        paths = tuple(files[c] for c in expected)
+        shape, spacing = read_header(paths[0])
+        affine = nib.load(str(paths[0])).affine
+        for path in paths[1:]:
+            other_shape, other_spacing = read_header(path)
+            if other_shape != shape:
+                raise PredictError(
+                    f"{path}: shape {other_shape} differs from {paths[0]} {shape}; expected "
+                    "every channel of a case on one grid"
+                )
+            other_affine = nib.load(str(path)).affine
+            check_same_grid(path, other_spacing, other_affine, paths[0], spacing, affine)
+        cases[cid] = Case(cid, paths, None, four_d=False)
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# The predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def _add(timings: dict[str, float] | None, phase: str, start: float) -> float:
+    """Add the seconds since `start` to `timings[phase]` (when timed); returns the time now."""
+    now = time.perf_counter()
+    if timings is not None:
+        timings[phase] = timings.get(phase, 0.0) + now - start
+    return now
+
+
+@torch.no_grad()
+def labels_2d(
+    members: Sequence[Member],
+    case: Case,
+    device: torch.device,
+    batch_size: int,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """The label values of a scan on its own grid from 2D runs: the average of their softmax
+    probabilities slice by slice, argmax, then back to the source grid (`to_source_grid`).
+
+    Args:
+        members: the runs (one plan grid; each its own normalisation).
+        case: the scan.
+        device: where the networks run.
+        batch_size: slices per forward pass.
+        timings: seconds added per phase (`PHASES`), when given.
+    """
+    plan = members[0].plan
+    values = list(plan["labels"].values())
+    label_map = tuple((v, i) for i, v in enumerate(values) if v != i)
+    axis, shape = int(plan["grid"]["axis"]), tuple(plan["grid"]["shape"])
+    volume = Volume(case.cid, case.images, None)
+    start = time.perf_counter()
+    prepared = {}
+    for member in members:  # runs with the same normalisation share the prepared slices
+        if member.norms not in prepared:
+            geometry = Geometry(axis, member.norms)
+            prepared[member.norms] = load_volume(volume, values, label_map, shape, geometry)[0]
+    start = _add(timings, "preprocess", start)
+    total = None
+    for member in members:
+        probs = predict_probabilities(member.net, prepared[member.norms], device, batch_size)
+        total = probs if total is None else total.add_(probs)
+    classes = (total / len(members)).argmax(dim=1).to(torch.uint8).cpu()  # Z H W
+    start = _add(timings, "network", start)
+    labels = to_source_grid(classes.numpy().transpose(1, 2, 0), source_shape(case), axis, values)
+    _add(timings, "restore", start)
+    return labels
+
+
+@torch.no_grad()
+def labels_3d(
+    members: Sequence[Member],
+    case: Case,
+    device: torch.device,
+    batch_size: int,
+    mirror: bool = False,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """The label values of a scan on its own grid from 3D runs: the average of their softmax
+    probabilities at the target spacing (sliding windows), resampled back to the scan's grid
+    and argmax there (`labels_on_source_grid`).
+
+    Args:
+        members: the runs (one target spacing; each its own normalisation and patch).
+        case: the scan.
+        device: where the networks run.
+        batch_size: windows per forward pass.
+        mirror: test-time mirroring along the three axes.
+        timings: seconds added per phase (`PHASES`), when given.
+    """
+    grid = members[0].plan["grid"]
+    values = [int(value) for _, value in grid["labels"]]
+    start = time.perf_counter()
+    volume = Volume(case.cid, case.images, None)
+    raw, spacing, _, paths = load_images(volume, len(grid["channels"]))
+    prepared = {}
+    for member in members:  # runs with the same normalisation share the resampled volume
+        if member.norms not in prepared:
+            prepared[member.norms] = prepare_images(raw, spacing, paths, member.plan["grid"])
+    start = _add(timings, "preprocess", start)
+    total = None
+    for member in members:
+        image = prepared[member.norms]
+        probs = case_probabilities(member.net, image, device, member.patch, batch_size, mirror)
+        total = probs if total is None else total.add_(probs)
+    mean = (total / len(members)).cpu().numpy()
+    start = _add(timings, "network", start)
+    labels = labels_on_source_grid(
+        mean, source_shape(case), grid["target_spacing"], spacing, values
+    )
+    _add(timings, "restore", start)
+    return labels
+
+
+def predict_new(
+    runs: Sequence[Path],
+    input_dir: Path,
+    output: Path,
+    device: torch.device,
+    batch_size: int | None = None,
+    mirror: bool = False,
+    timings: dict[str, float] | None = None,
+) -> Path:
+    """Write the label files of the scans of `input_dir` predicted by `runs` into `output`.
+
+    Args:
+        runs: training folders (plan.json, best.pt); several: an ensemble.
+        input_dir: the scans, `<case>_<XXXX>.nii.gz` (or `.nii`).
+        output: the output folder, replaced when complete (only an earlier output of this
+            command, or a missing or empty folder).
+        device: where the networks run.
+        batch_size: slices (2D) or windows (3D) per forward pass (None: 32 or 2).
+        mirror: test-time mirroring along the three axes (3D runs only).
+        timings: when given, receives the seconds of each phase (`PHASES`) summed over the
+            cases, and `cases`, their number; nothing is synchronised for it (the network's
+            time ends when its result is on the host).
+
+    Returns:
+        `output`.
+
+    Raises:
+        PredictError, SliceError: see the module docstring; nothing is written then.
+    """
+    runs, input_dir, output = [Path(r) for r in runs], Path(input_dir), Path(output)
+    if not runs:
+        raise PredictError("--run: no run given")
+    try:
+        check_replaceable(output, TOOL, "--output")
+    except FolderError as error:
+        raise PredictError(str(error)) from None
+    inside = input_dir.resolve()
+    if inside == output.resolve() or output.resolve() in inside.parents:
+        raise PredictError(
+            f"--output {output} holds --input {input_dir}: the output folder is replaced, "
+            "which would remove the scans; choose another --output"
+        )
+    plans = [(run, read_run_plan(run)) for run in runs]
+    check_agreement(plans)
+    plan = plans[0][1]
+    dimensions = plan["dimensions"]
+    if mirror and dimensions == 2:
+        raise PredictError(
+            "--mirror: test-time mirroring is for 3D runs (sliding windows); these runs are 2D"
+        )
+    cases = check_scans(input_dir, find_scans(input_dir), plan["channels"])
+    members = [load_member(run, run_plan, device) for run, run_plan in plans]
+    batch_size = max(1, batch_size or BATCH_SIZES[dimensions])
+
+    def labels_of(cid: str, case: Case) -> np.ndarray:
+        if dimensions == 2:
+            return labels_2d(members, case, device, batch_size, timings)
+        return labels_3d(members, case, device, batch_size, mirror, timings)
+
+    record = {
+        "runs": [{"run": str(m.run), "best_epoch": m.best_epoch} for m in members],
+        "dimensions": dimensions,
+        "mirror": mirror,
+        "input": str(input_dir),
+        "cases": list(cases),
+    }
+    dest = write_cases(
+        output,
+        cases,
+        labels_of,
+        plan["labels"],
+        record,
+        tool=TOOL,
+        flag="--output",
+        metrics=False,
+        timings=timings,
+    )
+    if timings is not None:
+        timings["cases"] = len(cases)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+
+NEW_SCAN_FLAGS = ("--input", "--output", "--mirror")  # the flags of this mode alone
+
+
+def add_new_scan_flags(parser: ArgumentParser, required: bool) -> None:
+    """Add --input, --output and --mirror (`required`: the first two must be given)."""
+    parser.add_argument(
+        "--input",
+        required=required,
+        type=Path,
+        help="new scans: a folder of <case>_<XXXX>.nii.gz images, XXXX the channel",
+    )
+    parser.add_argument(
+        "--output", required=required, type=Path, help="new scans: folder for the label files"
+    )
+    parser.add_argument(
+        "--mirror", action="store_true", help="new scans, 3D runs: test-time mirroring"
+    )
+
+
+def run_new_scans(args: argparse.Namespace) -> int:
+    """Predict new scans from parsed flags (--run, --input, --output, --mirror, --cpu,
+    --batch_size): 0, or 1 with one `error:` line on anything a user can cause."""
+    try:
+        dest = predict_new(
+            args.run, args.input, args.output, device_of(args), args.batch_size, args.mirror
+        )
+    except (PredictError, SliceError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    runs = f"run {args.run[0]}" if len(args.run) == 1 else f"the {len(args.run)} runs"
+    print(f"predictions of {runs} for the scans of {args.input} written to {dest}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="a training's folder; several: an ensemble",
+    )
+    add_new_scan_flags(parser, required=True)
+    parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="slices (2D) or windows (3D) per pass (default 32 in 2D, 2 in 3D)",
+    )
+    return run_new_scans(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
