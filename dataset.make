@@ -12,6 +12,11 @@
 # dataset folder's name), sliced data in data/sliced/<name>/. FOLD=N (N > 0) trains on fold N of
 # the dataset's splits_final.json, in results/<name>-foldN/ and data/sliced-foldN/.
 #
+# FOLDS="0 1 2 3 4": cross-validation (docs/cross-validation.md): every fold trained as FOLD=N
+# would train it, then one report over every case, each from its own fold, in
+# results/<name>-cv/ (-cv-3d with DIM=3). predict-new INPUT=DIR OUTPUT=DIR TRAINING=<training>:
+# its networks (every fold's) on new scans (docs/predict-new.md).
+#
 # DIM=3: the same chain in 3D (docs/3d.md): whole volumes resampled to the median spacing, with
 # their distance maps, in data/prepared-3d/<name>/ (plan.json: normalisation, spacing, patch,
 # network) -> patch trainings of a 3D U-Net shaped by the spacing -> sliding-window validation
@@ -193,12 +198,90 @@ PREDICTIONS = $(addprefix $(RESULTS)/predictions/,$(RUNS))
 PRODUCTS = $(PREDICTIONS)
 REPORT_OPT = --predictions $(PREDICTIONS)
 
+# The results folder of fold $(1) in this dimension ($(2): -3d or empty), as FOLD=N names it.
+fold_results = results/$(DATA_NAME)$(if $(filter-out 0,$(1)),-fold$(1))$(2)
+DIM_SUFFIX := $(if $(filter 3,$(DIM)),-3d)
+OTHER_SUFFIX := $(if $(filter 3,$(DIM)),,-3d)
+# 2D against 3D: when the other dimension's results of this fold hold finished runs, the report
+# pairs the trainings of both case by case (and is made again when they change).
+PAIR := $(call fold_results,$(FOLD),$(OTHER_SUFFIX))
+PAIR_RUNS := $(wildcard $(PAIR)/*/best_epoch.txt)
+REPORT_OPT += $(if $(PAIR_RUNS),--pair $(PAIR))
+
 include common.make
 
 # The rules of this dataset, after common.make (their targets use its paths).
-.PHONY: FORCE predict lineage
+.PHONY: FORCE predict lineage crossval folds predict-new
 FORCE:
 lineage: $(CHECKED)
+$(REPORT): $(PAIR_RUNS)
+
+# Cross-validation: FOLDS="0 1 2 3 4" trains every fold with the settings of this command line
+# (each `make FOLD=N train`, so each fold is buildable and resumable on its own), then writes the
+# report over every case, each at its own fold's best.pt, and packs it with the folds' runs.
+FOLDS ?=
+THIS_MAKEFILE := $(firstword $(MAKEFILE_LIST))
+CV := results/$(DATA_NAME)-cv$(DIM_SUFFIX)
+CV_REPORT := $(CV)/report.md
+CV_FOLDERS := $(foreach f,$(FOLDS),$(call fold_results,$(f),$(DIM_SUFFIX)))
+CV_RUN_DIRS := $(foreach d,$(CV_FOLDERS),$(addprefix $(d)/,$(RUNS)))
+CV_PAIR := $(foreach f,$(FOLDS),$(call fold_results,$(f),$(OTHER_SUFFIX)))
+CV_PAIR_MISSING := $(if $(FOLDS),$(strip $(foreach d,$(CV_PAIR),$(if $(wildcard $(d)/*/best_epoch.txt),,$(d)))),none)
+CV_PACK := archives/$(REPO)-$(DATE)-$(HASH)-$(HOST)-$(DATA_NAME)-cv$(DIM_SUFFIX).tar.gz
+ifneq ($(FOLDS),)
+.DEFAULT_GOAL := crossval
+ifneq ($(words $(FOLDS)),$(words $(sort $(FOLDS))))
+$(error FOLDS="$(FOLDS)": a fold is named twice)
+endif
+endif
+
+crossval: folds
+	$(MAKE) -f $(THIS_MAKEFILE) $(CV_PACK)
+folds:
+	$(if $(FOLDS),,$(error crossval: FOLDS="0 1 2 3 4" is needed (the folds to train)))
+	$(foreach f,$(FOLDS),$(MAKE) -f $(THIS_MAKEFILE) FOLD=$(f) FOLDS= train && ) true
+
+# A fold's runs are made by its own make (crossval, or FOLD=N); the report only reads them.
+$(filter-out $(TRN_DIRS),$(CV_RUN_DIRS)):
+	@echo "$@: missing; train the folds first: make -f $(THIS_MAKEFILE) FOLDS=\"$(FOLDS)\"" >&2
+	@exit 1
+
+$(CV_REPORT): $(CV_RUN_DIRS) $(if $(CV_PAIR_MISSING),,$(wildcard $(addsuffix /*/best_epoch.txt,$(CV_PAIR)))) | $(PY_DEPS)
+	$(PY) $(CFLAGS) -m boundary_loss.report.crossval --folds $(CV_FOLDERS) --dest $@ --html \
+		--columns $(METRIC_AXIS) --trainings $(TRN) $(if $(filter $(BASELINE),$(TRN)),--baseline $(BASELINE)) \
+		$(if $(CV_PAIR_MISSING),,--pair $(CV_PAIR)) \
+		--title "$(DATA_NAME)$(DIM_SUFFIX): cross-validation over folds $(FOLDS), $(NET), $(EPC) epochs"
+
+$(CV)/report.html $(CV)/per_case.csv: $(CV_REPORT)
+
+$(CV_PACK): $(CV_RUN_DIRS) $(CV_REPORT) $(CV)/report.html $(CV)/per_case.csv
+	mkdir -p $(@D)
+	rm -f $@_tmp
+	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp
+	chmod a-w $@_tmp
+	mv $@_tmp $@
+
+# New scans: the networks of TRAINING, of every fold trained in this dimension (FOLDS: those
+# folds), ensembled by averaging their probabilities; INPUT holds <case>_<XXXX>.nii.gz images,
+# OUTPUT is a new folder (or an earlier output of predict-new).
+TRAINING ?=
+INPUT ?=
+OUTPUT ?=
+PRESENT_FOLDS := $(filter-out %-3d/$(TRAINING)/best.pt,$(wildcard \
+	results/$(DATA_NAME)/$(TRAINING)/best.pt results/$(DATA_NAME)-fold*/$(TRAINING)/best.pt))
+ifeq ($(DIM),3)
+PRESENT_FOLDS := $(wildcard results/$(DATA_NAME)-3d/$(TRAINING)/best.pt \
+	results/$(DATA_NAME)-fold*-3d/$(TRAINING)/best.pt)
+endif
+NEW_RUNS := $(if $(FOLDS),$(foreach f,$(FOLDS),$(call fold_results,$(f),$(DIM_SUFFIX))/$(TRAINING)),\
+	$(patsubst %/best.pt,%,$(PRESENT_FOLDS)))
+
+predict-new: | $(PY_DEPS)
+	$(if $(TRAINING),,$(error predict-new: TRAINING=<one of $(DEFINED)> is needed (whose networks predict)))
+	$(if $(and $(INPUT),$(OUTPUT)),,$(error predict-new: INPUT=<folder of <case>_<XXXX>.nii.gz images> and OUTPUT=<new folder> are needed))
+	$(if $(NEW_RUNS),,$(error predict-new: no trained $(TRAINING) in results/$(DATA_NAME)*$(DIM_SUFFIX)/ (train it first, or give FOLDS)))
+	$(PY) $(CFLAGS) -m boundary_loss.inference.predict --run $(NEW_RUNS) --input $(INPUT) \
+		--output $(OUTPUT) $(PREDICT_OPT)
 
 ifeq ($(DATA),)
 $(CHECKED): FORCE | $(PY_DEPS)

@@ -10,6 +10,8 @@ before anything is rebuilt. The interpreter running the tests is passed as CC.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -78,6 +80,15 @@ def test_chain_builds_every_product_with_nifti_predictions(built):
     assert not list(repo.rglob("*_tmp"))
 
 
+def test_second_make_builds_nothing(built):
+    repo, _ = built
+    before = products(repo)
+    second = make(repo, "DATA=synthetic", f"TRAININGS={' '.join(RUNS)}")
+    assert "Nothing to be done for 'all'" in second.stdout, second.stdout
+    assert "57 files match" in second.stdout  # the lineage is checked on every run
+    assert products(repo) == before
+
+
 def test_3d_chain_builds_every_product_in_its_own_folders(built):
     """DIM=3 on the same stand-in: prepared volumes, the 3D graph, patch trainings, NIfTI
     predictions in the source geometry, report and archive, all in folders of their own."""
@@ -96,21 +107,61 @@ def test_3d_chain_builds_every_product_in_its_own_folders(built):
         written = nib.load(str(results / "predictions" / run / "standin_101.nii.gz"))
         image = nib.load(str(dataset / "imagesTs" / "standin_101_0000.nii.gz"))
         assert written.shape == image.shape and np.array_equal(written.affine, image.affine)
-    assert "val_adjacency" in (results / "report.md").read_text()
+    report = (results / "report.md").read_text()
+    assert "val_adjacency" in report
     (archive,) = (repo / "archives").glob(f"*-{NAME}-3d.tar.gz")
     listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
     assert f"results/{NAME}-3d/predictions/boundary_adj/standin_101.nii.gz" in listing.stdout
     assert (results / "pictures").is_dir()
     assert not list(repo.rglob("*_tmp"))
+    # 2D against 3D: the 2D results exist, so the 3D report pairs the common training.
+    assert "boundary_adj 3D against boundary_adj 2D, over " in report  # --debug: a subset
+    assert "## In 3D, against gdl" not in report  # gdl was not trained in 3D
 
 
-def test_second_make_builds_nothing(built):
+def test_2d_report_is_made_again_with_the_pairing_once_3d_runs_exist(built):
+    """The 3D runs are prerequisites of the 2D report: a later 2D make adds the pairing, and
+    remakes only the report and what holds it."""
     repo, _ = built
-    before = products(repo)
-    second = make(repo, "DATA=synthetic", f"TRAININGS={' '.join(RUNS)}")
-    assert "Nothing to be done for 'all'" in second.stdout, second.stdout
-    assert "57 files match" in second.stdout  # the lineage is checked on every run
-    assert products(repo) == before
+    runs = repo / "results" / NAME
+    before = {p: p.stat().st_mtime_ns for p in (runs / "gdl", runs / "boundary_adj")}
+    make(repo, "DATA=synthetic", f"TRAININGS={' '.join(RUNS)}")
+    report = (runs / "report.md").read_text()
+    assert "## 2D against 3D" in report
+    assert "boundary_adj 3D against boundary_adj 2D, over " in report  # --debug: a subset
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_crossval_trains_each_fold_and_reports_every_case_once(built):
+    """FOLDS="0 1": fold 0 is the chain already built, fold 1 is sliced and trained by its own
+    make; the report holds each validated case once, from its own fold, and the archive packs
+    it with both folds' runs."""
+    repo, _ = built
+    run = make(repo, "DATA=synthetic", "FOLDS=0 1", f"TRAININGS={' '.join(RUNS)}")
+    assert "FOLD=1 FOLDS= train" in run.stdout
+    folds = {
+        0: json.loads((repo / "data" / "sliced" / NAME / "split.json").read_text())["val"],
+        1: json.loads((repo / "data" / "sliced-fold1" / NAME / "split.json").read_text())["val"],
+    }
+    assert not set(folds[0]) & set(folds[1])
+    cv = repo / "results" / f"{NAME}-cv"
+    with open(cv / "per_case.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["training"] == "boundary_adj"]
+    # Each case once, from the fold that validated it (--debug validates a few cases of each).
+    fold_of = {f"{c}_00": name for f, name in ((0, NAME), (1, f"{NAME}-fold1")) for c in folds[f]}
+    assert len(rows) == len({r["case"] for r in rows}) and {r["fold"] for r in rows} == {
+        NAME,
+        f"{NAME}-fold1",
+    }
+    assert all(fold_of[r["case"]] == r["fold"] for r in rows)
+    page = (cv / "report.md").read_text()
+    assert f"{len(rows)} cases, each validated once, in 2 folds" in page
+    assert "boundary_adj against gdl, over " in page
+    (archive,) = (repo / "archives").glob(f"*-{NAME}-cv.tar.gz")
+    listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
+    assert f"results/{NAME}-fold1/boundary_adj/best.pt" in listing.stdout
+    assert f"results/{NAME}-cv/per_case.csv" in listing.stdout
+    assert not list(repo.rglob("*_tmp"))
 
 
 def test_unknown_training_and_missing_dataset_are_refused(built):
