@@ -13,6 +13,7 @@ from benchmarks import (
     bench_device,
     bench_label_loss,
     bench_patches,
+    bench_predict_new,
     bench_slicing,
     bench_sliding_window,
     bench_training,
@@ -30,6 +31,7 @@ BENCHES = {
     **bench_patches.BENCHES,
     **bench_sliding_window.BENCHES,
     **bench_training_3d.BENCHES,
+    **bench_predict_new.BENCHES,
 }
 
 

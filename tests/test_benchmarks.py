@@ -20,12 +20,21 @@ import torch
 from medpy.metric.binary import hd as medpy_hd
 from medpy.metric.binary import hd95 as medpy_hd95
 
-from benchmarks import bench_device, bench_label_loss, bench_training, bench_training_3d, harness
+from benchmarks import (
+    bench_device,
+    bench_label_loss,
+    bench_predict_new,
+    bench_training,
+    bench_training_3d,
+    harness,
+)
 from benchmarks import run as bench_run
 from benchmarks.harness import Figure, merge, not_yet_measured, render, write
 from boundary_loss.losses.label_losses import LabelBoundaryLoss
 from boundary_loss.maps.distance import one_hot2dist
 from boundary_loss.metrics import hd_hd95_torch
+from boundary_loss.preprocessing.slice_nnunet import nnunet_dataset
+from boundary_loss.preprocessing.slicing import slice_dataset
 
 
 def figure(name: str, machine: str = "machine A", **changes) -> Figure:
@@ -159,7 +168,7 @@ def test_entries_written_before_the_new_fields_still_render():
         row = table_row(text, e["name"])
         if e["value"] is not None:
             assert row[1] == f"{e['value']:g} {e['unit']}"
-            assert row[4] == f"{e['ratio']:g}x"
+            assert row[4] == ("-" if e["ratio"] is None else f"{e['ratio']:g}x")
 
 
 def test_console_summary():
@@ -350,6 +359,36 @@ def test_isles_chain_scratch_copy_builds_the_chain(tmp_path):
 
 def test_run_registers_the_3d_benches():
     assert {"patch_loader", "sliding_window", "training_3d"} <= set(bench_run.BENCHES)
+
+
+def test_run_registers_the_predict_new_bench():
+    assert bench_run.BENCHES["predict_new"] is bench_predict_new.predict_new_bench
+
+
+def test_predict_new_bench_runs_are_what_predict_new_reads(tmp_path):
+    """The bench's run folder for an initialised network predicts a scan of the stand-in."""
+    from boundary_loss.inference.predict_new import predict_new
+    from tests.volume_data import make_dataset
+
+    source = make_dataset(tmp_path / "Dataset001_Tiny")
+    sliced = tmp_path / "sliced"
+    slice_dataset(
+        nnunet_dataset(source, 0, "auto"),
+        source,
+        sliced,
+        retain=2,
+        shape=(24, 24),
+        workers=1,
+        progress=False,
+    )
+    run = bench_predict_new.make_run(tmp_path / "run", sliced, 2)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for path in (source / "imagesTs").glob("*.nii.gz"):
+        shutil.copy(path, scans / path.name)
+    timings: dict = {}
+    out = predict_new([run], scans, tmp_path / "out", torch.device("cpu"), timings=timings)
+    assert (out / "case_101.nii.gz").is_file() and timings["cases"] == 1
 
 
 # ---------------------------------------------------------------------------------------------

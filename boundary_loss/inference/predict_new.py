@@ -17,19 +17,18 @@ the same way without that data:
   slices resized to the recorded shape; the network's softmax probabilities slice by slice;
 - 3D runs: each channel normalised and resampled to the plan's target spacing
   (`prepare_3d.prepare_images`); the softmax probabilities by sliding windows of the run's
-  training patch (`predict3d.case_probabilities`; `--mirror`: test-time mirroring along the three
-  axes).
+  training patch (`case_probabilities`; `--mirror`: test-time mirroring along the three axes).
 
 Several runs are an ensemble: each prepares the scan with its own plan, their probabilities are
 averaged on the common grid (2D: the slices; 3D: the target spacing), and then, as one run's are:
 2D: the argmax, resized back to the image's in-plane size by nearest neighbour and its axes put
-back in order (`predict.to_source_grid`); 3D: resampled back to the image's grid per class and
-the argmax taken there (`predict3d.labels_on_source_grid`). The runs must agree on the dimensions,
+back in order (`to_source_grid`); 3D: resampled back to the image's grid per class and the
+argmax taken there (`labels_on_source_grid`). The runs must agree on the dimensions,
 the channels, the labels and the grid (2D: slice axis and shape; 3D: target spacing).
 
 `DIR` (--output) receives one `<case>.nii.gz` per case (`.nii` for `.nii` scans): dataset.json's
 label values, uint8, with the affine and header of the case's first channel file
-(`predict.write_labels`); and `predictions.json`: the runs and their best epochs, the cases and
+(`write_labels`); and `predictions.json`: the runs and their best epochs, the cases and
 the files. No metrics (the scans have no labels). It is built in `DIR_tmp/DIR` and moved in when
 complete (`io.atomic.staged_folder`), replacing only a missing or empty folder or an earlier output
 of this command (its `.written_by.json` names predict_new.py).
@@ -39,6 +38,11 @@ without plan.json or without best.pt; runs whose dimensions, channels, labels or
 `--mirror` with 2D runs; an input folder without any `<case>_<XXXX>.nii(.gz)` image, a NIfTI file
 named otherwise, a case without exactly the runs' channels, a channel whose shape or affine
 differs from its case's first channel; an output folder that is not this command's to replace.
+
+The steps every prediction command shares (the network from best.pt, the probabilities, the way
+back to a scan's own grid, the written folder) are defined here, and the predictions of a run's
+own data (boundary_loss.inference.predict, boundary_loss.inference.predict3d) import them: the
+2D command hands its --input mode over to this module, so this module imports neither.
 """
 
 from __future__ import annotations
@@ -100,10 +104,11 @@ TOOL = "predict_new.py"
 # An image of a new scan: `<case>_<XXXX>.nii.gz` or `.nii`, XXXX the channel.
 IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(?:\.gz)?)")
 NIFTI_ENDINGS = (".nii", ".nii.gz")
-# What `timings` receives, in seconds summed over the cases: reading, normalising and slicing or
+# What `timings` receives, in seconds: once per call, the checks of the runs and the scans and
+# the networks loaded; then summed over the cases, reading, normalising and slicing or
 # resampling the scans; the networks (forward passes, softmax, average, argmax, the copy back to
 # the host, which waits for the device); back to each scan's grid; the files written.
-PHASES = ("preprocess", "network", "restore", "write")
+PHASES = ("setup", "preprocess", "network", "restore", "write")
 BATCH_SIZES = {2: 32, 3: 2}  # slices, windows per forward pass, by default
 ENSEMBLE = (
     "the runs of an ensemble must come from one dataset and one plan (the folds of one "
@@ -734,9 +739,9 @@ def predict_new(
         device: where the networks run.
         batch_size: slices (2D) or windows (3D) per forward pass (None: 32 or 2).
         mirror: test-time mirroring along the three axes (3D runs only).
-        timings: when given, receives the seconds of each phase (`PHASES`) summed over the
-            cases, and `cases`, their number; nothing is synchronised for it (the network's
-            time ends when its result is on the host).
+        timings: when given, receives the seconds of each phase (`PHASES`: the setup once,
+            the others summed over the cases) and `cases`, their number; nothing is
+            synchronised for it (the network's time ends when its result is on the host).
 
     Returns:
         `output`.
@@ -744,6 +749,7 @@ def predict_new(
     Raises:
         PredictError, SliceError: see the module docstring; nothing is written then.
     """
+    start = time.perf_counter()
     runs, input_dir, output = [Path(r) for r in runs], Path(input_dir), Path(output)
     if not runs:
         raise PredictError("--run: no run given")
@@ -768,6 +774,7 @@ def predict_new(
     cases = check_scans(input_dir, find_scans(input_dir), plan["channels"])
     members = [load_member(run, run_plan, device) for run, run_plan in plans]
     batch_size = max(1, batch_size or BATCH_SIZES[dimensions])
+    _add(timings, "setup", start)
 
     def labels_of(cid: str, case: Case) -> np.ndarray:
         if dimensions == 2:
