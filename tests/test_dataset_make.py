@@ -163,6 +163,34 @@ def test_crossval_trains_each_fold_and_reports_every_case_once(built):
     assert f"results/{NAME}-cv/per_case.csv" in listing.stdout
     assert not list(repo.rglob("*_tmp"))
 
+    # predict-new: the test images copied alone, predicted by both folds' networks together.
+    scans = repo / "new-scans"
+    scans.mkdir()
+    for image in (repo / "data" / "nnunet-synthetic" / NAME / "imagesTs").glob("standin_10[12]_*"):
+        shutil.copy(image, scans / image.name)
+    out = repo / "new-labels"
+    make(
+        repo,
+        "DATA=synthetic",
+        "predict-new",
+        "TRAINING=boundary_adj",
+        "INPUT=new-scans",
+        "OUTPUT=new-labels",
+    )
+    record = json.loads((out / "predictions.json").read_text())
+    assert [r["run"] for r in record["runs"]] == [
+        f"results/{NAME}/boundary_adj",
+        f"results/{NAME}-fold1/boundary_adj",
+    ]
+    for cid in ("standin_101", "standin_102"):
+        written = nib.load(str(out / f"{cid}.nii.gz"))
+        image = nib.load(str(scans / f"{cid}_0000.nii.gz"))
+        assert written.shape == image.shape and np.array_equal(written.affine, image.affine)
+    missing = make(
+        repo, "DATA=synthetic", "predict-new", "INPUT=new-scans", "OUTPUT=x", check=False
+    )
+    assert missing.returncode != 0 and "predict-new: TRAINING=<one of" in missing.stderr
+
 
 def test_unknown_training_and_missing_dataset_are_refused(built):
     repo, _ = built
