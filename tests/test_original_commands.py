@@ -5,7 +5,9 @@ boundary-loss): its unpacking (unzip, then the deletions and, for WMH, the flatt
 sites), its slicer calls and its `main.py` calls, run through bash as Make would run them. Only
 the variables take other values: EPC=1, NET=Dimwit and DEBUG=--debug as the original's own
 debugging advice, and a smaller `--retain` where the stand-in cohort has fewer patients than the
-original kept for validation. Each training must finish and write its per-epoch arrays.
+original kept for validation. Each training must finish and write its per-epoch arrays; the
+trainings of a dataset run two at a time, each in its own run folder, as `make -j2` runs them.
+The stand-in zips are the session's (tests/conftest.py `quick_zips`), copied.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from preprocess.synthetic import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = f"{sys.executable} {ROOT}"  # `$(CC) $(CFLAGS) ` then the script, as the makefiles write it
@@ -93,6 +94,14 @@ def bash(line: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def bash_each(lines: dict[str, str], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
+    """Each training's recipe line through bash, two at a time (as `make -j2` would run them:
+    each writes its own run folder), finished processes in the order given."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = {run: pool.submit(bash, line, cwd) for run, line in lines.items()}
+        return {run: future.result() for run, future in done.items()}
+
+
 def unzip(zips: list[Path], dest: Path) -> None:
     """`unzip -q ZIP -d DEST` for each zip (Python's zipfile: unzip need not be installed)."""
     for path in zips:
@@ -112,11 +121,14 @@ def check_run(workdir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stand_in(tmp_path_factory) -> Path:
-    """The generated zips of the three datasets, in the original's data/ folder."""
+def stand_in(tmp_path_factory, quick_zips) -> Path:
+    """The generated zips of the three datasets (seed 0, quick), copied into the original's
+    data/ folder."""
     root = tmp_path_factory.mktemp("original")
+    (root / "data").mkdir()
     for dataset in ("isles", "wmh", "acdc"):
-        generate(dataset, root / "data", seed=0, size="quick")
+        for path in sorted(quick_zips(dataset).glob("*.zip")):
+            shutil.copyfile(path, root / "data" / path.name)
     return root
 
 
@@ -141,13 +153,13 @@ def test_isles_lines(stand_in):
         root,
     )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
-    for run, (opt, folders) in ISLES_RUNS.items():
-        line = ISLES_TRAINING.format(run=run, opt=opt, data=folders)
-        trained = bash(
-            f"rm -rf results/isles/{run}_tmp && {line} && "
-            f"mv results/isles/{run}_tmp results/isles/{run}",
-            root,
-        )
+    lines = {
+        run: f"rm -rf results/isles/{run}_tmp && "
+        f"{ISLES_TRAINING.format(run=run, opt=opt, data=folders)} && "
+        f"mv results/isles/{run}_tmp results/isles/{run}"
+        for run, (opt, folders) in ISLES_RUNS.items()
+    }
+    for run, trained in bash_each(lines, root).items():
         assert trained.returncode == 0, (run, trained.stderr[-2000:])
         check_run(root / "results" / "isles" / run)
 
@@ -197,13 +209,13 @@ def test_acdc_lines(stand_in):
         root,
     )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
-    for run, (opt, folders) in ACDC_RUNS.items():
-        line = ACDC_TRAINING.format(run=run, opt=opt, data=folders)
-        trained = bash(
-            f"rm -rf results/acdc/{run}_tmp && mkdir -p results/acdc/{run}_tmp && "
-            f"{line} && mv results/acdc/{run}_tmp results/acdc/{run}",
-            root,
-        )
+    lines = {
+        run: f"rm -rf results/acdc/{run}_tmp && mkdir -p results/acdc/{run}_tmp && "
+        f"{ACDC_TRAINING.format(run=run, opt=opt, data=folders)} && "
+        f"mv results/acdc/{run}_tmp results/acdc/{run}"
+        for run, (opt, folders) in ACDC_RUNS.items()
+    }
+    for run, trained in bash_each(lines, root).items():
         assert trained.returncode == 0, (run, trained.stderr[-2000:])
         check_run(root / "results" / "acdc" / run)
     shutil.rmtree(root / "data" / "acdc")  # keep the temporary folder small

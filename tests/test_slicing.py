@@ -42,7 +42,6 @@ from boundary_loss.preprocessing.slicing import (
     slice_dataset,
     split_patients,
 )
-from boundary_loss.preprocessing.synthetic import generate
 from boundary_loss.preprocessing.unpack import unpack
 from tests.cli import assert_clean_error, on_small_disk, run_script, small_disk_available
 
@@ -1182,11 +1181,10 @@ SYNTHETIC = {  # dataset -> (png folders, K, label files, folder levels from a l
 
 
 @pytest.mark.parametrize("dataset", list(SYNTHETIC))
-def test_synthetic_quick_cohort_slices(dataset, tmp_path):
-    """The generator's quick cohort, unpacked as the recipes do, slices completely."""
+def test_synthetic_quick_cohort_slices(dataset, tmp_path, quick_zips):
+    """The generator's quick cohort (seed 0), unpacked as the recipes do, slices completely."""
     modalities, K, label_glob, up = SYNTHETIC[dataset]
-    generate(dataset, tmp_path / "zips", seed=0, size="quick")
-    zips = sorted((tmp_path / "zips").rglob("*.zip"))
+    zips = sorted(quick_zips(dataset).rglob("*.zip"))
     assert zips and all(zipfile.is_zipfile(z) for z in zips)
     source = unpack(zips, tmp_path / "src", drop=DROP)
     dest = slice_dataset(

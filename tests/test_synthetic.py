@@ -35,18 +35,10 @@ DATASETS = ("isles", "wmh", "acdc")
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """The folder holding a dataset's quick cohort (seed 0), generated on first use."""
-    folders: dict[str, Path] = {}
-
-    def get(dataset: str) -> Path:
-        if dataset not in folders:
-            folder = tmp_path_factory.mktemp(f"{dataset}-synthetic")
-            generate(dataset, folder)
-            folders[dataset] = folder
-        return folders[dataset]
-
-    return get
+def quick(quick_zips: Callable[[str], Path]) -> Callable[[str], Path]:
+    """The folder holding a dataset's quick cohort (seed 0), generated once per session on first
+    use (tests/conftest.py); read-only for these tests."""
+    return quick_zips
 
 
 def read_nifti(archive: zipfile.ZipFile, name: str) -> nib.Nifti1Image:
