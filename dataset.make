@@ -76,8 +76,11 @@ UNPACKED := $(CHECKED)
 VARS := data/sliced/$(DATA_NAME).mk
 
 # K, MODALITIES, ALL_IDC, FG_IDC, METRIC_AXIS from dataset.json, once its files are checked
-# (made by the rule below, then Make reads this file again).
+# (made by the rule below, then Make reads this file again). predict-new alone reads the runs
+# only: it needs neither the dataset nor its lineage.
+ifneq ($(MAKECMDGOALS),predict-new)
 include $(VARS)
+endif
 
 # The slicer's own arguments; SLICE_OPT (the user's) comes after them and wins.
 SLICER_ARGS := --fold $(FOLD)
@@ -205,7 +208,9 @@ OTHER_SUFFIX := $(if $(filter 3,$(DIM)),,-3d)
 # 2D against 3D: when the other dimension's results of this fold hold finished runs, the report
 # pairs the trainings of both case by case (and is made again when they change).
 PAIR := $(call fold_results,$(FOLD),$(OTHER_SUFFIX))
-PAIR_RUNS := $(wildcard $(PAIR)/*/best_epoch.txt)
+# (best_epoch.txt of finished runs: a training's <run>_tmp holds one too)
+finished = $(filter-out %_tmp/best_epoch.txt,$(wildcard $(addsuffix /*/best_epoch.txt,$(1))))
+PAIR_RUNS := $(call finished,$(PAIR))
 REPORT_OPT += $(if $(PAIR_RUNS),--pair $(PAIR))
 
 include common.make
@@ -226,7 +231,7 @@ CV_REPORT := $(CV)/report.md
 CV_FOLDERS := $(foreach f,$(FOLDS),$(call fold_results,$(f),$(DIM_SUFFIX)))
 CV_RUN_DIRS := $(foreach d,$(CV_FOLDERS),$(addprefix $(d)/,$(RUNS)))
 CV_PAIR := $(foreach f,$(FOLDS),$(call fold_results,$(f),$(OTHER_SUFFIX)))
-CV_PAIR_MISSING := $(if $(FOLDS),$(strip $(foreach d,$(CV_PAIR),$(if $(wildcard $(d)/*/best_epoch.txt),,$(d)))),none)
+CV_PAIR_MISSING := $(if $(FOLDS),$(strip $(foreach d,$(CV_PAIR),$(if $(call finished,$(d)),,$(d)))),none)
 CV_PACK := archives/$(REPO)-$(DATE)-$(HASH)-$(HOST)-$(DATA_NAME)-cv$(DIM_SUFFIX).tar.gz
 ifneq ($(FOLDS),)
 .DEFAULT_GOAL := crossval
@@ -246,7 +251,7 @@ $(filter-out $(TRN_DIRS),$(CV_RUN_DIRS)):
 	@echo "$@: missing; train the folds first: make -f $(THIS_MAKEFILE) FOLDS=\"$(FOLDS)\"" >&2
 	@exit 1
 
-$(CV_REPORT): $(CV_RUN_DIRS) $(if $(CV_PAIR_MISSING),,$(wildcard $(addsuffix /*/best_epoch.txt,$(CV_PAIR)))) | $(PY_DEPS)
+$(CV_REPORT): $(CV_RUN_DIRS) $(if $(CV_PAIR_MISSING),,$(call finished,$(CV_PAIR))) | $(PY_DEPS)
 	$(PY) $(CFLAGS) -m boundary_loss.report.crossval --folds $(CV_FOLDERS) --dest $@ --html \
 		--columns $(METRIC_AXIS) --trainings $(TRN) $(if $(filter $(BASELINE),$(TRN)),--baseline $(BASELINE)) \
 		$(if $(CV_PAIR_MISSING),,--pair $(CV_PAIR)) \
@@ -267,19 +272,20 @@ $(CV_PACK): $(CV_RUN_DIRS) $(CV_REPORT) $(CV)/report.html $(CV)/per_case.csv
 TRAINING ?=
 INPUT ?=
 OUTPUT ?=
-PRESENT_FOLDS := $(filter-out %-3d/$(TRAINING)/best.pt,$(wildcard \
-	results/$(DATA_NAME)/$(TRAINING)/best.pt results/$(DATA_NAME)-fold*/$(TRAINING)/best.pt))
-ifeq ($(DIM),3)
-PRESENT_FOLDS := $(wildcard results/$(DATA_NAME)-3d/$(TRAINING)/best.pt \
-	results/$(DATA_NAME)-fold*-3d/$(TRAINING)/best.pt)
-endif
-NEW_RUNS := $(if $(FOLDS),$(foreach f,$(FOLDS),$(call fold_results,$(f),$(DIM_SUFFIX))/$(TRAINING)),\
-	$(patsubst %/best.pt,%,$(PRESENT_FOLDS)))
+# The folds' results folders: those of FOLDS, else every one of this dimension.
+NEW_FOLDERS := $(if $(FOLDS),$(CV_FOLDERS),results/$(DATA_NAME)$(DIM_SUFFIX) $(if $(DIM_SUFFIX),\
+	$(wildcard results/$(DATA_NAME)-fold*-3d),$(filter-out %-3d,$(wildcard results/$(DATA_NAME)-fold*))))
+# The runs of TRAINING in a folder: <training>/, or <training>-seed<N>/ with SEEDS.
+trained = $(patsubst %/best.pt,%,$(wildcard $(1)/$(TRAINING)/best.pt $(1)/$(TRAINING)-seed*/best.pt))
+NEW_RUNS := $(foreach d,$(NEW_FOLDERS),$(call trained,$(d)))
+TRAINED_HERE = $(sort $(foreach d,$(NEW_FOLDERS),$(notdir $(patsubst %/best.pt,%,$(wildcard $(d)/*/best.pt)))))
+NEW_MISSING := $(if $(FOLDS),$(foreach d,$(NEW_FOLDERS),$(if $(call trained,$(d)),,$(d))))
 
 predict-new: | $(PY_DEPS)
-	$(if $(TRAINING),,$(error predict-new: TRAINING=<one of $(DEFINED)> is needed (whose networks predict)))
+	$(if $(TRAINING),,$(error predict-new: TRAINING=<training> is needed, the one whose networks predict (trained here: $(or $(TRAINED_HERE),none))))
 	$(if $(and $(INPUT),$(OUTPUT)),,$(error predict-new: INPUT=<folder of <case>_<XXXX>.nii.gz images> and OUTPUT=<new folder> are needed))
-	$(if $(NEW_RUNS),,$(error predict-new: no trained $(TRAINING) in results/$(DATA_NAME)*$(DIM_SUFFIX)/ (train it first, or give FOLDS)))
+	$(if $(NEW_MISSING),$(error predict-new: no trained $(TRAINING) in $(NEW_MISSING) (train that fold first, or leave it out of FOLDS)))
+	$(if $(NEW_RUNS),,$(error predict-new: no trained $(TRAINING) in results/$(DATA_NAME)*$(DIM_SUFFIX)/ (train it first)))
 	$(PY) $(CFLAGS) -m boundary_loss.inference.predict --run $(NEW_RUNS) --input $(INPUT) \
 		--output $(OUTPUT) $(PREDICT_OPT)
 

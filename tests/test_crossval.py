@@ -84,7 +84,7 @@ def test_each_case_appears_once_with_the_value_of_its_own_fold(two_folds):
         "case_005": 1,
     }
     for training in ("gdl", "boundary"):
-        values = cohort.values[training][None]
+        values = cohort.values[training][0]  # seed 0: main.py's default, from args.json
         expected = [dice_of(training, c) for c in cohort.cases]
         np.testing.assert_allclose(values["val_3d_dsc"], expected)
         np.testing.assert_allclose(values["val_3d_hausdorff"], 10 - 10 * np.array(expected))
@@ -128,9 +128,7 @@ def test_the_page_and_the_csv_hold_every_case_once(two_folds, tmp_path):
     assert code == 0
     page = dest.read_text()
     assert "5 cases, each validated once, in 2 folds" in page
-    assert (
-        "boundary against gdl, over 5 patients: no detectable difference on 3D Dice (+0.1" in page
-    )
+    assert "boundary against gdl, over 5 cases: no detectable difference on 3D Dice (+0.1" in page
     assert (dest.parent / "report.html").is_file()
     with open(dest.parent / "per_case.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -145,10 +143,11 @@ def test_the_page_and_the_csv_hold_every_case_once(two_folds, tmp_path):
         assert float(row["val_3d_dsc"]) == pytest.approx(dice_of(row["training"], row["case"]))
 
 
-def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
-    three_d = [tmp_path / "results" / "data-3d", tmp_path / "results" / "data-fold1-3d"]
-    for index, (folder, cases) in enumerate(zip(three_d, FOLD_CASES, strict=True)):
-        for training in ("gdl", "boundary"):
+def three_d_folds(root: Path, trainings=("gdl", "boundary")) -> list[Path]:
+    """The 3D runs of the same two folds, best epochs the other way round."""
+    folders = [root / "data-3d", root / "data-fold1-3d"]
+    for index, (folder, cases) in enumerate(zip(folders, FOLD_CASES, strict=True)):
+        for training in trainings:
             make_run(
                 folder,
                 training,
@@ -156,13 +155,40 @@ def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
                 best=2 - index,
                 dimensions=3,
             )
-    dest = tmp_path / "cv-3d" / "report.md"
+    return folders
+
+
+def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
+    three_d = three_d_folds(tmp_path / "results")
+    dest = tmp_path / "cv" / "report.md"
+    code = crossval.main(
+        [
+            "--folds",
+            *map(str, two_folds),
+            "--dest",
+            str(dest),
+            "--baseline",
+            "gdl",
+            "--pair",
+            *map(str, three_d),
+        ]
+    )
+    assert code == 0
+    page = dest.read_text()
+    assert "## 3D against 2D: did 3D help?" in page
+    assert "boundary 3D against boundary 2D, over 5 cases" in page
+    assert "gdl 3D against gdl 2D, over 5 cases" in page
+    assert "| boundary | val_3d_dsc | 5 | 1 | +0.0500 |" in page
+    assert "## In 3D, against gdl: did it help?" in page  # the 2D page answers it for 3D
+
+    # The 3D page pairs the same way; its own section already compares with the baseline.
+    dest_3d = tmp_path / "cv-3d" / "report.md"
     code = crossval.main(
         [
             "--folds",
             *map(str, three_d),
             "--dest",
-            str(dest),
+            str(dest_3d),
             "--baseline",
             "gdl",
             "--pair",
@@ -170,12 +196,9 @@ def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
         ]
     )
     assert code == 0
-    page = dest.read_text()
-    assert "## 2D against 3D" in page
-    assert "boundary 3D against boundary 2D, over 5 patients" in page
-    assert "gdl 3D against gdl 2D, over 5 patients" in page
-    assert "| boundary | val_3d_dsc | 5 | 1 | +0.0500 |" in page
-    assert "## In 3D, against gdl: did it help?" in page
+    page_3d = dest_3d.read_text()
+    assert "boundary 3D against boundary 2D, over 5 cases" in page_3d
+    assert "## In 3D" not in page_3d and page_3d.count("## Against gdl") == 1
 
     # The single-fold report pairs the same way (report.py --pair).
     from boundary_loss.report.summary import main as report_main
@@ -202,6 +225,40 @@ def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
     assert "boundary 3D against boundary 2D, over 2 patients" in out.read_text()
 
 
+def test_pairing_leaves_out_what_one_side_lacks_and_says_when_nothing_pairs(two_folds, tmp_path):
+    """A training trained in one 3D fold only, and an unfinished one, are left out; seeded runs
+    pair with runs trained with the same --seed; nothing in common is said, not raised."""
+    three_d = three_d_folds(tmp_path / "results", trainings=("boundary",))
+    make_run(three_d[0], "gdl", {c: 0.5 for c in FOLD_CASES[0]}, best=1, dimensions=3)
+    (three_d[1] / "gdl_tmp").mkdir()
+    (three_d[1] / "gdl_tmp" / "best_epoch.txt").write_text("1\n")
+    for run in (two_folds[0] / "boundary", two_folds[1] / "boundary"):
+        run.rename(run.with_name("boundary-seed0"))
+    dest = tmp_path / "cv" / "report.md"
+    assert (
+        crossval.main(
+            ["--folds", *map(str, two_folds), "--dest", str(dest), "--pair", *map(str, three_d)]
+        )
+        == 0
+    )
+    page = dest.read_text()
+    assert "boundary 3D against boundary 2D, over 5 cases" in page
+    assert "gdl 3D against" not in page
+
+    for run in (three_d[0] / "boundary", three_d[1] / "boundary"):
+        shutil.rmtree(run)
+    make_run(three_d[1], "gdl", {c: 0.5 for c in FOLD_CASES[1]}, best=1, dimensions=3)
+    shutil.rmtree(three_d[0] / "gdl")
+    make_run(three_d[0], "ce", {c: 0.5 for c in FOLD_CASES[0]}, best=1, dimensions=3)
+    assert (
+        crossval.main(
+            ["--folds", *map(str, two_folds), "--dest", str(dest), "--pair", *map(str, three_d)]
+        )
+        == 0
+    )
+    assert "Not paired: no training of these runs is in every one of" in dest.read_text()
+
+
 def test_runs_of_one_dimension_on_both_sides_are_refused(two_folds, tmp_path, capsys):
     code = crossval.main(
         [
@@ -215,6 +272,23 @@ def test_runs_of_one_dimension_on_both_sides_are_refused(two_folds, tmp_path, ca
     )
     assert code == 1
     assert capsys.readouterr().err.strip() == (
-        "error: --pair: 2D runs like --folds; give the other dimension's"
+        "error: --pair: 2D runs on both sides; give the other dimension's"
     )
     assert not (tmp_path / "r.md").exists()
+
+
+def test_bad_columns_and_a_damaged_checkpoint_epoch_are_one_line(two_folds, tmp_path, capsys):
+    dest = tmp_path / "r.md"
+    assert (
+        crossval.main(["--folds", *map(str, two_folds), "--dest", str(dest), "--columns", "9"]) == 1
+    )
+    assert capsys.readouterr().err.strip() == (
+        f"error: {two_folds[0] / 'boundary'}/val_3d_dsc.npy: no class 9 (it holds classes 0 .. 1)"
+    )
+    (two_folds[1] / "boundary" / "best_epoch.txt").write_text("garbage\n")
+    assert crossval.main(["--folds", *map(str, two_folds), "--dest", str(dest)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {two_folds[1] / 'boundary' / 'best_epoch.txt'}: 'garbage', expected the epoch "
+        "of best.pt, 0 .. 2 (val_3d_dsc.npy holds 3 epochs)"
+    )
+    assert not dest.exists()

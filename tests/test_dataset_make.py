@@ -189,7 +189,11 @@ def test_crossval_trains_each_fold_and_reports_every_case_once(built):
     missing = make(
         repo, "DATA=synthetic", "predict-new", "INPUT=new-scans", "OUTPUT=x", check=False
     )
-    assert missing.returncode != 0 and "predict-new: TRAINING=<one of" in missing.stderr
+    assert missing.returncode != 0
+    assert (
+        "predict-new: TRAINING=<training> is needed, the one whose networks predict (trained "
+        "here: boundary_adj gdl)" in missing.stderr
+    )
 
 
 def test_unknown_training_and_missing_dataset_are_refused(built):

@@ -92,10 +92,9 @@ def predict_volume(
     net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
 ) -> np.ndarray:
     """Class indices `H W Z` of a prepared `C H W Z` volume, slice by slice."""
-    classes = [
-        logits.argmax(dim=1).cpu() for logits in slice_logits(net, images, device, batch_size)
-    ]
-    return torch.cat(classes).numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
+    classes = [logits.argmax(dim=1) for logits in slice_logits(net, images, device, batch_size)]
+    # One copy to the host per case, not one per batch.
+    return torch.cat(classes).cpu().numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
 
 
 # ---------------------------------------------------------------------------------------------

@@ -335,8 +335,6 @@ def write_cases(
     Raises:
         PredictError: `dest` is not replaceable, or a file cannot be read or written.
     """
-    first = next(iter(cases.values())).images[0]
-    ending = ".nii.gz" if str(first).endswith(".gz") else ".nii"
     writing = 0.0
     try:
         with staged_folder(dest, tool, flag, legacy) as tmp:
@@ -344,6 +342,7 @@ def write_cases(
             for cid, case in cases.items():
                 labels = labels_of(cid, case)
                 start = time.perf_counter()
+                ending = ".nii.gz" if str(case.images[0]).endswith(".gz") else ".nii"
                 path = write_labels(labels, case.images[0], tmp / f"{cid}{ending}")
                 files[cid] = path.name
                 if metrics and case.label is not None:
@@ -541,7 +540,14 @@ def load_member(run: Path, plan: dict, device: torch.device) -> Member:
             f"classes, but {run / 'plan.json'} has {channels} channels and {classes} classes"
         )
     patch = run_patch(best, plan["grid"]) if dimensions == 3 else None
-    return Member(run, plan, net, best.get("epoch"), plan_norms(plan), patch)
+    try:
+        norms = plan_norms(plan)
+    except (KeyError, TypeError, ValueError) as error:
+        raise PredictError(
+            f"{run / 'plan.json'}: a normalisation without its statistics ({error!r}); the file "
+            "is damaged: train the run again, or restore it"
+        ) from None
+    return Member(run, plan, net, best.get("epoch"), norms, patch)
 
 
 # ---------------------------------------------------------------------------------------------

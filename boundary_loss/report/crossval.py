@@ -35,7 +35,15 @@ import numpy as np
 
 from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.io.console import ArgumentParser
-from boundary_loss.report.folds import METRICS, Cohort, across, against_baseline, gather
+from boundary_loss.report.folds import (
+    METRICS,
+    Cohort,
+    across,
+    against_baseline,
+    dimensions_of,
+    gather,
+    trainings_in,
+)
 from boundary_loss.report.page import Block, render_html, render_markdown
 from boundary_loss.report.paired import METHOD, Comparison, grouped_sentence
 from boundary_loss.report.sections import (
@@ -88,19 +96,18 @@ def summary_blocks(cohort: Cohort) -> list[Block]:
 
 
 def comparison_section(
-    heading: str, text: str, found: dict[str, list[Comparison]], key: str
+    heading: str, text: str, found: dict[str, list[Comparison]], unit: str = "case"
 ) -> list[Block]:
-    """A heading, a paragraph, one sentence per training and the table of its comparisons
-    (`key`: what a row's first cell names, "training" or "pair")."""
+    """A heading, a paragraph, one sentence per training and the table of its comparisons."""
     sentences, rows = [], []
     for training, results in found.items():
         if not results:
-            sentences.append(f"{training}: no case has a finite value in both: not compared.")
+            sentences.append(f"{training}: no {unit} has a finite value in both: not compared.")
             continue
-        sentences.append(grouped_sentence(results, SENTENCE_NAMES))
+        sentences.append(grouped_sentence(results, SENTENCE_NAMES, unit))
         rows += [comparison_row(training, r) for r in results]
-    header = [key, *COMPARISON_HEADER[1:]]
-    header[2] = "cases"
+    header = list(COMPARISON_HEADER)
+    header[2] = f"{unit}s"
     return [
         Block("h2", heading),
         Block("p", text),
@@ -109,25 +116,53 @@ def comparison_section(
     ]
 
 
-def pair_blocks(own: Cohort, other: Cohort, baseline: str | None, columns: Sequence[int]):
-    """2D against 3D: each training in 3D against itself in 2D over the cases both validated,
-    and (with a baseline) each 3D training against the baseline in 3D."""
-    first, second = (own, other) if own.label == "2D" else (other, own)
-    found, alone = across(first, second)
+def pair_blocks(
+    own: Cohort,
+    other_folders: Sequence[Path],
+    baseline: str | None,
+    columns: Sequence[int],
+    unit: str = "case",
+) -> list[Block]:
+    """3D against 2D: each training of `own` against itself in the other dimension's results
+    (`other_folders`, one per fold as `own`'s), over the cases both validated; and, when `own` is
+    the 2D one, each 3D training against the baseline there (a 3D page has that section already).
+
+    Trainings missing from one side, or from a fold of the other side, are left out; when nothing
+    can be paired (no training, case or seed in common), the section says why.
+
+    Raises:
+        ValueError: the other results are of the same dimension as `own`'s.
+    """
+    other_label = f"{dimensions_of(other_folders)}D"
+    if other_label == own.label:
+        raise ValueError(f"--pair: {own.label} runs on both sides; give the other dimension's")
+    first_label, second_label = sorted((own.label, other_label))
+    heading = f"{second_label} against {first_label}: did {second_label} help?"
+    try:
+        per_fold = [trainings_in(Path(folder)) for folder in other_folders]
+        common = [t for t in own.values if all(t in found for found in per_fold)]
+        if not common:
+            raise ValueError(
+                f"no training of these runs is in every one of {', '.join(map(str, other_folders))}"
+            )
+        other = gather(other_folders, columns, common)
+        first, second = (own, other) if own.label == first_label else (other, own)
+        found, alone = across(first, second)
+    except (OSError, ValueError) as error:
+        return [Block("h2", heading), Block("p", f"Not paired: {error}.")]
     text = (
         f"Each training in {second.label} against the same training in {first.label}, paired "
-        f"case by case (and seed by seed): did {second.label} help? "
-        + WHERE.format(columns=list(columns))
+        f"{unit} by {unit} (and seed by seed). " + WHERE.format(columns=list(columns))
     )
     if alone:
-        text += f" Cases validated in only one of them, left out: {', '.join(alone)}."
-    blocks = comparison_section(f"{first.label} against {second.label}", text, found, "training")
-    if baseline is not None and baseline in second.values:
+        text += f" Validated in only one of them, left out: {', '.join(alone)}."
+    blocks = comparison_section(heading, text, found, unit)
+    if own is first and baseline is not None and baseline in second.values:
         blocks += comparison_section(
             f"In {second.label}, against {baseline}: did it help?",
-            f"Every training of the {second.label} runs against {baseline}, over every case.",
+            f"Every training of the {second.label} runs against {baseline}, over every {unit}.",
             against_baseline(second, baseline),
-            "training",
+            unit,
         )
     return blocks
 
@@ -178,9 +213,10 @@ def build_blocks(
     title: str,
     columns: Sequence[int],
     baseline: str | None,
-    other: Cohort | None,
+    pair: Sequence[Path] = (),
 ) -> list[Block]:
-    """The page: description, out-of-fold table, comparisons, pairing, cases, runs."""
+    """The page: description, out-of-fold table, comparisons, pairing (with the other
+    dimension's results folders `pair`), cases, runs."""
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     n_folds = len(cohort.folders)
     text = (
@@ -199,11 +235,10 @@ def build_blocks(
             f"Every training against {baseline}, paired over every case of the dataset. "
             + WHERE.format(columns=list(columns)),
             against_baseline(cohort, baseline),
-            "training",
         )
-    if other is not None:
-        blocks += pair_blocks(cohort, other, baseline, columns)
-    if baseline is not None or other is not None:
+    if pair:
+        blocks += pair_blocks(cohort, pair, baseline, columns)
+    if baseline is not None or pair:
         blocks.append(Block("p", METHOD.replace("patient", "case")))
     header, rows = case_rows(cohort)
     blocks += [
@@ -241,14 +276,13 @@ def write_crossval(
         raise ValueError(
             f"--baseline {baseline}: no such training among {', '.join(cohort.values)}"
         )
-    other = gather(pair, columns) if pair else None
-    if other is not None and other.label == cohort.label:
-        raise ValueError(f"--pair: {other.label} runs like --folds; give the other dimension's")
     title = title or f"Cross-validation: {len(cohort.cases)} cases, {len(cohort.folders)} folds"
-    blocks = build_blocks(cohort, title, columns, baseline, other)
-    pages = {dest: render_markdown(blocks), dest.parent / "per_case.csv": case_csv(cohort)}
+    blocks = build_blocks(cohort, title, columns, baseline, [Path(p) for p in pair])
+    # The page Make checks is written last: an interruption leaves it missing or old.
+    pages = {dest.parent / "per_case.csv": case_csv(cohort)}
     if html_page:
         pages[dest.with_suffix(".html")] = render_html(blocks)
+    pages[dest] = render_markdown(blocks)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for path, text in pages.items():
         write_text_atomic(path, text)

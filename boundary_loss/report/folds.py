@@ -31,7 +31,6 @@ from boundary_loss.report.paired import Comparison, compare
 from boundary_loss.runfolder.schema import divergence, read_args, seed_of, training_of
 
 METRICS = patients.METRICS_3D
-HIGHER_IS_BETTER = {"val_3d_dsc": True, "val_3d_hausdorff": False, "val_3d_hd95": False}
 
 
 @dataclass
@@ -43,8 +42,8 @@ class Cohort:
         folders: the results folders, one per fold, in the order given.
         cases: every validated case, in natural order.
         fold_of: case -> index of its fold in `folders`.
-        runs: training -> seed (None: a run without a seed suffix) -> its run folder in each
-            fold, in the order of `folders`.
+        runs: training -> seed (`trainings_in`) -> its run folder in each fold, in the order
+            of `folders`.
         values: training -> seed -> metric -> one value per case of `cases` (NaN where the run
             diverged or the metric is undefined).
         diverged: the diverged run folders (every 3D value NaN), whose cases hold NaN.
@@ -54,11 +53,11 @@ class Cohort:
     folders: list[Path]
     cases: list[str]
     fold_of: dict[str, int]
-    runs: dict[str, dict[int | None, list[Path]]]
-    values: dict[str, dict[int | None, dict[str, np.ndarray]]]
+    runs: dict[str, dict[int, list[Path]]]
+    values: dict[str, dict[int, dict[str, np.ndarray]]]
     diverged: list[Path] = field(default_factory=list)
 
-    def array(self, training: str, metric: str, seeds: Sequence[int | None]) -> np.ndarray:
+    def array(self, training: str, metric: str, seeds: Sequence[int]) -> np.ndarray:
         """`seeds x cases` values of a training's metric, for the seeds given."""
         return np.stack([self.values[training][seed][metric] for seed in seeds])
 
@@ -87,10 +86,23 @@ def dimensions_of(folders: Sequence[Path]) -> int:
     return found.pop() if found else 2
 
 
-def _trainings(folder: Path) -> dict[str, dict[int | None, Path]]:
-    found: dict[str, dict[int | None, Path]] = {}
+def trainings_in(folder: Path) -> dict[str, dict[int, Path]]:
+    """Training -> seed -> run folder, for the runs of a results folder. The seed is the one of
+    the name (`<training>-seed<N>`), else the `--seed` the run was trained with (args.json), so
+    that `gdl` trained with seed 0 pairs with `gdl-seed0` elsewhere.
+
+    Raises:
+        ValueError: two runs of one training with the same seed.
+    """
+    found: dict[str, dict[int, Path]] = {}
     for run in run_folders(folder):
-        found.setdefault(training_of(run.name), {})[seed_of(run.name)] = run
+        seed = seed_of(run.name)
+        if seed is None:
+            seed = int((read_args(run) or {}).get("seed", 0))
+        seeds = found.setdefault(training_of(run.name), {})
+        if seed in seeds:
+            raise ValueError(f"{seeds[seed]} and {run}: two runs of one training with seed {seed}")
+        seeds[seed] = run
     return found
 
 
@@ -124,12 +136,12 @@ def gather(
     for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: folder not found (a results folder of a fold)")
-    by_fold = [_trainings(folder) for folder in folders]
+    by_fold = [trainings_in(folder) for folder in folders]
     for folder, found in zip(folders, by_fold, strict=True):
         if not found:
             raise ValueError(f"{folder}: no run folder (args.json) in it; train this fold first")
     wanted = list(trainings) if trainings is not None else list(by_fold[0])
-    runs: dict[str, dict[int | None, list[Path]]] = {}
+    runs: dict[str, dict[int, list[Path]]] = {}
     for training in wanted:
         seeds = by_fold[0].get(training, {})
         for folder, found in zip(folders, by_fold, strict=True):
@@ -173,7 +185,7 @@ def gather(
     cases = sorted(fold_of, key=natural_key)
     order = {case: i for i, case in enumerate(cases)}
 
-    values: dict[str, dict[int | None, dict[str, np.ndarray]]] = {}
+    values: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     for training, seeds in runs.items():
         values[training] = {}
         for seed, fold_runs in seeds.items():
@@ -280,7 +292,7 @@ def _pair(
                 run=run_name,
                 baseline=baseline_name,
                 metric=metric,
-                higher_is_better=HIGHER_IS_BETTER[metric],
+                higher_is_better=patients.HIGHER_IS_BETTER[metric],
             )
         )
     return results

@@ -282,17 +282,18 @@ def p_text(p_value: float | None, n_patients: int) -> str:
     return f"Wilcoxon p = {text}"
 
 
-def sample_text(n_patients: int, n_seeds: int) -> str:
+def sample_text(n_patients: int, n_seeds: int, unit: str = "patient") -> str:
     """The sample in words: "20 patients", or "20 patients and 3 seeds" with several seeds.
 
     Args:
         n_patients: patients compared.
         n_seeds: seeds.
+        unit: what a patient is called ("case" in a cross-validation).
 
     Returns:
         The phrase.
     """
-    text = f"{n_patients} patient{'s' if n_patients != 1 else ''}"
+    text = f"{n_patients} {unit}{'s' if n_patients != 1 else ''}"
     return f"{text} and {n_seeds} seeds" if n_seeds > 1 else text
 
 
@@ -347,7 +348,9 @@ def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def grouped_sentence(results: Sequence[Comparison], names: Mapping[str, str] | None = None) -> str:
+def grouped_sentence(
+    results: Sequence[Comparison], names: Mapping[str, str] | None = None, unit: str = "patient"
+) -> str:
     """The comparisons of one training with its baseline on several metrics, in one sentence.
 
     The metrics are grouped by decision (better, then worse, then no detectable difference), each
@@ -358,6 +361,7 @@ def grouped_sentence(results: Sequence[Comparison], names: Mapping[str, str] | N
         results: comparisons of the same run and baseline (one per metric), in the order shown.
         names: the metrics' names in the sentence (e.g. {"val_3d_dsc": "3D Dice"}); a metric not
             in it is named as it is.
+        unit: what a patient is called ("case" in a cross-validation).
 
     Returns:
         e.g. "gdl_surface_steal against gdl, over 20 patients: better on 3D Dice (+0.031, 95% CI
@@ -377,14 +381,14 @@ def grouped_sentence(results: Sequence[Comparison], names: Mapping[str, str] | N
     shared = len(samples) == 1
     head = f"{run} against {baseline}"
     if shared:
-        head += f", over {sample_text(results[0].n_patients, results[0].n_seeds)}"
+        head += f", over {sample_text(results[0].n_patients, results[0].n_seeds, unit)}"
 
     def detail(r: Comparison) -> str:
         text = (
             f"{names.get(r.metric, r.metric)} ({signed(r.mean_difference)}, 95% CI "
             f"{signed(r.ci_low)} to {signed(r.ci_high)}, {p_text(r.p_value, r.n_patients)}"
         )
-        return text + (")" if shared else f", {sample_text(r.n_patients, r.n_seeds)})")
+        return text + (")" if shared else f", {sample_text(r.n_patients, r.n_seeds, unit)})")
 
     parts = [
         f"{decision} on {_join([detail(r) for r in results if r.verdict == decision])}"

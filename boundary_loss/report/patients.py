@@ -23,6 +23,7 @@ from boundary_loss.runfolder.schema import VOLUME_METRICS, load_metric, read_int
 
 METRICS_3D = VOLUME_METRICS
 SHOWN = {"val_3d_dsc": "Dice", "val_3d_hausdorff": "HD", "val_3d_hd95": "HD95"}
+HIGHER_IS_BETTER = {"val_3d_dsc": True, "val_3d_hausdorff": False, "val_3d_hd95": False}
 
 
 def validation_stems(run: Path) -> list[str]:
@@ -59,9 +60,19 @@ def at_checkpoint(run: Path, metric: str, columns: Sequence[int]) -> np.ndarray:
         FileNotFoundError, ValueError: a missing or malformed array, or no best_epoch.txt.
     """
     data = load_metric(Path(run), metric)
-    epoch = read_int(Path(run) / "best_epoch.txt")
+    path = Path(run) / "best_epoch.txt"
+    epoch = read_int(path)
     if epoch is None or not 0 <= epoch < len(data):
-        raise ValueError(f"{run}/best_epoch.txt: no epoch of {metric}.npy ({len(data)} epochs)")
+        found = "missing" if not path.is_file() else repr(path.read_text().strip()[:20])
+        raise ValueError(
+            f"{path}: {found}, expected the epoch of best.pt, 0 .. {len(data) - 1} "
+            f"({metric}.npy holds {len(data)} epochs)"
+        )
+    wrong = [c for c in columns if not 0 <= c < data.shape[2]]
+    if wrong:
+        raise ValueError(
+            f"{run}/{metric}.npy: no class {wrong[0]} (it holds classes 0 .. {data.shape[2] - 1})"
+        )
     return per_sample(data[epoch][None], columns)[0]  # NaN for a patient with no finite value
 
 

@@ -228,7 +228,7 @@ def comparison_blocks(
                 run=training,
                 baseline=baseline,
                 metric=metric,
-                higher_is_better=metric == "val_3d_dsc",
+                higher_is_better=patients.HIGHER_IS_BETTER[metric],
             )
             results.append(result)
             rows.append(comparison_row(training, result))

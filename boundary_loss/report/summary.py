@@ -292,9 +292,9 @@ def write_report(
         extra += picture_blocks(Path(pictures), dest.parent)
     extra += prediction_blocks(predictions)
     blocks = build_page(runs, title, plots, dest.parent, description, table, extra)
-    pages = {dest: render_markdown(blocks)}
-    if html_page:
-        pages[dest.with_suffix(".html")] = render_html(blocks)
+    # The page Make checks is written last: an interruption leaves it missing or old.
+    pages = {dest.with_suffix(".html"): render_html(blocks)} if html_page else {}
+    pages[dest] = render_markdown(blocks)
     for path, text in pages.items():
         write_text_atomic(path, text)
     return list(pages)
@@ -303,17 +303,18 @@ def write_report(
 def pair_section(
     folders: Sequence[Path], other: Path, baseline: str | None, columns: Sequence[int]
 ) -> list[Block]:
-    """2D against 3D for the runs of one results folder and `other`, the other dimension's.
+    """2D against 3D for the runs of one results folder and `other`, the other dimension's
+    (`report.crossval.pair_blocks`).
 
     Raises:
-        ValueError: runs of several results folders, or see `report.folds.gather` and `across`.
+        ValueError: runs of several results folders, or `other` of the same dimension.
     """
     parents = {Path(f).parent for f in folders}
     if len(parents) != 1:
         raise ValueError("--pair needs the runs of one results folder")
     trainings = list(dict.fromkeys(training_of(Path(f).name) for f in folders))
     own = gather([parents.pop()], columns, trainings)
-    return pair_blocks(own, gather([other], columns), baseline, columns)
+    return pair_blocks(own, [other], baseline, columns, unit="patient")
 
 
 # ---------------------------------------------------------------------------------------------
