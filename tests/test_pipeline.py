@@ -3,7 +3,9 @@
 `make -f <dataset>.make DATA=synthetic NET=Dimwit EPC=1 DEBUG=--debug` builds every product;
 a second `make` builds nothing; a corrupted real zip stops at the md5 check with nothing unpacked,
 while a cut stand-in zip is generated again; a training killed midway is rebuilt by the next
-`make` while finished ones are kept.
+`make` while finished ones are kept (that `make` launching it with NPROC=2). Each makefile's
+chain is built once and shared by the tests of that dataset; the rules common.make holds alike
+for every dataset (killed trainings, the launcher, SEEDS) are tested on ISLES.
 The interpreter running the tests is passed as CC, so no virtual environment is created.
 """
 
@@ -42,10 +44,13 @@ DATASETS = {
             "val_dice_boxplot",
         ],
     },
+    # WMH's trainings are twoclass.make's, ISLES' four: its chain trains two of them, the
+    # baseline and the one reading the 3D distance maps its slicer writes.
     "wmh": {
         "zips": ["Amsterdam_GE3T.zip", "Singapore.zip", "Utrecht.zip"],
         "raw": "WMH",
-        "runs": ["gdl", "gdl_surface_steal", "gdl_3d_surface_steal", "gdl_hausdorff_w"],
+        "runs": ["gdl", "gdl_3d_surface_steal"],
+        "make": ["TRN=gdl gdl_3d_surface_steal"],
         "plots": [
             "tra_loss",
             "val_loss",
@@ -103,8 +108,9 @@ def copy_repository(dest: Path) -> Path:
 
 
 def make(repo: Path, dataset: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    own = DATASETS.get(dataset, {}).get("make", [])
     run = subprocess.run(
-        ["make", "-f", f"{dataset}.make", *FAST, *args],
+        ["make", "-f", f"{dataset}.make", *FAST, *own, *args],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -198,19 +204,14 @@ def test_corrupted_real_zip_stops_at_the_md5_check_with_nothing_unpacked(tmp_pat
     assert zip_path.read_bytes() == b"a download cut short"
 
 
-def test_cut_generated_zip_is_generated_again_and_unpacked(tmp_path):
+def test_cut_generated_zip_is_generated_again_and_unpacked(tmp_path, quick_zips):
     """DATA=synthetic: a stand-in zip that fails its md5 check (here cut to half) is generated
     again by `make unpack`, then unpacked; a second `make unpack` has nothing to do."""
     repo = copy_repository(tmp_path / "repo")
     root = repo / "data" / "acdc-synthetic"
-    subprocess.run(
-        [sys.executable, "preprocess/synthetic.py", "--dataset", "acdc", "--dest", root],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    root.mkdir(parents=True)
     zip_path = root / "acdc.zip"
+    shutil.copyfile(quick_zips("acdc") / "acdc.zip", zip_path)  # the generator's, seed 0
     data = zip_path.read_bytes()
     zip_path.write_bytes(data[: len(data) // 2])
     first = make(repo, "acdc", "unpack")
@@ -222,10 +223,19 @@ def test_cut_generated_zip_is_generated_again_and_unpacked(tmp_path):
     assert "Nothing to be done for 'unpack'" in second.stdout, second.stdout
 
 
-def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):
+@pytest.fixture(scope="module")
+def killed_then_rebuilt(built) -> tuple[Path, str, str, dict, subprocess.CompletedProcess]:
+    """ISLES: a training killed midway, then the next `make`, run with NPROC=2 THREADS=1
+    TRAIN_FLAGS=--device_dist_maps, so that one rebuild serves both the rule of killed trainings
+    (common.make's, the same for every dataset) and the launcher.
+
+    Returns:
+        (results folder, the finished training kept, the killed one, the kept one's files with
+        their modification times, the rebuilding make).
+    """
     dataset, repo, _ = built
-    if dataset != "isles":  # the training rule is common.make's, the same for every dataset
-        pytest.skip("one dataset is enough for the training rule")
+    if dataset != "isles":
+        pytest.skip("one dataset is enough for the training rule and the launcher")
     results = repo / "results" / f"{dataset}-synthetic"
     first_run, second_run = DATASETS[dataset]["runs"][:2]
     shutil.rmtree(results / second_run)
@@ -246,23 +256,22 @@ def test_killed_training_is_rebuilt_and_finished_ones_are_kept(built):
     proc.wait()
     assert not (results / second_run).exists()  # killed midway: not taken as finished
 
-    rerun = make(repo, dataset)
+    rerun = make(repo, dataset, "NPROC=2", "THREADS=1", "TRAIN_FLAGS=--device_dist_maps")
+    return results, first_run, second_run, kept, rerun
+
+
+def test_killed_training_is_rebuilt_and_finished_ones_are_kept(killed_then_rebuilt):
+    results, first_run, second_run, kept, rerun = killed_then_rebuilt
     assert (results / second_run / "best.pt").is_file()
     assert not (results / f"{second_run}_tmp").exists()
-    assert f"--workdir results/{dataset}-synthetic/{second_run}_tmp" in rerun.stdout
-    assert f"--workdir results/{dataset}-synthetic/{first_run}_tmp" not in rerun.stdout
+    assert f"--workdir results/isles-synthetic/{second_run}_tmp" in rerun.stdout
+    assert f"--workdir results/isles-synthetic/{first_run}_tmp" not in rerun.stdout
     assert {p: p.stat().st_mtime for p in kept} == kept
 
 
-def test_nproc_trains_with_torchrun_and_train_flags(built):
+def test_nproc_trains_with_torchrun_and_train_flags(killed_then_rebuilt):
     """NPROC=2 rebuilds a training with 2 processes (gloo on the CPU); TRAIN_FLAGS reach it."""
-    dataset, repo, _ = built
-    if dataset != "isles":
-        pytest.skip("one dataset is enough for the launcher")
-    results = repo / "results" / f"{dataset}-synthetic"
-    run = DATASETS[dataset]["runs"][1]
-    shutil.rmtree(results / run)
-    rerun = make(repo, dataset, "NPROC=2", "THREADS=1", "TRAIN_FLAGS=--device_dist_maps")
+    results, _, run, _, rerun = killed_then_rebuilt
     assert "torch.distributed.run --nproc_per_node=2" in rerun.stdout
     assert "--device_dist_maps" in rerun.stdout
     timing = json.loads((results / run / "timing.json").read_text())
@@ -272,13 +281,15 @@ def test_nproc_trains_with_torchrun_and_train_flags(built):
 
 def test_seeds_train_each_training_per_seed_and_the_report_aggregates(built):
     """SEEDS="0 1": <training>-seed<N> folders trained with that seed; the report has the
-    aggregate over seeds and pairs the comparisons seed by seed."""
+    aggregate over seeds and pairs the comparisons seed by seed. Two trainings (the baseline and
+    one compared with it) are enough for both."""
     dataset, repo, _ = built
     if dataset != "isles":
         pytest.skip("one dataset is enough for the seeds")
-    make(repo, dataset, "SEEDS=0 1")
+    trainings = DATASETS[dataset]["runs"][:2]
+    make(repo, dataset, "SEEDS=0 1", f"TRN={' '.join(trainings)}")
     results = repo / "results" / f"{dataset}-synthetic"
-    for training in DATASETS[dataset]["runs"]:
+    for training in trainings:
         for seed in (0, 1):
             args = json.loads((results / f"{training}-seed{seed}" / "args.json").read_text())
             assert args["seed"] == seed
