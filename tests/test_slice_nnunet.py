@@ -5,21 +5,25 @@ and sliced through the command line at 64 x 64; the small datasets of the bad-in
 fold and voxel-value tests (a few cases of 8 x 6 x 5 voxels) are written here with nibabel. The
 expected outputs are worked out here from the source files with plain numpy: the foreground
 statistics of the CT channel over the training cases of split.json, the per-volume z-score of
-the T2 channel, the slice axis and the resized spacing. The bad-input runs go two at a time.
+the T2 channel, the slice axis and the resized spacing. The bad-input runs call the command
+line's entry in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from boundary_loss.preprocessing import slice_nnunet
 from boundary_loss.preprocessing.nnunet_format import MSD, NNUNET, DatasetError, read_dataset
 from boundary_loss.preprocessing.slice_nnunet import default_retain, split_cases
 from boundary_loss.preprocessing.slicing import seeded_folds, split_patients
@@ -534,26 +538,36 @@ BAD_INPUTS = {
 }
 
 
+def slice_in_process(source: Path, dest: Path, *args: object) -> subprocess.CompletedProcess:
+    """The slicer's command line (`slice_nnunet.main`) run in this process, its output captured
+    as a finished process's would be; an exception escaping it shows as a traceback on stderr."""
+    argv = [str(a) for a in ("--source_dir", source, "--dest_dir", dest, *args)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = slice_nnunet.main(argv)
+        except Exception:  # reported as the script would show it
+            err.write(traceback.format_exc())
+            status = 1
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory) -> dict[str, tuple]:
-    """Every bad dataset sliced through the command line, two runs at a time.
+    """Every bad dataset sliced through the command line's entry, in this process (the script
+    itself is run by the other tests of this module).
 
     Returns:
         name -> (finished process, destination folder, what the error must name).
     """
-    prepared = {}
+    runs = {}
     for number, (name, build) in enumerate(BAD_INPUTS.items()):
         folder = tmp_path_factory.mktemp(f"bad{number:02d}")
         source, args, needles = build(folder)
-        prepared[name] = (source, folder / "out", args, needles)
-
-    def run(item):
-        source, dest, args, _ = item
-        return slice_cli(source, dest, "--shape", *SHAPE, "--workers", 1, *args)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = dict(zip(prepared, pool.map(run, prepared.values()), strict=True))
-    return {name: (procs[name], dest, needles) for name, (_, dest, _, needles) in prepared.items()}
+        dest = folder / "out"
+        proc = slice_in_process(source, dest, "--shape", *SHAPE, "--workers", 1, *args)
+        runs[name] = (proc, dest, needles)
+    return runs
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
