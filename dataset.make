@@ -10,7 +10,8 @@
 # them again) -> slices along the coarsest axis -> trainings -> plots -> predictions (NIfTI, in
 # results/<name>/predictions/<training>/) -> report -> archive. Results in results/<name>/ (the
 # dataset folder's name), sliced data in data/sliced/<name>/. FOLD=N (N > 0) trains on fold N of
-# the dataset's splits_final.json, in results/<name>-foldN/ and data/sliced-foldN/.
+# the dataset's splits_final.json or, without one, of five seeded folds (0 .. 4; fold 0 is the
+# default seeded split), in results/<name>-foldN/ and data/sliced-foldN/.
 #
 # FOLDS="0 1 2 3 4": cross-validation (docs/cross-validation.md): every fold trained as FOLD=N
 # would train it, then one report over every case, each from its own fold, in

@@ -127,7 +127,7 @@ def test_2d_report_is_made_again_with_the_pairing_once_3d_runs_exist(built):
     before = {p: p.stat().st_mtime_ns for p in (runs / "gdl", runs / "boundary_adj")}
     make(repo, "DATA=synthetic", f"TRAININGS={' '.join(RUNS)}")
     report = (runs / "report.md").read_text()
-    assert "## 2D against 3D" in report
+    assert "## 3D against 2D: did 3D help?" in report
     assert "boundary_adj 3D against boundary_adj 2D, over " in report  # --debug: a subset
     assert {p: p.stat().st_mtime_ns for p in before} == before
 

@@ -220,7 +220,7 @@ def test_seeds_are_aggregated(runs, tmp_path):
     text = pages[0].read_text()
     # gdl: per-run means 0.7 and 0.5 -> 0.6 +- 0.1 over its 2 seeds
     assert "| gdl | 2 | 0.6000 +- 0.1000 (min 0.5000, max 0.7000) |" in text
-    assert "with 3 patients and 2 seeds" in text
+    assert "over 3 patients and 2 seeds" in text
 
 
 def test_crop_box_by_hand():

@@ -295,7 +295,7 @@ def test_seeds_train_each_training_per_seed_and_the_report_aggregates(built):
             assert args["seed"] == seed
     report = (results / "report.md").read_text()
     assert "## Over seeds" in report and "| gdl | 2 |" in report
-    assert re.search(r"with \d+ patients? and 2 seeds", report), report[:3000]
+    assert re.search(r"over \d+ patients? and 2 seeds", report), report[:3000]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

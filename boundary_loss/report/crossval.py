@@ -286,7 +286,7 @@ def write_crossval(
     dest.parent.mkdir(parents=True, exist_ok=True)
     for path, text in pages.items():
         write_text_atomic(path, text)
-    return list(pages)
+    return sorted(pages, key=lambda path: path != dest)  # the page first
 
 
 def get_parser() -> ArgumentParser:

@@ -297,7 +297,7 @@ def write_report(
     pages[dest] = render_markdown(blocks)
     for path, text in pages.items():
         write_text_atomic(path, text)
-    return list(pages)
+    return sorted(pages, key=lambda path: path != dest)  # the page first, then its HTML twin
 
 
 def pair_section(
