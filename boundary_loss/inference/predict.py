@@ -58,6 +58,7 @@ from boundary_loss.inference.predict_new import (
     NEW_SCAN_FLAGS,
     PredictError,
     add_new_scan_flags,
+    check_counts,
     device_of,
     load_network,
     run_new_scans,
@@ -246,12 +247,7 @@ def predict(
         check_run_data(run, sliced)
         return write_diverged(run, dest, description.root, val, test)
     net, best = load_network(run, device)
-    channels, classes = len(source["channels"]), len(values)
-    if (best["n_in"], best["n_class"]) != (channels, classes):
-        raise PredictError(
-            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
-            f"classes, but {sliced} has {channels} channels and {classes} classes"
-        )
+    check_counts(run, best, len(source["channels"]), len(values), sliced)
     check_run_data(run, sliced)
     check_lineage(description, cases, lineage)
 

@@ -46,6 +46,7 @@ from boundary_loss.inference.predict import (
 from boundary_loss.inference.predict_new import (
     PredictError,
     case_probabilities,
+    check_counts,
     labels_on_source_grid,
     load_network,
     run_patch,
@@ -140,11 +141,7 @@ def predict_3d(
         return write_diverged(run, dest, description.root, val, test)
     net, best = load_network(run, device, dimensions=3, plan=plan)
     channels = len(plan["channels"])
-    if (best["n_in"], best["n_class"]) != (channels, len(values)):
-        raise PredictError(
-            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
-            f"classes, but {prepared} has {channels} channels and {len(values)} classes"
-        )
+    check_counts(run, best, channels, len(values), prepared)
     check_run_data(run, prepared)
     check_plan(run, prepared)
     if list(description.channels) != list(plan["channels"]):

@@ -524,6 +524,20 @@ def check_agreement(plans: Sequence[tuple[Path, dict]]) -> None:
                 )
 
 
+def check_counts(run: Path, best: dict, channels: int, classes: int, data: Path) -> None:
+    """Refuse a network (`best`: run/best.pt's record) for other channel or class counts than
+    those of `data` (its prepared data or its plan).
+
+    Raises:
+        PredictError: naming both counts.
+    """
+    if (best["n_in"], best["n_class"]) != (channels, classes):
+        raise PredictError(
+            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
+            f"classes, but {data} has {channels} channels and {classes} classes"
+        )
+
+
 def load_member(run: Path, plan: dict, device: torch.device) -> Member:
     """The network of a run (best.pt) with what its predictions need.
 
@@ -533,12 +547,7 @@ def load_member(run: Path, plan: dict, device: torch.device) -> Member:
     """
     dimensions = plan["dimensions"]
     net, best = load_network(run, device, dimensions, plan["grid"] if dimensions == 3 else None)
-    channels, classes = len(plan["channels"]), len(plan["labels"])
-    if (best["n_in"], best["n_class"]) != (channels, classes):
-        raise PredictError(
-            f"{run / 'best.pt'}: a network for {best['n_in']} channels and {best['n_class']} "
-            f"classes, but {run / 'plan.json'} has {channels} channels and {classes} classes"
-        )
+    check_counts(run, best, len(plan["channels"]), len(plan["labels"]), run / "plan.json")
     patch = run_patch(best, plan["grid"]) if dimensions == 3 else None
     try:
         norms = plan_norms(plan)
