@@ -45,7 +45,7 @@ from boundary_loss.report.folds import (
     trainings_in,
 )
 from boundary_loss.report.page import Block, render_html, render_markdown
-from boundary_loss.report.paired import METHOD, Comparison, grouped_sentence
+from boundary_loss.report.paired import Comparison, grouped_sentence, method_text
 from boundary_loss.report.sections import (
     COMPARISON_HEADER,
     SENTENCE_NAMES,
@@ -239,7 +239,7 @@ def build_blocks(
     if pair:
         blocks += pair_blocks(cohort, pair, baseline, columns)
     if baseline is not None or pair:
-        blocks.append(Block("p", METHOD.replace("patient", "case")))
+        blocks.append(Block("p", method_text("case")))
     header, rows = case_rows(cohort)
     blocks += [
         Block("h2", "Per case"),

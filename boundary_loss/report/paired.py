@@ -37,18 +37,26 @@ from scipy.stats import wilcoxon
 ALPHA = 0.05
 PERCENTILES = (2.5, 97.5)
 
-METHOD = (
-    "Each training is compared with its baseline on the same validation patients, at the best "
-    "epoch of each run. The difference of a patient is run minus baseline, averaged over the "
-    "seeds where both values are finite (a patient with no finite pair is dropped); the effect is "
-    "the mean of these differences over patients. Its 95% confidence interval is a percentile "
-    "bootstrap (2.5th and 97.5th percentiles of 10,000 resamples by default): each resample draws "
-    "the patients with replacement and, with several seeds, the seeds with replacement "
-    "independently, and takes the mean difference. The p-value is that of a two-sided Wilcoxon "
-    "signed-rank test on the per-patient differences (none with fewer than 2 patients or when "
-    "every difference is 0). A run is called better or worse than its baseline only when the "
-    "interval excludes 0 and p < 0.05; otherwise there is no detectable difference."
-)
+
+def method_text(unit: str = "patient") -> str:
+    """The method in words, for the page (`unit`: what a patient is called, "case" in a
+    cross-validation)."""
+    return (
+        f"Each training is compared with its baseline on the same validation {unit}s, at the best "
+        f"epoch of each run. The difference of a {unit} is run minus baseline, averaged over the "
+        f"seeds where both values are finite (a {unit} with no finite pair is dropped); the "
+        f"effect is the mean of these differences over {unit}s. Its 95% confidence interval is a "
+        "percentile bootstrap (2.5th and 97.5th percentiles of 10,000 resamples by default): each "
+        f"resample draws the {unit}s with replacement and, with several seeds, the seeds with "
+        "replacement independently, and takes the mean difference. The p-value is that of a "
+        f"two-sided Wilcoxon signed-rank test on the per-{unit} differences (none with fewer than "
+        f"2 {unit}s or when every difference is 0). A run is called better or worse than its "
+        "baseline only when the interval excludes 0 and p < 0.05; otherwise there is no "
+        "detectable difference."
+    )
+
+
+METHOD = method_text()
 
 
 @dataclass(frozen=True)
