@@ -195,6 +195,36 @@ def test_training_shards_hold_the_single_process_batches(tmp_path):
         assert [dealt[p] for p in sorted(dealt)] == expected
 
 
+GROUP_LIFETIME = """
+import os
+import torch
+from boundary_loss.io.distributed import setup, teardown
+
+def threads():
+    tasks = os.listdir("/proc/self/task")
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
+
+context, _ = setup(cpu=True)
+net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+net(torch.ones(1, 2)).sum().backward()
+del net
+teardown(context, finished=True)
+left = [name for name in threads() if "gloo" in name]
+os.write(1, f"left: {left}\\n".encode())  # one write: the two processes share stdout
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_the_process_group_ends_with_teardown_not_at_exit(tmp_path):
+    """After a DistributedDataParallel training, teardown leaves no gloo thread running: one
+    still running while the interpreter exited made a process abort now and then."""
+    script = tmp_path / "group_lifetime.py"
+    script.write_text(GROUP_LIFETIME)
+    run = _run([str(script)], processes=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("left: []") == 2, run.stdout
+
+
 def test_two_process_resume_equals_an_uninterrupted_run(tmp_path):
     """Each process's random streams (augmentation included) are saved and restored, and the
     BatchNorm statistics are shared before validation: a resumed run is bit-identical."""

@@ -10,6 +10,7 @@ Without torchrun, `Context()` is the single process: every call here is then a n
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -83,15 +84,26 @@ def setup(cpu: bool) -> tuple[Context, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        # DistributedDataParallel imports torch._dynamo on first use, and that import keeps
+        # references to the process groups that exist at that moment until the interpreter
+        # exits (measured on torch 2.13: ten references to the default group). The group then
+        # outlives destroy_process_group, and its gloo threads were still running while the
+        # process exited: now and then one aborted ("terminate called without an active
+        # exception"). Imported before the group exists, it holds none.
+        importlib.import_module("torch._dynamo")
+
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Context(rank, world_size, local_rank), device
 
 
 def teardown(context: Context, finished: bool = False) -> None:
-    """Leave the process group. After a finished run, every process first waits for the others
-    (a barrier): a process that destroyed the group while another was still closing its
-    connections made that one abort at exit (gloo: "terminate called without an active
-    exception"). After an error there is no barrier: the others may never come."""
+    """Leave the process group, and end it while the interpreter is whole.
+
+    After a finished run, every process first waits for the others (a barrier): a process that
+    destroyed the group while another was still closing its connections made that one abort at
+    exit (gloo: "terminate called without an active exception"). After an error there is no
+    barrier: the others may never come. destroy_process_group drops the last reference to the
+    group (see `setup`), so its threads are joined here, not while the interpreter exits."""
     if context.active and dist.is_initialized():
         if finished:
             dist.barrier()
