@@ -58,8 +58,18 @@ def _exact(t: Tensor, d: Draw) -> Tensor:
     return torch.stack(out)
 
 
+def to_device(table: Tensor, device: torch.device) -> Tensor:
+    """A host tensor of a batch's draws on `device`, in one copy that does not make the host
+    wait for the device (pinned memory on CUDA; a plain copy from pageable memory waits for
+    every kernel queued before it)."""
+    if device.type == "cuda" and table.device.type == "cpu":
+        table = table.pin_memory()
+    return table.to(device, non_blocking=True)
+
+
 def _rotate(t: Tensor, radians: Tensor, mode: str) -> Tensor:
-    """Rotate each slice of `t` (B C H W, float) about its centre by its angle, in pixels.
+    """Rotate each slice of `t` (B C H W, float) about its centre by its angle (`radians`, on
+    `t`'s device), in pixels.
 
     affine_grid works in coordinates normalised per axis ([-1, 1] across W and across H), so a
     rotation of the pixel grid is scaled by the aspect ratio there.
@@ -70,7 +80,7 @@ def _rotate(t: Tensor, radians: Tensor, mode: str) -> Tensor:
     theta = torch.stack(
         [torch.stack([cos, -sin * H / W, zero], -1), torch.stack([sin * W / H, cos, zero], -1)], 1
     )
-    grid = F.affine_grid(theta.to(t.device, t.dtype), list(t.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(t.dtype), list(t.shape), align_corners=False)
     return F.grid_sample(t, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
@@ -99,13 +109,14 @@ def augment_batch(
     d = draw(B, H == W, max_degrees, generator)
     images = _exact(images, d)
     targets = [_exact(t, d) for t in targets]
-    odd = (d.quarter_turns % 2 == 1).to(spacing.device)
+    odd = to_device(d.quarter_turns % 2 == 1, spacing.device)
     spacing = spacing.clone()
     spacing[odd, 0], spacing[odd, 1] = spacing[odd, 1], spacing[odd, 0]
     if max_degrees > 0:
-        images = _rotate(images, d.radians, "bilinear")
+        radians = to_device(d.radians, images.device)
+        images = _rotate(images, radians, "bilinear")
         targets = [
-            _rotate(t.float(), d.radians, "nearest" if hot else "bilinear").to(t.dtype)
+            _rotate(t.float(), radians, "nearest" if hot else "bilinear").to(t.dtype)
             for t, hot in zip(targets, one_hot, strict=True)
         ]
     return images, targets, spacing

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from boundary_loss.data.augment import to_device
+
 # The rotation planes, as pairs of spatial axes (0 = X, 1 = Y, 2 = Z).
 PLANES = ((0, 1), (0, 2), (1, 2))
 MIRROR_P = 0.5
@@ -160,13 +162,6 @@ def _batch_table(d: Draw3D, maps: Tensor, shape: Sequence[int]) -> Tensor:
     return torch.cat([weights, offset[:, None], drawn], dim=1)
 
 
-def _to_device(table: Tensor, device: torch.device) -> Tensor:
-    """The host table on `device` in one copy that does not wait (pinned memory on CUDA)."""
-    if device.type == "cuda" and table.device.type == "cpu":
-        table = table.pin_memory()
-    return table.to(device, non_blocking=True)
-
-
 def _intensity(image: Tensor, table: Tensor) -> Tensor:
     """Noise, brightness and contrast of each selected patch (`B C X Y Z` float), from the
     batch's table on the image's device."""
@@ -225,7 +220,7 @@ def augment_batch_3d(
     d = draw_3d(B, C, generator)
     allowed = rotation_allowed(spacing, shape)
     maps = source_maps(d, allowed, shape)  # on the spacing's device: the host, from the loader
-    table = _to_device(_batch_table(d, maps, shape), image.device)
+    table = to_device(_batch_table(d, maps, shape), image.device)
     index = _gather_index(table[:, :3].long(), table[:, 3].long(), shape)
     # Output axis e has the spacing of the source axis it reads: |A|[d, e] picks it.
     moved = torch.einsum("bde,bd->be", maps[:, :3, :3].abs(), spacing.to(torch.float64))
