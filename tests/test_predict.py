@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from boundary_loss.inference.predict import to_source_grid, write_labels
+from boundary_loss.inference.steps import to_source_grid, write_labels
 from boundary_loss.io.atomic import MARKER
 from boundary_loss.networks.registry import get_network
 from boundary_loss.preprocessing.nnunet_format import read_dataset

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from boundary_loss.inference import predict, predict3d, predict_new
+from boundary_loss.inference import predict, predict3d, predict_new, steps
 from boundary_loss.io.atomic import MARKER
 from boundary_loss.networks.registry import get_network
 from boundary_loss.preprocessing.plan3d import plan_norms
@@ -173,7 +173,7 @@ def ensemble_2d(runs: list[Path], files: tuple[Path, ...]) -> np.ndarray:
         probabilities.append(torch.softmax(logits.float(), dim=1).numpy())  # Z K H W
     classes = ((probabilities[0] + probabilities[1]) / 2).argmax(axis=1).transpose(1, 2, 0)
     shape = nib.load(str(files[0])).shape
-    return predict.to_source_grid(classes.astype(np.uint8), shape, plan["grid"]["axis"], values)
+    return steps.to_source_grid(classes.astype(np.uint8), shape, plan["grid"]["axis"], values)
 
 
 def ensemble_3d(runs: list[Path], files: tuple[Path, ...]) -> np.ndarray:

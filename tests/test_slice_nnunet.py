@@ -727,7 +727,7 @@ def test_load_nifti_takes_unset_voxel_sizes_from_the_sform(tmp_path):
     np.testing.assert_array_equal(data, labels)
     # The labels predict.py writes on that grid carry the source's spacing in their pixdim (not
     # nibabel's 1 mm) with its sform: any tool reading them gets the spacing slices were made at.
-    from boundary_loss.inference.predict import write_labels
+    from boundary_loss.inference.steps import write_labels
 
     prediction = write_labels(labels, path, tmp_path / "prediction.nii.gz")
     pixdim = stored_header(prediction)["pixdim"][1:4].tolist()

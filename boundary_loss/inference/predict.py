@@ -54,20 +54,21 @@ import numpy as np
 import torch
 
 from boundary_loss.inference.predict_new import (
-    METRICS_COLUMNS,
     NEW_SCAN_FLAGS,
-    PredictError,
     add_new_scan_flags,
+    run_new_scans,
+)
+from boundary_loss.inference.steps import (
+    METRICS_COLUMNS,
+    PredictError,
     check_counts,
     device_of,
     load_network,
-    run_new_scans,
     slice_logits,
     source_shape,
     to_source_grid,
     write_cases,
 )
-from boundary_loss.inference.predict_new import write_labels as write_labels  # re-exported
 from boundary_loss.io.atomic import FolderError, check_replaceable, staged_folder
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.preprocessing.nnunet_format import Case, DatasetDescription, read_dataset

@@ -43,7 +43,7 @@ from boundary_loss.inference.predict import (
     run_command,
     write_diverged,
 )
-from boundary_loss.inference.predict_new import (
+from boundary_loss.inference.steps import (
     PredictError,
     case_probabilities,
     check_counts,
