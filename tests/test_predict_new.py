@@ -417,12 +417,37 @@ def test_a_run_without_best_weights_is_refused(fake_runs, scan, tmp_path, capsys
     refused(capsys, [run], scan, tmp_path / "out", f"--run {run}: no best.pt", "diverged")
 
 
+@pytest.mark.parametrize("dimensions", ["2d", "3d"])
+def test_a_normalisation_without_its_statistics_is_refused(
+    fake_runs, scan, tmp_path, capsys, dimensions
+):
+    """A CT entry of plan.json without its clip, mean and std: one line naming the file, before
+    any network is loaded."""
+    run = fake_runs[dimensions]
+    norms = plan_of(run)["normalisation"]
+    assert norms[0]["scheme"] == "ct"
+    damaged = [{"channel": norms[0]["channel"], "scheme": "ct"}, *norms[1:]]
+    other = edited_copy(run, tmp_path / "damaged", normalisation=damaged)
+    refused(
+        capsys, [other], scan, tmp_path / "out", f"{other / 'plan.json'}: normalisation", "'clip'"
+    )
+
+
 @pytest.mark.parametrize(
     ("changes", "needles"),
     [
         ({"labels": {"background": 0, "organ": 1, "tumour": 3}}, ("different labels", "tumour")),
         ({"labels": {"background": 0, "organ": 1, "lesion": 2}}, ("different labels",)),
-        ({"channels": ["CT", "FLAIR"]}, ("different channels", "FLAIR")),
+        (
+            {
+                "channels": ["CT", "FLAIR"],
+                "normalisation": [
+                    {"channel": "CT", "scheme": "zscore"},
+                    {"channel": "FLAIR", "scheme": "zscore"},
+                ],
+            },
+            ("different channels", "FLAIR"),
+        ),
         ({"grid_shape": [32, 32]}, ("different grids", "[32, 32]")),
         ({"grid_axis": 2}, ("different grids",)),
     ],

@@ -34,10 +34,12 @@ complete (`io.atomic.staged_folder`), replacing only a missing or empty folder o
 of this command (its `.written_by.json` names predict_new.py).
 
 Refused before anything is written, with one line `error: <message>` and exit status 1: a run
-without plan.json or without best.pt; runs whose dimensions, channels, labels or grids differ;
-`--mirror` with 2D runs; an input folder without any `<case>_<XXXX>.nii(.gz)` image, a NIfTI file
-named otherwise, a case without exactly the runs' channels, a channel whose shape or affine
-differs from its case's first channel; an output folder that is not this command's to replace.
+without plan.json or without best.pt; a plan.json not as main.py writes it (naming the file and
+the key: a CT normalisation without its statistics, say); runs whose dimensions, channels,
+labels or grids differ; `--mirror` with 2D runs; an input folder without any
+`<case>_<XXXX>.nii(.gz)` image, a NIfTI file named otherwise, a case without exactly the runs'
+channels, a channel whose shape or affine differs from its case's first channel; an output
+folder that is not this command's to replace.
 
 The steps it shares with the predictions of a dataset's own cases (the network from best.pt,
 the probabilities, the way back to a scan's own grid, the written folder) are those of
@@ -78,7 +80,7 @@ from boundary_loss.io.atomic import (
 )
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.preprocessing.nnunet_format import Case
-from boundary_loss.preprocessing.plan3d import SCHEMES, check_plan, plan_norms
+from boundary_loss.preprocessing.plan3d import check_normalisation, check_plan, plan_norms
 from boundary_loss.preprocessing.prepare_3d import prepare_images
 from boundary_loss.preprocessing.volumes import (
     Geometry,
@@ -164,13 +166,7 @@ def check_run_plan(plan: object, path: Path) -> dict:
         and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in labels.values())
     ):
         raise wrong(f"labels is {labels!r}, not names -> values")
-    norms = plan["normalisation"]
-    if not (
-        isinstance(norms, list)
-        and len(norms) == len(channels)
-        and all(isinstance(n, dict) and n.get("scheme") in SCHEMES for n in norms)
-    ):
-        raise wrong(f"normalisation is {norms!r}, not one entry per channel")
+    check_normalisation(plan, path)
     grid = plan["grid"]
     if plan["dimensions"] == 3:
         check_plan(grid, path)
@@ -275,14 +271,7 @@ def load_member(run: Path, plan: dict, device: torch.device) -> Member:
     net, best = load_network(run, device, dimensions, plan["grid"] if dimensions == 3 else None)
     check_counts(run, best, len(plan["channels"]), len(plan["labels"]), run / "plan.json")
     patch = run_patch(best, plan["grid"]) if dimensions == 3 else None
-    try:
-        norms = plan_norms(plan)
-    except (KeyError, TypeError, ValueError) as error:
-        raise PredictError(
-            f"{run / 'plan.json'}: a normalisation without its statistics ({error!r}); the file "
-            "is damaged: train the run again, or restore it"
-        ) from None
-    return Member(run, plan, net, best.get("epoch"), norms, patch)
+    return Member(run, plan, net, best.get("epoch"), plan_norms(plan), patch)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,12 +244,20 @@ def check_plan(plan: object, path: str | Path) -> dict:
             raise _fail(path, key, required[key], plan[key])
     if plan["n_class"] != len(plan["labels"]) or not _ints([plan["n_class"]], 1, 2):
         raise _fail(path, "n_class", f"{len(plan['labels'])} (one per label)", plan["n_class"])
-    _check_normalisation(plan, path)
+    check_normalisation(plan, path)
     _check_network(plan, path)
     return plan
 
 
-def _check_normalisation(plan: dict, path: Path) -> None:
+def check_normalisation(plan: dict, path: str | Path) -> None:
+    """Check a plan's `normalisation` against its `channels`: one entry per channel, in order,
+    each naming its channel and a scheme of `SCHEMES`, a 'ct' one with its statistics ('clip'
+    [low, high], 'mean' and 'std', finite numbers), as `plan_norms` reads them.
+
+    Raises:
+        ValueError: naming the file and the first entry that is wrong.
+    """
+    path = Path(path)
     entries = plan["normalisation"]
     if not isinstance(entries, list) or len(entries) != len(plan["channels"]):
         raise _fail(path, "normalisation", f"{len(plan['channels'])} entries", entries)
