@@ -31,7 +31,7 @@ from torch import nn
 
 from boundary_loss.io.atomic import atomic_write, write_text_atomic
 from boundary_loss.io.distributed import Context
-from boundary_loss.preprocessing.plan3d import check_plan, norm_entry
+from boundary_loss.preprocessing.plan3d import norm_entry, read_plan
 from boundary_loss.runfolder.ranking import nan_mean_std
 from boundary_loss.runfolder.schema import csv_columns
 
@@ -144,8 +144,7 @@ def run_plan(dataset: str | Path) -> dict | None:
     """
     folder = Path(dataset)
     if (folder / "plan.json").is_file():
-        path = folder / "plan.json"
-        grid = check_plan(json.loads(path.read_text(encoding="utf-8")), path)
+        grid = read_plan(folder / "plan.json")
         return {
             "dimensions": 3,
             "name": grid["name"],
