@@ -433,6 +433,16 @@ def test_a_normalisation_without_its_statistics_is_refused(
     )
 
 
+def test_a_3d_plan_whose_grid_copies_differ_is_refused(fake_runs, scan, tmp_path, capsys):
+    """A 3D plan.json holds the channels, labels and normalisation twice (at the top and in the
+    grid, the plan that prepares the scans): copies that differ are refused in one line."""
+    labels = [["background", 0], ["organ", 1], ["tumour", 3]]
+    other = edited_copy(fake_runs["3d"], tmp_path / "other", grid_labels=labels)
+    refused(
+        capsys, [other], scan, tmp_path / "out", f"{other / 'plan.json'}: labels", "grid.labels"
+    )
+
+
 @pytest.mark.parametrize(
     ("changes", "needles"),
     [

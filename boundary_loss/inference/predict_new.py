@@ -35,7 +35,8 @@ of this command (its `.written_by.json` names predict_new.py).
 
 Refused before anything is written, with one line `error: <message>` and exit status 1: a run
 without plan.json or without best.pt; a plan.json not as main.py writes it (naming the file and
-the key: a CT normalisation without its statistics, say); runs whose dimensions, channels,
+the key: a CT normalisation without its statistics, or a 3D plan whose channels, labels or
+normalisation differ from its grid's, say); runs whose dimensions, channels,
 labels or grids differ; `--mirror` with 2D runs; an input folder without any
 `<case>_<XXXX>.nii(.gz)` image, a NIfTI file named otherwise, a case without exactly the runs'
 channels, a channel whose shape or affine differs from its case's first channel; an output
@@ -139,7 +140,9 @@ class Member:
 
 
 def check_run_plan(plan: object, path: Path) -> dict:
-    """Check a run's plan.json as main.py writes it (`runfolder.writer.run_plan`).
+    """Check a run's plan.json as main.py writes it (`runfolder.writer.run_plan`): in 3D, its
+    name, channels, labels and normalisation are also the grid's (the whole 3D plan, which
+    prepares the scans), so the two copies must agree.
 
     Raises:
         ValueError: naming the file and what is wrong.
@@ -167,9 +170,18 @@ def check_run_plan(plan: object, path: Path) -> dict:
     ):
         raise wrong(f"labels is {labels!r}, not names -> values")
     check_normalisation(plan, path)
-    grid = plan["grid"]
+    norms, grid = plan["normalisation"], plan["grid"]
     if plan["dimensions"] == 3:
         check_plan(grid, path)
+        copies = {
+            "name": (plan.get("name", grid["name"]), grid["name"]),
+            "channels": (channels, grid["channels"]),
+            "labels": (list(labels.items()), [tuple(pair) for pair in grid["labels"]]),
+            "normalisation": (norms, grid["normalisation"]),
+        }
+        for key, (top, inside) in copies.items():
+            if top != inside:
+                raise wrong(f"{key} is {plan[key]!r} but grid.{key} is {grid[key]!r}")
         return plan
     shape = grid.get("shape") if isinstance(grid, dict) else None
     if not (
@@ -426,11 +438,11 @@ def labels_3d(
         mirror: test-time mirroring along the three axes.
         timings: seconds added per phase (`PHASES`), when given.
     """
-    grid = members[0].plan["grid"]
-    values = [int(value) for _, value in grid["labels"]]
+    plan = members[0].plan
+    values = list(plan["labels"].values())
     start = time.perf_counter()
     volume = Volume(case.cid, case.images, None)
-    raw, spacing, _, paths = load_images(volume, len(grid["channels"]))
+    raw, spacing, _, paths = load_images(volume, len(plan["channels"]))
     prepared = {}
     for member in members:  # runs with the same normalisation share the resampled volume
         if member.norms not in prepared:
@@ -444,7 +456,7 @@ def labels_3d(
     mean = (total / len(members)).cpu().numpy()
     start = _add(timings, "network", start)
     labels = labels_on_source_grid(
-        mean, source_shape(case), grid["target_spacing"], spacing, values
+        mean, source_shape(case), plan["grid"]["target_spacing"], spacing, values
     )
     _add(timings, "restore", start)
     return labels
