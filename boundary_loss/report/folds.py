@@ -28,7 +28,14 @@ import numpy as np
 from boundary_loss.preprocessing.volumes import natural_key
 from boundary_loss.report import patients
 from boundary_loss.report.paired import Comparison, compare
-from boundary_loss.runfolder.schema import divergence, read_args, seed_of, training_of
+from boundary_loss.runfolder.schema import (
+    divergence,
+    load_metric,
+    metric_file,
+    read_args,
+    seed_of,
+    training_of,
+)
 
 METRICS = patients.METRICS_3D
 
@@ -154,13 +161,17 @@ def gather(
                 )
         runs[training] = {s: [found[training][s] for found in by_fold] for s in seeds}
 
-    diverged = [
-        run
-        for seeds in runs.values()
-        for fold in seeds.values()
-        for run in fold
-        if divergence(run).diverged
-    ]
+    # Each run's 3D arrays are read once: to tell whether it diverged, then for its values.
+    loaded: dict[Path, dict[str, np.ndarray]] = {}
+    diverged = []
+    for seeds in runs.values():
+        for fold in seeds.values():
+            for run in fold:
+                loaded[run] = {
+                    m: load_metric(run, m) for m in METRICS if metric_file(run, m).is_file()
+                }
+                if divergence(run, loaded[run]).diverged:
+                    diverged.append(run)
     fold_cases: list[list[str]] = []
     for index, folder in enumerate(folders):
         in_fold = [fold[index] for seeds in runs.values() for fold in seeds.values()]
@@ -194,8 +205,12 @@ def gather(
                 if run in diverged:
                     continue
                 where = [order[case] for case in fold_cases[index]]
+                epoch = patients.checkpoint_epoch(run)
+                arrays = loaded[run]
                 for metric in METRICS:
-                    per_metric[metric][where] = patients.at_checkpoint(run, metric, columns)
+                    # a missing array (not read above): load_metric says so
+                    data = arrays[metric] if metric in arrays else load_metric(run, metric)
+                    per_metric[metric][where] = patients.at_epoch(run, metric, data, epoch, columns)
             values[training][seed] = per_metric
     name = label or f"{dimensions_of(folders)}D"
     return Cohort(name, folders, cases, fold_of, runs, values, diverged)

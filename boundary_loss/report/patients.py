@@ -60,9 +60,26 @@ def at_checkpoint(run: Path, metric: str, columns: Sequence[int]) -> np.ndarray:
         FileNotFoundError, ValueError: a missing or malformed array, or no best_epoch.txt.
     """
     data = load_metric(Path(run), metric)
-    path = Path(run) / "best_epoch.txt"
-    epoch = read_int(path)
+    return at_epoch(run, metric, data, checkpoint_epoch(run), columns)
+
+
+def checkpoint_epoch(run: Path) -> int | None:
+    """The epoch of the run's best.pt (best_epoch.txt), None when absent or not an integer."""
+    return read_int(Path(run) / "best_epoch.txt")
+
+
+def at_epoch(
+    run: Path, metric: str, data: np.ndarray, epoch: int | None, columns: Sequence[int]
+) -> np.ndarray:
+    """Each patient's value of a 3D metric at the epoch of best.pt, the mean over `columns`, from
+    the array already loaded (`data`, the run's `metric`) and the epoch already read (`epoch`,
+    `checkpoint_epoch`).
+
+    Raises:
+        ValueError: `epoch` missing or outside the array, or a class the array lacks.
+    """
     if epoch is None or not 0 <= epoch < len(data):
+        path = Path(run) / "best_epoch.txt"
         found = "missing" if not path.is_file() else repr(path.read_text().strip()[:20])
         raise ValueError(
             f"{path}: {found}, expected the epoch of best.pt, 0 .. {len(data) - 1} "
