@@ -324,35 +324,34 @@ def build_parser(
         data: what --sliced is.
         batch: what a forward pass holds.
         batch_size: the default of --batch_size (None: chosen by the runs' dimensions).
-        modes: "own" (--run RUN --sliced --dest: a run's own data), "new" (--run RUN [RUN ...]
-            --input --output: new scans) or "both" (either; `main` tells them apart).
+        modes: "own" (--run RUN --sliced --dest: a run's own data) or "both" (that, or
+            --run RUN [RUN ...] --input --output: new scans; `main` tells them apart).
     """
     parser = ArgumentParser(description=description)
-    several = "a training's folder (best.pt); several: an ensemble (new scans only)"
-    if modes == "own":
+    own = modes == "own"
+    if own:
         parser.add_argument("--run", required=True, type=Path, help="a training's folder (best.pt)")
     else:
+        several = "a training's folder (best.pt); several: an ensemble (new scans only)"
         parser.add_argument("--run", required=True, type=Path, nargs="+", help=several)
-    if modes in ("own", "both"):
-        own = modes == "own"
-        parser.add_argument("--sliced", required=own, type=Path, help=data)
-        parser.add_argument(
-            "--dest", required=own, type=Path, help="folder for the NIfTI files (own data)"
-        )
-        parser.add_argument(
-            "--source",
-            type=Path,
-            default=None,
-            help="the dataset folder (default: the one prepared)",
-        )
-        parser.add_argument(
-            "--lineage",
-            type=Path,
-            default=None,
-            help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
-        )
-    if modes in ("new", "both"):
-        add_new_scan_flags(parser, required=modes == "new")
+    parser.add_argument("--sliced", required=own, type=Path, help=data)
+    parser.add_argument(
+        "--dest", required=own, type=Path, help="folder for the NIfTI files (own data)"
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="the dataset folder (default: the one prepared)",
+    )
+    parser.add_argument(
+        "--lineage",
+        type=Path,
+        default=None,
+        help="the lineage file pinning the source (default: lineage/<dataset name>.lineage)",
+    )
+    if not own:
+        add_new_scan_flags(parser, required=False)
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
     default = f"default {batch_size}" if batch_size else "default 32 in 2D, 2 in 3D"
     parser.add_argument(
