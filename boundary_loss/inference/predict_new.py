@@ -376,7 +376,6 @@ def _add(timings: dict[str, float] | None, phase: str, start: float) -> float:
     return now
 
 
-@torch.no_grad()
 def labels_2d(
     members: Sequence[Member],
     case: Case,
@@ -417,7 +416,6 @@ def labels_2d(
     return labels
 
 
-@torch.no_grad()
 def labels_3d(
     members: Sequence[Member],
     case: Case,
