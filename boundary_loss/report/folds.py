@@ -29,6 +29,7 @@ from boundary_loss.preprocessing.volumes import natural_key
 from boundary_loss.report import patients
 from boundary_loss.report.paired import Comparison, compare
 from boundary_loss.runfolder.schema import (
+    better,
     divergence,
     load_metric,
     metric_file,
@@ -307,7 +308,7 @@ def _pair(
                 run=run_name,
                 baseline=baseline_name,
                 metric=metric,
-                higher_is_better=patients.HIGHER_IS_BETTER[metric],
+                higher_is_better=better(metric) == "max",
             )
         )
     return results

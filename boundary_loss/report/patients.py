@@ -23,7 +23,6 @@ from boundary_loss.runfolder.schema import VOLUME_METRICS, load_metric, read_int
 
 METRICS_3D = VOLUME_METRICS
 SHOWN = {"val_3d_dsc": "Dice", "val_3d_hausdorff": "HD", "val_3d_hd95": "HD95"}
-HIGHER_IS_BETTER = {"val_3d_dsc": True, "val_3d_hausdorff": False, "val_3d_hd95": False}
 
 
 def validation_stems(run: Path) -> list[str]:

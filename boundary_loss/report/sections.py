@@ -20,7 +20,7 @@ import numpy as np
 from boundary_loss.report import patients
 from boundary_loss.report.page import Block, Table
 from boundary_loss.report.paired import METHOD, Comparison, compare, grouped_sentence
-from boundary_loss.runfolder.schema import seed_of, training_of
+from boundary_loss.runfolder.schema import better, seed_of, training_of
 
 # The metrics' names in the sentences of the paired comparisons (distances in mm).
 SENTENCE_NAMES = {"val_3d_dsc": "3D Dice", "val_3d_hausdorff": "HD", "val_3d_hd95": "HD95"}
@@ -228,7 +228,7 @@ def comparison_blocks(
                 run=training,
                 baseline=baseline,
                 metric=metric,
-                higher_is_better=patients.HIGHER_IS_BETTER[metric],
+                higher_is_better=better(metric) == "max",
             )
             results.append(result)
             rows.append(comparison_row(training, result))
