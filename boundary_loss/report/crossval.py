@@ -52,6 +52,7 @@ from boundary_loss.report.sections import (
     comparison_row,
     table_block,
 )
+from boundary_loss.runfolder.ranking import nan_mean_std
 from boundary_loss.runfolder.schema import read_int, read_json
 
 WHERE = (
@@ -61,19 +62,14 @@ WHERE = (
 
 
 def _mean_sd(values: np.ndarray) -> str:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return "nan"
-    return f"{finite.mean():.4f} +- {finite.std():.4f}"
+    """`mean +- sd` of the finite values (`nan` when none is)."""
+    mean, sd = nan_mean_std(values, 0)
+    return "nan" if np.isnan(mean) else f"{mean:.4f} +- {sd:.4f}"
 
 
 def seed_mean(cohort: Cohort, training: str, metric: str) -> np.ndarray:
     """Each case's value averaged over the training's seeds (NaN where none is finite)."""
-    values = cohort.array(training, metric, list(cohort.values[training]))
-    finite = np.isfinite(values)
-    counts = finite.sum(axis=0)
-    sums = np.where(finite, values, 0.0).sum(axis=0)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return nan_mean_std(cohort.array(training, metric, list(cohort.values[training])), 0)[0]
 
 
 def summary_blocks(cohort: Cohort) -> list[Block]:
@@ -86,7 +82,7 @@ def summary_blocks(cohort: Cohort) -> list[Block]:
         per_fold = []
         for fold in folds:
             mask = np.array([cohort.fold_of[c] == fold for c in cohort.cases])
-            per_fold.append(_mean_sd(means["val_3d_dsc"][mask]).split(" ")[0])
+            per_fold.append(f"{nan_mean_std(means['val_3d_dsc'][mask], 0)[0]:.4f}")
         counted = int(np.isfinite(means["val_3d_dsc"]).sum())
         cells = [_mean_sd(means[m]) for m in METRICS]
         rows.append(
