@@ -59,7 +59,6 @@ from boundary_loss.inference.predict_new import (
     run_new_scans,
 )
 from boundary_loss.inference.steps import (
-    METRICS_COLUMNS,
     PredictError,
     check_counts,
     device_of,
@@ -69,7 +68,7 @@ from boundary_loss.inference.steps import (
     to_source_grid,
     write_cases,
 )
-from boundary_loss.io.atomic import FolderError, check_replaceable, staged_folder
+from boundary_loss.io.atomic import FolderError, check_replaceable
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.preprocessing.nnunet_format import Case, DatasetDescription, read_dataset
 from boundary_loss.preprocessing.verify_lineage import LineageError, md5sum, read_lineage
@@ -292,21 +291,11 @@ def write_diverged(run: Path, dest: Path, root: Path, val: list, test: list) -> 
     print(
         f"warning: run {run} diverged (all its 3D metrics are NaN): no predictions", file=sys.stderr
     )
-    record = {
-        "run": str(run),
-        "diverged": True,
-        "dataset": str(root),
-        "validation": val,
-        "test": test,
-        "files": {},
-    }
-    try:
-        with staged_folder(dest, TOOL, "--dest", LEGACY) as tmp:
-            (tmp / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n")
-            (tmp / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
-    except FolderError as error:
-        raise PredictError(str(error)) from None
-    return dest
+    record = {"run": str(run), "diverged": True, "dataset": str(root)}
+    record |= {"validation": val, "test": test}
+    # No case, so no labels to compute: write_cases writes only the records (and handles a
+    # full disk like any predictions folder).
+    return write_cases(dest, {}, None, {}, record, tool=TOOL, flag="--dest", legacy=LEGACY)
 
 
 # The flags of each mode of boundary_loss_predict: the run's own data (one run), new scans
