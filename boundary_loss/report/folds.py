@@ -217,9 +217,7 @@ def gather(
     return Cohort(name, folders, cases, fold_of, runs, values, diverged)
 
 
-def against_baseline(
-    cohort: Cohort, baseline: str, metrics: Sequence[str] = METRICS
-) -> dict[str, list[Comparison]]:
+def against_baseline(cohort: Cohort, baseline: str) -> dict[str, list[Comparison]]:
     """Every other training of `cohort` against `baseline`, paired over every case, seed by seed
     (the seeds both trainings have), one Comparison per metric with a finite pair.
 
@@ -237,29 +235,23 @@ def against_baseline(
     found = {}
     for training in cohort.values:
         if training != baseline:
-            found[training] = _pair(cohort, training, cohort, baseline, metrics, training, baseline)
+            found[training] = _pair(cohort, training, cohort, baseline, training, baseline)
     return found
 
 
-def across(
-    first: Cohort, second: Cohort, metrics: Sequence[str] = METRICS
-) -> tuple[dict[str, list[Comparison]], list[str]]:
+def across(first: Cohort, second: Cohort) -> tuple[dict[str, list[Comparison]], list[str]]:
     """Each training of both cohorts, `second` against `first`, paired over the cases both
     validated (seed by seed, the seeds both have).
 
     Returns:
         training -> its comparisons (run named "<training> <second label>", baseline
-        "<training> <first label>"), and the cases only one of them validated.
+        "<training> <first label>"; none when they share no training), and the cases only one
+        of them validated.
 
     Raises:
-        ValueError: no training or no case in common, or a training without a common seed.
+        ValueError: no case in common, or a training without a common seed.
     """
     common = [t for t in second.values if t in first.values]
-    if not common:
-        raise ValueError(
-            f"{first.label} ({', '.join(first.values)}) and {second.label} "
-            f"({', '.join(second.values)}) have no training in common"
-        )
     shared = set(first.cases) & set(second.cases)
     if not shared:
         raise ValueError(f"{first.label} and {second.label} validated no case in common")
@@ -270,7 +262,6 @@ def across(
             training,
             first,
             training,
-            metrics,
             f"{training} {second.label}",
             f"{training} {first.label}",
         )
@@ -284,7 +275,6 @@ def _pair(
     training: str,
     theirs: Cohort,
     baseline: str,
-    metrics: Sequence[str],
     run_name: str,
     baseline_name: str,
 ) -> list[Comparison]:
@@ -296,7 +286,7 @@ def _pair(
     mine = [ours.cases.index(c) for c in cases]
     other = [theirs.cases.index(c) for c in cases]
     results = []
-    for metric in metrics:
+    for metric in METRICS:
         a = ours.array(training, metric, seeds)[:, mine]
         b = theirs.array(baseline, metric, seeds)[:, other]
         if not (np.isfinite(a) & np.isfinite(b)).any():
