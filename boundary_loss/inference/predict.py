@@ -59,6 +59,8 @@ from boundary_loss.inference.predict_new import (
     run_new_scans,
 )
 from boundary_loss.inference.steps import (
+    BATCH_SIZES,
+    DEFAULT_BATCH_SIZES,
     PredictError,
     check_counts,
     device_of,
@@ -342,7 +344,7 @@ def build_parser(
     if not own:
         add_new_scan_flags(parser, required=False)
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
-    default = f"default {batch_size}" if batch_size else "default 32 in 2D, 2 in 3D"
+    default = f"default {batch_size}" if batch_size else DEFAULT_BATCH_SIZES
     parser.add_argument(
         "--batch_size", type=int, default=batch_size, help=f"{batch} per pass ({default})"
     )
@@ -422,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--output): --sliced predicts the own data of one run"
         )
     args.run = args.run[0]
-    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.batch_size = BATCH_SIZES[2] if args.batch_size is None else args.batch_size
     return run_command(predict, args)
 
 

@@ -44,6 +44,7 @@ from boundary_loss.inference.predict import (
     write_diverged,
 )
 from boundary_loss.inference.steps import (
+    BATCH_SIZES,
     PredictError,
     case_probabilities,
     check_counts,
@@ -171,7 +172,7 @@ def predict_3d(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry; returns the exit status (0, or 1 with one `error:` line)."""
     data = "the prepared data of the run (prepare_3d.py output)"
-    parser = build_parser(__doc__.splitlines()[0], data, "windows", 2)
+    parser = build_parser(__doc__.splitlines()[0], data, "windows", BATCH_SIZES[3])
     parser.add_argument(
         "--mirror", action="store_true", help="test-time mirroring along the three axes"
     )

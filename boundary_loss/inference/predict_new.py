@@ -63,6 +63,8 @@ import numpy as np
 import torch
 
 from boundary_loss.inference.steps import (
+    BATCH_SIZES,
+    DEFAULT_BATCH_SIZES,
     PredictError,
     case_probabilities,
     check_counts,
@@ -106,7 +108,6 @@ NIFTI_ENDINGS = (".nii", ".nii.gz")
 # resampling the scans; the networks (forward passes, softmax, average, argmax, the copy back to
 # the host, which waits for the device); back to each scan's grid; the files written.
 PHASES = ("setup", "preprocess", "network", "restore", "write")
-BATCH_SIZES = {2: 32, 3: 2}  # slices, windows per forward pass, by default
 ENSEMBLE = (
     "the runs of an ensemble must come from one dataset and one plan (the folds of one "
     "dataset.make chain)"
@@ -477,7 +478,7 @@ def predict_new(
         output: the output folder, replaced when complete (only an earlier output of this
             command, or a missing or empty folder).
         device: where the networks run.
-        batch_size: slices (2D) or windows (3D) per forward pass (None: 32 or 2).
+        batch_size: slices (2D) or windows (3D) per forward pass (None: `BATCH_SIZES`).
         mirror: test-time mirroring along the three axes (3D runs only).
         timings: when given, receives the seconds of each phase (`PHASES`: the setup once,
             the others summed over the cases) and `cases`, their number; nothing is
@@ -599,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch_size",
         type=int,
         default=None,
-        help="slices (2D) or windows (3D) per pass (default 32 in 2D, 2 in 3D)",
+        help=f"slices (2D) or windows (3D) per pass ({DEFAULT_BATCH_SIZES})",
     )
     return run_new_scans(parser.parse_args(argv))
 

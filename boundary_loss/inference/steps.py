@@ -46,6 +46,10 @@ class PredictError(Exception):
 
 
 METRICS_COLUMNS = ["case", "class", "value", "dice", "hd", "hd95"]  # of metrics.csv
+# The default --batch_size of every prediction command, by dimensions: slices (2D), windows (3D)
+# per forward pass.
+BATCH_SIZES = {2: 32, 3: 2}
+DEFAULT_BATCH_SIZES = f"default {BATCH_SIZES[2]} in 2D, {BATCH_SIZES[3]} in 3D"  # for --help
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
