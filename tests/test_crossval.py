@@ -205,24 +205,33 @@ def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
 
     out = tmp_path / "single" / "report.md"
     runs = [str(three_d[0] / "gdl"), str(three_d[0] / "boundary")]
-    code = report_main(
-        [
-            "--folders",
-            *runs,
-            "--metrics",
-            "val_3d_dsc",
-            "--columns",
-            "1",
-            "--dest",
-            str(out),
-            "--baseline",
-            "gdl",
-            "--pair",
-            str(two_folds[0]),
-        ]
-    )
+    single_args = [
+        "--folders",
+        *runs,
+        "--metrics",
+        "val_3d_dsc",
+        "--columns",
+        "1",
+        "--dest",
+        str(out),
+    ]
+    code = report_main([*single_args, "--baseline", "gdl", "--pair", str(two_folds[0])])
     assert code == 0
-    assert "boundary 3D against boundary 2D, over 2 patients" in out.read_text()
+    single = out.read_text()
+    assert "boundary 3D against boundary 2D, over 2 patients" in single
+    # a single fold: each patient's value at its run's best.pt, no fold of its own
+    assert (
+        "Each patient's value is the mean over classes \\[1\\] of its 3D metric at the epoch of "
+        "its run's best.pt" in single
+    )
+    assert "own fold" not in single
+    method = "Each training is compared with its baseline on the same validation patients"
+    assert single.count(method) == 1
+
+    # Without --baseline the pairing section states the method itself.
+    code = report_main([*single_args, "--pair", str(two_folds[0])])
+    assert code == 0
+    assert out.read_text().count(method) == 1
 
 
 def test_pairing_leaves_out_what_one_side_lacks_and_says_when_nothing_pairs(two_folds, tmp_path):

@@ -55,10 +55,15 @@ from boundary_loss.report.sections import (
 from boundary_loss.runfolder.ranking import nan_mean_std
 from boundary_loss.runfolder.schema import read_int, read_json
 
-WHERE = (
-    "Each case's value is the mean over classes {columns} of its 3D metric at the epoch of its "
-    "own fold's best.pt (best_epoch.txt, chosen by 3D Dice); HD and HD95 in mm."
-)
+
+def where_text(columns: Sequence[int], unit: str = "case") -> str:
+    """Where each value comes from: in a cross-validation (`unit` "case"), the epoch of the case's
+    own fold's best.pt; in a single fold ("patient"), that of its run's best.pt."""
+    checkpoint = "its own fold's best.pt" if unit == "case" else "its run's best.pt"
+    return (
+        f"Each {unit}'s value is the mean over classes {list(columns)} of its 3D metric at the "
+        f"epoch of {checkpoint} (best_epoch.txt, chosen by 3D Dice); HD and HD95 in mm."
+    )
 
 
 def _mean_sd(values: np.ndarray) -> str:
@@ -148,7 +153,7 @@ def pair_blocks(
         return [Block("h2", heading), Block("p", f"Not paired: {error}.")]
     text = (
         f"Each training in {second.label} against the same training in {first.label}, paired "
-        f"{unit} by {unit} (and seed by seed). " + WHERE.format(columns=list(columns))
+        f"{unit} by {unit} (and seed by seed). " + where_text(columns, unit)
     )
     if alone:
         text += f" Validated in only one of them, left out: {', '.join(alone)}."
@@ -218,7 +223,7 @@ def build_blocks(
     text = (
         f"{len(cohort.cases)} cases, each validated once, in {n_folds} fold"
         f"{'s' if n_folds > 1 else ''} ({', '.join(str(f) for f in cohort.folders)}). "
-        + WHERE.format(columns=list(columns))
+        + where_text(columns)
     )
     blocks = [Block("h1", title), Block("p", f"Generated {date}."), Block("p", text)]
     if cohort.diverged:
@@ -229,7 +234,7 @@ def build_blocks(
         blocks += comparison_section(
             f"Against {baseline}: did it help?",
             f"Every training against {baseline}, paired over every case of the dataset. "
-            + WHERE.format(columns=list(columns)),
+            + where_text(columns),
             against_baseline(cohort, baseline),
         )
     if pair:

@@ -63,6 +63,7 @@ from boundary_loss.io.console import ArgumentParser
 from boundary_loss.report.crossval import pair_blocks
 from boundary_loss.report.folds import gather
 from boundary_loss.report.page import Block, Table, build_page, render_html, render_markdown
+from boundary_loss.report.paired import method_text
 from boundary_loss.report.runs import RunSummary, summarise
 from boundary_loss.report.sections import (
     comparison_blocks,
@@ -286,6 +287,9 @@ def write_report(
         extra += comparison_blocks(folders, baseline, patient_columns or [1], metrics, diverged)
     if pair is not None:
         extra += pair_section(folders, Path(pair), baseline, patient_columns or [1])
+        method = Block("p", method_text("patient"))
+        if method not in extra:  # the comparison with the baseline states it otherwise
+            extra.append(method)
     if patient_columns is not None:
         extra += patient_blocks(folders, patient_columns, dest.parent / "per_patient.csv", diverged)
     if pictures is not None:
