@@ -47,8 +47,8 @@ from boundary_loss.report.folds import (
 from boundary_loss.report.page import Block, render_html, render_markdown
 from boundary_loss.report.paired import Comparison, grouped_sentence, method_text
 from boundary_loss.report.sections import (
-    COMPARISON_HEADER,
     SENTENCE_NAMES,
+    comparison_header,
     comparison_row,
     table_block,
 )
@@ -107,13 +107,11 @@ def comparison_section(
             continue
         sentences.append(grouped_sentence(results, SENTENCE_NAMES, unit))
         rows += [comparison_row(training, r) for r in results]
-    header = list(COMPARISON_HEADER)
-    header[2] = f"{unit}s"
     return [
         Block("h2", heading),
         Block("p", text),
         *(Block("p", s) for s in sentences),
-        table_block(header, rows),
+        table_block(comparison_header(unit), rows),
     ]
 
 

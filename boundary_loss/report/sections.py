@@ -115,19 +115,13 @@ def patient_blocks(
 # ---------------------------------------------------------------------------------------------
 
 
-COMPARISON_HEADER = [
-    "training",
-    "metric",
-    "patients",
-    "seeds",
-    "mean difference",
-    "95% CI",
-    "Wilcoxon p",
-]
+def comparison_header(unit: str = "patient") -> list[str]:
+    """The header of the comparisons' table, counting `unit`s ("case" in a cross-validation)."""
+    return ["training", "metric", f"{unit}s", "seeds", "mean difference", "95% CI", "Wilcoxon p"]
 
 
 def comparison_row(training: str, result: Comparison) -> list[str]:
-    """A row of the comparisons' table (COMPARISON_HEADER)."""
+    """A row of the comparisons' table (`comparison_header`)."""
     p = "-" if result.p_value is None else f"{result.p_value:.3g}"
     return [
         training,
@@ -234,7 +228,7 @@ def comparison_blocks(
             rows.append(comparison_row(training, result))
         if results:  # one sentence per training, its metrics grouped by decision
             sentences.append(grouped_sentence(results, SENTENCE_NAMES))
-    header = COMPARISON_HEADER
+    header = comparison_header()
     where = (
         f"Each run's per-patient values at the epoch of its best.pt (best_epoch.txt, chosen by "
         f"3D Dice), classes {list(columns)}; the table above shows each metric at its own best "
