@@ -120,13 +120,15 @@ def test_the_comparison_pairs_every_case_of_every_fold(two_folds):
     assert hd95.mean_difference == pytest.approx(-0.5)
 
 
+def cv_page(folds: list[Path], dest: Path, *options: str) -> str:
+    """The page `crossval` writes at `dest` for `folds` with `options`, which it must accept."""
+    assert crossval.main(["--folds", *map(str, folds), "--dest", str(dest), *options]) == 0
+    return dest.read_text()
+
+
 def test_the_page_and_the_csv_hold_every_case_once(two_folds, tmp_path):
     dest = tmp_path / "results" / "data-cv" / "report.md"
-    code = crossval.main(
-        ["--folds", *map(str, two_folds), "--dest", str(dest), "--html", "--baseline", "gdl"]
-    )
-    assert code == 0
-    page = dest.read_text()
+    page = cv_page(two_folds, dest, "--html", "--baseline", "gdl")
     assert "5 cases, each validated once, in 2 folds" in page
     assert "boundary against gdl, over 5 cases: no detectable difference on 3D Dice (+0.1" in page
     assert (dest.parent / "report.html").is_file()
@@ -161,20 +163,7 @@ def three_d_folds(root: Path, trainings=("gdl", "boundary")) -> list[Path]:
 def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
     three_d = three_d_folds(tmp_path / "results")
     dest = tmp_path / "cv" / "report.md"
-    code = crossval.main(
-        [
-            "--folds",
-            *map(str, two_folds),
-            "--dest",
-            str(dest),
-            "--baseline",
-            "gdl",
-            "--pair",
-            *map(str, three_d),
-        ]
-    )
-    assert code == 0
-    page = dest.read_text()
+    page = cv_page(two_folds, dest, "--baseline", "gdl", "--pair", *map(str, three_d))
     assert "## 3D against 2D: did 3D help?" in page
     assert "boundary 3D against boundary 2D, over 5 cases" in page
     assert "gdl 3D against gdl 2D, over 5 cases" in page
@@ -183,20 +172,7 @@ def test_2d_against_3d_pairs_each_training_case_by_case(two_folds, tmp_path):
 
     # The 3D page pairs the same way; its own section already compares with the baseline.
     dest_3d = tmp_path / "cv-3d" / "report.md"
-    code = crossval.main(
-        [
-            "--folds",
-            *map(str, three_d),
-            "--dest",
-            str(dest_3d),
-            "--baseline",
-            "gdl",
-            "--pair",
-            *map(str, two_folds),
-        ]
-    )
-    assert code == 0
-    page_3d = dest_3d.read_text()
+    page_3d = cv_page(three_d, dest_3d, "--baseline", "gdl", "--pair", *map(str, two_folds))
     assert "boundary 3D against boundary 2D, over 5 cases" in page_3d
     assert "## In 3D" not in page_3d and page_3d.count("## Against gdl") == 1
 
@@ -244,13 +220,7 @@ def test_pairing_leaves_out_what_one_side_lacks_and_says_when_nothing_pairs(two_
     for run in (two_folds[0] / "boundary", two_folds[1] / "boundary"):
         run.rename(run.with_name("boundary-seed0"))
     dest = tmp_path / "cv" / "report.md"
-    assert (
-        crossval.main(
-            ["--folds", *map(str, two_folds), "--dest", str(dest), "--pair", *map(str, three_d)]
-        )
-        == 0
-    )
-    page = dest.read_text()
+    page = cv_page(two_folds, dest, "--pair", *map(str, three_d))
     assert "boundary 3D against boundary 2D, over 5 cases" in page
     assert "gdl 3D against" not in page
 
@@ -259,13 +229,8 @@ def test_pairing_leaves_out_what_one_side_lacks_and_says_when_nothing_pairs(two_
     make_run(three_d[1], "gdl", {c: 0.5 for c in FOLD_CASES[1]}, best=1, dimensions=3)
     shutil.rmtree(three_d[0] / "gdl")
     make_run(three_d[0], "ce", {c: 0.5 for c in FOLD_CASES[0]}, best=1, dimensions=3)
-    assert (
-        crossval.main(
-            ["--folds", *map(str, two_folds), "--dest", str(dest), "--pair", *map(str, three_d)]
-        )
-        == 0
-    )
-    assert "Not paired: no training of these runs is in every one of" in dest.read_text()
+    page = cv_page(two_folds, dest, "--pair", *map(str, three_d))
+    assert "Not paired: no training of these runs is in every one of" in page
 
 
 def test_runs_of_one_dimension_on_both_sides_are_refused(two_folds, tmp_path, capsys):
