@@ -13,8 +13,8 @@ every case of the dataset appears once, with the value from its own fold.
 
 `against_baseline` pairs every training of a cohort with its baseline over all the cases (seed by
 seed, as the single-fold report does); `across` pairs the same training in two cohorts (3D against
-2D) over the cases they share. Both return `report.paired.Comparison`s; the pages are in
-`report.crossval`.
+2D) over the cases they share. Both return `report.paired.Comparison`s; the sections that show them
+are in `report.sections`, the cross-validation page in `report.crossval`.
 """
 
 from __future__ import annotations

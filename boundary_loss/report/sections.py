@@ -1,5 +1,7 @@
 """The report's sections beyond the table of means: seeds, per-patient values, paired comparisons
-against a baseline training, pictures, and the predictions written back by boundary_loss_predict.
+against a baseline training, 3D against 2D (`pair_blocks`, shared with the cross-validation page,
+on the cohorts of `report.folds`), pictures, and the predictions written back by
+boundary_loss_predict.
 
 Each function returns blocks of `report.page` (the same blocks give the Markdown and the HTML
 page). Runs of one training repeated with several seeds are folders named `<training>-seed<N>`
@@ -18,6 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from boundary_loss.report import patients
+from boundary_loss.report.folds import (
+    Cohort,
+    across,
+    against_baseline,
+    dimensions_of,
+    gather,
+    trainings_in,
+)
 from boundary_loss.report.page import Block, Table
 from boundary_loss.report.paired import METHOD, Comparison, compare, grouped_sentence
 from boundary_loss.runfolder.schema import better, seed_of, training_of
@@ -241,6 +251,91 @@ def comparison_blocks(
         table_block(header, rows),
         Block("p", METHOD),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D against 2D, and the cross-validation's comparisons (report.folds)
+# ---------------------------------------------------------------------------------------------
+
+
+def where_text(columns: Sequence[int], unit: str = "case") -> str:
+    """Where each value comes from: in a cross-validation (`unit` "case"), the epoch of the case's
+    own fold's best.pt; in a single fold ("patient"), that of its run's best.pt."""
+    checkpoint = "its own fold's best.pt" if unit == "case" else "its run's best.pt"
+    return (
+        f"Each {unit}'s value is the mean over classes {list(columns)} of its 3D metric at the "
+        f"epoch of {checkpoint} (best_epoch.txt, chosen by 3D Dice); HD and HD95 in mm."
+    )
+
+
+def comparison_section(
+    heading: str, text: str, found: dict[str, list[Comparison]], unit: str = "case"
+) -> list[Block]:
+    """A heading, a paragraph, one sentence per training and the table of its comparisons."""
+    sentences, rows = [], []
+    for training, results in found.items():
+        if not results:
+            sentences.append(f"{training}: no {unit} has a finite value in both: not compared.")
+            continue
+        sentences.append(grouped_sentence(results, SENTENCE_NAMES, unit))
+        rows += [comparison_row(training, r) for r in results]
+    return [
+        Block("h2", heading),
+        Block("p", text),
+        *(Block("p", s) for s in sentences),
+        table_block(comparison_header(unit), rows),
+    ]
+
+
+def pair_blocks(
+    own: Cohort,
+    other_folders: Sequence[Path],
+    baseline: str | None,
+    columns: Sequence[int],
+    unit: str = "case",
+) -> list[Block]:
+    """3D against 2D: each training of `own` against itself in the other dimension's results
+    (`other_folders`, one per fold as `own`'s), over the cases both validated; and, when `own` is
+    the 2D one, each 3D training against the baseline there (a 3D page has that section already).
+
+    Trainings missing from one side, or from a fold of the other side, are left out; when nothing
+    can be paired (no training, case or seed in common), the section says why.
+
+    Raises:
+        ValueError: the other results are of the same dimension as `own`'s.
+    """
+    other_label = f"{dimensions_of(other_folders)}D"
+    if other_label == own.label:
+        raise ValueError(f"--pair: {own.label} runs on both sides; give the other dimension's")
+    first_label, second_label = sorted((own.label, other_label))
+    heading = f"{second_label} against {first_label}: did {second_label} help?"
+    try:
+        per_fold = [trainings_in(Path(folder)) for folder in other_folders]
+        common = [t for t in own.values if all(t in found for found in per_fold)]
+        if not common:
+            raise ValueError(
+                f"no training of these runs is in every one of {', '.join(map(str, other_folders))}"
+            )
+        other = gather(other_folders, columns, common, label=other_label)  # dimension read above
+        first, second = (own, other) if own.label == first_label else (other, own)
+        found, alone = across(first, second)
+    except (OSError, ValueError) as error:
+        return [Block("h2", heading), Block("p", f"Not paired: {error}.")]
+    text = (
+        f"Each training in {second.label} against the same training in {first.label}, paired "
+        f"{unit} by {unit} (and seed by seed). " + where_text(columns, unit)
+    )
+    if alone:
+        text += f" Validated in only one of them, left out: {', '.join(alone)}."
+    blocks = comparison_section(heading, text, found, unit)
+    if own is first and baseline is not None and baseline in second.values:
+        blocks += comparison_section(
+            f"In {second.label}, against {baseline}: did it help?",
+            f"Every training of the {second.label} runs against {baseline}, over every {unit}.",
+            against_baseline(second, baseline),
+            unit,
+        )
+    return blocks
 
 
 # ---------------------------------------------------------------------------------------------

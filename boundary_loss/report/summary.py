@@ -60,13 +60,13 @@ import numpy as np
 
 from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.io.console import ArgumentParser
-from boundary_loss.report.crossval import pair_blocks
 from boundary_loss.report.folds import gather
 from boundary_loss.report.page import Block, Table, build_page, render_html, render_markdown
 from boundary_loss.report.paired import method_text
 from boundary_loss.report.runs import RunSummary, summarise
 from boundary_loss.report.sections import (
     comparison_blocks,
+    pair_blocks,
     patient_blocks,
     picture_blocks,
     prediction_blocks,
@@ -262,7 +262,7 @@ def write_report(
         pictures: a report.pictures output folder to show; None: none.
         pair: the other dimension's results folder of the same cases (3D for a 2D report, 2D
             for a 3D one): each training paired with itself there, case by case
-            (`report.crossval.pair_blocks`); None: none.
+            (`report.sections.pair_blocks`); None: none.
 
     Returns:
         The files written.
@@ -308,7 +308,7 @@ def pair_section(
     folders: Sequence[Path], other: Path, baseline: str | None, columns: Sequence[int]
 ) -> list[Block]:
     """2D against 3D for the runs of one results folder and `other`, the other dimension's
-    (`report.crossval.pair_blocks`).
+    (`report.sections.pair_blocks`).
 
     Raises:
         ValueError: runs of several results folders, or `other` of the same dimension.
