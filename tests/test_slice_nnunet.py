@@ -974,7 +974,7 @@ def test_seeded_folds_need_a_validation_case_each(standin, tmp_path):
     assert split_cases(description, 1, ids, 12, 0)[1] != []
     root = make_nnunet(tmp_path / "ds", n_cases=4)
     few = read_dataset(root)
-    with pytest.raises(DatasetError, match=f"--fold 3: {root} holds 4 labelled cases, fewer"):
+    with pytest.raises(DatasetError, match=f"--fold 3: {root}: 4 patients cannot fill 5 folds"):
         split_cases(few, 3, ["case_001", "case_002", "case_003", "case_004"], 1, 0)
     assert split_cases(few, 0, ["case_001", "case_002", "case_003", "case_004"], 1, 0)[2] == {}
 

@@ -189,9 +189,9 @@ def split_cases(
 
     Raises:
         DatasetError: a fold not in splits_final.json, or, without it, not in 0 .. 4, or 1 .. 4
-            with fewer than five cases.
-        SliceError: `retain` not in 1 .. cases - 1, or for folds 1 .. 4 leaving fewer than four
-            cases to them (seeded split).
+            refused by `slicing.seeded_folds` (fewer cases than folds, or a `retain` leaving
+            fewer than four cases to folds 1 .. 4), its message after the fold and dataset.
+        SliceError: `retain` not in 1 .. cases - 1 (fold 0).
     """
     source = description.root
     if description.folds is None:
@@ -204,13 +204,10 @@ def split_cases(
             train, val = split_patients(cases, retain, seed)
             return train, val, {}
         ids = sorted(cases)
-        if len(ids) < SEEDED_FOLDS:
-            raise DatasetError(
-                f"--fold {fold}: {source} holds {len(ids)} labelled cases, fewer than the "
-                f"{SEEDED_FOLDS} seeded folds, which need one validation case each; only fold "
-                "0 can be used"
-            )
-        val = seeded_folds(ids, retain, seed, SEEDED_FOLDS)[fold]
+        try:
+            val = seeded_folds(ids, retain, seed, SEEDED_FOLDS)[fold]
+        except SliceError as error:  # too few cases, or a `retain` leaving too few
+            raise DatasetError(f"--fold {fold}: {source}: {error}") from None
         train = sorted(set(ids) - set(val), key=natural_key)
         return train, val, {"fold": fold, "folds": SEEDED_FOLDS}
     if not 0 <= fold < len(description.folds):

@@ -164,7 +164,7 @@ def seeded_folds(
     if len(ids) < n_folds:
         raise SliceError(
             f"{len(ids)} patients cannot fill {n_folds} folds, which need one validation "
-            "patient each"
+            f"patient each; expected at least {n_folds} patients"
         )
     if rest < n_folds - 1:
         raise SliceError(
