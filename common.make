@@ -236,13 +236,17 @@ $(REPORT): $(TRN_DIRS) $(PLOT_FILES) $(PICTURES) $(PRODUCTS) | $(PY_DEPS)
 # The archive: repo-date-hash-host-dataset, read-only. A _tmp left by a failed pack (a full disk)
 # is removed first, read-only or not.
 # last.pt (the optimizer state for --resume) is left out: best.pt holds the trained weights.
+# $(call pack_recipe,FILES): the recipe of every archive (dataset.make's cross-validation one too).
+define pack_recipe
+mkdir -p $(@D)
+rm -f $@_tmp
+tar cf - --exclude=last.pt $(1) | $(GZIP) > $@_tmp
+chmod a-w $@_tmp
+mv $@_tmp $@
+endef
 $(PACK): $(TRN_DIRS) $(PLOT_FILES) $(PICTURES) $(PRODUCTS) $(REPORT) $(REPORT:.md=.html) \
 		$(PATIENT_CSV)
-	mkdir -p $(@D)
-	rm -f $@_tmp
-	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp
-	chmod a-w $@_tmp
-	mv $@_tmp $@
+	$(call pack_recipe,$^)
 
 $(REPORT:.md=.html) $(PATIENT_CSV): $(REPORT)
 

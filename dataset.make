@@ -78,8 +78,8 @@ VARS := data/sliced/$(DATA_NAME).mk
 
 # K, MODALITIES, ALL_IDC, FG_IDC, METRIC_AXIS from dataset.json, once its files are checked
 # (made by the rule below, then Make reads this file again). predict-new alone reads the runs
-# only: it needs neither the dataset nor its lineage.
-ifneq ($(MAKECMDGOALS),predict-new)
+# only: it needs neither the dataset nor its lineage (given with other goals, they do).
+ifneq ($(filter-out predict-new,$(MAKECMDGOALS))$(if $(MAKECMDGOALS),,all),)
 include $(VARS)
 endif
 
@@ -241,18 +241,21 @@ $(error FOLDS="$(FOLDS)": a fold is named twice)
 endif
 endif
 
+# The sub-makes skip the lineage check: this make has just run it (once, not once per fold).
 crossval: folds
-	$(MAKE) -f $(THIS_MAKEFILE) $(CV_PACK)
+	$(MAKE) -f $(THIS_MAKEFILE) LINEAGE_CHECKED=1 $(CV_PACK)
 folds:
 	$(if $(FOLDS),,$(error crossval: FOLDS="0 1 2 3 4" is needed (the folds to train)))
-	$(foreach f,$(FOLDS),$(MAKE) -f $(THIS_MAKEFILE) FOLD=$(f) FOLDS= train && ) true
+	$(foreach f,$(FOLDS),$(MAKE) -f $(THIS_MAKEFILE) LINEAGE_CHECKED=1 FOLD=$(f) FOLDS= train && ) true
 
-# A fold's runs are made by its own make (crossval, or FOLD=N); the report only reads them.
-$(filter-out $(TRN_DIRS),$(CV_RUN_DIRS)):
-	@echo "$@: missing; train the folds first: make -f $(THIS_MAKEFILE) FOLDS=\"$(FOLDS)\"" >&2
+# A fold's runs are made by its own make (crossval, or FOLD=N); the report only reads them,
+# through the best_epoch.txt a finished run holds: no rule here trains one, fold 0's included.
+CV_RUN_ENDS := $(addsuffix /best_epoch.txt,$(CV_RUN_DIRS))
+$(CV_RUN_ENDS):
+	@echo "$(@D): missing; train the folds first: make -f $(THIS_MAKEFILE) FOLDS=\"$(FOLDS)\"" >&2
 	@exit 1
 
-$(CV_REPORT): $(CV_RUN_DIRS) $(if $(CV_PAIR_MISSING),,$(call finished,$(CV_PAIR))) | $(PY_DEPS)
+$(CV_REPORT): $(CV_RUN_ENDS) $(if $(CV_PAIR_MISSING),,$(call finished,$(CV_PAIR))) | $(PY_DEPS)
 	$(PY) $(CFLAGS) -m boundary_loss.report.crossval --folds $(CV_FOLDERS) --dest $@ --html \
 		--columns $(METRIC_AXIS) --trainings $(TRN) $(if $(filter $(BASELINE),$(TRN)),--baseline $(BASELINE)) \
 		$(if $(CV_PAIR_MISSING),,--pair $(CV_PAIR)) \
@@ -260,12 +263,8 @@ $(CV_REPORT): $(CV_RUN_DIRS) $(if $(CV_PAIR_MISSING),,$(call finished,$(CV_PAIR)
 
 $(CV)/report.html $(CV)/per_case.csv: $(CV_REPORT)
 
-$(CV_PACK): $(CV_RUN_DIRS) $(CV_REPORT) $(CV)/report.html $(CV)/per_case.csv
-	mkdir -p $(@D)
-	rm -f $@_tmp
-	tar cf - --exclude=last.pt $^ | $(GZIP) > $@_tmp
-	chmod a-w $@_tmp
-	mv $@_tmp $@
+$(CV_PACK): $(CV_RUN_ENDS) $(CV_REPORT) $(CV)/report.html $(CV)/per_case.csv
+	$(call pack_recipe,$(CV_RUN_DIRS) $(filter-out $(CV_RUN_ENDS),$^))
 
 # New scans: the networks of TRAINING, of every fold trained in this dimension (FOLDS: those
 # folds), ensembled by averaging their probabilities; INPUT holds <case>_<XXXX>.nii.gz images,
@@ -276,10 +275,14 @@ OUTPUT ?=
 # The folds' results folders: those of FOLDS, else every one of this dimension.
 NEW_FOLDERS := $(if $(FOLDS),$(CV_FOLDERS),results/$(DATA_NAME)$(DIM_SUFFIX) $(if $(DIM_SUFFIX),\
 	$(wildcard results/$(DATA_NAME)-fold*-3d),$(filter-out %-3d,$(wildcard results/$(DATA_NAME)-fold*))))
-# The runs of TRAINING in a folder: <training>/, or <training>-seed<N>/ with SEEDS.
-trained = $(patsubst %/best.pt,%,$(wildcard $(1)/$(TRAINING)/best.pt $(1)/$(TRAINING)-seed*/best.pt))
+# The runs of TRAINING in a folder that hold a best.pt: <training>/ and every
+# <training>-seed<N>/, or with SEEDS those seeds' runs only (a training still running, in
+# <run>_tmp/, never joins).
+NEW_NAMES := $(if $(SEEDS),$(addprefix $(TRAINING)-seed,$(SEEDS)),$(TRAINING) $(TRAINING)-seed*)
+trained = $(patsubst %/best.pt,%,$(filter-out %_tmp/best.pt,\
+	$(wildcard $(addprefix $(1)/,$(addsuffix /best.pt,$(NEW_NAMES))))))
 NEW_RUNS := $(foreach d,$(NEW_FOLDERS),$(call trained,$(d)))
-TRAINED_HERE = $(sort $(foreach d,$(NEW_FOLDERS),$(notdir $(patsubst %/best.pt,%,$(wildcard $(d)/*/best.pt)))))
+TRAINED_HERE = $(sort $(filter-out %_tmp,$(foreach d,$(NEW_FOLDERS),$(notdir $(patsubst %/best.pt,%,$(wildcard $(d)/*/best.pt))))))
 NEW_MISSING := $(if $(FOLDS),$(foreach d,$(NEW_FOLDERS),$(if $(call trained,$(d)),,$(d))))
 
 predict-new: | $(PY_DEPS)
@@ -290,12 +293,15 @@ predict-new: | $(PY_DEPS)
 	$(PY) $(CFLAGS) -m boundary_loss.inference.predict --run $(NEW_RUNS) --input $(INPUT) \
 		--output $(OUTPUT) $(PREDICT_OPT)
 
+# Checked on every make (FORCE), but not again in the sub-makes of a cross-validation
+# (LINEAGE_CHECKED=1, set by its rules above).
+CHECK_EVERY_TIME := $(if $(LINEAGE_CHECKED),,FORCE)
 ifeq ($(DATA),)
-$(CHECKED): FORCE | $(PY_DEPS)
+$(CHECKED): $(CHECK_EVERY_TIME) | $(PY_DEPS)
 	$(PY) $(CFLAGS) preprocess/dataset_lineage.py $(DATASET) $(LINEAGE) --stamp $@ $(if $(REPIN),--repin)
 else
 # The stand-in: generated when missing or when it fails its pinned md5 sums (it is deterministic).
-$(CHECKED): FORCE | $(PY_DEPS)
+$(CHECKED): $(CHECK_EVERY_TIME) | $(PY_DEPS)
 	@$(PY) $(CFLAGS) preprocess/dataset_lineage.py --status $(DATASET) $(LINEAGE) || { \
 		echo "$(DATASET): missing or not as pinned in $(LINEAGE): generating it (preprocess/synthetic.py)"; \
 		$(GENERATE); }

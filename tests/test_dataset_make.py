@@ -235,6 +235,38 @@ def test_dataset_paths_make_would_misread_are_refused(path, named, tmp_path):
     assert run.stdout == ""  # no command printed, none run
 
 
+def test_predict_new_takes_finished_runs_of_the_training_and_its_seeds(tmp_path):
+    """predict-new's ensemble (make -n): the finished runs of TRAINING in every fold, its seeds'
+    included, never one still training (<run>_tmp holds a best.pt too); with SEEDS, those seeds'
+    runs only."""
+    for name in ("dataset.make", "common.make"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    results = tmp_path / "results"
+    for run in ("gdl", "gdl-seed0", "gdl-seed1_tmp", "boundary_tmp", "gdl-seed2"):
+        (results / NAME / run).mkdir(parents=True)
+        (results / NAME / run / "best.pt").touch()
+    (results / f"{NAME}-fold2" / "gdl").mkdir(parents=True)
+    (results / f"{NAME}-fold2" / "gdl" / "best.pt").touch()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def dry_run(*args: str) -> subprocess.CompletedProcess:
+        line = ["make", "-n", "-f", "dataset.make", "DATA=synthetic", f"CC={sys.executable}"]
+        line += ["predict-new", "INPUT=in", "OUTPUT=out", *args]
+        return subprocess.run(line, cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    def runs(run: subprocess.CompletedProcess) -> list[str]:
+        assert run.returncode == 0, run.stderr
+        words = run.stdout.replace("\\\n", " ").split()
+        return words[words.index("--run") + 1 : words.index("--input")]
+
+    every = [f"results/{NAME}/{run}" for run in ("gdl", "gdl-seed0", "gdl-seed2")]
+    assert runs(dry_run("TRAINING=gdl")) == [*every, f"results/{NAME}-fold2/gdl"]
+    assert runs(dry_run("TRAINING=gdl", "SEEDS=0 1")) == [f"results/{NAME}/gdl-seed0"]
+    unnamed = dry_run()
+    assert unnamed.returncode != 0
+    assert "(trained here: gdl gdl-seed0 gdl-seed2)" in unnamed.stderr  # no *_tmp
+
+
 def test_own_dataset_is_pinned_then_a_change_stops_before_any_rebuild(tmp_path):
     repo = copy_repository(tmp_path / "repo")
     dataset = write_nnunet(tmp_path / "mine")
