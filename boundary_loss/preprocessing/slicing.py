@@ -116,12 +116,9 @@ SPLITS = ("train", "val")
 # ---------------------------------------------------------------------------------------------
 
 
-def split_patients(patients: Iterable[str], retain: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded train/val split: `random.Random(seed).shuffle` of the sorted ids, val = the first
-    `retain` of them, so the same seed gives the same split on any machine.
-
-    Returns:
-        (train ids, val ids), each in natural order.
+def _shuffled(patients: Iterable[str], retain: int, seed: int) -> list[str]:
+    """The ids sorted, then shuffled by `random.Random(seed)`: the order the seeded split and
+    the seeded folds cut, the same on any machine.
 
     Raises:
         SliceError: `retain` not in 1 .. number of patients - 1.
@@ -133,6 +130,20 @@ def split_patients(patients: Iterable[str], retain: int, seed: int) -> tuple[lis
             "found, so that both splits hold patients"
         )
     random.Random(seed).shuffle(ids)
+    return ids
+
+
+def split_patients(patients: Iterable[str], retain: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded train/val split: `random.Random(seed).shuffle` of the sorted ids, val = the first
+    `retain` of them, so the same seed gives the same split on any machine.
+
+    Returns:
+        (train ids, val ids), each in natural order.
+
+    Raises:
+        SliceError: `retain` not in 1 .. number of patients - 1.
+    """
+    ids = _shuffled(patients, retain, seed)
     val, train = ids[:retain], ids[retain:]
     return sorted(train, key=natural_key), sorted(val, key=natural_key)
 
@@ -156,10 +167,9 @@ def seeded_folds(
             a `retain` leaving fewer than `n_folds - 1` to the other folds (each fold needs a
             validation patient).
     """
-    ids = sorted(patients)
     if n_folds < 2:
         raise ValueError(f"n_folds {n_folds}: expected at least 2")
-    split_patients(ids, retain, seed)  # the same refusal of `retain`
+    ids = _shuffled(patients, retain, seed)  # as `split_patients` shuffles and refuses
     rest = len(ids) - retain
     if len(ids) < n_folds:
         raise SliceError(
@@ -172,7 +182,6 @@ def seeded_folds(
             f"{n_folds - 1}, which need one validation patient each; expected at most "
             f"{len(ids) - n_folds + 1}"
         )
-    random.Random(seed).shuffle(ids)
     folds, start = [ids[:retain]], retain
     for k in range(n_folds - 1):
         size = rest // (n_folds - 1) + (k < rest % (n_folds - 1))
