@@ -48,6 +48,7 @@ from boundary_loss.maps.onehot import class2one_hot
 from boundary_loss.preprocessing import plan3d, resample, slice_nnunet, volumes
 from boundary_loss.preprocessing.nnunet_format import Case, DatasetDescription, read_dataset
 from boundary_loss.preprocessing.slices import write_bytes
+from boundary_loss.preprocessing.slicing import SEEDED_FOLDS
 from boundary_loss.preprocessing.volumes import SliceError
 
 # The name in the marker of a preprocessed folder: only a folder so marked is replaced.
@@ -328,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fold",
         type=int,
         default=0,
-        help="fold of splits_final.json, else of the 5 seeded folds: 0 .. 4 (default 0)",
+        help=f"fold of splits_final.json, else of the {SEEDED_FOLDS} seeded folds: "
+        f"0 .. {SEEDED_FOLDS - 1} (default 0)",
     )
     add("--patch", type=int, nargs="+", metavar="N", help="patch X Y Z (default: planned)")
     add(

@@ -46,7 +46,13 @@ import numpy as np
 
 from boundary_loss.preprocessing.nnunet_format import DatasetDescription, DatasetError, read_dataset
 from boundary_loss.preprocessing.slices import OUTPUT_FOLDERS
-from boundary_loss.preprocessing.slicing import Dataset, run_cli, seeded_folds, split_patients
+from boundary_loss.preprocessing.slicing import (
+    SEEDED_FOLDS,
+    Dataset,
+    run_cli,
+    seeded_folds,
+    split_patients,
+)
 from boundary_loss.preprocessing.volumes import (
     Geometry,
     Patients,
@@ -156,10 +162,6 @@ def ct_statistics(volumes: list[Volume], channel: int, n_channels: int) -> tuple
         )
     low, high = (float(v) for v in np.percentile(voxels, CT_PERCENTILES))
     return ("ct", low, high, float(voxels.mean()), float(voxels.std()))
-
-
-# The folds of a dataset without splits_final.json (`slicing.seeded_folds`), as nnU-Net's five.
-SEEDED_FOLDS = 5
 
 
 def default_retain(n_cases: int) -> int:
@@ -281,7 +283,8 @@ def _own_flags(parser: argparse.ArgumentParser) -> None:
         "--fold",
         type=int,
         default=0,
-        help="fold of splits_final.json, else of the 5 seeded folds: 0 .. 4 (default 0)",
+        help=f"fold of splits_final.json, else of the {SEEDED_FOLDS} seeded folds: "
+        f"0 .. {SEEDED_FOLDS - 1} (default 0)",
     )
     parser.add_argument(
         "--axis", default="auto", help="axis sliced along: auto (coarsest spacing), 0, 1 or 2"

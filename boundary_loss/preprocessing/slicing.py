@@ -62,8 +62,12 @@ from boundary_loss.preprocessing.worker_pool import default_workers, run_jobs
 # record file of the slicers' outputs made before the marker existed.
 TOOL, LEGACY = "slicer", ("split.json",)
 
+# The folds of `seeded_folds` (a dataset without splits_final.json), as nnU-Net's five.
+SEEDED_FOLDS = 5
+
 # Re-exported: `slice_dataset` raises SliceError, and a Dataset's `find_patients` returns Volumes.
 __all__ = [
+    "SEEDED_FOLDS",
     "Dataset",
     "Patients",
     "SliceError",
@@ -149,7 +153,7 @@ def split_patients(patients: Iterable[str], retain: int, seed: int) -> tuple[lis
 
 
 def seeded_folds(
-    patients: Iterable[str], retain: int, seed: int, n_folds: int = 5
+    patients: Iterable[str], retain: int, seed: int, n_folds: int = SEEDED_FOLDS
 ) -> list[list[str]]:
     """The validation cases of each of `n_folds` seeded folds, cut from `split_patients`' shuffle.
 
