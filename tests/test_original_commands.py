@@ -120,6 +120,23 @@ def check_run(workdir: Path) -> None:
     assert (workdir / "metrics.csv").read_text().startswith("epoch,lr,weights")
 
 
+def train_each(root: Path, dataset: str, training: str, runs: dict, mkdir: bool = False) -> None:
+    """Each run's recipe line, as the original makefile writes it (`rm -rf` its `_tmp` folder,
+    for ACDC `mkdir -p` it, train into it, `mv` it to the run's folder), through `bash_each`;
+    every one must succeed and leave a finished training (`check_run`)."""
+    lines = {}
+    for run, (opt, folders) in runs.items():
+        tmp = f"results/{dataset}/{run}_tmp"
+        make = f"mkdir -p {tmp} && " if mkdir else ""
+        lines[run] = (
+            f"rm -rf {tmp} && {make}{training.format(run=run, opt=opt, data=folders)} && "
+            f"mv {tmp} results/{dataset}/{run}"
+        )
+    for run, trained in bash_each(lines, root).items():
+        assert trained.returncode == 0, (run, trained.stderr[-2000:])
+        check_run(root / "results" / dataset / run)
+
+
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory, quick_zips) -> Path:
     """The generated zips of the three datasets (seed 0, quick), copied into the original's
@@ -153,15 +170,7 @@ def test_isles_lines(stand_in):
         root,
     )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
-    lines = {
-        run: f"rm -rf results/isles/{run}_tmp && "
-        f"{ISLES_TRAINING.format(run=run, opt=opt, data=folders)} && "
-        f"mv results/isles/{run}_tmp results/isles/{run}"
-        for run, (opt, folders) in ISLES_RUNS.items()
-    }
-    for run, trained in bash_each(lines, root).items():
-        assert trained.returncode == 0, (run, trained.stderr[-2000:])
-        check_run(root / "results" / "isles" / run)
+    train_each(root, "isles", ISLES_TRAINING, ISLES_RUNS)
 
 
 def test_wmh_lines(stand_in):
@@ -209,13 +218,5 @@ def test_acdc_lines(stand_in):
         root,
     )
     assert sliced.returncode == 0, sliced.stderr[-2000:]
-    lines = {
-        run: f"rm -rf results/acdc/{run}_tmp && mkdir -p results/acdc/{run}_tmp && "
-        f"{ACDC_TRAINING.format(run=run, opt=opt, data=folders)} && "
-        f"mv results/acdc/{run}_tmp results/acdc/{run}"
-        for run, (opt, folders) in ACDC_RUNS.items()
-    }
-    for run, trained in bash_each(lines, root).items():
-        assert trained.returncode == 0, (run, trained.stderr[-2000:])
-        check_run(root / "results" / "acdc" / run)
+    train_each(root, "acdc", ACDC_TRAINING, ACDC_RUNS, mkdir=True)
     shutil.rmtree(root / "data" / "acdc")  # keep the temporary folder small
