@@ -266,3 +266,24 @@ def test_bad_columns_and_a_damaged_checkpoint_epoch_are_one_line(two_folds, tmp_
         "of best.pt, 0 .. 2 (val_3d_dsc.npy holds 3 epochs)"
     )
     assert not dest.exists()
+
+
+def test_a_metric_without_a_finite_pair_is_said_not_dropped():
+    """HD has no finite pair (an empty class in every case, say): its sentence and row say so,
+    as the single-fold comparisons do, while Dice is compared."""
+    from boundary_loss.report.sections import comparison_section
+
+    dice = compare(
+        np.array([[0.9, 0.8, 0.85]]),
+        np.array([[0.7, 0.6, 0.65]]),
+        run="boundary",
+        baseline="gdl",
+        metric="val_3d_dsc",
+        higher_is_better=True,
+    )
+    blocks = comparison_section("Against gdl", "text", {"boundary": [dice]}, unit="case")
+    texts = [b.text for b in blocks if b.kind == "p"]
+    assert "boundary on HD and HD95: no case has a finite value in both: not compared." in texts
+    (table,) = [b.table for b in blocks if b.kind == "table"]
+    assert [r[1] for r in table.rows] == ["val_3d_dsc", "val_3d_hausdorff", "val_3d_hd95"]
+    assert [r[4] for r in table.rows[1:]] == ["no finite pair", "no finite pair"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boundary_loss.report import patients
+from boundary_loss.report import folds, patients
 from boundary_loss.report.folds import (
     Cohort,
     across,
@@ -271,7 +271,9 @@ def where_text(columns: Sequence[int], unit: str = "case") -> str:
 def comparison_section(
     heading: str, text: str, found: dict[str, list[Comparison]], unit: str = "case"
 ) -> list[Block]:
-    """A heading, a paragraph, one sentence per training and the table of its comparisons."""
+    """A heading, a paragraph, one sentence per training and the table of its comparisons; a
+    metric without a finite pair (`folds.against_baseline` and `folds.across` leave it out) is
+    said, in a sentence and a row, as the single-fold comparisons say it."""
     sentences, rows = [], []
     for training, results in found.items():
         if not results:
@@ -279,6 +281,13 @@ def comparison_section(
             continue
         sentences.append(grouped_sentence(results, SENTENCE_NAMES, unit))
         rows += [comparison_row(training, r) for r in results]
+        missing = [m for m in folds.METRICS if m not in {r.metric for r in results}]
+        if missing:
+            names = " and ".join(SENTENCE_NAMES.get(m, m) for m in missing)
+            sentences.append(
+                f"{training} on {names}: no {unit} has a finite value in both: not compared."
+            )
+            rows += [[training, m, "0", "-", "no finite pair", "-", "-"] for m in missing]
     return [
         Block("h2", heading),
         Block("p", text),
