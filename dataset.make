@@ -56,13 +56,15 @@ DIM ?= 2
 ifeq ($(filter 2 3,$(DIM)),)
 $(error DIM=$(DIM): expected 2 (2D slices, the default) or 3 (3D patches of whole volumes))
 endif
-FOLD_SUFFIX := $(if $(filter-out 0,$(FOLD)),-fold$(FOLD))
+# The folders' suffixes: -foldN for fold N (none for fold 0), then -3d in 3D (none in 2D).
+fold_suffix = $(if $(filter-out 0,$(1)),-fold$(1))
+DIM_SUFFIX := $(if $(filter 3,$(DIM)),-3d)
+OTHER_SUFFIX := $(if $(filter 3,$(DIM)),,-3d)
+SUFFIX := $(call fold_suffix,$(FOLD))$(DIM_SUFFIX)
 ifeq ($(DIM),3)
-SUFFIX := $(FOLD_SUFFIX)-3d
 ROOT := data/prepared$(SUFFIX)
 SLICER := preprocess/prepare_3d.py
 else
-SUFFIX := $(FOLD_SUFFIX)
 ROOT := data/sliced$(SUFFIX)
 SLICER := preprocess/slice_nnunet.py
 endif
@@ -203,9 +205,7 @@ PRODUCTS = $(PREDICTIONS)
 REPORT_OPT = --predictions $(PREDICTIONS)
 
 # The results folder of fold $(1) in this dimension ($(2): -3d or empty), as FOLD=N names it.
-fold_results = results/$(DATA_NAME)$(if $(filter-out 0,$(1)),-fold$(1))$(2)
-DIM_SUFFIX := $(if $(filter 3,$(DIM)),-3d)
-OTHER_SUFFIX := $(if $(filter 3,$(DIM)),,-3d)
+fold_results = results/$(DATA_NAME)$(call fold_suffix,$(1))$(2)
 # 2D against 3D: when the other dimension's results of this fold hold finished runs, the report
 # pairs the trainings of both case by case (and is made again when they change).
 PAIR := $(call fold_results,$(FOLD),$(OTHER_SUFFIX))
