@@ -65,7 +65,7 @@ from boundary_loss.inference.steps import (
     check_counts,
     device_of,
     load_network,
-    slice_logits,
+    predict_volume,
     source_shape,
     to_source_grid,
     write_cases,
@@ -83,21 +83,6 @@ TOOL, LEGACY = "predict.py", ("predictions.json",)
 # Where dataset.make pins a dataset's files, by the dataset folder's name: lineage/ of the
 # folder make runs in (the checkout), as dataset.make writes it.
 LINEAGES = Path("lineage")
-
-
-# ---------------------------------------------------------------------------------------------
-# The 2D network on the slices of a case
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_volume(
-    net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
-) -> np.ndarray:
-    """Class indices `H W Z` of a prepared `C H W Z` volume, slice by slice."""
-    classes = [logits.argmax(dim=1) for logits in slice_logits(net, images, device, batch_size)]
-    # One copy to the host per case, not one per batch.
-    return torch.cat(classes).cpu().numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
 
 
 # ---------------------------------------------------------------------------------------------

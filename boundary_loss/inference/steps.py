@@ -164,6 +164,17 @@ def predict_probabilities(
     return torch.cat([torch.softmax(batch, dim=1) for batch in logits])
 
 
+@torch.no_grad()
+def predict_volume(
+    net: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int
+) -> np.ndarray:
+    """Class indices `H W Z` (on the host, uint8) of a prepared `C H W Z` volume, slice by
+    slice: the argmax of each batch's logits (no softmax: the same classes)."""
+    classes = [logits.argmax(dim=1) for logits in slice_logits(net, images, device, batch_size)]
+    # One copy to the host per case, not one per batch.
+    return torch.cat(classes).cpu().numpy().transpose(1, 2, 0).astype(np.uint8)  # H W Z
+
+
 def run_patch(best: dict, plan: dict) -> tuple[int, ...]:
     """The sliding window of a run: its training patch (best.pt's `patch_size`, else the
     plan's)."""
