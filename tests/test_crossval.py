@@ -132,6 +132,17 @@ def test_the_page_and_the_csv_hold_every_case_once(two_folds, tmp_path):
     assert "5 cases, each validated once, in 2 folds" in page
     assert "boundary against gdl, over 5 cases: no detectable difference on 3D Dice (+0.1" in page
     assert (dest.parent / "report.html").is_file()
+    assert (
+        "| case | fold | boundary: Dice / HD / HD95 | gdl: Dice / HD / HD95 |\n|---|---|---|---|\n"
+        "| case_001 | data | 0.6100 / 3.9000 / 1.9500 | 0.5100 / 4.9000 / 2.4500 |\n"
+        "| case_002 | data-fold1 | 0.6200 / 3.8000 / 1.9000 | 0.5200 / 4.8000 / 2.4000 |\n"
+    ) in page
+    lines = (dest.parent / "per_case.csv").read_bytes().split(b"\n")
+    assert lines[:3] == [
+        b"case,fold,training,seed,val_3d_dsc,val_3d_hausdorff,val_3d_hd95",
+        b"case_001,data,boundary,0,0.61,3.9,1.95",
+        b"case_002,data-fold1,boundary,0,0.62,3.8,1.9",
+    ]
     with open(dest.parent / "per_case.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["case"], r["fold"]) for r in rows if r["training"] == "boundary"] == [

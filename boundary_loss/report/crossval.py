@@ -35,6 +35,7 @@ import numpy as np
 
 from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.io.console import ArgumentParser
+from boundary_loss.report import patients
 from boundary_loss.report.folds import METRICS, Cohort, against_baseline, gather
 from boundary_loss.report.page import Block, render_html, render_markdown
 from boundary_loss.report.paired import method_text
@@ -81,12 +82,8 @@ def summary_blocks(cohort: Cohort) -> list[Block]:
 def case_rows(cohort: Cohort) -> tuple[list[str], list[list[str]]]:
     """The per-case table: case, fold, then `Dice / HD / HD95` of each training (seed means)."""
     means = {t: {m: seed_mean(cohort, t, m) for m in METRICS} for t in cohort.values}
-    header = ["case", "fold", *(f"{t}: Dice / HD / HD95" for t in cohort.values)]
-    rows = []
-    for i, case in enumerate(cohort.cases):
-        cells = [" / ".join(f"{means[t][m][i]:.4f}" for m in METRICS) for t in cohort.values]
-        rows.append([case, cohort.folders[cohort.fold_of[case]].name, *cells])
-    return header, rows
+    fold = {case: cohort.folders[index].name for case, index in cohort.fold_of.items()}
+    return patients.rows(cohort.cases, means, name="case", lead=("fold", fold))
 
 
 def case_csv(cohort: Cohort) -> str:

@@ -132,11 +132,17 @@ def write_csv(patients: list[str], values: dict[str, dict], dest: Path) -> Path:
 
 
 def rows(
-    patients: list[str], values: dict[str, dict], diverged: Collection[str] = ()
+    patients: list[str],
+    values: dict[str, dict],
+    diverged: Collection[str] = (),
+    name: str = "patient",
+    lead: tuple[str, dict[str, str]] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """The report's table: one row per patient, `Dice / HD / HD95` per run; `diverged` for the
-    runs named in `diverged`."""
-    header = ["patient", *(f"{run}: Dice / HD / HD95" for run in values)]
+    runs named in `diverged`. `name` titles the first column; `lead`, a column title and each
+    patient's cell, adds a column after it (the cross-validation's fold)."""
+    header = [name] if lead is None else [name, lead[0]]
+    header += [f"{run}: Dice / HD / HD95" for run in values]
     body = []
     for i, patient in enumerate(patients):
         cells = [
@@ -145,5 +151,6 @@ def rows(
             else " / ".join(f"{metrics[m][i]:.4f}" for m in METRICS_3D)
             for run, metrics in values.items()
         ]
-        body.append([patient, *cells])
+        first = [patient] if lead is None else [patient, lead[1][patient]]
+        body.append([*first, *cells])
     return header, body
