@@ -341,7 +341,8 @@ def check_scans(
     cases = {}
     for cid, files in found.items():
         if sorted(files) != expected:
-            ending = next(iter(files.values())).name.removeprefix(cid)[5:]
+            first = next(iter(files.values())).name  # a name find_scans matched
+            ending = IMAGE_NAME.fullmatch(first)["ending"]
             have = ", ".join(files[c].name for c in sorted(files))
             want = ", ".join(f"{cid}_{c:04d}{ending}" for c in expected)
             raise PredictError(
