@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.report import patients
 from boundary_loss.report.folds import METRICS, Cohort, against_baseline, gather
-from boundary_loss.report.page import Block, render_html, render_markdown
+from boundary_loss.report.page import Block, write_pages
 from boundary_loss.report.paired import method_text
 from boundary_loss.report.sections import (
     comparison_section,
@@ -183,15 +182,7 @@ def write_crossval(
     cohort = gather(folds, columns, trainings)
     title = title or f"Cross-validation: {len(cohort.cases)} cases, {len(cohort.folders)} folds"
     blocks = build_blocks(cohort, title, columns, baseline, [Path(p) for p in pair])
-    # The page Make checks is written last: an interruption leaves it missing or old.
-    pages = {dest.parent / "per_case.csv": case_csv(cohort)}
-    if html_page:
-        pages[dest.with_suffix(".html")] = render_html(blocks)
-    pages[dest] = render_markdown(blocks)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in pages.items():
-        write_text_atomic(path, text)
-    return sorted(pages, key=lambda path: path != dest)  # the page first
+    return write_pages(dest, blocks, html_page, {dest.parent / "per_case.csv": case_csv(cohort)})
 
 
 def get_parser() -> ArgumentParser:

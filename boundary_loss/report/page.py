@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.report.runs import RunSummary
 
 
@@ -316,3 +317,21 @@ def render_html(blocks: Sequence[Block]) -> str:
     out.append(f"<script>{_SCRIPT}</script>")
     out.append("</body>\n</html>\n")
     return "\n".join(out)
+
+
+def write_pages(
+    dest: Path, blocks: Sequence[Block], html_page: bool, before: dict[Path, str] | None = None
+) -> list[Path]:
+    """Write `blocks` as the Markdown page `dest` and, with `html_page`, as its HTML twin beside
+    it, after the files of `before` (path -> text); returns the files written, the page first.
+
+    The page Make checks is written last: an interruption leaves it missing or old.
+    """
+    pages = dict(before or {})
+    if html_page:
+        pages[dest.with_suffix(".html")] = render_html(blocks)
+    pages[dest] = render_markdown(blocks)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in pages.items():
+        write_text_atomic(path, text)
+    return sorted(pages, key=lambda path: path != dest)  # the page first

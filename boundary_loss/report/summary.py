@@ -58,10 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
-from boundary_loss.io.atomic import write_text_atomic
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.report.folds import gather
-from boundary_loss.report.page import Block, Table, build_page, render_html, render_markdown
+from boundary_loss.report.page import Block, Table, build_page, write_pages
 from boundary_loss.report.paired import method_text
 from boundary_loss.report.runs import RunSummary, summarise
 from boundary_loss.report.sections import (
@@ -296,12 +295,7 @@ def write_report(
         extra += picture_blocks(Path(pictures), dest.parent)
     extra += prediction_blocks(predictions)
     blocks = build_page(runs, title, plots, dest.parent, description, table, extra)
-    # The page Make checks is written last: an interruption leaves it missing or old.
-    pages = {dest.with_suffix(".html"): render_html(blocks)} if html_page else {}
-    pages[dest] = render_markdown(blocks)
-    for path, text in pages.items():
-        write_text_atomic(path, text)
-    return sorted(pages, key=lambda path: path != dest)  # the page first, then its HTML twin
+    return write_pages(dest, blocks, html_page)  # the page first, then its HTML twin
 
 
 def pair_section(
