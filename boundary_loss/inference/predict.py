@@ -66,6 +66,7 @@ from boundary_loss.inference.steps import (
     device_of,
     load_network,
     predict_volume,
+    run_command,
     source_shape,
     to_source_grid,
     write_cases,
@@ -74,7 +75,7 @@ from boundary_loss.io.atomic import FolderError, check_replaceable
 from boundary_loss.io.console import ArgumentParser
 from boundary_loss.preprocessing.nnunet_format import Case, DatasetDescription, read_dataset
 from boundary_loss.preprocessing.verify_lineage import LineageError, md5sum, read_lineage
-from boundary_loss.preprocessing.volumes import Geometry, SliceError, Volume, load_volume
+from boundary_loss.preprocessing.volumes import Geometry, Volume, load_volume
 from boundary_loss.runfolder.schema import divergence
 
 # The name in the marker of a predictions folder, and the record file of the predictions folders
@@ -336,11 +337,12 @@ def build_parser(
     return parser
 
 
-def run_command(predictor: Callable[..., Path], args: argparse.Namespace, *extra: object) -> int:
-    """Run a prediction command's `predictor` on its parsed flags (then `extra`): 0, or 1 with
-    one `error:` line on anything a user can cause (ValueError: a network's input checks)."""
-    try:
-        dest = predictor(
+def run_own_data(predictor: Callable[..., Path], args: argparse.Namespace, *extra: object) -> int:
+    """Run a command's own-data `predictor` on its parsed flags (then `extra`): 0, or 1 with one
+    `error:` line (`steps.run_command`)."""
+
+    def call() -> Path:
+        return predictor(
             args.run,
             args.sliced,
             args.dest,
@@ -350,11 +352,8 @@ def run_command(predictor: Callable[..., Path], args: argparse.Namespace, *extra
             args.lineage,
             *extra,
         )
-    except (PredictError, SliceError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"predictions of {args.run} written to {dest}")
-    return 0
+
+    return run_command(call, f"predictions of {args.run}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     args.run = args.run[0]
     args.batch_size = BATCH_SIZES[2] if args.batch_size is None else args.batch_size
-    return run_command(predict, args)
+    return run_own_data(predict, args)
 
 
 if __name__ == "__main__":

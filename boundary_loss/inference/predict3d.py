@@ -40,7 +40,7 @@ from boundary_loss.inference.predict import (
     check_lineage,
     check_run_data,
     read_record,
-    run_command,
+    run_own_data,
     write_diverged,
 )
 from boundary_loss.inference.steps import (
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--mirror", action="store_true", help="test-time mirroring along the three axes"
     )
     args = parser.parse_args(argv)
-    return run_command(predict_3d, args, args.mirror)
+    return run_own_data(predict_3d, args, args.mirror)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from boundary_loss.inference.steps import (
     labels_on_source_grid,
     load_network,
     predict_probabilities,
+    run_command,
     run_patch,
     source_shape,
     to_source_grid,
@@ -87,7 +87,6 @@ from boundary_loss.preprocessing.plan3d import check_normalisation, check_plan, 
 from boundary_loss.preprocessing.prepare_3d import prepare_images
 from boundary_loss.preprocessing.volumes import (
     Geometry,
-    SliceError,
     Volume,
     check_same_grid,
     load_images,
@@ -572,17 +571,14 @@ def add_new_scan_flags(parser: ArgumentParser, required: bool) -> None:
 
 def run_new_scans(args: argparse.Namespace) -> int:
     """Predict new scans from parsed flags (--run, --input, --output, --mirror, --cpu,
-    --batch_size): 0, or 1 with one `error:` line on anything a user can cause."""
-    try:
-        dest = predict_new(
-            args.run, args.input, args.output, device_of(args), args.batch_size, args.mirror
-        )
-    except (PredictError, SliceError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    --batch_size): 0, or 1 with one `error:` line (`steps.run_command`)."""
     runs = f"run {args.run[0]}" if len(args.run) == 1 else f"the {len(args.run)} runs"
-    print(f"predictions of {runs} for the scans of {args.input} written to {dest}")
-    return 0
+
+    def call() -> Path:
+        device = device_of(args)
+        return predict_new(args.run, args.input, args.output, device, args.batch_size, args.mirror)
+
+    return run_command(call, f"predictions of {runs} for the scans of {args.input}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from boundary_loss.networks.registry import get_network
 from boundary_loss.preprocessing.nnunet_format import Case
 from boundary_loss.preprocessing.resample import resample_probabilities
 from boundary_loss.preprocessing.volumes import (
+    SliceError,
     load_nifti,
     read_header,
     resize_labels,
@@ -55,6 +57,19 @@ DEFAULT_BATCH_SIZES = f"default {BATCH_SIZES[2]} in 2D, {BATCH_SIZES[3]} in 3D" 
 def device_of(args: argparse.Namespace) -> torch.device:
     """CUDA when present, unless --cpu."""
     return torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+
+
+def run_command(predict: Callable[[], Path], what: str) -> int:
+    """Run a prediction command (`predict`: its call on the parsed flags, returning the folder
+    written): 0 after one line `<what> written to <folder>`, or 1 with one `error:` line on
+    anything a user can cause (ValueError: a network's input checks)."""
+    try:
+        dest = predict()
+    except (PredictError, SliceError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{what} written to {dest}")
+    return 0
 
 
 def to_source_grid(
