@@ -83,6 +83,11 @@ def test_each_case_appears_once_with_the_value_of_its_own_fold(two_folds):
         "case_003": 1,
         "case_005": 1,
     }
+    assert cohort.epochs == {
+        folder / training: 1 + index
+        for index, folder in enumerate(two_folds)
+        for training in ("gdl", "boundary")
+    }
     for training in ("gdl", "boundary"):
         values = cohort.values[training][0]  # seed 0: main.py's default, from args.json
         expected = [dice_of(training, c) for c in cohort.cases]
@@ -132,6 +137,7 @@ def test_the_page_and_the_csv_hold_every_case_once(two_folds, tmp_path):
     assert "5 cases, each validated once, in 2 folds" in page
     assert "boundary against gdl, over 5 cases: no detectable difference on 3D Dice (+0.1" in page
     assert (dest.parent / "report.html").is_file()
+    assert "- boundary: best epoch 2, commit abc1234\n" in page.split("data-fold1\n")[-1]
     assert (
         "| case | fold | boundary: Dice / HD / HD95 | gdl: Dice / HD / HD95 |\n|---|---|---|---|\n"
         "| case_001 | data | 0.6100 / 3.9000 / 1.9500 | 0.5100 / 4.9000 / 2.4500 |\n"

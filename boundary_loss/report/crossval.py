@@ -45,7 +45,7 @@ from boundary_loss.report.sections import (
     where_text,
 )
 from boundary_loss.runfolder.ranking import nan_mean_std
-from boundary_loss.runfolder.schema import read_int, read_json
+from boundary_loss.runfolder.schema import read_json
 
 
 def _mean_sd(values: np.ndarray) -> str:
@@ -108,8 +108,7 @@ def run_items(cohort: Cohort) -> list[Block]:
             for fold_runs in seeds.values():
                 run = fold_runs[index]
                 provenance = read_json(run / "provenance.json")[0] or {}
-                epoch = read_int(run / "best_epoch.txt")
-                state = "diverged" if run in cohort.diverged else f"best epoch {epoch}"
+                state = "diverged" if run in cohort.diverged else f"best epoch {cohort.epochs[run]}"
                 items.append((run.name, f"{state}, commit {provenance.get('commit', '?')}", False))
         blocks += [Block("h3", str(folder)), Block("items", items=tuple(items))]
     return blocks

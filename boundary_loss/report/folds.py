@@ -55,6 +55,8 @@ class Cohort:
         values: training -> seed -> metric -> one value per case of `cases` (NaN where the run
             diverged or the metric is undefined).
         diverged: the diverged run folders (every 3D value NaN), whose cases hold NaN.
+        epochs: each run folder that did not diverge -> the epoch of its best.pt
+            (best_epoch.txt), at which its values are read.
     """
 
     label: str
@@ -64,6 +66,7 @@ class Cohort:
     runs: dict[str, dict[int, list[Path]]]
     values: dict[str, dict[int, dict[str, np.ndarray]]]
     diverged: list[Path] = field(default_factory=list)
+    epochs: dict[Path, int] = field(default_factory=dict)
 
     def array(self, training: str, metric: str, seeds: Sequence[int]) -> np.ndarray:
         """`seeds x cases` values of a training's metric, for the seeds given."""
@@ -198,6 +201,7 @@ def gather(
     order = {case: i for i, case in enumerate(cases)}
 
     values: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    epochs: dict[Path, int] = {}
     for training, seeds in runs.items():
         values[training] = {}
         for seed, fold_runs in seeds.items():
@@ -212,9 +216,10 @@ def gather(
                     # a missing array (not read above): load_metric says so
                     data = arrays[metric] if metric in arrays else load_metric(run, metric)
                     per_metric[metric][where] = patients.at_epoch(run, metric, data, epoch, columns)
+                epochs[run] = epoch  # at_epoch refused a missing one
             values[training][seed] = per_metric
     name = label or f"{dimensions_of(folders)}D"
-    return Cohort(name, folders, cases, fold_of, runs, values, diverged)
+    return Cohort(name, folders, cases, fold_of, runs, values, diverged, epochs)
 
 
 def against_baseline(cohort: Cohort, baseline: str) -> dict[str, list[Comparison]]:
