@@ -62,6 +62,7 @@ from boundary_loss.inference.steps import (
     BATCH_SIZES,
     DEFAULT_BATCH_SIZES,
     PredictError,
+    batch_size_flag,
     check_counts,
     device_of,
     load_network,
@@ -332,7 +333,10 @@ def build_parser(
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
     default = f"default {batch_size}" if batch_size else DEFAULT_BATCH_SIZES
     parser.add_argument(
-        "--batch_size", type=int, default=batch_size, help=f"{batch} per pass ({default})"
+        "--batch_size",
+        type=batch_size_flag,
+        default=batch_size,
+        help=f"{batch} per pass, at least 1 ({default})",
     )
     return parser
 
@@ -347,7 +351,7 @@ def run_own_data(predictor: Callable[..., Path], args: argparse.Namespace, *extr
             args.sliced,
             args.dest,
             device_of(args),
-            max(args.batch_size, 1),
+            args.batch_size,
             args.source,
             args.lineage,
             *extra,

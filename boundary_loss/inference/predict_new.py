@@ -65,6 +65,7 @@ from boundary_loss.inference.steps import (
     BATCH_SIZES,
     DEFAULT_BATCH_SIZES,
     PredictError,
+    batch_size_flag,
     case_probabilities,
     check_counts,
     device_of,
@@ -478,7 +479,8 @@ def predict_new(
         output: the output folder, replaced when complete (only an earlier output of this
             command, or a missing or empty folder).
         device: where the networks run.
-        batch_size: slices (2D) or windows (3D) per forward pass (None: `BATCH_SIZES`).
+        batch_size: slices (2D) or windows (3D) per forward pass, at least 1 (None:
+            `BATCH_SIZES`).
         mirror: test-time mirroring along the three axes (3D runs only).
         timings: when given, receives the seconds of each phase (`PHASES`: the setup once,
             the others summed over the cases) and `cases`, their number; nothing is
@@ -494,6 +496,8 @@ def predict_new(
     runs, input_dir, output = [Path(r) for r in runs], Path(input_dir), Path(output)
     if not runs:
         raise PredictError("--run: no run given")
+    if batch_size is not None and batch_size < 1:
+        raise PredictError(f"--batch_size {batch_size}: expected at least 1 (None: the default)")
     try:
         check_replaceable(output, TOOL, "--output")
     except FolderError as error:
@@ -514,7 +518,7 @@ def predict_new(
         )
     cases = check_scans(input_dir, find_scans(input_dir), plan["channels"])
     members = [load_member(run, run_plan, device) for run, run_plan in plans]
-    batch_size = max(1, batch_size or BATCH_SIZES[dimensions])
+    batch_size = BATCH_SIZES[dimensions] if batch_size is None else batch_size
     _add(timings, "setup", start)
 
     def labels_of(cid: str, case: Case) -> np.ndarray:
@@ -595,9 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="predict on the CPU despite a GPU")
     parser.add_argument(
         "--batch_size",
-        type=int,
+        type=batch_size_flag,
         default=None,
-        help=f"slices (2D) or windows (3D) per pass ({DEFAULT_BATCH_SIZES})",
+        help=f"slices (2D) or windows (3D) per pass, at least 1 ({DEFAULT_BATCH_SIZES})",
     )
     return run_new_scans(parser.parse_args(argv))
 

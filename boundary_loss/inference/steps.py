@@ -54,6 +54,24 @@ BATCH_SIZES = {2: 32, 3: 2}
 DEFAULT_BATCH_SIZES = f"default {BATCH_SIZES[2]} in 2D, {BATCH_SIZES[3]} in 3D"  # for --help
 
 
+def batch_size_flag(text: str) -> int:
+    """The type of every prediction command's --batch_size: a whole number of at least 1 (0 is
+    refused, not taken for the default: leaving the flag out gives the default).
+
+    Raises:
+        argparse.ArgumentTypeError: argparse's one `error:` line, exit status 2.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value}: expected at least 1 (leave the flag out for the default)"
+        )
+    return value
+
+
 def device_of(args: argparse.Namespace) -> torch.device:
     """CUDA when present, unless --cpu."""
     return torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
