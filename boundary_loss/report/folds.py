@@ -122,6 +122,7 @@ def gather(
     columns: Sequence[int],
     trainings: Sequence[str] | None = None,
     label: str | None = None,
+    per_fold: Sequence[dict[str, dict[int, Path]]] | None = None,
 ) -> Cohort:
     """The out-of-fold values of the trainings of `folders` (one results folder per fold).
 
@@ -131,6 +132,7 @@ def gather(
         trainings: the trainings to read, each needed in every fold (None: those of the first
             folder).
         label: the cohort's name on the pages (None: "2D" or "3D", from the runs' arguments).
+        per_fold: each folder's `trainings_in`, when the caller has read it (None: read here).
 
     Returns:
         The Cohort.
@@ -147,7 +149,7 @@ def gather(
     for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: folder not found (a results folder of a fold)")
-    by_fold = [trainings_in(folder) for folder in folders]
+    by_fold = list(per_fold) if per_fold is not None else [trainings_in(f) for f in folders]
     for folder, found in zip(folders, by_fold, strict=True):
         if not found:
             raise ValueError(f"{folder}: no run folder (args.json) in it; train this fold first")

@@ -325,7 +325,8 @@ def pair_blocks(
             raise ValueError(
                 f"no training of these runs is in every one of {', '.join(map(str, other_folders))}"
             )
-        other = gather(other_folders, columns, common, label=other_label)  # dimension read above
+        # the dimension and the trainings of each fold read above
+        other = gather(other_folders, columns, common, label=other_label, per_fold=per_fold)
         first, second = (own, other) if own.label == first_label else (other, own)
         found, alone = across(first, second)
     except (OSError, ValueError) as error:
