@@ -53,7 +53,7 @@ import argparse
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -378,6 +378,45 @@ def _add(timings: dict[str, float] | None, phase: str, start: float) -> float:
     return now
 
 
+def average_labels(
+    members: Sequence[Member],
+    prepare: Callable[[Member], np.ndarray],
+    predict: Callable[[Member, np.ndarray], torch.Tensor],
+    to_host: Callable[[torch.Tensor], np.ndarray],
+    restore: Callable[[np.ndarray], np.ndarray],
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """The label values of a scan on its own grid from runs of one dimension (one run: an
+    ensemble of one), the steps of their dimension given (`labels_2d`, `labels_3d`).
+
+    Args:
+        members: the runs (one grid; each its own normalisation).
+        prepare: the scan prepared for a run; called once per distinct normalisation, the runs
+            that share one share the prepared scan (phase "preprocess").
+        predict: a run's softmax probabilities of its prepared scan, on the device; they are
+            summed over the runs and divided by their number (phase "network").
+        to_host: the average brought to the host (phase "network": the copy waits for the
+            device).
+        restore: that, back to the scan's own grid as label values (phase "restore").
+        timings: seconds added per phase (`PHASES`), when given.
+    """
+    start = time.perf_counter()
+    prepared = {}
+    for member in members:
+        if member.norms not in prepared:
+            prepared[member.norms] = prepare(member)
+    start = _add(timings, "preprocess", start)
+    total = None
+    for member in members:
+        probs = predict(member, prepared[member.norms])
+        total = probs if total is None else total.add_(probs)
+    mean = to_host(total / len(members))
+    start = _add(timings, "network", start)
+    labels = restore(mean)
+    _add(timings, "restore", start)
+    return labels
+
+
 def labels_2d(
     members: Sequence[Member],
     case: Case,
@@ -385,8 +424,9 @@ def labels_2d(
     batch_size: int,
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """The label values of a scan on its own grid from 2D runs: the average of their softmax
-    probabilities slice by slice, argmax, then back to the source grid (`to_source_grid`).
+    """The label values of a scan on its own grid from 2D runs (`average_labels`): each run's
+    slices (`load_volume`), the average of their softmax probabilities slice by slice, argmax,
+    then back to the source grid (`to_source_grid`).
 
     Args:
         members: the runs (one plan grid; each its own normalisation).
@@ -400,22 +440,21 @@ def labels_2d(
     label_map = tuple((v, i) for i, v in enumerate(values) if v != i)
     axis, shape = int(plan["grid"]["axis"]), tuple(plan["grid"]["shape"])
     volume = Volume(case.cid, case.images, None)
-    start = time.perf_counter()
-    prepared = {}
-    for member in members:  # runs with the same normalisation share the prepared slices
-        if member.norms not in prepared:
-            geometry = Geometry(axis, member.norms)
-            prepared[member.norms] = load_volume(volume, values, label_map, shape, geometry)[0]
-    start = _add(timings, "preprocess", start)
-    total = None
-    for member in members:
-        probs = predict_probabilities(member.net, prepared[member.norms], device, batch_size)
-        total = probs if total is None else total.add_(probs)
-    classes = (total / len(members)).argmax(dim=1).to(torch.uint8).cpu()  # Z H W
-    start = _add(timings, "network", start)
-    labels = to_source_grid(classes.numpy().transpose(1, 2, 0), source_shape(case), axis, values)
-    _add(timings, "restore", start)
-    return labels
+
+    def prepare(member: Member) -> np.ndarray:
+        geometry = Geometry(axis, member.norms)
+        return load_volume(volume, values, label_map, shape, geometry)[0]
+
+    def predict(member: Member, image: np.ndarray) -> torch.Tensor:
+        return predict_probabilities(member.net, image, device, batch_size)
+
+    def to_host(mean: torch.Tensor) -> np.ndarray:
+        return mean.argmax(dim=1).to(torch.uint8).cpu().numpy()  # Z H W class indices
+
+    def restore(classes: np.ndarray) -> np.ndarray:
+        return to_source_grid(classes.transpose(1, 2, 0), source_shape(case), axis, values)
+
+    return average_labels(members, prepare, predict, to_host, restore, timings)
 
 
 def labels_3d(
@@ -426,9 +465,10 @@ def labels_3d(
     mirror: bool = False,
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """The label values of a scan on its own grid from 3D runs: the average of their softmax
-    probabilities at the target spacing (sliding windows), resampled back to the scan's grid
-    and argmax there (`labels_on_source_grid`).
+    """The label values of a scan on its own grid from 3D runs (`average_labels`): the scan read
+    once and resampled to the target spacing per run (`prepare_images`), the average of their
+    softmax probabilities there (sliding windows), resampled back to the scan's grid and argmax
+    there (`labels_on_source_grid`).
 
     Args:
         members: the runs (one target spacing; each its own normalisation and patch).
@@ -443,23 +483,22 @@ def labels_3d(
     start = time.perf_counter()
     volume = Volume(case.cid, case.images, None)
     raw, spacing, _, paths = load_images(volume, len(plan["channels"]))
-    prepared = {}
-    for member in members:  # runs with the same normalisation share the resampled volume
-        if member.norms not in prepared:
-            prepared[member.norms] = prepare_images(raw, spacing, paths, member.plan["grid"])
-    start = _add(timings, "preprocess", start)
-    total = None
-    for member in members:
-        image = prepared[member.norms]
-        probs = case_probabilities(member.net, image, device, member.patch, batch_size, mirror)
-        total = probs if total is None else total.add_(probs)
-    mean = (total / len(members)).cpu().numpy()
-    start = _add(timings, "network", start)
-    labels = labels_on_source_grid(
-        mean, source_shape(case), plan["grid"]["target_spacing"], spacing, values
-    )
-    _add(timings, "restore", start)
-    return labels
+    _add(timings, "preprocess", start)
+
+    def prepare(member: Member) -> np.ndarray:
+        return prepare_images(raw, spacing, paths, member.plan["grid"])
+
+    def predict(member: Member, image: np.ndarray) -> torch.Tensor:
+        return case_probabilities(member.net, image, device, member.patch, batch_size, mirror)
+
+    def to_host(mean: torch.Tensor) -> np.ndarray:
+        return mean.cpu().numpy()  # K X Y Z probabilities at the target spacing
+
+    def restore(probs: np.ndarray) -> np.ndarray:
+        target = plan["grid"]["target_spacing"]
+        return labels_on_source_grid(probs, source_shape(case), target, spacing, values)
+
+    return average_labels(members, prepare, predict, to_host, restore, timings)
 
 
 def predict_new(
